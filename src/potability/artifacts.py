@@ -1,0 +1,194 @@
+"""Owns model artifacts: candidates on disk, the ONNX export, and ``models/production/``.
+
+The server only ever loads ONNX (never a pickle). Candidates between DVC stages
+are stored with skops, whose loader refuses types it was not told to trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from potability.schema import FEATURE_NAMES
+
+MODEL_FILE = "model.onnx"
+META_FILE = "meta.json"
+CANDIDATE_FILE = "model.skops"
+ONNX_INPUT = "input"
+
+
+class ArtifactError(Exception):
+    """A model artifact is missing, corrupt or does not match its meta.json."""
+
+
+# -- candidates (pipeline-internal) ------------------------------------------
+def save_candidate(model: Any, directory: Path) -> Path:
+    import skops.io as sio
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CANDIDATE_FILE
+    sio.dump(model, path)
+    return path
+
+
+def load_candidate(directory: Path) -> Any:
+    """Load a candidate this pipeline wrote; only the types it holds are trusted."""
+    import skops.io as sio
+
+    path = directory / CANDIDATE_FILE
+    if not path.exists():
+        raise ArtifactError(f"{path}: no candidate model; run the train stage first")
+    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+
+
+# -- ONNX -----------------------------------------------------------------------
+def to_onnx(model: Any) -> bytes:
+    """Export a fitted pipeline to ONNX: float32 input [N, 9], probabilities [N, 2]."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    with warnings.catch_warnings():
+        # skl2onnx reads SVC.probA_/probB_, deprecated in scikit-learn 1.9; not ours to fix
+        warnings.simplefilter("ignore", FutureWarning)
+        onnx_model = convert_sklearn(
+            model,
+            initial_types=[(ONNX_INPUT, FloatTensorType([None, len(FEATURE_NAMES)]))],
+            options={id(model.steps[-1][1]): {"zipmap": False}},
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
+    return onnx_model.SerializeToString()
+
+
+class OnnxModel:
+    """An ONNX Runtime session that answers potable probabilities."""
+
+    def __init__(self, blob: bytes):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # one request is tiny; workers give the parallelism
+        options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ArtifactError(f"ONNX Runtime cannot load the model: {exc}") from exc
+        self._input = self._session.get_inputs()[0].name
+        outputs = [o.name for o in self._session.get_outputs()]
+        self._output = next((o for o in outputs if "prob" in o), outputs[-1])
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probability of "potable" for each row (float64 out, NaN in = missing)."""
+        result = self._session.run([self._output], {self._input: np.asarray(X, dtype=np.float32)})[
+            0
+        ]
+        return np.asarray(result, dtype=np.float64)[:, 1]
+
+
+def parity_gap(model: Any, onnx_blob: bytes, X: np.ndarray) -> float:
+    """Largest |ONNX - sklearn| probability on ``X`` (both fed the same float32 values)."""
+    X32 = np.asarray(X, dtype=np.float32)
+    expected = model.predict_proba(X32.astype(np.float64))[:, 1]
+    got = OnnxModel(onnx_blob).predict_proba(X32)
+    return float(np.max(np.abs(expected - got))) if len(X32) else 0.0
+
+
+# -- production -----------------------------------------------------------------
+def sha256_bytes(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+@dataclass(frozen=True)
+class ProductionModel:
+    model: OnnxModel
+    meta: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.meta["version"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"])
+
+
+def load_production(directory: Path) -> ProductionModel:
+    """Load and fully check ``model.onnx`` + ``meta.json``; raise ArtifactError if anything is off."""
+    meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        blob = model_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ArtifactError(
+            f"{exc.filename}: missing; no promoted model here yet (run `dvc repro`)"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{meta_path}: not valid JSON ({exc})") from exc
+    for key in ("version", "threshold", "sha256", "features"):
+        if key not in meta:
+            raise ArtifactError(f"{meta_path}: missing key {key!r}")
+    actual = sha256_bytes(blob)
+    if actual != meta["sha256"]:
+        raise ArtifactError(
+            f"{model_path}: sha256 {actual[:12]}… does not match meta.json's {str(meta['sha256'])[:12]}…"
+        )
+    if list(meta["features"]) != list(FEATURE_NAMES):
+        raise ArtifactError(
+            f"{meta_path}: features {meta['features']} differ from {list(FEATURE_NAMES)}"
+        )
+    threshold = meta["threshold"]
+    if not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:
+        raise ArtifactError(f"{meta_path}: threshold {threshold!r} is not a probability")
+    model = OnnxModel(blob)
+    probe = np.full((2, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
+    probe[:, 0] = 7.0  # a neutral pH; everything else missing, as sensors may send
+    out = model.predict_proba(probe)
+    if out.shape != (2,) or not np.all(np.isfinite(out)):
+        raise ArtifactError(f"{model_path}: the model answers {out!r} on a probe sample")
+    return ProductionModel(model, meta)
+
+
+def write_production(
+    directory: Path, onnx_blob: bytes, meta: dict[str, Any], extra: dict[str, Any]
+) -> None:
+    """Replace ``directory`` with a new model, meta and extra JSON files, as one swap.
+
+    Everything is written and fsynced in a sibling temp dir first; readers
+    verify sha256 so a reader racing the swap sees the old or the new model,
+    never a mix.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    files = {MODEL_FILE: onnx_blob, META_FILE: _json_bytes(meta)}
+    files.update({name: _json_bytes(value) for name, value in extra.items()})
+    for name, blob in files.items():
+        with open(staging / name, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.chmod(staging, 0o755)
+    retired = directory.with_name(f".{directory.name}-retired")
+    shutil.rmtree(retired, ignore_errors=True)
+    if directory.exists():
+        os.rename(directory, retired)
+    os.rename(staging, directory)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(_json_bytes(value))
+    tmp.replace(path)
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")

@@ -1,0 +1,166 @@
+"""The ``potability`` command: a few lines over the library for each subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from pathlib import Path
+
+from potability.errors import MartError
+
+log = logging.getLogger("potability")
+
+
+def _mart():
+    from potability.mart import WaterMart
+
+    return WaterMart()
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from potability import db
+
+    applied = db.migrate()
+    print(f"migrations applied: {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def cmd_db_stop(args: argparse.Namespace) -> int:
+    from potability import db
+    from potability.config import get_settings
+
+    stopped = db.stop_embedded_server(get_settings().pgdata)
+    print("embedded Postgres stopped" if stopped else "no embedded Postgres running here")
+    return 0
+
+
+def cmd_db_url(args: argparse.Namespace) -> int:
+    from potability import db
+
+    print(db.database_url())
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from potability.synth import generate
+
+    frame = generate(args.rows, args.seed)
+    rows = [{k: (None if v != v else v) for k, v in r.items()} for r in frame.to_dict("records")]
+    report = _mart().insert_samples(rows, added_by=f"seed:{args.seed}")
+    print(f"synthetic rows (seed {args.seed}): inserted {len(report.inserted)}, "
+          f"skipped {len(report.duplicates)} (already stored)")  # fmt: skip
+    return 0
+
+
+def cmd_import_csv(args: argparse.Namespace) -> int:
+    from potability.importer import import_csv
+
+    report = import_csv(Path(args.path), _mart(), added_by=args.added_by)
+    for rejection in report.rejected[: args.show_rejected]:
+        print(f"rejected line {rejection.line}: {rejection.reason}")
+    if len(report.rejected) > args.show_rejected:
+        print(f"... and {len(report.rejected) - args.show_rejected} more rejected rows")
+    print(f"{args.path}: {report.summary()}")
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    token = _mart().create_token(args.name, args.role)
+    print(f"created {args.role} token for {args.name!r}; it is shown once, store it now:")
+    print(token)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    count = _mart().revoke_tokens(args.name)
+    print(f"revoked {count} token(s) of {args.name!r}")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from flows.retrain import retrain, serve_on_schedule
+
+    if args.serve:
+        serve_on_schedule()
+        return 0
+    result = retrain()
+    print(result.get("summary", result))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serve.run import run_gunicorn
+
+    return run_gunicorn(host=args.host, port=args.port, workers=args.workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="potability", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dbp = sub.add_parser("db", help="the database").add_subparsers(dest="db_command", required=True)
+    dbp.add_parser("migrate", help="apply pending migrations (idempotent)").set_defaults(
+        func=cmd_db_migrate
+    )
+    dbp.add_parser("url", help="print a libpq URI for psql and psycopg2").set_defaults(
+        func=cmd_db_url
+    )
+    dbp.add_parser("stop", help="stop the embedded Postgres of this project").set_defaults(
+        func=cmd_db_stop
+    )
+
+    p = sub.add_parser("seed", help="insert synthetic lab rows shaped like the real data")
+    p.add_argument("--rows", type=int, default=3300)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser("import-csv", help="import water_potability.csv or a file with its columns")
+    p.add_argument("path")
+    p.add_argument("--added-by", default=f"import:{getpass.getuser()}")
+    p.add_argument("--show-rejected", type=int, default=50, help="how many rejected rows to list")
+    p.set_defaults(func=cmd_import_csv)
+
+    tokens = sub.add_parser("token", help="API tokens").add_subparsers(
+        dest="token_command", required=True
+    )
+    p = tokens.add_parser("create", help="create a token; prints it once, as the last word")
+    p.add_argument("--role", required=True, choices=["sensor", "lab", "admin"])
+    p.add_argument("--name", required=True, help="who holds it; a sensor's name is its sensor_id")
+    p.set_defaults(func=cmd_token_create)
+    p = tokens.add_parser("revoke", help="revoke every token of a name")
+    p.add_argument("--name", required=True)
+    p.set_defaults(func=cmd_token_revoke)
+
+    p = sub.add_parser("retrain", help="run the retrain flow once now (or --serve it daily)")
+    p.add_argument("--serve", action="store_true", help="serve the flow on its daily cron schedule")
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("serve", help="start the inference server (gunicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except MartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename}: no such file", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

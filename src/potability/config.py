@@ -1,0 +1,136 @@
+"""One settings object (environment) and one params loader (experiment).
+
+Secrets and connection strings come only from the environment; reproducible
+experiment numbers come only from ``params.yaml``. Paths are anchored at the
+project root, which is the working directory (as for ``dvc`` and ``git``) unless
+``POTABILITY_ROOT`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(_env_float(name, default))
+
+
+def _env_path(name: str, default: Path, root: Path) -> Path:
+    raw = os.environ.get(name)
+    path = Path(raw) if raw else default
+    return path if path.is_absolute() else root / path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that differs between machines, read once from the environment."""
+
+    root: Path = field(
+        default_factory=lambda: Path(os.environ.get("POTABILITY_ROOT") or Path.cwd()).resolve()
+    )
+
+    @cached_property
+    def database_url(self) -> str | None:
+        return os.environ.get("DATABASE_URL") or None
+
+    @cached_property
+    def pgdata(self) -> Path:
+        return _env_path("POTABILITY_PGDATA", Path(".pgdata"), self.root)
+
+    @cached_property
+    def mlflow_tracking_uri(self) -> str | None:
+        """An explicit tracking store; unset means the ``mlflow`` database beside ours."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+    @cached_property
+    def mlflow_artifacts(self) -> Path:
+        return _env_path("POTABILITY_MLFLOW_ARTIFACTS", Path("mlartifacts"), self.root)
+
+    @cached_property
+    def dask_scheduler_address(self) -> str | None:
+        return os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+
+    @cached_property
+    def model_dir(self) -> Path:
+        return _env_path("POTABILITY_MODEL_DIR", Path("models/production"), self.root)
+
+    @cached_property
+    def spool_dir(self) -> Path:
+        return _env_path("POTABILITY_SPOOL_DIR", Path(".spool"), self.root)
+
+    @cached_property
+    def params_path(self) -> Path:
+        return _env_path("POTABILITY_PARAMS", Path("params.yaml"), self.root)
+
+    # Server tuning: operational numbers, not experiment numbers.
+    @cached_property
+    def max_batch(self) -> int:
+        return _env_int("POTABILITY_MAX_BATCH", 1000)
+
+    @cached_property
+    def max_body_bytes(self) -> int:
+        return _env_int("POTABILITY_MAX_BODY_BYTES", 1_000_000)
+
+    @cached_property
+    def token_cache_seconds(self) -> float:
+        return _env_float("POTABILITY_TOKEN_CACHE_SECONDS", 5.0)
+
+    @cached_property
+    def log_flush_seconds(self) -> float:
+        return _env_float("POTABILITY_LOG_FLUSH_SECONDS", 0.2)
+
+    @cached_property
+    def log_batch_rows(self) -> int:
+        return _env_int("POTABILITY_LOG_BATCH_ROWS", 500)
+
+    @cached_property
+    def spool_replay_seconds(self) -> float:
+        return _env_float("POTABILITY_SPOOL_REPLAY_SECONDS", 2.0)
+
+    @cached_property
+    def model_poll_seconds(self) -> float:
+        return _env_float("POTABILITY_MODEL_POLL_SECONDS", 2.0)
+
+    @cached_property
+    def page_requires_token(self) -> bool:
+        return os.environ.get("POTABILITY_PAGE_REQUIRES_TOKEN", "0").lower() in {"1", "true", "yes"}
+
+    # The retrain flow talks to a running server when one is configured.
+    @cached_property
+    def server_url(self) -> str | None:
+        return os.environ.get("POTABILITY_SERVER_URL") or None
+
+    @cached_property
+    def admin_token(self) -> str | None:
+        return os.environ.get("POTABILITY_ADMIN_TOKEN") or None
+
+    def params(self) -> dict[str, Any]:
+        """Return ``params.yaml`` as a dict (read each call: DVC may have changed it)."""
+        return load_params(self.params_path)
+
+
+def load_params(path: Path) -> dict[str, Any]:
+    """Read the experiment parameters file."""
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}
+
+
+def get_settings() -> Settings:
+    """Return settings for the current environment and working directory."""
+    return Settings()

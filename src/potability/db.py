@@ -1,0 +1,165 @@
+"""Owns the database connection: where Postgres is, connecting, and migrations.
+
+With ``DATABASE_URL`` unset an embedded PostgreSQL (``pgserver``) is started
+under ``.pgdata/`` and left running, like any local database, so that each CLI
+call or DVC stage costs a connect, not a start. Same code path either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import warnings
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+
+from potability.config import Settings, get_settings
+from potability.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_LOCK_KEY = 727_101  # advisory lock id: two `db migrate` never interleave
+_embedded_urls: dict[Path, str] = {}
+
+
+def embedded_server_url(pgdata: Path) -> str:
+    """Start (or find) the embedded PostgreSQL in ``pgdata`` and return its libpq URI."""
+    if pgdata not in _embedded_urls:
+        logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command at INFO
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset on servers
+            import pgserver  # imported lazily: only the embedded path needs it
+
+            pgdata.mkdir(parents=True, exist_ok=True)
+            server = pgserver.get_server(pgdata, cleanup_mode=None)
+        _embedded_urls[pgdata] = server.get_uri()
+    return _embedded_urls[pgdata]
+
+
+def stop_embedded_server(pgdata: Path) -> bool:
+    """Stop the embedded PostgreSQL in ``pgdata`` (fast shutdown); False if none was running."""
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    import pgserver
+
+    pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+    command = [str(pg_ctl), "-D", str(pgdata), "stop", "-m", "fast"]
+    if os.geteuid() == 0:  # as root, pgserver runs PostgreSQL as its own system user
+        command = ["runuser", "-u", "pgserver", "--", *command]
+    subprocess.run(command, check=False, capture_output=True)
+    _embedded_urls.pop(pgdata, None)
+    return True
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """Return the libpq URI of the project database (usable by psql and psycopg2)."""
+    settings = settings or get_settings()
+    return settings.database_url or embedded_server_url(settings.pgdata)
+
+
+def connect(
+    settings: Settings | None = None, url: str | None = None, **kwargs
+) -> psycopg2.extensions.connection:
+    """Open a connection, turning connection failures into ``DatabaseUnavailable``."""
+    target = url or database_url(settings)
+    try:
+        return psycopg2.connect(target, **kwargs)
+    except psycopg2.OperationalError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise DatabaseUnavailable(
+            f"cannot reach Postgres at {redact(target)}: {first_line}. "
+            "Is it running? Check DATABASE_URL, or unset it to use the embedded server."
+        ) from exc
+
+
+@contextmanager
+def transaction(settings: Settings | None = None, url: str | None = None):
+    """Yield a connection inside one transaction; commit on success, roll back on error."""
+    conn = connect(settings, url)
+    try:
+        with conn:
+            yield conn
+    finally:
+        conn.close()
+
+
+def redact(url: str) -> str:
+    """Hide a password in a URI before it goes into a message or a log."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """Return ``(version, name, sql)`` for each shipped migration, in order."""
+    found = []
+    for entry in resources.files("potability.migrations").iterdir():
+        match = re.match(r"^(\d+)_(.+)\.sql$", entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def migrate(settings: Settings | None = None, url: str | None = None) -> list[str]:
+    """Apply pending migrations under an advisory lock; return the names applied."""
+    applied: list[str] = []
+    with transaction(settings, url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        cur.execute("CREATE SCHEMA IF NOT EXISTS water")
+        cur.execute(
+            """CREATE TABLE IF NOT EXISTS water.schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        cur.execute("SELECT version FROM water.schema_migrations")
+        done = {row[0] for row in cur.fetchall()}
+        for version, name, sql in migration_files():
+            if version in done:
+                continue
+            cur.execute(sql)
+            cur.execute(
+                "INSERT INTO water.schema_migrations (version, name) VALUES (%s, %s)",
+                (version, name),
+            )
+            applied.append(f"{version:03d}_{name}")
+            log.info("applied migration %03d_%s", version, name)
+    return applied
+
+
+def mlflow_tracking_uri(settings: Settings | None = None) -> str:
+    """Return the MLflow tracking URI: explicit, or a ``mlflow`` database on our server.
+
+    SQLAlchemy maps a bare ``postgresql://`` to psycopg 3, which is not installed,
+    so the driver is named. The database is created on first use; where the role
+    may not create databases, MLflow shares ours (its tables do not clash with ``water``).
+    """
+    settings = settings or get_settings()
+    if settings.mlflow_tracking_uri:
+        return settings.mlflow_tracking_uri
+    url = database_url(settings)
+    parts = urlsplit(url)
+    mlflow_url = urlunsplit(parts._replace(path="/mlflow"))
+    try:
+        conn = connect(url=url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = 'mlflow'")
+            if cur.fetchone() is None:
+                cur.execute("CREATE DATABASE mlflow")
+        conn.close()
+        target = mlflow_url
+    except psycopg2.errors.DuplicateDatabase:  # another process created it just now
+        target = mlflow_url
+    except psycopg2.errors.InsufficientPrivilege:
+        log.warning("no right to create database 'mlflow'; MLflow shares the project database")
+        target = url
+    return target.replace("postgresql://", "postgresql+psycopg2://", 1).replace(
+        "postgres://", "postgresql+psycopg2://", 1
+    )

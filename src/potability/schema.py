@@ -1,0 +1,197 @@
+"""The nine measurements: names, units and the physical bounds that validation enforces.
+
+This table is the single source for input validation (server, CSV import) and
+for the OpenAPI document, so the two can never disagree. CSV files and JSON
+bodies use the data set's own names (``Hardness``); SQL uses lower case.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str  # as in the data set and JSON bodies
+    unit: str
+    low: float  # physical bounds, inclusive
+    high: float
+
+    @property
+    def column(self) -> str:
+        return self.name.lower()
+
+
+# Bounds: what any plausible water sample can hold (DATA.md "Physical bounds");
+# wide enough for the real data's extremes, narrow enough to catch unit mistakes.
+FEATURES: tuple[Feature, ...] = (
+    Feature("ph", "pH", 0.0, 14.0),
+    Feature("Hardness", "mg/L", 0.0, 2_000.0),
+    Feature("Solids", "ppm", 0.0, 100_000.0),
+    Feature("Chloramines", "ppm", 0.0, 50.0),
+    Feature("Sulfate", "mg/L", 0.0, 5_000.0),
+    Feature("Conductivity", "μS/cm", 0.0, 5_000.0),
+    Feature("Organic_carbon", "ppm", 0.0, 1_000.0),
+    Feature("Trihalomethanes", "μg/L", 0.0, 2_000.0),
+    Feature("Turbidity", "NTU", 0.0, 1_000.0),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+FEATURE_COLUMNS: tuple[str, ...] = tuple(f.column for f in FEATURES)
+LABEL = "Potability"
+LABEL_COLUMN = "potability"
+SAMPLE_FIELDS = ("sample_id", "sensor_id", "collected_at")
+MAX_ID_LENGTH = 200
+
+
+class FieldError(ValueError):
+    """One bad value: which field (and batch index or CSV row), and what is wrong."""
+
+    def __init__(self, field: str | None, message: str, index: int | None = None):
+        self.field = field
+        self.index = index
+        self.message = message
+        where = ""
+        if index is not None:
+            where += f"[{index}]"
+        if field is not None:
+            where += f"{'.' if where else ''}{field}"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+def _number(field: str, value: Any, index: int | None) -> float | None:
+    """Turn one JSON/CSV value into a float or None (missing), or raise FieldError."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise FieldError(field, f"must be a number, got {value!r}", index)
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "":
+            return None
+        try:
+            number = float(text)
+        except ValueError:
+            raise FieldError(field, f"must be a number, got {value!r}", index) from None
+    elif isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        raise FieldError(field, f"must be a number, got {type(value).__name__}", index)
+    if not math.isfinite(number):
+        raise FieldError(field, f"must be a finite number, got {value!r}", index)
+    return number
+
+
+def validate_features(
+    obj: dict[str, Any], index: int | None = None, extra_fields: tuple[str, ...] = ()
+) -> dict[str, float | None]:
+    """Check one sample's measurements against the physical bounds.
+
+    Args:
+        obj: the sample, keyed by the data set's names; null or absent means missing.
+        index: position in a batch (or CSV row number) to name in errors.
+        extra_fields: other keys the caller accepts (anything else is refused).
+
+    Returns:
+        The nine features by data-set name, each a float or None.
+    """
+    if not isinstance(obj, dict):
+        raise FieldError(None, f"a sample must be a JSON object, got {type(obj).__name__}", index)
+    allowed = set(FEATURE_NAMES) | set(extra_fields)
+    unknown = sorted(k for k in obj if k not in allowed)
+    if unknown:
+        raise FieldError(
+            unknown[0], f"unknown field; expected some of {', '.join(FEATURE_NAMES)}", index
+        )
+    values: dict[str, float | None] = {}
+    for feature in FEATURES:
+        number = _number(feature.name, obj.get(feature.name), index)
+        if number is not None and not feature.low <= number <= feature.high:
+            raise FieldError(
+                feature.name,
+                f"{number:g} {feature.unit} is outside the physical range {feature.low:g}–{feature.high:g}",
+                index,
+            )
+        values[feature.name] = number
+    if all(v is None for v in values.values()):
+        raise FieldError(None, "every measurement is missing; send at least one", index)
+    return values
+
+
+def validate_label(value: Any, index: int | None = None) -> int:
+    """Check the lab verdict: 0 (not potable) or 1 (potable), never missing."""
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        raise FieldError(LABEL, "is missing; a lab row needs a verdict 0 or 1", index)
+    if isinstance(value, bool):
+        return int(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise FieldError(LABEL, f"must be 0 or 1, got {value!r}", index) from None
+    if number not in (0.0, 1.0):
+        raise FieldError(LABEL, f"must be 0 or 1, got {value!r}", index)
+    return int(number)
+
+
+def validate_text(
+    field: str, value: Any, index: int | None = None, required: bool = False
+) -> str | None:
+    """Check an identifier such as ``sample_id`` or ``sensor_id``."""
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        if required:
+            raise FieldError(field, "is required", index)
+        return None
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise FieldError(field, f"must be a string, got {type(value).__name__}", index)
+    text = str(value).strip()
+    if len(text) > MAX_ID_LENGTH:
+        raise FieldError(field, f"is longer than {MAX_ID_LENGTH} characters", index)
+    return text
+
+
+def validate_lab_row(obj: dict[str, Any], index: int | None = None) -> dict[str, Any]:
+    """Check one labelled lab row (JSON body or CSV row) and return it normalised."""
+    values = validate_features(obj, index, extra_fields=(LABEL, *SAMPLE_FIELDS))
+    row: dict[str, Any] = {
+        "sample_id": validate_text("sample_id", obj.get("sample_id"), index, required=True),
+        "sensor_id": validate_text("sensor_id", obj.get("sensor_id"), index),
+        "collected_at": _timestamp(obj.get("collected_at"), index),
+        **values,
+        LABEL: validate_label(obj.get(LABEL), index),
+    }
+    return row
+
+
+def _timestamp(value: Any, index: int | None) -> str | None:
+    from datetime import datetime
+
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise FieldError("collected_at", "must be an ISO 8601 timestamp string", index)
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise FieldError(
+            "collected_at", f"is not an ISO 8601 timestamp: {value!r}", index
+        ) from None
+    return value
+
+
+def json_schema_sample() -> dict[str, Any]:
+    """The JSON Schema of one sensor sample, generated from FEATURES (for OpenAPI)."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {
+            f.name: {
+                "type": ["number", "null"],
+                "minimum": f.low,
+                "maximum": f.high,
+                "description": f"{f.name} in {f.unit}; null or absent = missing (imputed)",
+            }
+            for f in FEATURES
+        },
+    }

@@ -1,0 +1,71 @@
+"""Stage evaluate: every candidate on the held-out test split, at its own threshold.
+
+Writes ``metrics/evaluate.json`` for ``dvc metrics`` and, per candidate, a PR
+curve and a confusion table for ``dvc plots``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import precision_recall_curve
+
+from potability import artifacts
+from potability.config import load_params
+from potability.features import feature_matrix, labels, read_samples, write_csv_atomic
+from potability.modeling import classification_metrics
+from potability.stages.train import read_train_info
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(model: Any, threshold: float, X: np.ndarray, y: np.ndarray, curve_points: int):
+    """Return (metrics, pr_curve frame, confusion frame) of one candidate on the test split."""
+    proba = model.predict_proba(X)[:, 1]
+    metrics = classification_metrics(y, proba, threshold)
+    precision, recall, _ = precision_recall_curve(y, proba)
+    keep = np.unique(np.linspace(0, len(precision) - 1, curve_points).round().astype(int))
+    curve = pd.DataFrame({"recall": recall[keep].round(4), "precision": precision[keep].round(4)})
+    predicted = (proba >= threshold).astype(int)
+    confusion = pd.DataFrame({"actual": y, "predicted": predicted})
+    return metrics, curve, confusion
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--test", type=Path, required=True)
+    parser.add_argument("--candidates", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--plots", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params)
+    frame = read_samples(args.test)
+    X, y = feature_matrix(frame), labels(frame)
+    report: dict[str, Any] = {}
+    for kind in params["train"]["models"]:
+        directory = args.candidates / kind
+        info = read_train_info(directory)
+        metrics, curve, confusion = evaluate(
+            artifacts.load_candidate(directory),
+            info["threshold"],
+            X,
+            y,
+            params["evaluate"]["pr_curve_points"],
+        )
+        report[kind] = metrics
+        write_csv_atomic(curve, args.plots / "pr" / f"{kind}.csv")
+        write_csv_atomic(confusion, args.plots / "confusion" / f"{kind}.csv")
+        log.info("%s on test: precision %.3f recall %.3f positives %d", kind,
+                 metrics["precision"], metrics["recall"], metrics["positives"])  # fmt: skip
+    artifacts.write_json_atomic(args.metrics, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Shared fixtures: one real PostgreSQL per test session (pgserver in a temp dir), clean tables per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from potability import db
+from potability.mart import WaterMart
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory) -> str:
+    """A real PostgreSQL for this session; DATABASE_URL points every library call at it."""
+    if os.environ.get("POTABILITY_TEST_DATABASE_URL"):
+        url = os.environ["POTABILITY_TEST_DATABASE_URL"]
+        pgdata = None
+    else:
+        pgdata = tmp_path_factory.mktemp("pg") / "data"
+        url = db.embedded_server_url(pgdata)
+    os.environ["DATABASE_URL"] = url
+    db.migrate(url=url)
+    yield url
+    if pgdata is not None:
+        db.stop_embedded_server(pgdata)
+
+
+@pytest.fixture
+def clean_db(pg_url) -> str:
+    with db.transaction(url=pg_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "TRUNCATE water.water_potability, water.water_inferences, water.api_tokens, water.flow_state"
+        )
+    return pg_url
+
+
+@pytest.fixture
+def mart(clean_db) -> WaterMart:
+    m = WaterMart(url=clean_db)
+    yield m
+    m.close()
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [line for line in out.stdout.splitlines() if line]
+
+
+def copy_project(dest: Path, fast_params: bool = True) -> Path:
+    """Copy the project's files (as git sees them) into ``dest``, as a fresh git + DVC repo."""
+    for rel in tracked_files():
+        src = REPO / rel
+        if src.is_file():
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+    if fast_params:
+        import yaml
+
+        params = yaml.safe_load((dest / "params.yaml").read_text())
+        params["train"]["cv_folds"] = 3
+        params["train"]["models"]["rf"] = {
+            "n_estimators": [60],
+            "max_depth": [None],
+            "min_samples_leaf": [4],
+            "max_features": ["sqrt"],
+        }
+        params["train"]["models"]["svm"] = {"C": [1.0], "gamma": ["scale"]}
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.email=test@example.org", "-c", "user.name=test"]
+    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "test copy"], cwd=dest, check=True)
+    return dest
+
+
+def project_env(root: Path, pg_url: str) -> dict[str, str]:
+    """The environment a user would have in ``root``: venv on PATH, our database."""
+    return {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DATABASE_URL": pg_url,
+        "POTABILITY_ROOT": str(root),
+        "PYTHONWARNINGS": "ignore",
+    }
+
+
+def run(
+    cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+HEADER_HINT = "ph,Hardness,Solids,Chloramines,Sulfate,Conductivity,Organic_carbon,Trihalomethanes,Turbidity,Potability\n"
+
+
+@pytest.fixture
+def cli_env(clean_db) -> dict[str, str]:
+    return project_env(REPO, clean_db)

@@ -1,0 +1,42 @@
+"""The console script as a user types it, against the session's real Postgres."""
+
+import sys
+
+import psycopg2
+
+from tests.conftest import HEADER_HINT, REPO, run
+
+
+def potability(*args, env, check=True):
+    return run([sys.executable, "-m", "potability.cli", *args], cwd=REPO, env=env, check=check)
+
+
+def test_db_seed_import_token(clean_db, tmp_path, cli_env):
+    out = potability("db", "migrate", env=cli_env).stdout
+    assert "up to date" in out
+    assert potability("db", "url", env=cli_env).stdout.strip().splitlines()[-1] == clean_db
+    assert "inserted 500" in potability("seed", "--rows", "500", "--seed", "4", env=cli_env).stdout
+    assert (
+        "inserted 0, skipped 500"
+        in potability("seed", "--rows", "500", "--seed", "4", env=cli_env).stdout
+    )
+    csv = tmp_path / "w.csv"
+    csv.write_text(HEADER_HINT + "7,200,20000,7,300,400,14,60,4,1\nabc,1,2,3,4,5,6,7,8,1\n")
+    out = potability("import-csv", str(csv), env=cli_env).stdout
+    assert "rejected line 3: ph:" in out and "inserted 1" in out and "rejected 1" in out
+    out = potability("token", "create", "--role", "lab", "--name", "lab-anna", env=cli_env).stdout
+    token = out.split()[-1]
+    with psycopg2.connect(clean_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT name, role FROM water.api_tokens")
+        assert cur.fetchall() == [("lab-anna", "lab")]
+        cur.execute("SELECT count(*) FROM water.api_tokens WHERE token_sha256 = %s", (token,))
+        assert cur.fetchone()[0] == 0  # never the token itself
+
+
+def test_errors_are_one_clear_line(clean_db, tmp_path, cli_env):
+    result = potability("import-csv", str(tmp_path / "nope.csv"), env=cli_env, check=False)
+    assert result.returncode == 2 and "nope.csv: no such file" in result.stderr
+    result = potability(
+        "token", "create", "--role", "root", "--name", "x", env=cli_env, check=False
+    )
+    assert result.returncode == 2 and "role" in result.stderr

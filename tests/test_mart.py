@@ -1,0 +1,85 @@
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from potability.errors import DuplicateSampleError, ValidationError
+from potability.mart import hash_token
+from potability.schema import FEATURE_NAMES
+
+BASE = {"ph": 7.0, "Hardness": 200.0, "Solids": 20000.0, "Chloramines": 7.0, "Sulfate": None,
+        "Conductivity": 420.0, "Organic_carbon": 14.0, "Trihalomethanes": 66.0, "Turbidity": 4.0}  # fmt: skip
+
+
+def lab_row(sample_id, potable=1, **changes):
+    return {**BASE, **changes, "sample_id": sample_id, "Potability": potable}
+
+
+def test_samples_round_trip_sorted_with_missing_values(mart):
+    report = mart.insert_samples([lab_row("b"), lab_row("a", 0, ph=None)], added_by="test")
+    assert sorted(report.inserted) == ["a", "b"]
+    frame = mart.samples()
+    assert list(frame["sample_id"]) == ["a", "b"]
+    assert list(frame.columns) == ["sample_id", *FEATURE_NAMES, "Potability"]
+    assert frame.loc[0, "ph"] != frame.loc[0, "ph"]  # NaN: missing stays missing
+    assert frame.loc[1, "Potability"] == 1
+
+
+def test_insert_is_idempotent_and_conflicts_are_never_overwritten(mart):
+    mart.insert_samples([lab_row("s1")], added_by="t")
+    again = mart.insert_samples([lab_row("s1"), lab_row("s2")], added_by="t")
+    assert again.inserted == ["s2"] and again.duplicates == ["s1"]
+    changed = mart.insert_samples([lab_row("s1", 0)], added_by="t")
+    assert changed.conflicts == ["s1"] and not changed.inserted
+    with pytest.raises(DuplicateSampleError) as err:
+        mart.insert_samples([lab_row("s1", ph=9.0)], added_by="t", strict=True)
+    assert err.value.sample_ids == ["s1"] and "s1" in str(err.value)
+    assert mart.samples().set_index("sample_id").loc["s1", "Potability"] == 1
+
+
+def test_same_id_twice_in_one_batch_is_reported(mart):
+    report = mart.insert_samples([lab_row("x"), lab_row("x"), lab_row("x", 0)], added_by="t")
+    assert report.inserted == ["x"] and report.duplicates == ["x"] and report.conflicts == ["x"]
+
+
+def test_missing_sample_id_is_a_validation_error(mart):
+    with pytest.raises(ValidationError) as err:
+        mart.insert_samples([lab_row("")], added_by="t")
+    assert err.value.field == "sample_id" and err.value.row == 0
+
+
+def test_added_since_and_watermark(mart):
+    mart.insert_samples([lab_row("a"), lab_row("b")], added_by="t")
+    count, newest = mart.samples_added_since(None)
+    assert count == 2 and newest is not None
+    assert mart.samples_added_since(newest) == (0, None)
+    mart.set_watermark("retrain", newest, "d", "l")
+    assert mart.watermark("retrain") == newest
+    mart.insert_samples([lab_row("c")], added_by="t")
+    assert mart.samples_added_since(newest)[0] == 1
+
+
+def test_inferences_copy_is_idempotent_on_inference_id(mart):
+    row = {"inference_id": str(uuid.uuid4()), "received_at": datetime.now(UTC), "sensor_id": "s\t1",
+           "model_version": "v1", **{n.lower(): None for n in FEATURE_NAMES}, "ph": 7.2,
+           "probability": 0.42, "potable": False, "threshold": 0.5}  # fmt: skip
+    assert mart.write_inferences([row]) == 1
+    assert mart.write_inferences([row]) == 0  # a replay never doubles a row
+    frame = mart.inferences()
+    assert len(frame) == 1 and frame.loc[0, "sensor_id"] == "s\t1" and frame.loc[0, "ph"] == 7.2
+
+
+def test_tokens_are_stored_hashed_and_revocable(mart, clean_db):
+    import psycopg2
+
+    token = mart.create_token("plant-1", "sensor")
+    assert mart.lookup_token(token).role == "sensor"
+    assert mart.lookup_token(token + "x") is None
+    with psycopg2.connect(clean_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT token_sha256 FROM water.api_tokens")
+        stored = [r[0] for r in cur.fetchall()]
+    assert stored == [hash_token(token)] and token not in stored
+    assert mart.revoke_tokens("plant-1") == 1
+    assert mart.lookup_token(token) is None
+    with pytest.raises(ValidationError, match="role"):
+        mart.create_token("x", "root")

@@ -1,0 +1,62 @@
+import math
+
+import pytest
+
+from potability.schema import FEATURE_NAMES, FieldError, validate_features, validate_lab_row
+
+GOOD = {"ph": 7.0, "Hardness": 200.0, "Solids": 20000.0, "Chloramines": 7.0, "Sulfate": 330.0,
+        "Conductivity": 420.0, "Organic_carbon": 14.0, "Trihalomethanes": 66.0, "Turbidity": 4.0}  # fmt: skip
+
+
+def test_good_sample_passes_and_absent_is_missing():
+    values = validate_features({k: v for k, v in GOOD.items() if k != "Sulfate"})
+    assert values["Sulfate"] is None
+    assert values["ph"] == 7.0
+    assert list(values) == list(FEATURE_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("ph", 15.2, "outside"),
+        ("ph", -0.1, "outside"),
+        ("Solids", 250_000, "outside"),
+        ("Conductivity", 9_000, "outside"),
+        ("Turbidity", 5_000, "outside"),
+        ("Sulfate", -3, "outside"),
+        ("Sulfate", "abc", "number"),
+        ("Hardness", "NaN", "finite"),
+        ("Hardness", "inf", "finite"),
+        ("Chloramines", True, "number"),
+        ("Chloramines", [1], "number"),
+    ],
+)
+def test_bad_values_name_the_field(field, value, words):
+    with pytest.raises(FieldError) as err:
+        validate_features({**GOOD, field: value}, index=3)
+    assert err.value.field == field
+    assert err.value.index == 3
+    assert words in err.value.message
+    assert field in str(err.value) and "[3]" in str(err.value)
+
+
+def test_unknown_field_and_all_missing_are_refused():
+    with pytest.raises(FieldError) as err:
+        validate_features({**GOOD, "pH": 7})
+    assert err.value.field == "pH"
+    with pytest.raises(FieldError, match="every measurement is missing"):
+        validate_features({name: None for name in FEATURE_NAMES})
+
+
+def test_lab_row_needs_id_and_verdict():
+    row = validate_lab_row({**GOOD, "sample_id": "a1", "Potability": "1"})
+    assert row["Potability"] == 1 and row["sample_id"] == "a1"
+    with pytest.raises(FieldError) as err:
+        validate_lab_row({**GOOD, "sample_id": "a1"})
+    assert err.value.field == "Potability"
+    with pytest.raises(FieldError) as err:
+        validate_lab_row({**GOOD, "Potability": 1})
+    assert err.value.field == "sample_id"
+    with pytest.raises(FieldError):
+        validate_lab_row({**GOOD, "sample_id": "a", "Potability": 2})
+    assert not math.isnan(row["ph"])
