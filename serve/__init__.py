@@ -1,0 +1,100 @@
+"""The inference server: Flask app factory. Nothing happens at import time.
+
+``create_app(config)`` builds defaults from the environment (``Settings``),
+then applies ``config`` overrides (tests). It loads the promoted model once,
+starts the inference-log writer and the model watcher, and registers the
+blueprints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, g, request
+
+from potability.artifacts import ArtifactError
+from potability.config import get_settings
+from potability.mart import WaterMart
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    from serve import api, ops, page
+    from serve.auth import TokenCache
+    from serve.errors import register_error_handlers
+    from serve.inference_log import InferenceLog
+    from serve.metrics import LATENCY, REQUESTS, on_log_depth, on_model_swap
+    from serve.model_holder import ModelHolder
+    from serve.spool import Spool
+
+    settings = get_settings()
+    app = Flask(__name__)
+    app.config.from_mapping(
+        DATABASE_URL=None,
+        MODEL_DIR=str(settings.model_dir),
+        SPOOL_DIR=str(settings.spool_dir),
+        MAX_BATCH=settings.max_batch,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        TOKEN_CACHE_SECONDS=settings.token_cache_seconds,
+        LOG_FLUSH_SECONDS=settings.log_flush_seconds,
+        LOG_BATCH_ROWS=settings.log_batch_rows,
+        SPOOL_REPLAY_SECONDS=settings.spool_replay_seconds,
+        MODEL_POLL_SECONDS=settings.model_poll_seconds,
+        PAGE_REQUIRES_TOKEN=settings.page_requires_token,
+        PARAMS_PATH=str(settings.params_path),
+        START_BACKGROUND=True,
+    )
+    app.config.from_mapping(config or {})
+    app.json.sort_keys = False
+
+    mart = WaterMart(url=app.config["DATABASE_URL"]) if app.config["DATABASE_URL"] else WaterMart()
+    holder = ModelHolder(
+        Path(app.config["MODEL_DIR"]), app.config["MODEL_POLL_SECONDS"], on_swap=on_model_swap
+    )
+    try:
+        holder.reload()
+    except ArtifactError as exc:
+        log.warning("starting without a model (readyz is false until one loads): %s", exc)
+    inference_log = InferenceLog(
+        WaterMart(url=mart.url), Spool(Path(app.config["SPOOL_DIR"])), app.config["LOG_FLUSH_SECONDS"],
+        app.config["LOG_BATCH_ROWS"], app.config["SPOOL_REPLAY_SECONDS"], on_depth=on_log_depth,
+    )  # fmt: skip
+    app.extensions.update({
+        "potability.mart": mart,
+        "potability.model": holder,
+        "potability.log": inference_log,
+        "potability.tokens": TokenCache(mart, app.config["TOKEN_CACHE_SECONDS"]),
+    })  # fmt: skip
+    if app.config["START_BACKGROUND"]:
+        inference_log.start()
+        holder.start_watching()
+
+    register_error_handlers(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(page.bp)
+
+    @app.before_request
+    def start_timer():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def observe(response):
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        REQUESTS.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        LATENCY.labels(endpoint=endpoint).observe(
+            time.perf_counter() - g.get("started", time.perf_counter())
+        )
+        return response
+
+    return app
+
+
+def shutdown(app: Flask) -> None:
+    """Flush the inference log and stop background threads (gunicorn worker_exit, tests)."""
+    app.extensions["potability.model"].stop()
+    app.extensions["potability.log"].close()

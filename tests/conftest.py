@@ -116,3 +116,37 @@ HEADER_HINT = "ph,Hardness,Solids,Chloramines,Sulfate,Conductivity,Organic_carbo
 @pytest.fixture
 def cli_env(clean_db) -> dict[str, str]:
     return project_env(REPO, clean_db)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A real promoted model (small forest, ONNX) built by the library, without DVC."""
+    from potability import artifacts
+    from potability.features import feature_matrix, labels
+    from potability.modeling import build_pipeline, choose_threshold, classification_metrics
+    from potability.schema import FEATURE_NAMES
+    from potability.synth import generate
+
+    frame = generate(1200, seed=31)
+    X, y = feature_matrix(frame), labels(frame)
+    model = build_pipeline("rf", seed=0)
+    model.set_params(clf__n_estimators=40, clf__min_samples_leaf=4)
+    model.fit(X, y)
+    choice = choose_threshold(y, model.predict_proba(X)[:, 1], 0.2, 10)
+    blob = artifacts.to_onnx(model)
+    directory = tmp_path_factory.mktemp("models") / "production"
+    meta = {"version": "test-rf-1", "kind": "rf", "model_name": "random forest", "threshold": choice.threshold,
+            "features": list(FEATURE_NAMES), "sha256": artifacts.sha256_bytes(blob), "n_train": len(frame),
+            "metrics": classification_metrics(y, model.predict_proba(X)[:, 1], choice.threshold),
+            "trained_at": "2026-11-23T00:00:00+00:00", "promoted_at": "2026-11-23T00:00:00+00:00"}  # fmt: skip
+    artifacts.write_production(
+        directory,
+        blob,
+        meta,
+        {
+            "history.json": [
+                {"promote": True, "challenger": "rf", "reason": "test", "version": "test-rf-1"}
+            ]
+        },
+    )
+    return directory

@@ -40,6 +40,7 @@ def embedded_server_url(pgdata: Path) -> str:
 
             pgdata.mkdir(parents=True, exist_ok=True)
             server = pgserver.get_server(pgdata, cleanup_mode=None)
+            server.ensure_postgres_running()  # a handle cached by pgserver does not restart a stopped server
         _embedded_urls[pgdata] = server.get_uri()
     return _embedded_urls[pgdata]
 

@@ -1,0 +1,134 @@
+"""Blueprint /v1: sensors ask, lab staff add samples, anyone with a token reads the model's meta."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, current_app, g, request
+
+from potability.errors import DuplicateSampleError, MartError
+from potability.schema import FEATURE_NAMES, FieldError, validate_features, validate_lab_row
+from serve.auth import require
+from serve.errors import ApiError
+from serve.metrics import PREDICTIONS
+
+bp = Blueprint("api", __name__, url_prefix="/v1")
+
+
+def json_body() -> Any:
+    """The request's JSON, or a 415 / 400 that says what is wrong."""
+    if request.mimetype != "application/json":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send Content-Type: application/json, not {request.mimetype or 'none'!r}",
+        )
+    raw = request.get_data(cache=False)  # MAX_CONTENT_LENGTH turns an oversized body into a 413
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+
+
+def as_items(body: Any, max_batch: int) -> tuple[list[Any], bool]:
+    """Split a body into its samples; True when it was a batch."""
+    if isinstance(body, dict) and "samples" in body:
+        items = body["samples"]
+        if set(body) != {"samples"}:
+            extra = sorted(set(body) - {"samples"})[0]
+            raise ApiError(400, "invalid_field", "unknown field next to 'samples'", field=extra)
+        if not isinstance(items, list) or not items:
+            raise ApiError(
+                422, "invalid_batch", "'samples' must be a non-empty list", field="samples"
+            )
+        if len(items) > max_batch:
+            raise ApiError(
+                413,
+                "batch_too_large",
+                f"{len(items)} samples; at most {max_batch} per request",
+                field="samples",
+            )
+        return items, True
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_body", 'send one sample object or {"samples": [...]}')
+    return [body], False
+
+
+def field_error(exc: FieldError, batch: bool) -> ApiError:
+    return ApiError(
+        400, "invalid_field", exc.message, field=exc.field, index=exc.index if batch else None
+    )
+
+
+@bp.post("/predict")
+@require("sensor", "admin")
+def predict():
+    config = current_app.config
+    items, batch = as_items(json_body(), config["MAX_BATCH"])
+    try:
+        samples = [validate_features(item, index=i) for i, item in enumerate(items)]
+    except FieldError as exc:
+        raise field_error(exc, batch) from None
+    production = current_app.extensions["potability.model"].current
+    if production is None:
+        raise ApiError(
+            503, "no_model", "no model is loaded yet; run `dvc repro` and POST /admin/reload"
+        )
+    X = np.array(
+        [[np.nan if s[n] is None else s[n] for n in FEATURE_NAMES] for s in samples],
+        dtype=np.float32,
+    )
+    probabilities = production.model.predict_proba(X)
+    threshold, version = production.threshold, production.version
+    received_at = datetime.now(UTC)
+    answers, rows = [], []
+    for sample, probability in zip(samples, probabilities.tolist(), strict=True):
+        inference_id = str(uuid.uuid4())
+        potable = probability >= threshold
+        answers.append({"potable": potable, "probability": round(probability, 6), "threshold": threshold,
+                        "inference_id": inference_id, "model_version": version})  # fmt: skip
+        rows.append({"inference_id": inference_id, "received_at": received_at, "sensor_id": g.token.name,
+                     "model_version": version, **{n.lower(): v for n, v in sample.items()},
+                     "probability": probability, "potable": potable, "threshold": threshold})  # fmt: skip
+    current_app.extensions["potability.log"].submit(rows)
+    potable_count = sum(a["potable"] for a in answers)
+    if potable_count:
+        PREDICTIONS.labels(answer="potable").inc(potable_count)
+    if len(answers) - potable_count:
+        PREDICTIONS.labels(answer="not_potable").inc(len(answers) - potable_count)
+    body = {"model_version": version, "predictions": answers} if batch else answers[0]
+    return current_app.response_class(json.dumps(body), mimetype="application/json")
+
+
+@bp.post("/samples")
+@require("lab", "admin")
+def add_samples():
+    items, batch = as_items(json_body(), current_app.config["MAX_BATCH"])
+    try:
+        rows = [validate_lab_row(item, index=i) for i, item in enumerate(items)]
+    except FieldError as exc:
+        raise field_error(exc, batch) from None
+    mart = current_app.extensions["potability.mart"]
+    try:
+        report = mart.insert_samples(rows, added_by=g.token.name, strict=True)
+    except DuplicateSampleError as exc:
+        raise ApiError(409, "sample_conflict", str(exc), field="sample_id") from None
+    except MartError as exc:
+        raise ApiError(
+            503, "database_unavailable", f"samples not stored, send them again: {exc}"
+        ) from None
+    return {"inserted": len(report.inserted), "duplicates": len(report.duplicates),
+            "sample_ids": [r["sample_id"] for r in rows]}, 201  # fmt: skip
+
+
+@bp.get("/model")
+@require("sensor", "lab", "admin")
+def model_meta():
+    production = current_app.extensions["potability.model"].current
+    if production is None:
+        raise ApiError(503, "no_model", "no model is loaded yet")
+    return production.meta

@@ -1,0 +1,80 @@
+"""Bearer tokens from ``water.api_tokens`` (sha256), cached briefly; roles enforced per endpoint.
+
+A cached token is re-checked after ``token_cache_seconds``, so a revocation
+takes effect within seconds. When Postgres is down the last known answer is
+kept (stale-if-error), so sensors keep getting answers during an outage.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+
+from flask import current_app, g, request
+
+from potability.errors import MartError
+from potability.mart import TokenInfo, WaterMart
+from serve.errors import ApiError
+
+
+class TokenCache:
+    def __init__(self, mart: WaterMart, ttl_seconds: float):
+        self._mart, self._ttl = mart, ttl_seconds
+        self._entries: dict[str, tuple[TokenInfo | None, float]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, token: str) -> TokenInfo | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._entries.get(token)
+        if cached and cached[1] > now:
+            return cached[0]
+        try:
+            info = self._mart.lookup_token(token)
+        except MartError:
+            if cached and cached[0] is not None:
+                return cached[0]  # Postgres is down: keep serving a token we verified before
+            raise ApiError(
+                503, "database_unavailable", "cannot verify the token: the database is unavailable"
+            ) from None
+        with self._lock:
+            if info is None:
+                self._entries.pop(token, None)
+            else:
+                self._entries[token] = (info, now + self._ttl)
+        return info
+
+
+def require(*roles: str):
+    """Allow the view only for a valid bearer token whose role is in ``roles``; sets ``g.token``."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapped(*args, **kwargs):
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "send 'Authorization: Bearer <token>'",
+                    field="Authorization",
+                )
+            info = current_app.extensions["potability.tokens"].lookup(token.strip())
+            if info is None:
+                raise ApiError(
+                    401, "unauthorized", "unknown or revoked token", field="Authorization"
+                )
+            if info.role not in roles:
+                raise ApiError(
+                    403,
+                    "forbidden",
+                    f"a {info.role} token cannot do this; needs {' or '.join(roles)}",
+                )
+            g.token = info
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorator

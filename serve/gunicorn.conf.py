@@ -1,0 +1,43 @@
+"""gunicorn settings for `potability serve`; bind and workers come from the command line."""
+
+import os
+
+worker_class = "gthread"
+threads = int(os.environ.get("POTABILITY_THREADS", "4"))
+graceful_timeout = 20
+timeout = 60
+keepalive = 5
+accesslog = (
+    None  # every answer is logged to Postgres; an access log per request would double the I/O
+)
+preload_app = False  # each worker builds its app (model session, log thread) after the fork
+
+
+def worker_exit(server, worker):
+    """Flush the worker's inference queue on graceful shutdown: nothing answered is lost."""
+    from serve import shutdown
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and hasattr(app, "extensions"):
+        shutdown(app)
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+control_socket_disable = (
+    True  # no runtime control socket: nothing to manage the server by but signals
+)
+
+
+def post_fork(server, worker):
+    """Our modules log through `logging`; under gunicorn send INFO and up to stderr."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+    )

@@ -1,0 +1,54 @@
+"""Prometheus metrics; multi-process aware under gunicorn (PROMETHEUS_MULTIPROC_DIR)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+REQUESTS = Counter("potability_requests_total", "HTTP requests answered", ["endpoint", "status"])
+LATENCY = Histogram(
+    "potability_request_seconds", "Time to answer a request", ["endpoint"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)  # fmt: skip
+PREDICTIONS = Counter("potability_predictions_total", "Answers given, by class", ["answer"])
+QUEUE_ROWS = Gauge(
+    "potability_inference_queue_rows",
+    "Inference rows waiting in memory",
+    multiprocess_mode="livesum",
+)
+SPOOL_ROWS = Gauge("potability_inference_spool_rows", "Inference rows spooled on disk, waiting for Postgres",
+                   multiprocess_mode="livesum")  # fmt: skip
+MODEL_INFO = Gauge("potability_model_info", "The model version served (1 = serving)", ["version"],
+                   multiprocess_mode="max")  # fmt: skip
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics text of every worker (or of this process when not under gunicorn)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def on_model_swap(old, new) -> None:
+    if old is not None and old.version != new.version:
+        MODEL_INFO.labels(version=old.version).set(0)
+    MODEL_INFO.labels(version=new.version).set(1)
+
+
+def on_log_depth(queued: int, spooled: int) -> None:
+    QUEUE_ROWS.set(queued)
+    SPOOL_ROWS.set(spooled)

@@ -1,0 +1,67 @@
+"""Operations endpoints: health, readiness, metrics, the OpenAPI document, and admin reload."""
+
+from __future__ import annotations
+
+import os
+
+from flask import Blueprint, current_app
+
+from potability.artifacts import ArtifactError
+from serve.auth import require
+from serve.errors import ApiError
+from serve.metrics import exposition
+from serve.openapi import document
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    return {"status": "alive"}
+
+
+@bp.get("/readyz")
+def readyz():
+    holder = current_app.extensions["potability.model"]
+    log = current_app.extensions["potability.log"]
+    spool_writable = os.access(log.spool.directory, os.W_OK)
+    status = {
+        "model_loaded": holder.current is not None,
+        "model_version": holder.current.version if holder.current else None,
+        "database": log.db_ok,
+        "spool_writable": spool_writable,
+        "last_model_error": holder.last_error,
+    }
+    ready = status["model_loaded"] and (log.db_ok or spool_writable)
+    return {"ready": ready, **status}, (200 if ready else 503)
+
+
+@bp.get("/metrics")
+def metrics():
+    body, content_type = exposition()
+    return current_app.response_class(
+        body, mimetype=content_type.split(";")[0], content_type=content_type
+    )
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return document(current_app.config["MAX_BATCH"])
+
+
+@bp.post("/admin/reload")
+@require("admin")
+def reload_model():
+    holder = current_app.extensions["potability.model"]
+    before = holder.current.version if holder.current else None
+    try:
+        production = holder.reload()
+    except ArtifactError as exc:
+        raise ApiError(
+            422, "bad_artifact", f"reload refused, still serving {before or 'nothing'}: {exc}"
+        ) from None
+    return {
+        "version": production.version,
+        "previous": before,
+        "changed": production.version != before,
+    }

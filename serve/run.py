@@ -1,0 +1,26 @@
+"""Start gunicorn on the app factory, with a clean multi-process metrics directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from potability.config import get_settings
+
+
+def run_gunicorn(host: str, port: int, workers: int) -> int:
+    """Replace this process with gunicorn (so signals reach its master directly)."""
+    metrics_dir = get_settings().spool_dir / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # counters of a previous run must not leak in
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.execv(sys.executable, [
+        sys.executable, "-m", "gunicorn",
+        "--config", str(Path(__file__).with_name("gunicorn.conf.py")),
+        "--bind", f"{host}:{port}",
+        "--workers", str(workers),
+        "serve:create_app()",
+    ])  # fmt: skip
+    return 0  # not reached

@@ -1,0 +1,209 @@
+"""The real server: gunicorn, two workers, real Postgres, including outages and shutdowns."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+import requests
+
+from potability import db
+from potability.mart import WaterMart
+from tests.conftest import REPO, project_env
+from tests.test_server import SAMPLE
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, tmp: Path, url: str, model_dir: Path, **env):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / f"server-{self.port}.log"
+        environment = {**project_env(tmp, url), "POTABILITY_MODEL_DIR": str(model_dir),
+                       "POTABILITY_SPOOL_DIR": str(tmp / "spool"), **env}  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "potability.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "2"],
+            cwd=REPO, env=environment, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.base + "/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"server not ready: {self.log.read_text()[-2000:]}")
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=timeout)
+
+
+def hammer(
+    base: str, token: str, total: int, threads: int, on_count=None
+) -> tuple[list[str], list[int]]:
+    """Send ``total`` single-sample requests from ``threads`` threads; return answered ids and other statuses."""
+    answered, failures, lock = [], [], threading.Lock()
+    counter = iter(range(total))
+
+    def worker():
+        session = requests.Session()
+        for _ in iter(lambda: next(counter, None), None):
+            try:
+                r = session.post(
+                    base + "/v1/predict",
+                    json=SAMPLE,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=10,
+                )
+            except requests.ConnectionError:
+                with lock:
+                    failures.append(-1)
+                continue
+            with lock:
+                if r.status_code == 200:
+                    answered.append(r.json()["inference_id"])
+                    if on_count:
+                        on_count(len(answered))
+                else:
+                    failures.append(r.status_code)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return answered, failures
+
+
+def stored_ids(url: str) -> list[str]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT inference_id::text FROM water.water_inferences")
+        return [r[0] for r in cur.fetchall()]
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return predicate()
+
+
+def test_every_endpoint_through_gunicorn(mart, model_dir, tmp_path):
+    sensor, lab = mart.create_token("gsensor", "sensor"), mart.create_token("glab", "lab")
+    server = Server(tmp_path, mart.url, model_dir)
+    try:
+        h = {"Authorization": f"Bearer {sensor}"}
+        r = requests.post(server.base + "/v1/predict", json={"samples": [SAMPLE] * 100}, headers=h)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 100
+        assert (
+            requests.post(
+                server.base + "/v1/predict", json={**SAMPLE, "ph": 15}, headers=h
+            ).status_code
+            == 400
+        )
+        row = {**SAMPLE, "sample_id": "G-1", "Potability": 0}
+        assert (
+            requests.post(
+                server.base + "/v1/samples", json=row, headers={"Authorization": f"Bearer {lab}"}
+            ).status_code
+            == 201
+        )
+        for path in ("/healthz", "/readyz", "/openapi.json"):
+            assert requests.get(server.base + path).status_code == 200
+        metrics = requests.get(server.base + "/metrics").text
+        assert (
+            "potability_predictions_total" in metrics
+            and 'potability_model_info{version="test-rf-1"}' in metrics
+        )
+        assert wait_for(lambda: len(stored_ids(mart.url)) == 100)
+    finally:
+        server.stop()
+
+
+def test_postgres_outage_under_load_loses_and_doubles_nothing(model_dir, tmp_path):
+    """2,000 requests; Postgres stopped after 700 answers and restarted after 1,400."""
+    pgdata = tmp_path / "pg"
+    url = db.embedded_server_url(pgdata)
+    try:
+        db.migrate(url=url)
+        token = WaterMart(url=url).create_token("outage-sensor", "sensor")
+        server = Server(
+            tmp_path,
+            url,
+            model_dir,
+            POTABILITY_SPOOL_REPLAY_SECONDS="0.5",
+            POTABILITY_LOG_FLUSH_SECONDS="0.05",
+        )
+        reached_700, reached_1400, restarted = (
+            threading.Event(),
+            threading.Event(),
+            threading.Event(),
+        )
+
+        def on_count(count):
+            if count >= 700:
+                reached_700.set()
+            if count >= 1400:
+                reached_1400.set()
+
+        def chaos():
+            reached_700.wait()
+            db.stop_embedded_server(pgdata)
+            reached_1400.wait()
+            db.embedded_server_url(pgdata)
+            restarted.set()
+
+        threading.Thread(target=chaos, daemon=True).start()
+        try:
+            hammer(server.base, token, 40, 2)  # warm both workers' token caches
+            answered, failures = hammer(server.base, token, 2000, 4, on_count=on_count)
+            assert restarted.wait(30), "Postgres did not come back"
+            assert len(answered) >= 1900, f"only {len(answered)} answered; failures {set(failures)}"
+            time.sleep(1)
+            assert wait_for(lambda: set(answered) <= set(stored_ids(url)), timeout=60)
+        finally:
+            server.stop()
+        ids = stored_ids(url)
+        assert len(ids) == len(set(ids)) == len(answered) + 40
+        assert "spooling" in server.log.read_text()  # the outage really happened mid-load
+    finally:
+        db.stop_embedded_server(pgdata)
+
+
+def test_sigterm_under_load_flushes_the_queue(mart, model_dir, tmp_path):
+    token = mart.create_token("term-sensor", "sensor")
+    server = Server(
+        tmp_path, mart.url, model_dir, POTABILITY_LOG_FLUSH_SECONDS="30"
+    )  # rows wait in memory
+
+    def terminate(count):
+        if count == 300:
+            os.kill(server.proc.pid, signal.SIGTERM)
+
+    answered, _ = hammer(server.base, token, 600, 4, on_count=terminate)
+    server.proc.wait(timeout=30)
+    assert len(answered) >= 300
+    assert set(answered) <= set(stored_ids(mart.url)), (
+        "answered inferences missing after a graceful shutdown"
+    )

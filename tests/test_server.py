@@ -1,0 +1,233 @@
+"""The Flask app through its test client, with a real Postgres and a real ONNX model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from serve import create_app, shutdown
+
+from potability.schema import FEATURE_NAMES, FEATURES
+
+SAMPLE = {"ph": 7.1, "Hardness": 204.9, "Solids": 20791.0, "Chloramines": 7.3, "Sulfate": 368.5,
+          "Conductivity": 564.3, "Organic_carbon": 10.4, "Trihalomethanes": 86.9, "Turbidity": 2.96}  # fmt: skip
+
+
+@pytest.fixture
+def app(mart, model_dir, tmp_path):
+    production = tmp_path / "production"
+    shutil.copytree(model_dir, production)
+    app = create_app({"DATABASE_URL": mart.url, "MODEL_DIR": str(production), "SPOOL_DIR": str(tmp_path / "spool"),
+                      "TOKEN_CACHE_SECONDS": 0.3, "MODEL_POLL_SECONDS": 3600, "TESTING": True})  # fmt: skip
+    yield app
+    shutdown(app)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def tokens(mart):
+    return {role: mart.create_token(f"{role}-1", role) for role in ("sensor", "lab", "admin")}
+
+
+def auth(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def logged(app, mart):
+    app.extensions["potability.log"].flush()
+    return mart.inferences()
+
+
+def test_single_prediction_is_answered_and_logged_under_the_token_name(app, client, mart, tokens):
+    r = client.post("/v1/predict", json=SAMPLE, headers=auth(tokens["sensor"]))
+    assert r.status_code == 200
+    body = r.get_json()
+    assert set(body) == {"potable", "probability", "threshold", "inference_id", "model_version"}
+    assert (
+        body["potable"] == (body["probability"] >= body["threshold"])
+        and body["model_version"] == "test-rf-1"
+    )
+    rows = logged(app, mart)
+    assert list(rows["inference_id"]) == [body["inference_id"]]
+    assert rows.loc[0, "sensor_id"] == "sensor-1" and rows.loc[0, "Sulfate"] == 368.5
+
+
+def test_batch_answers_in_order_and_missing_values_are_imputed(app, client, mart, tokens):
+    samples = [SAMPLE, {"ph": 7.0}, {**SAMPLE, "Sulfate": None}]
+    r = client.post("/v1/predict", json={"samples": samples}, headers=auth(tokens["sensor"]))
+    assert r.status_code == 200
+    predictions = r.get_json()["predictions"]
+    assert len(predictions) == 3
+    single = client.post("/v1/predict", json=samples[1], headers=auth(tokens["sensor"])).get_json()
+    assert predictions[1]["probability"] == single["probability"]
+    assert len(logged(app, mart)) == 4
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field", "index"),
+    [
+        ({**SAMPLE, "ph": 15.2}, 400, "ph", None),
+        ({**SAMPLE, "Sulfate": "abc"}, 400, "Sulfate", None),
+        ({**SAMPLE, "Solids": -1}, 400, "Solids", None),
+        ({**SAMPLE, "colour": 3}, 400, "colour", None),
+        ({name: None for name in FEATURE_NAMES}, 400, None, None),
+        ({"samples": [SAMPLE, {**SAMPLE, "Turbidity": 5000}]}, 400, "Turbidity", 1),
+        ({"samples": []}, 422, "samples", None),
+        ({"samples": [SAMPLE] * 1001}, 413, "samples", None),
+        ([SAMPLE], 422, None, None),
+    ],
+)
+def test_bad_input_is_refused_naming_the_field(
+    client, app, mart, tokens, body, status, field, index
+):
+    r = client.post("/v1/predict", json=body, headers=auth(tokens["sensor"]))
+    assert r.status_code == status
+    error = r.get_json()["error"]
+    assert error["field"] == field and error["message"] and error["code"]
+    assert error.get("index") == index
+    assert logged(app, mart).empty  # nothing answered, nothing logged
+
+
+def test_broken_json_wrong_type_and_oversized_body(client, tokens, app):
+    h = auth(tokens["sensor"])
+    r = client.post(
+        "/v1/predict", data="{not json", headers={**h, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_json"
+    r = client.post("/v1/predict", data="ph=7", headers={**h, "Content-Type": "text/plain"})
+    assert r.status_code == 415
+    big = json.dumps({"samples": [SAMPLE] * 20}) + " " * app.config["MAX_CONTENT_LENGTH"]
+    r = client.post("/v1/predict", data=big, headers={**h, "Content-Type": "application/json"})
+    assert r.status_code == 413 and "error" in r.get_json()
+
+
+def test_roles_are_enforced(client, tokens):
+    assert client.post("/v1/predict", json=SAMPLE).status_code == 401
+    assert client.post("/v1/predict", json=SAMPLE, headers=auth("pot_nope")).status_code == 401
+    assert client.post("/v1/predict", json=SAMPLE, headers=auth(tokens["lab"])).status_code == 403
+    lab_row = {**SAMPLE, "sample_id": "L1", "Potability": 1}
+    assert (
+        client.post("/v1/samples", json=lab_row, headers=auth(tokens["sensor"])).status_code == 403
+    )
+    assert client.post("/admin/reload", headers=auth(tokens["sensor"])).status_code == 403
+    assert (
+        client.get("/v1/model", headers=auth(tokens["sensor"])).get_json()["version"] == "test-rf-1"
+    )
+    assert client.get("/v1/model").status_code == 401
+
+
+def test_revocation_takes_effect_within_the_cache_time(client, mart, tokens):
+    h = auth(tokens["sensor"])
+    assert client.post("/v1/predict", json=SAMPLE, headers=h).status_code == 200
+    mart.revoke_tokens("sensor-1")
+    time.sleep(0.4)
+    assert client.post("/v1/predict", json=SAMPLE, headers=h).status_code == 401
+
+
+def test_lab_samples_are_idempotent_and_conflicts_refused(client, mart, tokens):
+    h = auth(tokens["lab"])
+    row = {
+        **SAMPLE,
+        "sample_id": "L-1",
+        "Potability": 1,
+        "sensor_id": "plant-2",
+        "collected_at": "2026-11-20T10:00:00Z",
+    }
+    r1 = client.post("/v1/samples", json=row, headers=h)
+    assert r1.status_code == 201 and r1.get_json()["inserted"] == 1
+    r2 = client.post("/v1/samples", json={"samples": [row]}, headers=h)
+    assert r2.status_code == 201 and r2.get_json() | {"sample_ids": None} == {
+        "inserted": 0,
+        "duplicates": 1,
+        "sample_ids": None,
+    }
+    r3 = client.post("/v1/samples", json={**row, "Potability": 0}, headers=h)
+    assert r3.status_code == 409 and "L-1" in r3.get_json()["error"]["message"]
+    bad = client.post(
+        "/v1/samples",
+        json={
+            "samples": [
+                {**row, "sample_id": "L-2"},
+                {**row, "sample_id": "L-3", "Potability": None},
+            ]
+        },
+        headers=h,
+    )
+    assert bad.status_code == 400 and bad.get_json()["error"] | {"message": ""} == {
+        "code": "invalid_field",
+        "message": "",
+        "field": "Potability",
+        "index": 1,
+    }
+    assert mart.sample_count() == 1  # the good row of a refused batch is not half-stored
+
+
+def test_ops_endpoints(client, tokens):
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["model_version"] == "test-rf-1"
+    client.post("/v1/predict", json=SAMPLE, headers=auth(tokens["sensor"]))
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'potability_requests_total{endpoint="/v1/predict",status="200"}' in text
+    assert "potability_request_seconds_bucket" in text and "potability_inference_spool_rows" in text
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.") and "/v1/predict" in spec["paths"]
+    props = spec["components"]["schemas"]["Sample"]["properties"]
+    assert [props[f.name]["maximum"] for f in FEATURES] == [f.high for f in FEATURES]
+
+
+def test_corrupt_model_is_refused_and_the_old_one_keeps_serving(app, client, tokens):
+    h = auth(tokens["sensor"])
+    before = client.post("/v1/predict", json=SAMPLE, headers=h).get_json()
+    model_file = app.config["MODEL_DIR"] + "/model.onnx"
+    with open(model_file, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"garbage!")
+    r = client.post("/admin/reload", headers=auth(tokens["admin"]))
+    assert r.status_code == 422 and "sha256" in r.get_json()["error"]["message"]
+    after = client.post("/v1/predict", json=SAMPLE, headers=h).get_json()
+    assert after["probability"] == before["probability"] and after["model_version"] == "test-rf-1"
+    assert "sha256" in client.get("/readyz").get_json()["last_model_error"]
+
+
+def test_reload_swaps_in_a_new_model(app, client, tokens, model_dir):
+    meta_path = app.config["MODEL_DIR"] + "/meta.json"
+    meta = json.loads(open(meta_path).read())
+    meta["version"] = "test-rf-2"
+    open(meta_path, "w").write(json.dumps(meta))
+    r = client.post("/admin/reload", headers=auth(tokens["admin"]))
+    assert r.status_code == 200 and r.get_json() == {
+        "version": "test-rf-2",
+        "previous": "test-rf-1",
+        "changed": True,
+    }
+    assert (
+        client.post("/v1/predict", json=SAMPLE, headers=auth(tokens["sensor"])).get_json()[
+            "model_version"
+        ]
+        == "test-rf-2"
+    )
+
+
+def test_without_a_model_not_ready_and_503(mart, tmp_path):
+    app = create_app(
+        {
+            "DATABASE_URL": mart.url,
+            "MODEL_DIR": str(tmp_path / "none"),
+            "SPOOL_DIR": str(tmp_path / "s"),
+        }
+    )
+    try:
+        client = app.test_client()
+        assert client.get("/readyz").status_code == 503
+        token = mart.create_token("s", "sensor")
+        r = client.post("/v1/predict", json=SAMPLE, headers=auth(token))
+        assert r.status_code == 503 and r.get_json()["error"]["code"] == "no_model"
+    finally:
+        shutdown(app)
