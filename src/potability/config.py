@@ -120,6 +120,14 @@ class Settings:
     def admin_token(self) -> str | None:
         return os.environ.get("POTABILITY_ADMIN_TOKEN") or None
 
+    @cached_property
+    def retrain_cron(self) -> str:
+        return os.environ.get("POTABILITY_RETRAIN_CRON", "0 3 * * *")
+
+    @cached_property
+    def reload_timeout_seconds(self) -> float:
+        return _env_float("POTABILITY_RELOAD_TIMEOUT_SECONDS", 10.0)
+
     def params(self) -> dict[str, Any]:
         """Return ``params.yaml`` as a dict (read each call: DVC may have changed it)."""
         return load_params(self.params_path)

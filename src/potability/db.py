@@ -92,6 +92,20 @@ def transaction(settings: Settings | None = None, url: str | None = None):
         conn.close()
 
 
+@contextmanager
+def advisory_lock(key: int, settings: Settings | None = None, url: str | None = None):
+    """Hold a session-level Postgres advisory lock; yield False at once if another session holds it."""
+    conn = connect(settings, url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+            acquired = bool(cur.fetchone()[0])
+        yield acquired
+    finally:
+        conn.close()  # closing the session releases the lock, even after a crash
+
+
 def redact(url: str) -> str:
     """Hide a password in a URI before it goes into a message or a log."""
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)

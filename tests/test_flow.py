@@ -1,0 +1,131 @@
+"""The retrain flow for real: Prefect (test harness), dvc repro, Postgres watermark, advisory lock."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+import yaml
+
+from potability import db
+from potability.mart import WaterMart
+from tests.conftest import copy_project, project_env
+from tests.test_pipeline import seed_rows
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+@pytest.fixture(scope="module")
+def flow_project(tmp_path_factory, pg_url, harness):
+    with db.transaction(url=pg_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "TRUNCATE water.water_potability, water.water_inferences, water.api_tokens, water.flow_state"
+        )
+    root = copy_project(tmp_path_factory.mktemp("flow") / "repo")
+    env = project_env(root, pg_url)
+    saved = dict(os.environ)
+    os.environ.update({k: env[k] for k in ("PATH", "POTABILITY_ROOT", "DATABASE_URL")})
+    os.environ["POTABILITY_SERVER_URL"] = (
+        "http://127.0.0.1:9"  # nothing listens: a warning, not a failure
+    )
+    os.environ["POTABILITY_ADMIN_TOKEN"] = "pot_unused"
+    seed_rows(pg_url, 1200, seed=41)
+    yield root
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_first_run_trains_promotes_and_reports(flow_project, pg_url):
+    from flows.retrain import retrain
+
+    result = retrain()
+    assert result["status"] == "retrained" and result["decision"]["promoted"] is True
+    assert (flow_project / "models/production/model.onnx").exists()
+    assert any("server reload failed" in w for w in result["warnings"])
+    mart = WaterMart(url=pg_url)
+    assert mart.watermark("retrain") == mart.samples_added_since(None)[1]
+    assert result["lock_hash"] == sha(flow_project / "dvc.lock")
+
+
+def test_markdown_artifact_is_published(flow_project):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-report"]))
+        )
+    assert artifacts and "Decision:" in artifacts[0].data and "| rf |" in artifacts[0].data
+
+
+def test_no_new_rows_means_no_repro(flow_project):
+    from flows.retrain import retrain
+
+    lock = sha(flow_project / "dvc.lock")
+    result = retrain()
+    assert result["status"] == "nothing new" and result["repro_ran"] is False
+    assert "nothing new" in result["summary"]
+    assert sha(flow_project / "dvc.lock") == lock
+
+
+def test_a_second_run_skips_while_one_holds_the_lock(flow_project, pg_url):
+    from flows.retrain import RETRAIN_LOCK_KEY, retrain
+
+    seed_rows(pg_url, 50, seed=42)
+    with db.advisory_lock(RETRAIN_LOCK_KEY, url=pg_url) as held:
+        assert held
+        result = retrain()
+    assert result["status"] == "skipped"
+    # the rows are still new for the next run: nothing was consumed
+    mart = WaterMart(url=pg_url)
+    assert mart.samples_added_since(mart.watermark("retrain"))[0] == 50
+
+
+def test_broken_stage_fails_the_flow_and_keeps_champion_and_watermark(flow_project, pg_url):
+    from flows.retrain import retrain
+
+    mart = WaterMart(url=pg_url)
+    watermark = mart.watermark("retrain")
+    champion = sha(flow_project / "models/production/model.onnx")
+    params_path = flow_project / "params.yaml"
+    good = params_path.read_text()
+    params = yaml.safe_load(good)
+    params["train"]["cv_folds"] = 1  # GridSearchCV refuses a single fold: train@* fails
+    params_path.write_text(yaml.safe_dump(params))
+    try:
+        with pytest.raises(RuntimeError, match="dvc repro.*failed") as err:
+            retrain()
+        assert "last lines" in str(err.value)
+    finally:
+        params_path.write_text(good)
+    assert sha(flow_project / "models/production/model.onnx") == champion
+    assert mart.watermark("retrain") == watermark
+
+
+def test_new_rows_retrain_and_advance_the_watermark(flow_project, pg_url):
+    from flows.retrain import retrain
+
+    mart = WaterMart(url=pg_url)
+    lock = sha(flow_project / "dvc.lock")
+    result = retrain()  # the 50 rows of the skipped run are still pending
+    assert result["status"] == "retrained"
+    decision = result["decision"]
+    assert decision["reason"] and ("promoted" in decision["reason"] or "kept" in decision["reason"])
+    assert sha(flow_project / "dvc.lock") != lock
+    assert mart.samples_added_since(mart.watermark("retrain"))[0] == 0
+    history = json.loads((flow_project / "models/production/history.json").read_text())
+    assert len(history) >= 2
