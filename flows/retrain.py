@@ -92,19 +92,20 @@ def publish_report(
              "| model | precision | recall | positives |", "|---|---|---|---|"]  # fmt: skip
     for kind, metrics in sorted(after.items()):
         old = before.get(kind, {})
-
-        def cell(key, fmt="{:.3f}"):
-            new_value = fmt.format(metrics[key])
-            return f"{fmt.format(old[key])} → {new_value}" if key in old else new_value
-
-        lines.append(
-            f"| {kind} | {cell('precision')} | {cell('recall')} | {cell('positives', '{}')} |"
-        )
+        cells = [_diff_cell(old, metrics, "precision"), _diff_cell(old, metrics, "recall"),
+                 _diff_cell(old, metrics, "positives", "{}")]  # fmt: skip
+        lines.append(f"| {kind} | {' | '.join(cells)} |")
     markdown = "\n".join(lines)
     create_markdown_artifact(
         markdown=markdown, key="retrain-report", description="Metrics diff and promotion decision"
     )
     return markdown
+
+
+def _diff_cell(old: dict[str, Any], new: dict[str, Any], key: str, fmt: str = "{:.3f}") -> str:
+    """``old → new`` for one metric, or just ``new`` for a candidate seen the first time."""
+    new_value = fmt.format(new[key])
+    return f"{fmt.format(old[key])} → {new_value}" if key in old else new_value
 
 
 def _read_json(path: Path) -> dict[str, Any]:
