@@ -2,7 +2,7 @@
 
 import os
 
-worker_class = "gthread"
+worker_class = os.environ.get("POTABILITY_WORKER_CLASS", "gthread")
 threads = int(os.environ.get("POTABILITY_THREADS", "4"))
 graceful_timeout = 20
 timeout = 60

@@ -1,0 +1,142 @@
+"""Serving benchmark: our gunicorn + ONNX server vs `mlflow models serve`, same model, same requests.
+
+Takes the promoted model (``models/production``) and its sklearn twin (the
+skops candidate of the same kind), saves that twin as an MLflow model and
+serves it with ``mlflow models serve``; starts ``potability serve`` with
+inference logging on (rows go to Postgres); drives both with wrk on loopback
+with one row and with 100-row batches at several concurrencies. Prints a table
+and writes ``bench/results/serve.json``.
+
+Usage: python bench/serve.py [--seconds 10]   (after `make run` or `dvc repro`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import free_port, machine, wait_http, write_result, wrk  # noqa: E402
+from potability import artifacts  # noqa: E402
+from potability.config import get_settings  # noqa: E402
+from potability.mart import WaterMart  # noqa: E402
+from potability.schema import FEATURE_NAMES  # noqa: E402
+
+ROW = {"ph": 7.08, "Hardness": 196.4, "Solids": 22006.0, "Chloramines": 7.12, "Sulfate": 333.8,
+       "Conductivity": 426.2, "Organic_carbon": 14.3, "Trihalomethanes": 66.4, "Turbidity": 3.97}  # fmt: skip
+SCENARIOS = [("1 row", 1, 1), ("1 row", 1, 8), ("1 row", 1, 32), ("100-row batch", 100, 8)]
+
+
+def bodies(rows: int) -> tuple[str, str]:
+    ours = json.dumps(ROW if rows == 1 else {"samples": [ROW] * rows})
+    peer = json.dumps(
+        {
+            "dataframe_split": {
+                "columns": list(FEATURE_NAMES),
+                "data": [[ROW[n] for n in FEATURE_NAMES]] * rows,
+            }
+        }
+    )
+    return ours, peer
+
+
+def save_mlflow_model(kind_dir: Path, out: Path) -> None:
+    import mlflow.sklearn
+    import pandas as pd
+    import skops.io as sio
+
+    model = artifacts.load_candidate(kind_dir)
+    mlflow.sklearn.save_model(
+        model, out, serialization_format="skops",
+        skops_trusted_types=sio.get_untrusted_types(data=sio.dumps(model)),
+        input_example=pd.DataFrame([ROW], columns=list(FEATURE_NAMES)),
+    )  # fmt: skip
+
+
+def start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        command, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--seconds", type=int, default=10, help="wrk duration per scenario and server"
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    settings = get_settings()
+    production = artifacts.load_production(settings.model_dir)
+    kind = production.meta["kind"]
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    work = Path(tempfile.mkdtemp(prefix="potability-bench-"))
+    token = WaterMart().create_token("bench-sensor", "sensor")
+    save_mlflow_model(settings.root / "models/candidates" / kind, work / "mlflow-model")
+    ours_port, peer_port = free_port(), free_port()
+    ours = start([sys.executable, "-m", "potability.cli", "serve", "--host", "127.0.0.1", "--port", str(ours_port),
+                  "--workers", str(args.workers)], env, work / "ours.log")  # fmt: skip
+    peer = start([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", str(work / "mlflow-model"), "--env-manager",
+                  "local", "-h", "127.0.0.1", "-p", str(peer_port), "-w", str(args.workers)], env, work / "mlflow.log")  # fmt: skip
+    runs = []
+    try:
+        wait_http(f"http://127.0.0.1:{ours_port}/readyz")
+        wait_http(f"http://127.0.0.1:{peer_port}/ping")
+        for label, rows, connections in SCENARIOS:
+            our_body, peer_body = bodies(rows)
+            result_ours = wrk(
+                f"http://127.0.0.1:{ours_port}/v1/predict",
+                our_body,
+                connections,
+                args.seconds,
+                token,
+            )
+            result_peer = wrk(
+                f"http://127.0.0.1:{peer_port}/invocations", peer_body, connections, args.seconds
+            )
+            for r in (result_ours, result_peer):
+                r["rows_per_s"] = round(r["rps"] * rows, 1)
+            ratio = (
+                round(result_ours["rps"] / result_peer["rps"], 1) if result_peer["rps"] else None
+            )
+            runs.append(
+                {
+                    "scenario": f"{label}, {connections} connections",
+                    "ours": result_ours,
+                    "mlflow": result_peer,
+                    "ratio": ratio,
+                }
+            )
+            print(f"{label:>14}  c={connections:<3} ours {result_ours['rps']:>8} req/s p50 {result_ours['p50_ms']:>6} ms "
+                  f"p99 {result_ours['p99_ms']:>6} ms | mlflow {result_peer['rps']:>7} req/s p50 {result_peer['p50_ms']:>7} ms "
+                  f"p99 {result_peer['p99_ms']:>7} ms | ratio {ratio}", flush=True)  # fmt: skip
+    finally:
+        stop(ours)
+        stop(peer)
+        WaterMart().revoke_tokens("bench-sensor")
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"machine": machine(), "model": {"version": production.version, "kind": kind},
+              "inference_logging": True, "seconds_per_run": args.seconds, "runs": runs}  # fmt: skip
+    print(f"wrote {write_result('serve', result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
