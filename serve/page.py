@@ -1,7 +1,134 @@
-"""The public quality page (filled in by the quality-page issue)."""
+"""The public quality page (``/``, ``/model``) and its JSON twins (``/v1/stats/...``).
+
+Read-only, open by default (a setting can require a token); it shows no tokens
+and no raw sensor inputs, only aggregates.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, current_app, render_template
+
+from potability import quality
+from potability.config import load_params
+from potability.errors import MartError
+from serve.errors import ApiError
 
 bp = Blueprint("page", __name__)
+PAGE_DEFAULTS = {
+    "drift_psi_threshold": 0.2,
+    "live_days": 7,
+    "lab_match_minutes": 60,
+    "drift_live_rows": 20_000,
+}
+
+
+def page_params() -> dict[str, Any]:
+    """The page's numbers from params.yaml (``page:``), read once per app."""
+    cached = current_app.extensions.get("potability.page_params")
+    if cached is None:
+        try:
+            cached = {
+                **PAGE_DEFAULTS,
+                **load_params(Path(current_app.config["PARAMS_PATH"])).get("page", {}),
+            }
+        except FileNotFoundError:
+            cached = dict(PAGE_DEFAULTS)
+        current_app.extensions["potability.page_params"] = cached
+    return cached
+
+
+def _check_access() -> None:
+    if current_app.config["PAGE_REQUIRES_TOKEN"]:
+        from serve.auth import require
+
+        require("sensor", "lab", "admin")(lambda: None)()
+
+
+def _production():
+    return current_app.extensions["potability.model"].current
+
+
+def model_panel() -> dict[str, Any]:
+    production = _production()
+    history_path = Path(current_app.config["MODEL_DIR"]) / "history.json"
+    history = json.loads(history_path.read_text()) if history_path.exists() else []
+    return quality.model_card(production.meta if production else None, history)
+
+
+def _mart():
+    return current_app.extensions["potability.mart"]
+
+
+def live_panel() -> dict[str, Any]:
+    since = datetime.now(UTC) - timedelta(days=page_params()["live_days"])
+    return {
+        "days": page_params()["live_days"],
+        **quality.live_summary(_mart().inference_hourly(since)),
+    }
+
+
+def agreement_panel() -> dict[str, Any]:
+    minutes = page_params()["lab_match_minutes"]
+    return {"window_minutes": minutes, **quality.lab_agreement(_mart().lab_matches(minutes))}
+
+
+def drift_panel() -> dict[str, Any]:
+    params = page_params()
+    production = _production()
+    profile = (production.meta.get("reference") if production else None) or {}
+    if not profile:
+        return {"rows": 0, "threshold": params["drift_psi_threshold"], "features": [],
+                "note": "no training profile in the served model yet"}  # fmt: skip
+    since = datetime.now(UTC) - timedelta(days=params["live_days"])
+    live = _mart().recent_inference_features(since, params["drift_live_rows"])
+    return quality.drift(profile, live, params["drift_psi_threshold"])
+
+
+PANELS = {
+    "model": model_panel,
+    "live": live_panel,
+    "agreement": agreement_panel,
+    "drift": drift_panel,
+}
+
+
+def _panel(name: str) -> dict[str, Any]:
+    try:
+        return PANELS[name]()
+    except MartError as exc:
+        return {"error": f"the database is unavailable: {exc}"}
+
+
+@bp.get("/v1/stats/<name>")
+def stats(name: str):
+    _check_access()
+    if name not in PANELS:
+        raise ApiError(
+            404, "not_found", f"no panel {name!r}; try one of {', '.join(PANELS)}", field="name"
+        )
+    return _panel(name)
+
+
+@bp.get("/")
+@bp.get("/model")
+def page():
+    from serve import charts
+
+    _check_access()
+    started = time.perf_counter()
+    panels = {name: _panel(name) for name in PANELS}
+    live, drift = panels["live"], panels["drift"]
+    return render_template(
+        "page.html",
+        card=panels["model"], live=live, agreement=panels["agreement"], drift=drift,
+        live_chart=charts.answers_per_hour(live.get("hourly", [])),
+        drift_chart=charts.drift_bars(drift.get("features", []), drift.get("threshold", 0.2)),
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        render_ms=round((time.perf_counter() - started) * 1000),
+    )  # fmt: skip

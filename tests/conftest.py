@@ -124,6 +124,7 @@ def model_dir(tmp_path_factory) -> Path:
     from potability import artifacts
     from potability.features import feature_matrix, labels
     from potability.modeling import build_pipeline, choose_threshold, classification_metrics
+    from potability.quality import reference_profile
     from potability.schema import FEATURE_NAMES
     from potability.synth import generate
 
@@ -138,7 +139,8 @@ def model_dir(tmp_path_factory) -> Path:
     meta = {"version": "test-rf-1", "kind": "rf", "model_name": "random forest", "threshold": choice.threshold,
             "features": list(FEATURE_NAMES), "sha256": artifacts.sha256_bytes(blob), "n_train": len(frame),
             "metrics": classification_metrics(y, model.predict_proba(X)[:, 1], choice.threshold),
-            "trained_at": "2026-11-23T00:00:00+00:00", "promoted_at": "2026-11-23T00:00:00+00:00"}  # fmt: skip
+            "trained_at": "2026-11-23T00:00:00+00:00", "promoted_at": "2026-11-23T00:00:00+00:00",
+            "reference": reference_profile(frame, 10)}  # fmt: skip
     artifacts.write_production(
         directory,
         blob,

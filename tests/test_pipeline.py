@@ -117,7 +117,7 @@ def test_dvc_metrics_and_plots_work(project):
 def test_promote_refuses_a_worse_challenger_and_a_degenerate_one(project):
     """Feed promote candidates worse than the real champion: production must not move."""
     from potability.config import Settings, load_params
-    from potability.stages.promote import promote
+    from potability.stages.promote import Paths, promote
 
     root, _, _ = project
     before = (root / "models/production/model.onnx").read_bytes()
@@ -129,8 +129,9 @@ def test_promote_refuses_a_worse_challenger_and_a_degenerate_one(project):
     fake["svm"] = dict(fake["svm"], precision=1.0, recall=0.01, positives=2)
     metrics_path = root / "metrics/worse.json"
     metrics_path.write_text(json.dumps(fake))
-    record = promote(root / "data/split/test.csv", root / "models/candidates", metrics_path,
-                     root / "models/production", load_params(root / "params.yaml"), Settings(root=root))  # fmt: skip
+    paths = Paths(train=root / "data/split/train.csv", test=root / "data/split/test.csv",
+                  candidates=root / "models/candidates", metrics=metrics_path, model_dir=root / "models/production")  # fmt: skip
+    record = promote(paths, load_params(root / "params.yaml"), Settings(root=root))
     assert not record["promote"] and "kept the champion" in record["reason"]
     assert "not eligible" in record["candidates"]["svm"]
     assert (root / "models/production/model.onnx").read_bytes() == before

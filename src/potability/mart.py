@@ -291,6 +291,56 @@ class WaterMart:
 
         return self._run(work)
 
+    def inference_hourly(self, since: datetime) -> pd.DataFrame:
+        """Answers per hour and sensor since ``since``: hour, sensor_id, answers, potable share."""
+
+        def work(cur) -> pd.DataFrame:
+            cur.execute(
+                "SELECT date_trunc('hour', received_at) AS hour, sensor_id, count(*) AS answers, "
+                "avg(potable::int)::float AS potable_share FROM water.water_inferences "
+                "WHERE received_at >= %s GROUP BY 1, 2 ORDER BY 1, 2",
+                (since,),
+            )
+            return pd.DataFrame(
+                cur.fetchall(), columns=["hour", "sensor_id", "answers", "potable_share"]
+            )
+
+        return self._run(work)
+
+    def recent_inference_features(self, since: datetime, limit: int) -> pd.DataFrame:
+        """The newest ``limit`` answered samples' features since ``since`` (for drift)."""
+
+        def work(cur) -> pd.DataFrame:
+            cur.execute(
+                f"SELECT {', '.join(FEATURE_COLUMNS)} FROM water.water_inferences "  # noqa: S608
+                "WHERE received_at >= %s ORDER BY received_at DESC LIMIT %s",
+                (since, limit),
+            )
+            return pd.DataFrame(cur.fetchall(), columns=list(FEATURE_NAMES), dtype="float64")
+
+        return self._run(work)
+
+    def lab_matches(self, window_minutes: float) -> pd.DataFrame:
+        """Lab samples matched to the live answer of the same sensor nearest in time (within the window)."""
+
+        def work(cur) -> pd.DataFrame:
+            cur.execute(
+                """SELECT DISTINCT ON (s.sample_id) s.sample_id, s.sensor_id, s.potability, i.potable,
+                          i.probability, i.model_version
+                   FROM water.water_potability s
+                   JOIN water.water_inferences i
+                     ON i.sensor_id = s.sensor_id
+                    AND i.received_at BETWEEN s.collected_at - make_interval(mins => %s)
+                                          AND s.collected_at + make_interval(mins => %s)
+                   WHERE s.sensor_id IS NOT NULL AND s.collected_at IS NOT NULL
+                   ORDER BY s.sample_id, abs(extract(epoch FROM i.received_at - s.collected_at))""",
+                (int(window_minutes), int(window_minutes)),
+            )
+            return pd.DataFrame(cur.fetchall(), columns=["sample_id", "sensor_id", "potability", "potable",
+                                                         "probability", "model_version"])  # fmt: skip
+
+        return self._run(work)
+
     # -- API tokens -------------------------------------------------------
     def create_token(self, name: str, role: str) -> str:
         """Create a token for ``name`` with ``role``; return it (the only time it is seen)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from potability import artifacts, tracking
 from potability.config import Settings, get_settings, load_params
 from potability.features import feature_matrix, labels, read_samples
 from potability.modeling import classification_metrics
-from potability.promotion import Decision, decide
+from potability.promotion import decide
+from potability.quality import reference_profile
 from potability.schema import FEATURE_NAMES
 from potability.stages.train import read_train_info
 
@@ -42,91 +44,74 @@ def read_history(model_dir: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
 
 
-def promote(
-    test_csv: Path,
-    candidates_dir: Path,
-    metrics_path: Path,
-    model_dir: Path,
-    params: dict[str, Any],
-    settings: Settings,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Paths:
+    """Where promote reads and writes (mirrors the stage's cmd in dvc.yaml)."""
+
+    train: Path
+    test: Path
+    candidates: Path
+    metrics: Path
+    model_dir: Path
+
+
+def promote(paths: Paths, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Decide, and on promotion write ``model_dir`` and move the MLflow alias; return the decision record."""
-    frame = read_samples(test_csv)
+    frame = read_samples(paths.test)
     X, y = feature_matrix(frame), labels(frame)
-    candidates = json.loads(metrics_path.read_text(encoding="utf-8"))
+    candidates = json.loads(paths.metrics.read_text(encoding="utf-8"))
     floor, min_pos = params["train"]["min_recall"], params["train"]["min_positives"]
-    champion = champion_metrics(model_dir, X, y)
+    champion = champion_metrics(paths.model_dir, X, y)
     decision = decide(candidates, champion, floor, min_pos)
-    now = datetime.now(UTC).isoformat(timespec="seconds")
     record: dict[str, Any] = {
-        "decided_at": now,
+        "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **decision.as_dict(),
         "challenger_metrics": candidates.get(decision.challenger) if decision.challenger else None,
         "champion_before": champion,
         "candidates_metrics": candidates,
         "min_recall": floor,
+        "version": champion["version"] if champion else None,
     }
-    history = read_history(model_dir)
+    history = read_history(paths.model_dir)
     if decision.promote:
-        record.update(
-            _publish(
-                decision,
-                candidates,
-                test_csv,
-                candidates_dir,
-                model_dir,
-                X,
-                params,
-                settings,
-                now,
-                history,
-                record,
-            )
+        blob, meta, gap = _build(
+            decision.challenger, candidates, paths, X, params, record["decided_at"]
         )
-    else:
-        record["version"] = champion["version"] if champion else None
-        model_dir.mkdir(parents=True, exist_ok=True)
-        artifacts.write_json_atomic(model_dir / HISTORY_FILE, [*history, _summary(record)])
+        tolerance = params["promote"]["parity_tolerance"]
+        record["parity_gap"] = gap
+        if gap > tolerance:
+            record.update(promote=False, reason=f"refused {decision.challenger}: ONNX probabilities differ from "
+                          f"scikit-learn's by {gap:.2e} > {tolerance:.0e}; the champion stays")  # fmt: skip
+        else:
+            tracking.configure(settings)
+            meta["registered_version"] = tracking.register_champion(
+                meta["mlflow_model_uri"], params["promote"]["registered_model"], params["promote"]["alias"],
+                tags={"version": meta["version"], "sha256": meta["sha256"],
+                      "test_precision": f"{meta['metrics']['precision']:.4f}"},
+            )  # fmt: skip
+            record["version"] = meta["version"]
+            artifacts.write_production(
+                paths.model_dir, blob, meta, {HISTORY_FILE: [*history, _summary(record)]}
+            )
+            log.info("promotion decision: %s", record["reason"])
+            return record
+    paths.model_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json_atomic(paths.model_dir / HISTORY_FILE, [*history, _summary(record)])
     log.info("promotion decision: %s", record["reason"])
     return record
 
 
-def _publish(
-    decision: Decision,
-    candidates,
-    test_csv,
-    candidates_dir,
-    model_dir,
-    X,
-    params,
-    settings,
-    now,
-    history,
-    record,
+def _build(
+    kind: str, candidates: dict[str, Any], paths: Paths, X, params: dict[str, Any], now: str
 ):
-    kind = decision.challenger
-    info = read_train_info(candidates_dir / kind)
-    model = artifacts.load_candidate(candidates_dir / kind)
+    """Export the challenger to ONNX and assemble its meta.json; return (onnx bytes, meta, parity gap)."""
+    info = read_train_info(paths.candidates / kind)
+    model = artifacts.load_candidate(paths.candidates / kind)
     blob = artifacts.to_onnx(model)
     gap = artifacts.parity_gap(model, blob, X)
-    tolerance = params["promote"]["parity_tolerance"]
-    if gap > tolerance:
-        reason = f"refused {kind}: ONNX probabilities differ from scikit-learn's by {gap:.2e} > {tolerance:.0e}"
-        model_dir.mkdir(parents=True, exist_ok=True)
-        outcome = {"promote": False, "reason": reason, "parity_gap": gap}
-        artifacts.write_json_atomic(
-            model_dir / HISTORY_FILE, [*history, _summary({**record, **outcome})]
-        )
-        return outcome
     sha = artifacts.sha256_bytes(blob)
-    version = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{kind}-{sha[:8]}"
-    tracking.configure(settings)
-    registry_version = tracking.register_champion(
-        info["mlflow_model_uri"], params["promote"]["registered_model"], params["promote"]["alias"],
-        tags={"version": version, "sha256": sha, "test_precision": f"{candidates[kind]['precision']:.4f}"},
-    )  # fmt: skip
     meta = {
-        "version": version,
+        "version": f"{datetime.now(UTC):%Y%m%d%H%M%S}-{kind}-{sha[:8]}",
         "kind": kind,
         "model_name": info["model_name"],
         "threshold": info["threshold"],
@@ -135,7 +120,7 @@ def _publish(
         "cv_metrics": info["metrics"],
         "best_params": info["best_params"],
         "data_hash": info["data_hash"],
-        "test_data_hash": artifacts.sha256_bytes(test_csv.read_bytes()),
+        "test_data_hash": artifacts.sha256_bytes(paths.test.read_bytes()),
         "sha256": sha,
         "n_train": info["n_train"],
         "n_test": int(len(X)),
@@ -143,16 +128,14 @@ def _publish(
         "promoted_at": now,
         "git_commit": info["git_commit"],
         "mlflow_run_id": info["mlflow_run_id"],
+        "mlflow_model_uri": info["mlflow_model_uri"],
         "registered_model": params["promote"]["registered_model"],
-        "registered_version": registry_version,
         "min_recall": params["train"]["min_recall"],
         "parity_gap": gap,
+        # the training inputs' distribution, so the server can measure drift without the data
+        "reference": reference_profile(read_samples(paths.train), params["page"]["drift_bins"]),
     }
-    outcome = {"version": version, "parity_gap": gap, "registered_version": registry_version}
-    artifacts.write_production(
-        model_dir, blob, meta, {HISTORY_FILE: [*history, _summary({**record, **outcome})]}
-    )
-    return outcome
+    return blob, meta, gap
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +155,7 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--train", type=Path, required=True)
     parser.add_argument("--test", type=Path, required=True)
     parser.add_argument("--candidates", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)

@@ -1,0 +1,157 @@
+"""What regulators and clients see: model card, live answers, lab agreement, drift.
+
+Pure functions over frames and the production meta; the server's page and its
+JSON twins (``/v1/stats/...``) both call them, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from potability.schema import FEATURE_NAMES
+
+_EPS = 1e-4  # keeps empty bins out of log(0) in the PSI
+
+
+def reference_profile(frame: pd.DataFrame, bins: int) -> dict[str, Any]:
+    """Per feature: quantile bin edges of the training data and the share in each bin (+ missing).
+
+    Stored in meta.json at promotion, so the server can measure drift without the training data.
+    """
+    profile = {}
+    for name in FEATURE_NAMES:
+        values = frame[name].to_numpy(dtype=float)
+        present = values[~np.isnan(values)]
+        edges = (
+            np.unique(np.quantile(present, np.linspace(0, 1, bins + 1))[1:-1])
+            if len(present)
+            else np.array([])
+        )
+        profile[name] = {
+            "edges": edges.round(6).tolist(),
+            "shares": _shares(values, edges).round(6).tolist(),
+        }
+    return profile
+
+
+def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Shares of values per bin (len(edges)+1 bins), then the missing share last."""
+    present = values[~np.isnan(values)]
+    counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
+    return np.append(counts, len(values) - len(present)) / max(len(values), 1)
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index of two share vectors."""
+    e, a = np.clip(expected, _EPS, None), np.clip(actual, _EPS, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def drift(
+    profile: dict[str, Any], live: pd.DataFrame, threshold: float, min_rows: int = 30
+) -> dict[str, Any]:
+    """PSI of live sensor inputs against the training profile, per feature, flagged past ``threshold``."""
+    if len(live) < min_rows:
+        return {"rows": len(live), "threshold": threshold, "features": [],
+                "note": f"drift needs at least {min_rows} live answers; {len(live)} so far"}  # fmt: skip
+    features = []
+    for name in FEATURE_NAMES:
+        ref = profile.get(name)
+        if not ref:
+            continue
+        actual = _shares(live[name].to_numpy(dtype=float), np.asarray(ref["edges"]))
+        value = psi(np.asarray(ref["shares"]), actual)
+        features.append({"feature": name, "psi": round(value, 4), "flagged": value > threshold,
+                         "live_missing": round(float(actual[-1]), 4), "train_missing": ref["shares"][-1]})  # fmt: skip
+    return {"rows": len(live), "threshold": threshold, "features": features,
+            "flagged": [f["feature"] for f in features if f["flagged"]]}  # fmt: skip
+
+
+def model_card(meta: dict[str, Any] | None, history: list[dict[str, Any]]) -> dict[str, Any]:
+    if not meta:
+        return {"available": False}
+    metrics = meta.get("metrics", {})
+    return {
+        "available": True,
+        "version": meta.get("version"),
+        "kind": meta.get("kind"),
+        "model_name": meta.get("model_name"),
+        "trained_at": meta.get("trained_at"),
+        "promoted_at": meta.get("promoted_at"),
+        "n_train": meta.get("n_train"),
+        "n_test": meta.get("n_test"),
+        "threshold": meta.get("threshold"),
+        "min_recall": meta.get("min_recall"),
+        "precision": metrics.get("precision"),
+        "recall": metrics.get("recall"),
+        "f1": metrics.get("f1"),
+        "roc_auc": metrics.get("roc_auc"),
+        "confusion": metrics.get("confusion"),
+        "history": [
+            {
+                "decided_at": h.get("decided_at"),
+                "promoted": h.get("promote"),
+                "challenger": h.get("challenger"),
+                "reason": h.get("reason"),
+                "version": h.get("version"),
+                "candidates": h.get("candidates") or {},
+            }
+            for h in reversed(history)
+        ],  # fmt: skip
+    }
+
+
+def live_summary(hourly: pd.DataFrame) -> dict[str, Any]:
+    """Answers and potable share per sensor, from the hourly aggregate."""
+    if hourly.empty:
+        return {"answers": 0, "sensors": [], "hourly": []}
+    sensors = []
+    for sensor, group in hourly.groupby("sensor_id"):
+        answers = int(group["answers"].sum())
+        potable = float((group["answers"] * group["potable_share"]).sum() / answers)
+        sensors.append({"sensor_id": sensor, "answers": answers, "potable_share": round(potable, 4),
+                        "hours_active": int(len(group))})  # fmt: skip
+    return {
+        "answers": int(hourly["answers"].sum()),
+        "sensors": sensors,
+        "hourly": [
+            {
+                "hour": h.isoformat(),
+                "sensor_id": s,
+                "answers": int(a),
+                "potable_share": round(float(p), 4),
+            }
+            for h, s, a, p in hourly.itertuples(index=False)
+        ],  # fmt: skip
+    }
+
+
+def lab_agreement(matches: pd.DataFrame) -> dict[str, Any]:
+    """Realised precision of live "potable" answers, judged by matching lab samples."""
+    if matches.empty:
+        return {
+            "matched": 0,
+            "potable_answers": 0,
+            "realised_precision": None,
+            "realised_recall": None,
+        }
+    said_potable = matches["potable"].astype(bool)
+    truly = matches["potability"].astype(int) == 1
+    tp = int((said_potable & truly).sum())
+    return {
+        "matched": int(len(matches)),
+        "potable_answers": int(said_potable.sum()),
+        "realised_precision": round(tp / int(said_potable.sum()), 4)
+        if said_potable.any()
+        else None,
+        "realised_recall": round(tp / int(truly.sum()), 4) if truly.any() else None,
+        "confusion": {
+            "tp": tp,
+            "fp": int((said_potable & ~truly).sum()),
+            "fn": int((~said_potable & truly).sum()),
+            "tn": int((~said_potable & ~truly).sum()),
+        },  # fmt: skip
+    }

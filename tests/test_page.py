@@ -1,0 +1,109 @@
+"""The public quality page and its JSON twins, on real Postgres data (and on none)."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from serve import create_app, shutdown
+from tests.test_server import SAMPLE, auth
+
+
+@pytest.fixture
+def app(mart, model_dir, tmp_path):
+    production = tmp_path / "production"
+    shutil.copytree(model_dir, production)
+    app = create_app(
+        {
+            "DATABASE_URL": mart.url,
+            "MODEL_DIR": str(production),
+            "SPOOL_DIR": str(tmp_path / "spool"),
+            "TESTING": True,
+        }
+    )
+    yield app
+    shutdown(app)
+
+
+def test_empty_database_says_no_data_yet(app):
+    client = app.test_client()
+    r = client.get("/")
+    assert r.status_code == 200
+    html = r.get_data(as_text=True)
+    assert html.count("No data yet") == 3  # live, agreement, drift; the model card is there
+    assert "test precision" in html and "Promotion history" in html
+    for name in ("model", "live", "agreement", "drift"):
+        assert client.get(f"/v1/stats/{name}").status_code == 200
+    assert client.get("/v1/stats/nope").status_code == 404
+
+
+def test_no_model_at_all_is_friendly(mart, tmp_path):
+    app = create_app(
+        {
+            "DATABASE_URL": mart.url,
+            "MODEL_DIR": str(tmp_path / "none"),
+            "SPOOL_DIR": str(tmp_path / "s"),
+        }
+    )
+    try:
+        r = app.test_client().get("/model")
+        assert r.status_code == 200 and "no model has been promoted" in r.get_data(as_text=True)
+    finally:
+        shutdown(app)
+
+
+def test_panels_after_traffic_and_lab_results(app, mart):
+    client = app.test_client()
+    sensor = mart.create_token("plant-7", "sensor")
+    lab = mart.create_token("lab-1", "lab")
+    shifted = [{**SAMPLE, "ph": 12.5 + i / 1000} for i in range(60)]  # a drifting pH probe
+    answers = client.post(
+        "/v1/predict", json={"samples": shifted}, headers=auth(sensor)
+    ).get_json()["predictions"]
+    app.extensions["potability.log"].flush()
+    now = datetime.now(UTC)
+    lab_rows = [{**shifted[i], "sample_id": f"lab-{i}", "sensor_id": "plant-7", "collected_at": now.isoformat(),
+                 "Potability": i % 2} for i in range(10)]  # fmt: skip
+    assert (
+        client.post("/v1/samples", json={"samples": lab_rows}, headers=auth(lab)).status_code == 201
+    )
+
+    live = client.get("/v1/stats/live").get_json()
+    assert live["answers"] == 60 and live["sensors"][0]["sensor_id"] == "plant-7"
+    expected_share = sum(a["potable"] for a in answers) / 60
+    assert live["sensors"][0]["potable_share"] == pytest.approx(expected_share, abs=1e-4)
+
+    agreement = client.get("/v1/stats/agreement").get_json()
+    assert agreement["matched"] == 10
+
+    drift = client.get("/v1/stats/drift").get_json()
+    assert "ph" in drift["flagged"]
+
+    html = client.get("/").get_data(as_text=True)
+    assert "plant-7" in html and "<svg" in html and "ph" in html
+    assert sensor not in html and lab not in html  # no secrets on a public page
+    assert "No data yet" not in html
+
+
+def test_page_can_require_a_token(mart, model_dir, tmp_path):
+    app = create_app({"DATABASE_URL": mart.url, "MODEL_DIR": str(model_dir), "SPOOL_DIR": str(tmp_path / "s"),
+                      "PAGE_REQUIRES_TOKEN": True})  # fmt: skip
+    try:
+        client = app.test_client()
+        assert client.get("/").status_code == 401
+        assert client.get("/v1/stats/live").status_code == 401
+        token = mart.create_token("regulator", "sensor")
+        assert client.get("/", headers=auth(token)).status_code == 200
+    finally:
+        shutdown(app)
+
+
+def test_old_answers_fall_out_of_the_live_window(app, mart):
+    import uuid
+
+    old = datetime.now(UTC) - timedelta(days=30)
+    mart.write_inferences([{"inference_id": str(uuid.uuid4()), "received_at": old, "sensor_id": "s", "model_version": "v",
+                            "ph": 7.0, "probability": 0.3, "potable": False, "threshold": 0.5}])  # fmt: skip
+    assert app.test_client().get("/v1/stats/live").get_json()["answers"] == 0

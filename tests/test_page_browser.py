@@ -1,0 +1,53 @@
+"""Headless Chromium loads the quality page from a real gunicorn: panels present, no console errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import requests
+
+from tests.conftest import REPO
+from tests.test_gunicorn import SAMPLE, Server
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--enable-logging=stderr", "--v=0"]  # fmt: skip
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+def test_chromium_renders_every_panel_without_console_errors(mart, model_dir, tmp_path):
+    token = mart.create_token("browser-sensor", "sensor")
+    server = Server(tmp_path, mart.url, model_dir)
+    try:
+        r = requests.post(server.base + "/v1/predict", json={"samples": [SAMPLE] * 50},
+                          headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        assert r.status_code == 200
+        artifacts = REPO / "tests" / "artifacts"
+        artifacts.mkdir(exist_ok=True)
+        shot = artifacts / "quality-page.png"
+        shot.unlink(missing_ok=True)
+        profile = tmp_path / "chromium-profile"
+        common = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1280,2200"]
+        dom = subprocess.run(
+            [*common, "--dump-dom", server.base + "/"], capture_output=True, text=True, timeout=90
+        )
+        subprocess.run(
+            [*common, f"--screenshot={shot}", server.base + "/"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    finally:
+        server.stop()
+    for panel in ('id="model-card"', 'id="live"', 'id="agreement"', 'id="drift"'):
+        assert panel in dom.stdout, panel
+    assert "browser-sensor" in dom.stdout and "<svg" in dom.stdout
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    assert not console, console
+    assert shot.exists() and shot.stat().st_size > 10_000
