@@ -81,3 +81,17 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def copy_project(root: Path, dest: Path) -> Path:
+    """Copy the project's files (as git sees them) into ``dest`` and make it a git repo, as a clone would be."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True,
+                           text=True, check=True).stdout.split()  # fmt: skip
+    for rel in files:
+        if (root / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, dest / rel)
+    git = ["git", "-c", "user.email=bench@example.org", "-c", "user.name=bench"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench copy"]):
+        subprocess.run([*git, *args], cwd=dest, check=True)
+    return dest

@@ -207,3 +207,27 @@ def test_sigterm_under_load_flushes_the_queue(mart, model_dir, tmp_path):
     assert set(answered) <= set(stored_ids(mart.url)), (
         "answered inferences missing after a graceful shutdown"
     )
+
+
+def test_concurrent_lab_posts_of_one_sample_store_one_row(mart, model_dir, tmp_path):
+    lab = mart.create_token("conc-lab", "lab")
+    server = Server(tmp_path, mart.url, model_dir)
+    row = {**SAMPLE, "sample_id": "CONC-1", "Potability": 1}
+    statuses, lock = [], threading.Lock()
+
+    def post():
+        r = requests.post(server.base + "/v1/samples", json=row, headers={"Authorization": f"Bearer {lab}"}, timeout=10)
+        with lock:
+            statuses.append((r.status_code, r.json().get("inserted")))
+
+    try:
+        threads = [threading.Thread(target=post) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.stop()
+    assert [s for s, _ in statuses] == [201] * 16
+    assert sum(inserted for _, inserted in statuses) == 1
+    assert mart.sample_count() == 1

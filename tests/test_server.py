@@ -7,9 +7,9 @@ import shutil
 import time
 
 import pytest
-from serve import create_app, shutdown
 
 from potability.schema import FEATURE_NAMES, FEATURES
+from serve import create_app, shutdown
 
 SAMPLE = {"ph": 7.1, "Hardness": 204.9, "Solids": 20791.0, "Chloramines": 7.3, "Sulfate": 368.5,
           "Conductivity": 564.3, "Organic_carbon": 10.4, "Trihalomethanes": 86.9, "Turbidity": 2.96}  # fmt: skip
@@ -231,3 +231,10 @@ def test_without_a_model_not_ready_and_503(mart, tmp_path):
         assert r.status_code == 503 and r.get_json()["error"]["code"] == "no_model"
     finally:
         shutdown(app)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_json_literals_are_refused(client, tokens, literal):
+    body = json.dumps(SAMPLE).replace("7.1", literal, 1)
+    r = client.post("/v1/predict", data=body, headers={**auth(tokens["sensor"]), "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.get_json()["error"]["field"] == "ph"

@@ -165,9 +165,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    record = promote(
-        args.test, args.candidates, args.metrics, args.out, load_params(args.params), get_settings()
+    paths = Paths(
+        train=args.train,
+        test=args.test,
+        candidates=args.candidates,
+        metrics=args.metrics,
+        model_dir=args.out,
     )
+    record = promote(paths, load_params(args.params), get_settings())
     artifacts.write_json_atomic(args.decision, {
         "promoted": record["promote"], "challenger": record["challenger"], "reason": record["reason"],
         "version": record.get("version"),

@@ -45,7 +45,7 @@ def train(
             kind, X, y, grid,
             seed=params["seed"], cv_folds=params["cv_folds"], min_recall=params["min_recall"],
             min_positives=params["min_positives"], n_jobs=params["n_jobs"], imputer=params["imputer"],
-            calibration_folds=params["calibration_folds"],
+            calibration_folds=params["calibration_folds"], recall_margin=params["threshold_recall_margin"],
         )  # fmt: skip
     data_hash = file_sha256(train_csv)
     commit = tracking.git_commit(settings.root)
