@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from potability.errors import MartError
-from potability.mart import WaterMart
+from potability.mart import INFERENCE_COLUMNS, WaterMart
 from serve.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,19 @@ class InferenceLog:
     def _write(self, batch: list[dict[str, Any]]) -> None:
         if self.db_ok:
             try:
-                self._mart.write_inferences(batch)
+                self._mart.write_inferences(batch, fresh=True)
                 return
             except MartError as exc:
                 log.warning(
                     "inference log: %s; spooling to %s until it is back", exc, self.spool.directory
                 )
                 self.db_ok = False
-        self.spool.append(batch)
+        self.spool.append(
+            [
+                row if isinstance(row, dict) else dict(zip(INFERENCE_COLUMNS, row, strict=True))
+                for row in batch
+            ]
+        )
         self._spooled += len(batch)
 
     def _replay(self) -> None:

@@ -13,7 +13,9 @@ from serve import create_app, shutdown
 
 ANY_JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -40,7 +42,9 @@ def value_for(schema: dict):
         st.none(),
         st.floats(min_value=low, max_value=high),
         st.floats(allow_nan=False, allow_infinity=False),
-        st.sampled_from([low, high, low - 1e-9, high + 1, -1, 0, "NaN", "Infinity", "", "7.0", True]),
+        st.sampled_from(
+            [low, high, low - 1e-9, high + 1, -1, 0, "NaN", "Infinity", "", "7.0", True]
+        ),
         ANY_JSON,
     )
 
@@ -48,7 +52,9 @@ def value_for(schema: dict):
 def sample_strategy(spec: dict, name: str):
     props = spec["components"]["schemas"][name]["properties"]
     fields = {key: value_for(schema) for key, schema in props.items()}
-    return st.fixed_dictionaries({}, optional=fields) | st.dictionaries(st.text(max_size=12), ANY_JSON, max_size=3)
+    return st.fixed_dictionaries({}, optional=fields) | st.dictionaries(
+        st.text(max_size=12), ANY_JSON, max_size=3
+    )
 
 
 def assert_contract(response) -> None:
@@ -59,7 +65,10 @@ def assert_contract(response) -> None:
         assert set(error) >= {"code", "message", "field"} and error["message"]
 
 
-@pytest.mark.parametrize(("path", "schema", "role"), [("/v1/predict", "Sample", "sensor"), ("/v1/samples", "LabSample", "lab")])
+@pytest.mark.parametrize(
+    ("path", "schema", "role"),
+    [("/v1/predict", "Sample", "sensor"), ("/v1/samples", "LabSample", "lab")],
+)
 def test_fuzz_endpoint_from_openapi(fuzz_app, path, schema, role):
     app, tokens, spec = fuzz_app
     client = app.test_client()
@@ -72,7 +81,11 @@ def test_fuzz_endpoint_from_openapi(fuzz_app, path, schema, role):
     def check(body):
         if path == "/v1/samples" and isinstance(body, dict) and "sample_id" in body:
             body["sample_id"] = str(body["sample_id"])[:50]
-        assert_contract(client.post(path, data=json.dumps(body), headers={**headers, "Content-Type": "application/json"}))
+        assert_contract(
+            client.post(
+                path, data=json.dumps(body), headers={**headers, "Content-Type": "application/json"}
+            )
+        )
 
     check()
 

@@ -216,7 +216,12 @@ def test_concurrent_lab_posts_of_one_sample_store_one_row(mart, model_dir, tmp_p
     statuses, lock = [], threading.Lock()
 
     def post():
-        r = requests.post(server.base + "/v1/samples", json=row, headers={"Authorization": f"Bearer {lab}"}, timeout=10)
+        r = requests.post(
+            server.base + "/v1/samples",
+            json=row,
+            headers={"Authorization": f"Bearer {lab}"},
+            timeout=10,
+        )
         with lock:
             statuses.append((r.status_code, r.json().get("inserted")))
 

@@ -83,3 +83,14 @@ def test_tokens_are_stored_hashed_and_revocable(mart, clean_db):
     assert mart.lookup_token(token) is None
     with pytest.raises(ValidationError, match="role"):
         mart.create_token("x", "root")
+
+
+def test_fresh_copy_falls_back_when_a_row_is_already_stored(mart):
+    first = {"inference_id": str(uuid.uuid4()), "received_at": datetime.now(UTC), "sensor_id": "s",
+             "model_version": "v", "probability": 0.4, "potable": False, "threshold": 0.5}  # fmt: skip
+    second = {**first, "inference_id": str(uuid.uuid4())}
+    assert mart.write_inferences([first], fresh=True) == 1
+    assert (
+        mart.write_inferences([first, second], fresh=True) == 1
+    )  # the duplicate is skipped, the new row kept
+    assert len(mart.inferences()) == 2

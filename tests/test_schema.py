@@ -60,3 +60,42 @@ def test_lab_row_needs_id_and_verdict():
     with pytest.raises(FieldError):
         validate_lab_row({**GOOD, "sample_id": "a", "Potability": 2})
     assert not math.isnan(row["ph"])
+
+
+def test_fast_path_accepts_exactly_what_the_validator_accepts():
+    import numpy as np
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from potability.schema import fast_feature_matrix
+
+    value = st.one_of(
+        st.none(),
+        st.integers(-5, 200_000),
+        st.floats(-10, 200_000, allow_nan=False),
+        st.text(max_size=3),
+    )
+    sample = st.dictionaries(st.sampled_from([*FEATURE_NAMES, "extra"]), value, max_size=10)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(sample, min_size=1, max_size=4))
+    def check(items):
+        fast = fast_feature_matrix(items)
+        try:
+            slow = [validate_features(item) for item in items]
+        except FieldError:
+            assert fast is None  # the fast path never lets through what the validator refuses
+            return
+        if fast is not None:
+            expected = np.array(
+                [[np.nan if s[n] is None else s[n] for n in FEATURE_NAMES] for s in slow]
+            )
+            assert np.array_equal(fast, expected, equal_nan=True)
+
+    check()
+
+
+def test_huge_integer_is_a_field_error_not_a_crash():
+    with pytest.raises(FieldError) as err:
+        validate_features({**GOOD, "Solids": 10**400})
+    assert err.value.field == "Solids"

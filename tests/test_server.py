@@ -236,5 +236,9 @@ def test_without_a_model_not_ready_and_503(mart, tmp_path):
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_json_literals_are_refused(client, tokens, literal):
     body = json.dumps(SAMPLE).replace("7.1", literal, 1)
-    r = client.post("/v1/predict", data=body, headers={**auth(tokens["sensor"]), "Content-Type": "application/json"})
+    r = client.post(
+        "/v1/predict",
+        data=body,
+        headers={**auth(tokens["sensor"]), "Content-Type": "application/json"},
+    )
     assert r.status_code == 400 and r.get_json()["error"]["field"] == "ph"

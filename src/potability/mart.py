@@ -7,6 +7,7 @@ errors of ``potability.errors`` so callers (CLI, stages, flow, server) can tell
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import logging
@@ -246,32 +247,57 @@ class WaterMart:
         )
 
     # -- inferences -------------------------------------------------------
-    def write_inferences(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Store answered inferences by COPY; idempotent on ``inference_id`` (a replay never doubles)."""
+    def write_inferences(
+        self, rows: Iterable[Sequence[Any] | dict[str, Any]], fresh: bool = False
+    ) -> int:
+        """Store answered inferences by COPY; idempotent on ``inference_id`` (a replay never doubles).
+
+        Rows are tuples in ``INFERENCE_COLUMNS`` order (the server's hot path) or
+        dicts keyed by column (spool replay); None is NULL. ``fresh`` rows (just
+        answered, never written) are copied straight into the table, which
+        halves Postgres' work; should one exist after all, the batch is written
+        again through a staging table that skips what is already stored.
+        """
         buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
         count = 0
         for row in rows:
-            buffer.write("\t".join(_copy_value(row.get(c)) for c in INFERENCE_COLUMNS) + "\n")
+            writer.writerow(row if isinstance(row, tuple) else _inference_tuple(row))
             count += 1
         if not count:
             return 0
-        buffer.seek(0)
+        columns = ", ".join(INFERENCE_COLUMNS)
 
-        def work(cur) -> int:
+        def direct(cur) -> int:
+            buffer.seek(0)
+            cur.copy_expert(
+                f"COPY water.water_inferences ({columns}) FROM STDIN WITH (FORMAT csv)", buffer
+            )
+            return count
+
+        def staged(cur) -> int:
+            buffer.seek(0)
             cur.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS inference_stage "
                 "(LIKE water.water_inferences INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
             cur.copy_expert(
-                f"COPY inference_stage ({', '.join(INFERENCE_COLUMNS)}) FROM STDIN", buffer
+                f"COPY inference_stage ({columns}) FROM STDIN WITH (FORMAT csv)", buffer
             )
             cur.execute(
-                "INSERT INTO water.water_inferences SELECT * FROM inference_stage "  # noqa: S608
+                "INSERT INTO water.water_inferences SELECT * FROM inference_stage "
                 "ON CONFLICT (inference_id) DO NOTHING"
             )
             return cur.rowcount
 
-        return self._run(work)
+        if fresh:
+            try:
+                return self._run(direct)
+            except psycopg2.errors.UniqueViolation:
+                log.warning(
+                    "inference batch already partly stored; writing it again without the duplicates"
+                )
+        return self._run(staged)
 
     def inferences(self, since: datetime | None = None) -> pd.DataFrame:
         """Answered inferences (optionally since a time), oldest first, data-set names."""
@@ -401,15 +427,9 @@ def _same(stored: Sequence[Any] | None, mine: Sequence[Any]) -> bool:
     return True
 
 
-def _copy_value(value: Any) -> str:
-    """Render one value in COPY text format (NULL as \\N, no tabs or newlines)."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, float) and value != value:  # NaN is a missing measurement
-        return "\\N"
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    text = str(value)
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+def _inference_tuple(row: dict[str, Any]) -> tuple:
+    """A dict row in column order; NaN (a missing measurement) becomes NULL."""
+    return tuple(
+        None if isinstance(v, float) and v != v else v
+        for v in (row.get(c) for c in INFERENCE_COLUMNS)
+    )
