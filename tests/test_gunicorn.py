@@ -169,7 +169,7 @@ def test_postgres_outage_under_load_loses_and_doubles_nothing(model_dir, tmp_pat
 
         def chaos():
             reached_700.wait()
-            db.stop_embedded_server(pgdata)
+            db.stop_embedded_server(pgdata, mode="immediate")  # killed, not shut down cleanly
             reached_1400.wait()
             db.embedded_server_url(pgdata)
             restarted.set()

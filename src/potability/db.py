@@ -45,14 +45,17 @@ def embedded_server_url(pgdata: Path) -> str:
     return _embedded_urls[pgdata]
 
 
-def stop_embedded_server(pgdata: Path) -> bool:
-    """Stop the embedded PostgreSQL in ``pgdata`` (fast shutdown); False if none was running."""
+def stop_embedded_server(pgdata: Path, mode: str = "fast") -> bool:
+    """Stop the embedded PostgreSQL in ``pgdata``; False if none was running.
+
+    ``mode`` is pg_ctl's: "fast" (clean) or "immediate" (as if killed: no checkpoint, crash recovery at start).
+    """
     if not (pgdata / "postmaster.pid").exists():
         return False
     import pgserver
 
     pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
-    command = [str(pg_ctl), "-D", str(pgdata), "stop", "-m", "fast"]
+    command = [str(pg_ctl), "-D", str(pgdata), "stop", "-m", mode]
     if os.geteuid() == 0:  # as root, pgserver runs PostgreSQL as its own system user
         command = ["runuser", "-u", "pgserver", "--", *command]
     subprocess.run(command, check=False, capture_output=True)
