@@ -14,6 +14,12 @@ def _error() -> dict[str, Any]:
     }
 
 
+def _one_or_batch(single: str, batch: str) -> dict[str, Any]:
+    """A JSON request body that is one object of ``single`` or a ``batch``."""
+    refs = [{"$ref": f"#/components/schemas/{name}"} for name in (single, batch)]
+    return {"required": True, "content": {"application/json": {"schema": {"oneOf": refs}}}}
+
+
 def _batch_of(schema: str, max_batch: int) -> dict[str, Any]:
     """``{"samples": [...]}`` of the named schema."""
     items = {
@@ -98,19 +104,7 @@ def document(max_batch: int) -> dict[str, Any]:
                 "post": {
                     "summary": "Answer one sample or a batch; every answer is logged",
                     "security": bearer,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "oneOf": [
-                                        {"$ref": "#/components/schemas/Sample"},
-                                        {"$ref": "#/components/schemas/Batch"},
-                                    ]
-                                }
-                            }
-                        },
-                    },
+                    "requestBody": _one_or_batch("Sample", "Batch"),
                     "responses": {
                         "200": {
                             "description": "the answer(s)",
@@ -144,19 +138,7 @@ def document(max_batch: int) -> dict[str, Any]:
                 "post": {
                     "summary": "Add labelled lab samples (idempotent on sample_id)",
                     "security": bearer,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "oneOf": [
-                                        {"$ref": "#/components/schemas/LabSample"},
-                                        {"$ref": "#/components/schemas/LabBatch"},
-                                    ]
-                                }
-                            }
-                        },
-                    },
+                    "requestBody": _one_or_batch("LabSample", "LabBatch"),
                     "responses": {
                         "201": {"description": "inserted and duplicate counts"},
                         "409": _error(),
