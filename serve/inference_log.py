@@ -62,7 +62,12 @@ class InferenceLog:
         while not self._stop.is_set():
             self._wake.wait(self._flush_seconds)
             self._wake.clear()
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # e.g. the spool disk is full: keep the writer alive and try again
+                log.exception(
+                    "inference log: flush failed; retrying in %.1f s", self._flush_seconds
+                )
 
     def flush(self) -> None:
         """Write everything queued (to Postgres, else to the spool); replay the spool when due."""
@@ -71,7 +76,13 @@ class InferenceLog:
                 batch = [
                     self._queue.popleft() for _ in range(min(len(self._queue), self._batch_rows))
                 ]
-                self._write(batch)
+                try:
+                    self._write(batch)
+                except BaseException:
+                    self._queue.extendleft(
+                        reversed(batch)
+                    )  # the spool failed too: keep the rows queued
+                    raise
             if self._spooled and time.monotonic() - self._last_replay >= self._replay_seconds:
                 self._replay()  # also the probe that notices Postgres is back
             if self._on_depth:
@@ -87,6 +98,11 @@ class InferenceLog:
                     "inference log: %s; spooling to %s until it is back", exc, self.spool.directory
                 )
                 self.db_ok = False
+            except Exception:  # never lose an answered row to an error we did not foresee
+                log.exception(
+                    "inference log: unexpected error writing to Postgres; spooling the batch"
+                )
+                self.db_ok = False
         self.spool.append(
             [
                 row if isinstance(row, dict) else dict(zip(INFERENCE_COLUMNS, row, strict=True))
@@ -99,7 +115,7 @@ class InferenceLog:
         self._last_replay = time.monotonic()
         try:
             written, skipped = self.spool.replay(self._mart.write_inferences)
-        except MartError:
+        except Exception:  # still down (or a replay error): the file stays for the next try
             self.db_ok = False
             self._spooled = self.spool.depth()
             return

@@ -105,6 +105,14 @@ class WaterMart:
             except DatabaseUnavailable:
                 self._drop_connection()
                 raise
+            except psycopg2.DatabaseError as exc:
+                # a server killed mid-COPY surfaces as a bare DatabaseError; the closed connection tells
+                if self._conn is not None and self._conn.closed:
+                    self._drop_connection()
+                    raise DatabaseUnavailable(
+                        f"lost the connection to Postgres: {str(exc).strip() or exc!r}"
+                    ) from exc
+                raise
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
