@@ -128,10 +128,6 @@ class Settings:
     def reload_timeout_seconds(self) -> float:
         return _env_float("POTABILITY_RELOAD_TIMEOUT_SECONDS", 10.0)
 
-    def params(self) -> dict[str, Any]:
-        """Return ``params.yaml`` as a dict (read each call: DVC may have changed it)."""
-        return load_params(self.params_path)
-
 
 def load_params(path: Path) -> dict[str, Any]:
     """Read the experiment parameters file."""

@@ -28,7 +28,6 @@ from potability.config import Settings
 from potability.errors import (
     DatabaseUnavailable,
     DuplicateSampleError,
-    MartError,
     SchemaError,
     ValidationError,
 )
@@ -121,14 +120,6 @@ class WaterMart:
             except psycopg2.Error:
                 pass
         self._conn = None
-
-    def ping(self) -> bool:
-        """True when Postgres answers and the schema is migrated."""
-        try:
-            self._run(lambda cur: cur.execute("SELECT 1 FROM water.water_inferences LIMIT 1"))
-            return True
-        except MartError:
-            return False
 
     # -- lab samples ------------------------------------------------------
     def insert_samples(
