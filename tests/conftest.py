@@ -152,3 +152,19 @@ def model_dir(tmp_path_factory) -> Path:
         },
     )
     return directory
+
+
+@pytest.fixture
+def app_without_model(mart, tmp_path):
+    """The server app started before any model was promoted."""
+    from serve import create_app, shutdown
+
+    app = create_app(
+        {
+            "DATABASE_URL": mart.url,
+            "MODEL_DIR": str(tmp_path / "none"),
+            "SPOOL_DIR": str(tmp_path / "s"),
+        }
+    )
+    yield app
+    shutdown(app)

@@ -39,19 +39,9 @@ def test_empty_database_says_no_data_yet(app):
     assert client.get("/v1/stats/nope").status_code == 404
 
 
-def test_no_model_at_all_is_friendly(mart, tmp_path):
-    app = create_app(
-        {
-            "DATABASE_URL": mart.url,
-            "MODEL_DIR": str(tmp_path / "none"),
-            "SPOOL_DIR": str(tmp_path / "s"),
-        }
-    )
-    try:
-        r = app.test_client().get("/model")
-        assert r.status_code == 200 and "no model has been promoted" in r.get_data(as_text=True)
-    finally:
-        shutdown(app)
+def test_no_model_at_all_is_friendly(app_without_model):
+    r = app_without_model.test_client().get("/model")
+    assert r.status_code == 200 and "no model has been promoted" in r.get_data(as_text=True)
 
 
 def test_panels_after_traffic_and_lab_results(app, mart):

@@ -215,22 +215,12 @@ def test_reload_swaps_in_a_new_model(app, client, tokens, model_dir):
     )
 
 
-def test_without_a_model_not_ready_and_503(mart, tmp_path):
-    app = create_app(
-        {
-            "DATABASE_URL": mart.url,
-            "MODEL_DIR": str(tmp_path / "none"),
-            "SPOOL_DIR": str(tmp_path / "s"),
-        }
-    )
-    try:
-        client = app.test_client()
-        assert client.get("/readyz").status_code == 503
-        token = mart.create_token("s", "sensor")
-        r = client.post("/v1/predict", json=SAMPLE, headers=auth(token))
-        assert r.status_code == 503 and r.get_json()["error"]["code"] == "no_model"
-    finally:
-        shutdown(app)
+def test_without_a_model_not_ready_and_503(app_without_model, mart):
+    client = app_without_model.test_client()
+    assert client.get("/readyz").status_code == 503
+    token = mart.create_token("s", "sensor")
+    r = client.post("/v1/predict", json=SAMPLE, headers=auth(token))
+    assert r.status_code == 503 and r.get_json()["error"]["code"] == "no_model"
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
