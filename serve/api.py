@@ -93,10 +93,8 @@ def predict():
         )
     probabilities = production.model.predict_proba(X).tolist()
     threshold, version = production.threshold, production.version
-    received_at, sensor_id = (
-        datetime.now(UTC).isoformat(),
-        g.token.name,
-    )  # formatted once, not per row
+    received_at = datetime.now(UTC).isoformat()  # formatted once per request, not per row
+    sensor_id = g.token.name
     answers, rows = [], []
     for features, probability in zip(X.tolist(), probabilities, strict=True):
         inference_id = str(uuid.uuid4())

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from potability.errors import MartError
 from potability.mart import INFERENCE_COLUMNS, WaterMart
@@ -31,7 +30,7 @@ class InferenceLog:
             batch_rows,
             replay_seconds,
         )
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._queue: collections.deque[tuple] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
@@ -45,7 +44,7 @@ class InferenceLog:
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
 
-    def submit(self, rows: list[dict[str, Any]]) -> None:
+    def submit(self, rows: list[tuple]) -> None:
         self._queue.extend(rows)  # deque.extend is atomic under the GIL: no lock on the hot path
         if len(self._queue) >= self._batch_rows:
             self._wake.set()
@@ -79,16 +78,15 @@ class InferenceLog:
                 try:
                     self._write(batch)
                 except BaseException:
-                    self._queue.extendleft(
-                        reversed(batch)
-                    )  # the spool failed too: keep the rows queued
+                    # the spool failed too (disk full?): put the rows back, oldest first
+                    self._queue.extendleft(reversed(batch))
                     raise
             if self._spooled and time.monotonic() - self._last_replay >= self._replay_seconds:
                 self._replay()  # also the probe that notices Postgres is back
             if self._on_depth:
                 self._on_depth(len(self._queue), self._spooled)
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
+    def _write(self, batch: list[tuple]) -> None:
         if self.db_ok:
             try:
                 self._mart.write_inferences(batch, fresh=True)

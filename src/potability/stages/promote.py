@@ -17,7 +17,7 @@ from typing import Any
 
 from potability import artifacts, tracking
 from potability.config import Settings, get_settings, load_params
-from potability.features import feature_matrix, labels, read_samples
+from potability.features import feature_matrix, file_sha256, labels, read_samples
 from potability.modeling import classification_metrics
 from potability.promotion import decide
 from potability.quality import reference_profile
@@ -93,10 +93,11 @@ def promote(paths: Paths, params: dict[str, Any], settings: Settings) -> dict[st
             artifacts.write_production(
                 paths.model_dir, blob, meta, {HISTORY_FILE: [*history, _summary(record)]}
             )
-            log.info("promotion decision: %s", record["reason"])
-            return record
-    paths.model_dir.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json_atomic(paths.model_dir / HISTORY_FILE, [*history, _summary(record)])
+    if not record[
+        "promote"
+    ]:  # the champion stays (or parity refused): only the decision is added to its history
+        paths.model_dir.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json_atomic(paths.model_dir / HISTORY_FILE, [*history, _summary(record)])
     log.info("promotion decision: %s", record["reason"])
     return record
 
@@ -120,7 +121,7 @@ def _build(
         "cv_metrics": info["metrics"],
         "best_params": info["best_params"],
         "data_hash": info["data_hash"],
-        "test_data_hash": artifacts.sha256_bytes(paths.test.read_bytes()),
+        "test_data_hash": file_sha256(paths.test),
         "sha256": sha,
         "n_train": info["n_train"],
         "n_test": int(len(X)),
