@@ -28,8 +28,9 @@ db: install
 demo-data: db
 	potability seed --rows $(DEMO_ROWS) --seed $(DEMO_SEED)
 
-pipeline: demo-data
+pipeline: demo-data ## decide (dvc repro), then ship the decision (a no-op when it is already the champion)
 	dvc repro
+	potability deploy --reason "make run: demo pipeline"
 	dvc push -q || echo "dvc push failed: outputs stay in the local cache only"
 
 demo-token: db

@@ -1,13 +1,13 @@
 """Serving benchmark: our gunicorn + ONNX server vs `mlflow models serve`, same model, same requests.
 
-Takes the promoted model (``models/production``) and its sklearn twin (the
-skops candidate of the same kind), saves that twin as an MLflow model and
+Takes the deployed champion (the MLflow alias our server follows) and its
+sklearn twin (the workspace's skops candidate of the same kind), saves that twin as an MLflow model and
 serves it with ``mlflow models serve``; starts ``potability serve`` with
 inference logging on (rows go to Postgres); drives both with wrk on loopback
 with one row and with 100-row batches at several concurrencies. Prints a table
 and writes ``bench/results/serve.json``.
 
-Usage: python bench/serve.py [--seconds 10]   (after `make run` or `dvc repro`)
+Usage: python bench/serve.py [--seconds 10]   (after `make run`, or `dvc repro` + `potability deploy`)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import free_port, machine, wait_http, write_result, wrk  # noqa: E402
-from potability import artifacts  # noqa: E402
+from potability import artifacts, tracking  # noqa: E402
 from potability.config import get_settings  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
 from potability.schema import FEATURE_NAMES  # noqa: E402
@@ -83,8 +83,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     settings = get_settings()
-    production = artifacts.load_production(settings.model_dir)
-    kind = production.meta["kind"]
+    tracking.configure(settings)
+    champion = tracking.version_for_alias(settings.registered_model, settings.champion_alias)
+    if champion is None:
+        raise SystemExit("nothing deployed: run `dvc repro` and `potability deploy` first")
+    kind = champion.tags["kind"]
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     work = Path(tempfile.mkdtemp(prefix="potability-bench-"))
@@ -132,7 +135,7 @@ def main() -> int:
         stop(peer)
         WaterMart().revoke_tokens("bench-sensor")
         shutil.rmtree(work, ignore_errors=True)
-    result = {"machine": machine(), "model": {"version": production.version, "kind": kind},
+    result = {"machine": machine(), "model": {"version": champion.model_version, "kind": kind},
               "inference_logging": True, "seconds_per_run": args.seconds, "runs": runs}  # fmt: skip
     print(f"wrote {write_result('serve', result)}")
     return 0

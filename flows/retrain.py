@@ -1,9 +1,12 @@
-"""The daily retrain flow: new lab rows -> `dvc repro` -> push -> server reload -> report.
+"""The daily retrain flow: new lab rows -> `dvc repro` -> push -> deploy if promoted -> report.
 
 Nothing new since the watermark: finish early and say so. A failing `dvc repro`
-fails the flow with its last log lines; the champion (promotion is the last
-stage and swaps atomically) and the watermark stay as they were. Two runs never
-retrain at once: a Postgres advisory lock makes the second one skip.
+fails the flow with its last log lines; the champion and the watermark stay as
+they were. Only a decision "promoted" (the challenger beat the served champion
+on the same test rows) is shipped, by the same `potability deploy` an operator
+types; servers follow the alias by themselves, and a configured server is also
+asked to reload at once. Two runs never retrain at once: a Postgres advisory
+lock makes the second one skip.
 
 Run once: `potability retrain`; on a schedule: `potability retrain --serve`
 (``flow.serve``) or `prefect deploy` with ``flows/prefect.yaml``.
@@ -23,7 +26,7 @@ import requests
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from potability import db
+from potability import db, deploy
 from potability.config import get_settings
 from potability.features import file_sha256
 from potability.mart import WaterMart
@@ -66,6 +69,17 @@ def run_dvc(args: list[str], root: str) -> list[str]:
     return list(tail)
 
 
+@task
+def ship_promoted(reason: str) -> dict[str, Any]:
+    """`potability deploy`: register models/promoted/ and move the alias champion to it."""
+    settings = get_settings()
+    result = deploy.deploy_promoted(
+        settings.promoted_dir, FLOW_NAME, f"retrain flow: {reason}", settings
+    )
+    return {"version": result.registry_version, "model_version": result.model_version,
+            "previous": result.previous_version, "changed": result.changed, "message": result.message}  # fmt: skip
+
+
 @task(retries=2, retry_delay_seconds=[1, 4])
 def request_reload(server_url: str, admin_token: str, timeout: float) -> dict[str, Any]:
     """Ask the running server to load the new champion (POST /admin/reload)."""
@@ -85,10 +99,16 @@ def advance_watermark(
 
 @task
 def publish_report(
-    before: dict[str, Any], after: dict[str, Any], decision: dict[str, Any], rows: int
+    before: dict[str, Any],
+    after: dict[str, Any],
+    decision: dict[str, Any],
+    rows: int,
+    shipped: dict[str, Any] | None,
 ) -> str:
-    """A markdown artifact: the metrics diff per candidate and the promotion decision."""
+    """A markdown artifact: the metrics diff per candidate, the decision and the deployed version."""
+    deployed = f"{shipped['message']}" if shipped else "nothing: the champion keeps serving"
     lines = [f"## Retrain on {rows} new lab row(s)", "", f"**Decision:** {decision.get('reason', 'unknown')}", "",
+             f"**Deployed:** {deployed}", "",
              "| model | precision | recall | positives |", "|---|---|---|---|"]  # fmt: skip
     for kind, metrics in sorted(after.items()):
         old = before.get(kind, {})
@@ -114,7 +134,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 @flow(name=FLOW_NAME, log_prints=True)
 def retrain() -> dict[str, Any]:
-    """Retrain when the lab added rows; promote only a model that is at least as good."""
+    """Retrain when the lab added rows; deploy only a model the pipeline promoted."""
     settings = get_settings()
     logger = get_run_logger()
     root = settings.root
@@ -146,8 +166,11 @@ def retrain() -> dict[str, Any]:
                 "reason": "pipeline outputs unchanged; the champion is kept",
             }
         logger.info("promotion decision: %s", decision.get("reason"))
+        shipped = ship_promoted(decision["reason"]) if decision.get("promoted") else None
+        if shipped:
+            logger.info("deployed: %s", shipped["message"])
         reload_result = None
-        if settings.server_url and settings.admin_token:
+        if shipped and settings.server_url and settings.admin_token:
             try:
                 reload_result = request_reload(
                     settings.server_url, settings.admin_token, settings.reload_timeout_seconds
@@ -158,12 +181,14 @@ def retrain() -> dict[str, Any]:
             logger.warning(warning)
         data_hash = file_sha256(root / "data/raw/samples.csv")
         lock_hash = file_sha256(root / "dvc.lock")
-        publish_report(before, _read_json(root / "metrics/evaluate.json"), decision, count)
+        publish_report(before, _read_json(root / "metrics/evaluate.json"), decision, count, shipped)
         advance_watermark(newest, data_hash, lock_hash)
         summary = (
-            f"retrained on {count} new row(s): {decision.get('reason', 'no decision recorded')}"
+            f"retrained on {count} new row(s): {decision.get('reason', 'no decision recorded')}; "
+            + (f"deployed version {shipped['version']}" if shipped else "nothing deployed")
         )
         return {"status": "retrained", "summary": summary, "repro_ran": True, "decision": decision,
+                "deployed": shipped,
                 "data_hash": data_hash, "lock_hash": lock_hash, "reload": reload_result, "warnings": warnings}  # fmt: skip
 
 

@@ -1,9 +1,9 @@
 """The inference server: Flask app factory. Nothing happens at import time.
 
 ``create_app(config)`` builds defaults from the environment (``Settings``),
-then applies ``config`` overrides (tests). It loads the promoted model once,
-starts the inference-log writer and the model watcher, and registers the
-blueprints.
+then applies ``config`` overrides (tests). It loads the champion from the MLflow
+registry (or its local cache), starts the inference-log writer and the alias
+watcher, and registers the blueprints.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from potability.artifacts import ArtifactError
 from potability.config import get_settings
 from potability.mart import WaterMart
 
@@ -35,7 +34,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(
         DATABASE_URL=None,
-        MODEL_DIR=str(settings.model_dir),
+        MLFLOW_TRACKING_URI=None,  # None: MLFLOW_TRACKING_URI, else the mlflow database beside ours
+        REGISTERED_MODEL=settings.registered_model,
+        CHAMPION_ALIAS=settings.champion_alias,
+        MODEL_CACHE_DIR=str(settings.model_cache_dir),
         SPOOL_DIR=str(settings.spool_dir),
         MAX_BATCH=settings.max_batch,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
@@ -44,6 +46,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         LOG_BATCH_ROWS=settings.log_batch_rows,
         SPOOL_REPLAY_SECONDS=settings.spool_replay_seconds,
         MODEL_POLL_SECONDS=settings.model_poll_seconds,
+        REGISTRY_CONNECT_TIMEOUT=settings.registry_connect_timeout,
         PAGE_REQUIRES_TOKEN=settings.page_requires_token,
         PARAMS_PATH=str(settings.params_path),
         START_BACKGROUND=True,
@@ -53,12 +56,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     mart = WaterMart(url=app.config["DATABASE_URL"]) if app.config["DATABASE_URL"] else WaterMart()
     holder = ModelHolder(
-        Path(app.config["MODEL_DIR"]), app.config["MODEL_POLL_SECONDS"], on_swap=on_model_swap
-    )
-    try:
-        holder.reload()
-    except ArtifactError as exc:
-        log.warning("starting without a model (readyz is false until one loads): %s", exc)
+        app.config["REGISTERED_MODEL"], app.config["CHAMPION_ALIAS"], Path(app.config["MODEL_CACHE_DIR"]),
+        app.config["MODEL_POLL_SECONDS"], _tracking_uri(app.config["MLFLOW_TRACKING_URI"], mart.url),
+        app.config["REGISTRY_CONNECT_TIMEOUT"], on_swap=on_model_swap,
+    )  # fmt: skip
+    holder.start()
     inference_log = InferenceLog(
         WaterMart(url=mart.url), Spool(Path(app.config["SPOOL_DIR"])), app.config["LOG_FLUSH_SECONDS"],
         app.config["LOG_BATCH_ROWS"], app.config["SPOOL_REPLAY_SECONDS"], on_depth=on_log_depth,
@@ -92,6 +94,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         return response
 
     return app
+
+
+def _tracking_uri(explicit: str | None, database_url: str):
+    """The registry's address, resolved when first needed (Postgres may be down at start)."""
+
+    def resolve() -> str:
+        if explicit:
+            return explicit
+        from potability import db
+        from potability.config import get_settings
+
+        return db.mlflow_tracking_uri(get_settings(), url=database_url)
+
+    return resolve
 
 
 def shutdown(app: Flask) -> None:

@@ -159,7 +159,7 @@ def document(max_batch: int) -> dict[str, Any]:
             },
             "/admin/reload": {
                 "post": {
-                    "summary": "Reload models/production/ (admin)",
+                    "summary": "Re-read the alias champion and serve that version now (admin)",
                     "security": bearer,
                     "responses": {
                         "200": {"description": "reloaded"},

@@ -6,7 +6,6 @@ and no raw sensor inputs, only aggregates.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, render_template
 
-from potability import quality
+from potability import deployments, quality
 from potability.config import load_params
 from potability.errors import MartError
 from serve.errors import ApiError
@@ -55,10 +54,15 @@ def _production():
 
 
 def model_panel() -> dict[str, Any]:
-    production = _production()
-    history_path = Path(current_app.config["MODEL_DIR"]) / "history.json"
-    history = json.loads(history_path.read_text()) if history_path.exists() else []
-    return quality.model_card(production.meta if production else None, history)
+    holder = current_app.extensions["potability.model"]
+    production = holder.current
+    card = quality.model_card(production.meta if production else None, holder.history())
+    try:
+        shipped = deployments.history(current_app.config["REGISTERED_MODEL"], url=_mart().url)
+        card["deployments"] = [d.as_dict() for d in shipped]
+    except MartError as exc:
+        card["deployments_error"] = f"the database is unavailable: {exc}"
+    return card
 
 
 def _mart():

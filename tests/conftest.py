@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from potability import db
 from potability.mart import WaterMart
 
 REPO = Path(__file__).resolve().parents[1]
+SERVED_MODEL = "served-test"  # the registered model the server tests follow
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -27,6 +30,9 @@ def pg_url(tmp_path_factory) -> str:
         pgdata = tmp_path_factory.mktemp("pg") / "data"
         url = db.embedded_server_url(pgdata)
     os.environ["DATABASE_URL"] = url
+    # MLflow's artifacts in a temp dir, never the repository's mlartifacts/
+    os.environ["POTABILITY_MLFLOW_ARTIFACTS"] = str(tmp_path_factory.mktemp("mlartifacts"))
+    os.environ["POTABILITY_REGISTERED_MODEL"] = SERVED_MODEL
     db.migrate(url=url)
     yield url
     if pgdata is not None:
@@ -37,7 +43,8 @@ def pg_url(tmp_path_factory) -> str:
 def clean_db(pg_url) -> str:
     with db.transaction(url=pg_url) as conn, conn.cursor() as cur:
         cur.execute(
-            "TRUNCATE water.water_potability, water.water_inferences, water.api_tokens, water.flow_state"
+            "TRUNCATE water.water_potability, water.water_inferences, water.api_tokens, water.flow_state, "
+            "water.deployments"
         )
     return pg_url
 
@@ -89,12 +96,17 @@ def copy_project(dest: Path, fast_params: bool = True) -> Path:
 
 
 def project_env(root: Path, pg_url: str) -> dict[str, str]:
-    """The environment a user would have in ``root``: venv on PATH, our database."""
+    """The environment a user would have in ``root``: venv on PATH, our database.
+
+    Each project copy has a registered model of its own, so one test module's
+    deployments never become another's champion.
+    """
     return {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "DATABASE_URL": pg_url,
         "POTABILITY_ROOT": str(root),
+        "POTABILITY_REGISTERED_MODEL": f"project-{hashlib.sha256(str(root).encode()).hexdigest()[:10]}",
         "PYTHONWARNINGS": "ignore",
     }
 
@@ -118,9 +130,10 @@ def cli_env(clean_db) -> dict[str, str]:
     return project_env(REPO, clean_db)
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    """A real promoted model (small forest, ONNX) built by the library, without DVC."""
+def build_model_dir(
+    directory: Path, version: str = "test-rf-1", rows: int = 1200, seed: int = 31
+) -> Path:
+    """A real promoted model directory (small forest, ONNX) built by the library, without DVC."""
     from potability import artifacts
     from potability.features import feature_matrix, labels
     from potability.modeling import build_pipeline, choose_threshold, classification_metrics
@@ -128,41 +141,76 @@ def model_dir(tmp_path_factory) -> Path:
     from potability.schema import FEATURE_NAMES
     from potability.synth import generate
 
-    frame = generate(1200, seed=31)
+    frame = generate(rows, seed=seed)
     X, y = feature_matrix(frame), labels(frame)
     model = build_pipeline("rf", seed=0)
     model.set_params(clf__n_estimators=40, clf__min_samples_leaf=4)
     model.fit(X, y)
     choice = choose_threshold(y, model.predict_proba(X)[:, 1], 0.2, 10)
     blob = artifacts.to_onnx(model)
-    directory = tmp_path_factory.mktemp("models") / "production"
-    meta = {"version": "test-rf-1", "kind": "rf", "model_name": "random forest", "threshold": choice.threshold,
+    meta = {"version": version, "kind": "rf", "model_name": "random forest", "threshold": choice.threshold,
             "features": list(FEATURE_NAMES), "sha256": artifacts.sha256_bytes(blob), "n_train": len(frame),
             "metrics": classification_metrics(y, model.predict_proba(X)[:, 1], choice.threshold),
             "trained_at": "2026-11-23T00:00:00+00:00", "promoted_at": "2026-11-23T00:00:00+00:00",
+            "decided_against": None, "input_example": X[:3].tolist(),
             "reference": reference_profile(frame, 10)}  # fmt: skip
-    artifacts.write_production(
-        directory,
-        blob,
-        meta,
-        {
-            "history.json": [
-                {"promote": True, "challenger": "rf", "reason": "test", "version": "test-rf-1"}
-            ]
-        },
-    )
+    history = [{"promote": True, "challenger": "rf", "reason": "test", "version": version}]
+    artifacts.write_model_dir(directory, blob, meta, {"history.json": history})
     return directory
+
+
+@dataclass(frozen=True)
+class Champion:
+    """A model deployed to the session's registry, and how a server finds it."""
+
+    name: str
+    version: str
+    model_version: str
+    tracking_uri: str
+    directory: Path
+
+    def app_config(self, tmp: Path) -> dict[str, str]:
+        return {"REGISTERED_MODEL": self.name, "MLFLOW_TRACKING_URI": self.tracking_uri,
+                "MODEL_CACHE_DIR": str(tmp / "model-cache")}  # fmt: skip
+
+    def server_env(self, tmp: Path) -> dict[str, str]:
+        return {"POTABILITY_REGISTERED_MODEL": self.name, "MLFLOW_TRACKING_URI": self.tracking_uri,
+                "POTABILITY_MODEL_CACHE": str(tmp / "model-cache")}  # fmt: skip
+
+
+def deploy_dir(directory: Path, name: str, force: bool = True) -> Champion:
+    """`potability deploy` of ``directory`` under the registered model ``name``, in this process."""
+    from potability import deploy
+    from potability.config import Settings
+
+    previous = os.environ.get("POTABILITY_REGISTERED_MODEL")
+    os.environ["POTABILITY_REGISTERED_MODEL"] = name
+    try:
+        settings = Settings(root=REPO)
+        result = deploy.deploy_promoted(directory, "pytest", "test fixture", settings, force=force)
+        uri = db.mlflow_tracking_uri(settings)
+    finally:
+        os.environ["POTABILITY_REGISTERED_MODEL"] = previous or SERVED_MODEL
+    return Champion(name, result.registry_version, result.model_version, uri, directory)
+
+
+@pytest.fixture(scope="session")
+def champion(pg_url, tmp_path_factory) -> Champion:
+    """The session's served model: deployed once to the registry, never moved by a test."""
+    directory = build_model_dir(tmp_path_factory.mktemp("models") / "promoted")
+    return deploy_dir(directory, SERVED_MODEL)
 
 
 @pytest.fixture
 def app_without_model(mart, tmp_path):
-    """The server app started before any model was promoted."""
+    """The server app started before anything was deployed."""
     from serve import create_app, shutdown
 
     app = create_app(
         {
             "DATABASE_URL": mart.url,
-            "MODEL_DIR": str(tmp_path / "none"),
+            "REGISTERED_MODEL": "never-deployed",
+            "MODEL_CACHE_DIR": str(tmp_path / "cache"),
             "SPOOL_DIR": str(tmp_path / "s"),
         }
     )

@@ -14,7 +14,7 @@ def test_migrate_twice_is_idempotent(pg_url):
         assert [r[0] for r in cur.fetchall()] == [v for v, _, _ in db.migration_files()]
         cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'water'")
         tables = {r[0] for r in cur.fetchall()}
-    assert {"water_potability", "water_inferences", "api_tokens"} <= tables
+    assert {"water_potability", "water_inferences", "api_tokens", "deployments"} <= tables
 
 
 def test_fresh_database_migrates_from_nothing(pg_url):
@@ -26,7 +26,7 @@ def test_fresh_database_migrates_from_nothing(pg_url):
     probe = pg_url.replace("/postgres?", "/migrate_probe?")
     with pytest.raises(SchemaError, match="potability db migrate"):
         WaterMart(url=probe).sample_count()
-    assert db.migrate(url=probe) == ["001_initial"]
+    assert db.migrate(url=probe) == [f"{v:03d}_{name}" for v, name, _ in db.migration_files()]
     assert db.migrate(url=probe) == []
     assert WaterMart(url=probe).sample_count() == 0
     with admin.cursor() as cur:

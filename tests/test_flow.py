@@ -9,7 +9,7 @@ import os
 import pytest
 import yaml
 
-from potability import db
+from potability import db, deployments
 from potability.mart import WaterMart
 from tests.conftest import copy_project, project_env
 from tests.test_pipeline import seed_rows
@@ -34,7 +34,12 @@ def flow_project(tmp_path_factory, pg_url, harness):
     root = copy_project(tmp_path_factory.mktemp("flow") / "repo")
     env = project_env(root, pg_url)
     saved = dict(os.environ)
-    os.environ.update({k: env[k] for k in ("PATH", "POTABILITY_ROOT", "DATABASE_URL")})
+    os.environ.update(
+        {
+            k: env[k]
+            for k in ("PATH", "POTABILITY_ROOT", "DATABASE_URL", "POTABILITY_REGISTERED_MODEL")
+        }
+    )
     os.environ["POTABILITY_SERVER_URL"] = (
         "http://127.0.0.1:9"  # nothing listens: a warning, not a failure
     )
@@ -49,12 +54,30 @@ def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def champion():
+    """The version the flow's registered model alias names now (None before the first deploy)."""
+    import mlflow
+
+    from potability import tracking
+
+    mlflow.set_tracking_uri(db.mlflow_tracking_uri())
+    return tracking.version_for_alias(os.environ["POTABILITY_REGISTERED_MODEL"], "champion")
+
+
 def test_first_run_trains_promotes_and_reports(flow_project, pg_url):
     from flows.retrain import retrain
 
+    assert champion() is None
     result = retrain()
     assert result["status"] == "retrained" and result["decision"]["promoted"] is True
-    assert (flow_project / "models/production/model.onnx").exists()
+    meta = json.loads((flow_project / "models/promoted/meta.json").read_text())
+    shipped = champion()  # the flow deployed what the pipeline promoted
+    assert (
+        result["deployed"]["version"] == shipped.version
+        and shipped.model_version == meta["version"]
+    )
+    assert f"deployed version {shipped.version}" in result["summary"]
+    assert [d.deployed_by for d in deployments.history(shipped.name)] == ["retrain-potability"]
     assert any("server reload failed" in w for w in result["warnings"])
     mart = WaterMart(url=pg_url)
     assert mart.watermark("retrain") == mart.samples_added_since(None)[1]
@@ -69,7 +92,9 @@ def test_markdown_artifact_is_published(flow_project):
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-report"]))
         )
-    assert artifacts and "Decision:" in artifacts[0].data and "| rf |" in artifacts[0].data
+    report = artifacts[0].data
+    assert "Decision:" in report and "| rf |" in report
+    assert f"version {champion().version}" in report.split("**Deployed:**")[1].splitlines()[0]
 
 
 def test_no_new_rows_means_no_repro(flow_project):
@@ -100,7 +125,7 @@ def test_broken_stage_fails_the_flow_and_keeps_champion_and_watermark(flow_proje
 
     mart = WaterMart(url=pg_url)
     watermark = mart.watermark("retrain")
-    champion = sha(flow_project / "models/production/model.onnx")
+    served = champion()
     params_path = flow_project / "params.yaml"
     good = params_path.read_text()
     params = yaml.safe_load(good)
@@ -112,7 +137,7 @@ def test_broken_stage_fails_the_flow_and_keeps_champion_and_watermark(flow_proje
         assert "last lines" in str(err.value)
     finally:
         params_path.write_text(good)
-    assert sha(flow_project / "models/production/model.onnx") == champion
+    assert champion() == served
     assert mart.watermark("retrain") == watermark
 
 
@@ -121,11 +146,16 @@ def test_new_rows_retrain_and_advance_the_watermark(flow_project, pg_url):
 
     mart = WaterMart(url=pg_url)
     lock = sha(flow_project / "dvc.lock")
+    before = champion()
     result = retrain()  # the 50 rows of the skipped run are still pending
     assert result["status"] == "retrained"
     decision = result["decision"]
-    assert decision["reason"] and ("promoted" in decision["reason"] or "kept" in decision["reason"])
+    # deployed exactly when the pipeline promoted, and then the alias moved
+    if decision["promoted"]:
+        assert result["deployed"]["version"] == champion().version != before.version
+    else:
+        assert result["deployed"] is None and champion() == before
     assert sha(flow_project / "dvc.lock") != lock
     assert mart.samples_added_since(mart.watermark("retrain"))[0] == 0
-    history = json.loads((flow_project / "models/production/history.json").read_text())
-    assert len(history) >= 2
+    history = json.loads((flow_project / "models/promoted/history.json").read_text())
+    assert len(history) == 2 and history[-1]["reason"] == decision["reason"]

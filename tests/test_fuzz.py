@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,13 +20,12 @@ ANY_JSON = st.recursive(
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(pg_url, model_dir, tmp_path_factory):
+def fuzz_app(pg_url, champion, tmp_path_factory):
     from potability.mart import WaterMart
 
-    production = tmp_path_factory.mktemp("fuzz") / "production"
-    shutil.copytree(model_dir, production)
-    app = create_app({"DATABASE_URL": pg_url, "MODEL_DIR": str(production), "LOG_FLUSH_SECONDS": 0.05,
-                      "SPOOL_DIR": str(production.parent / "spool"), "TESTING": True})  # fmt: skip
+    tmp = tmp_path_factory.mktemp("fuzz")
+    app = create_app({"DATABASE_URL": pg_url, **champion.app_config(tmp), "LOG_FLUSH_SECONDS": 0.05,
+                      "SPOOL_DIR": str(tmp / "spool"), "TESTING": True})  # fmt: skip
     mart = WaterMart(url=pg_url)
     tokens = {role: mart.create_token(f"fuzz-{role}", role) for role in ("sensor", "lab")}
     spec = app.test_client().get("/openapi.json").get_json()

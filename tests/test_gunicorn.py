@@ -17,7 +17,7 @@ import requests
 
 from potability import db
 from potability.mart import WaterMart
-from tests.conftest import REPO, project_env
+from tests.conftest import REPO, Champion, project_env
 from tests.test_server import SAMPLE
 
 pytestmark = pytest.mark.slow
@@ -30,11 +30,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, tmp: Path, url: str, model_dir: Path, **env):
+    def __init__(self, tmp: Path, url: str, champion: Champion | None, **env):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"server-{self.port}.log"
-        environment = {**project_env(tmp, url), "POTABILITY_MODEL_DIR": str(model_dir),
+        served = champion.server_env(tmp) if champion else {}
+        environment = {**project_env(tmp, url), **served,
                        "POTABILITY_SPOOL_DIR": str(tmp / "spool"), **env}  # fmt: skip
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "potability.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "2"],
@@ -109,9 +110,9 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:
     return predicate()
 
 
-def test_every_endpoint_through_gunicorn(mart, model_dir, tmp_path):
+def test_every_endpoint_through_gunicorn(mart, champion, tmp_path):
     sensor, lab = mart.create_token("gsensor", "sensor"), mart.create_token("glab", "lab")
-    server = Server(tmp_path, mart.url, model_dir)
+    server = Server(tmp_path, mart.url, champion)
     try:
         h = {"Authorization": f"Bearer {sensor}"}
         r = requests.post(server.base + "/v1/predict", json={"samples": [SAMPLE] * 100}, headers=h)
@@ -141,7 +142,7 @@ def test_every_endpoint_through_gunicorn(mart, model_dir, tmp_path):
         server.stop()
 
 
-def test_postgres_outage_under_load_loses_and_doubles_nothing(model_dir, tmp_path):
+def test_postgres_outage_under_load_loses_and_doubles_nothing(champion, tmp_path):
     """2,000 requests; Postgres stopped after 700 answers and restarted after 1,400."""
     pgdata = tmp_path / "pg"
     url = db.embedded_server_url(pgdata)
@@ -151,7 +152,7 @@ def test_postgres_outage_under_load_loses_and_doubles_nothing(model_dir, tmp_pat
         server = Server(
             tmp_path,
             url,
-            model_dir,
+            champion,
             POTABILITY_SPOOL_REPLAY_SECONDS="0.5",
             POTABILITY_LOG_FLUSH_SECONDS="0.05",
         )
@@ -191,10 +192,10 @@ def test_postgres_outage_under_load_loses_and_doubles_nothing(model_dir, tmp_pat
         db.stop_embedded_server(pgdata)
 
 
-def test_sigterm_under_load_flushes_the_queue(mart, model_dir, tmp_path):
+def test_sigterm_under_load_flushes_the_queue(mart, champion, tmp_path):
     token = mart.create_token("term-sensor", "sensor")
     server = Server(
-        tmp_path, mart.url, model_dir, POTABILITY_LOG_FLUSH_SECONDS="30"
+        tmp_path, mart.url, champion, POTABILITY_LOG_FLUSH_SECONDS="30"
     )  # rows wait in memory
 
     def terminate(count):
@@ -209,9 +210,9 @@ def test_sigterm_under_load_flushes_the_queue(mart, model_dir, tmp_path):
     )
 
 
-def test_concurrent_lab_posts_of_one_sample_store_one_row(mart, model_dir, tmp_path):
+def test_concurrent_lab_posts_of_one_sample_store_one_row(mart, champion, tmp_path):
     lab = mart.create_token("conc-lab", "lab")
-    server = Server(tmp_path, mart.url, model_dir)
+    server = Server(tmp_path, mart.url, champion)
     row = {**SAMPLE, "sample_id": "CONC-1", "Potability": 1}
     statuses, lock = [], threading.Lock()
 

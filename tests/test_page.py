@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from serve import create_app, shutdown
+from tests.conftest import SERVED_MODEL
 from tests.test_server import SAMPLE, auth
 
 
 @pytest.fixture
-def app(mart, model_dir, tmp_path):
-    production = tmp_path / "production"
-    shutil.copytree(model_dir, production)
+def app(mart, champion, tmp_path):
     app = create_app(
         {
             "DATABASE_URL": mart.url,
-            "MODEL_DIR": str(production),
+            **champion.app_config(tmp_path),
             "SPOOL_DIR": str(tmp_path / "spool"),
             "TESTING": True,
         }
@@ -41,7 +40,7 @@ def test_empty_database_says_no_data_yet(app):
 
 def test_no_model_at_all_is_friendly(app_without_model):
     r = app_without_model.test_client().get("/model")
-    assert r.status_code == 200 and "no model has been promoted" in r.get_data(as_text=True)
+    assert r.status_code == 200 and "no model has been deployed" in r.get_data(as_text=True)
 
 
 def test_panels_after_traffic_and_lab_results(app, mart):
@@ -77,8 +76,8 @@ def test_panels_after_traffic_and_lab_results(app, mart):
     assert "No data yet" not in html
 
 
-def test_page_can_require_a_token(mart, model_dir, tmp_path):
-    app = create_app({"DATABASE_URL": mart.url, "MODEL_DIR": str(model_dir), "SPOOL_DIR": str(tmp_path / "s"),
+def test_page_can_require_a_token(mart, champion, tmp_path):
+    app = create_app({"DATABASE_URL": mart.url, **champion.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "s"),
                       "PAGE_REQUIRES_TOKEN": True})  # fmt: skip
     try:
         client = app.test_client()
@@ -97,3 +96,34 @@ def test_old_answers_fall_out_of_the_live_window(app, mart):
     mart.write_inferences([{"inference_id": str(uuid.uuid4()), "received_at": old, "sensor_id": "s", "model_version": "v",
                             "ph": 7.0, "probability": 0.3, "potable": False, "threshold": 0.5}])  # fmt: skip
     assert app.test_client().get("/v1/stats/live").get_json()["answers"] == 0
+
+
+def test_the_page_lists_every_deployment_and_rollback(mart, tmp_path):
+    """Regulators see who shipped which version, when and why, rollbacks included."""
+    from potability import deploy
+    from potability.config import Settings
+    from tests.conftest import build_model_dir, deploy_dir
+
+    name = f"page-{tmp_path.name[-8:]}"
+    first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
+    deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), name)
+    os.environ["POTABILITY_REGISTERED_MODEL"] = name
+    try:
+        deploy.rollback(
+            first.version, "operator-ann", "v2 calls too many samples potable", Settings()
+        )
+    finally:
+        os.environ["POTABILITY_REGISTERED_MODEL"] = SERVED_MODEL
+    app = create_app(
+        {"DATABASE_URL": mart.url, **first.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "s")}
+    )
+    try:
+        card = app.test_client().get("/v1/stats/model").get_json()
+        assert card["version"] == "test-rf-1"  # the rollback is what is served
+        actions = [(d["action"], d["model_version"], d["deployed_by"]) for d in card["deployments"]]
+        assert actions == [("rollback", "test-rf-1", "operator-ann"), ("deploy", "test-rf-2", "pytest"),
+                           ("deploy", "test-rf-1", "pytest")]  # fmt: skip
+        html = app.test_client().get("/").get_data(as_text=True)
+        assert "v2 calls too many samples potable" in html and "operator-ann" in html
+    finally:
+        shutdown(app)

@@ -21,9 +21,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
 )
-def test_chromium_renders_every_panel_without_console_errors(mart, model_dir, tmp_path):
+def test_chromium_renders_every_panel_without_console_errors(mart, champion, tmp_path):
     token = mart.create_token("browser-sensor", "sensor")
-    server = Server(tmp_path, mart.url, model_dir)
+    server = Server(tmp_path, mart.url, champion)
     try:
         r = requests.post(server.base + "/v1/predict", json={"samples": [SAMPLE] * 50},
                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip

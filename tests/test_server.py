@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 
+from potability.artifacts import ArtifactError
 from potability.schema import FEATURE_NAMES, FEATURES
 from serve import create_app, shutdown
+from tests.conftest import build_model_dir, deploy_dir
 
 SAMPLE = {"ph": 7.1, "Hardness": 204.9, "Solids": 20791.0, "Chloramines": 7.3, "Sulfate": 368.5,
           "Conductivity": 564.3, "Organic_carbon": 10.4, "Trihalomethanes": 86.9, "Turbidity": 2.96}  # fmt: skip
 
 
 @pytest.fixture
-def app(mart, model_dir, tmp_path):
-    production = tmp_path / "production"
-    shutil.copytree(model_dir, production)
-    app = create_app({"DATABASE_URL": mart.url, "MODEL_DIR": str(production), "SPOOL_DIR": str(tmp_path / "spool"),
+def app(mart, champion, tmp_path):
+    app = create_app({"DATABASE_URL": mart.url, **champion.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "spool"),
                       "TOKEN_CACHE_SECONDS": 0.3, "MODEL_POLL_SECONDS": 3600, "TESTING": True})  # fmt: skip
     yield app
     shutdown(app)
@@ -182,13 +184,33 @@ def test_ops_endpoints(client, tokens):
     assert [props[f.name]["maximum"] for f in FEATURES] == [f.high for f in FEATURES]
 
 
-def test_corrupt_model_is_refused_and_the_old_one_keeps_serving(app, client, tokens):
+@pytest.fixture
+def own_champion(mart, tmp_path):
+    """A registered model of this test alone (the session's champion is never moved)."""
+    name = f"reload-{uuid.uuid4().hex[:8]}"
+    first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
+    app = create_app({"DATABASE_URL": mart.url, **first.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "spool"),
+                      "MODEL_POLL_SECONDS": 3600, "TESTING": True})  # fmt: skip
+    yield app, first
+    shutdown(app)
+
+
+def test_corrupt_model_is_refused_and_the_old_one_keeps_serving(own_champion, tmp_path, mart):
+    from potability import tracking
+
+    app, first = own_champion
+    client = app.test_client()
+    tokens = {role: mart.create_token(f"{role}-c", role) for role in ("sensor", "admin")}
     h = auth(tokens["sensor"])
     before = client.post("/v1/predict", json=SAMPLE, headers=h).get_json()
-    model_file = app.config["MODEL_DIR"] + "/model.onnx"
-    with open(model_file, "r+b") as fh:
+    bad = build_model_dir(tmp_path / "bad", version="test-rf-bad")
+    with open(bad / "model.onnx", "r+b") as fh:  # changed after meta.json recorded its sha256
         fh.seek(100)
         fh.write(b"garbage!")
+    meta = json.loads((bad / "meta.json").read_text())
+    registered = tracking.register_model_dir(bad, first.name, None, {"model_version": "test-rf-bad"},
+                                             meta["input_example"])  # fmt: skip
+    tracking.set_alias(first.name, "champion", registered.version)
     r = client.post("/admin/reload", headers=auth(tokens["admin"]))
     assert r.status_code == 422 and "sha256" in r.get_json()["error"]["message"]
     after = client.post("/v1/predict", json=SAMPLE, headers=h).get_json()
@@ -196,23 +218,74 @@ def test_corrupt_model_is_refused_and_the_old_one_keeps_serving(app, client, tok
     assert "sha256" in client.get("/readyz").get_json()["last_model_error"]
 
 
-def test_reload_swaps_in_a_new_model(app, client, tokens, model_dir):
-    meta_path = app.config["MODEL_DIR"] + "/meta.json"
-    meta = json.loads(open(meta_path).read())
-    meta["version"] = "test-rf-2"
-    open(meta_path, "w").write(json.dumps(meta))
+def test_reload_follows_the_alias_to_a_new_deployment(own_champion, mart, tmp_path):
+    app, first = own_champion
+    client = app.test_client()
+    tokens = {role: mart.create_token(f"{role}-r", role) for role in ("sensor", "admin")}
+    second = deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), first.name)
+    assert second.version != first.version
     r = client.post("/admin/reload", headers=auth(tokens["admin"]))
-    assert r.status_code == 200 and r.get_json() == {
-        "version": "test-rf-2",
-        "previous": "test-rf-1",
-        "changed": True,
-    }
-    assert (
-        client.post("/v1/predict", json=SAMPLE, headers=auth(tokens["sensor"])).get_json()[
-            "model_version"
-        ]
-        == "test-rf-2"
-    )
+    assert r.status_code == 200 and r.get_json() == {"version": "test-rf-2", "previous": "test-rf-1",
+                                                     "changed": True}  # fmt: skip
+    answer = client.post("/v1/predict", json=SAMPLE, headers=auth(tokens["sensor"])).get_json()
+    assert answer["model_version"] == "test-rf-2"
+    meta = client.get("/v1/model", headers=auth(tokens["sensor"])).get_json()
+    assert meta["registered_version"] == second.version
+
+
+def test_the_watcher_follows_the_alias_without_being_asked(mart, tmp_path):
+    name = f"watch-{uuid.uuid4().hex[:8]}"
+    first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
+    app = create_app({"DATABASE_URL": mart.url, **first.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "spool"),
+                      "MODEL_POLL_SECONDS": 0.2, "START_BACKGROUND": True})  # fmt: skip
+    try:
+        holder = app.extensions["potability.model"]
+        assert holder.current.version == "test-rf-1"
+        deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), name)
+        deadline = time.monotonic() + 20
+        while holder.current.version != "test-rf-2" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert holder.current.version == "test-rf-2"
+    finally:
+        shutdown(app)
+
+
+def test_a_restart_while_the_registry_is_down_serves_the_cached_champion(champion, mart, tmp_path):
+    config = {"DATABASE_URL": mart.url, **champion.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "spool"),
+              "MODEL_POLL_SECONDS": 3600}  # fmt: skip
+    first = create_app(config)
+    shutdown(first)
+    # the same server restarted while the registry's database refuses connections
+    dead = "postgresql+psycopg2://nobody@127.0.0.1:9/mlflow?connect_timeout=2"
+    second = create_app({**config, "MLFLOW_TRACKING_URI": dead})
+    try:
+        holder = second.extensions["potability.model"]
+        assert holder.current is not None and holder.current.version == champion.model_version
+        token = mart.create_token("cache-sensor", "sensor")
+        r = second.test_client().post("/v1/predict", json=SAMPLE, headers=auth(token))
+        assert r.status_code == 200 and r.get_json()["model_version"] == champion.model_version
+        with pytest.raises(ArtifactError, match="cannot read the registry"):
+            holder.reload()
+        assert holder.current.version == champion.model_version  # still serving
+        assert second.test_client().get("/readyz").status_code == 200
+    finally:
+        shutdown(second)
+
+
+def test_artifact_store_down_keeps_the_old_model(own_champion, mart, tmp_path, monkeypatch):
+    app, first = own_champion
+    holder = app.extensions["potability.model"]
+    second = deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), first.name)
+    store = Path(os.environ["POTABILITY_MLFLOW_ARTIFACTS"])
+    hidden = store.with_name(store.name + "-away")
+    store.rename(hidden)  # the artifact store is unreachable
+    try:
+        with pytest.raises(ArtifactError, match=f"cannot download version {second.version}"):
+            holder.reload()
+        assert holder.current.version == "test-rf-1"
+    finally:
+        hidden.rename(store)
+    assert holder.reload().version == "test-rf-2"  # back: the next poll or reload picks it up
 
 
 def test_without_a_model_not_ready_and_503(app_without_model, mart):

@@ -1,7 +1,10 @@
-"""Owns model artifacts: candidates on disk, the ONNX export, and ``models/production/``.
+"""Owns model artifacts: candidates on disk, the ONNX export, and model directories.
 
-The server only ever loads ONNX (never a pickle). Candidates between DVC stages
-are stored with skops, whose loader refuses types it was not told to trust.
+A *model directory* (``model.onnx`` + ``meta.json`` + ``history.json``) is what
+the promote stage writes to ``models/promoted/``, what ``potability deploy``
+registers in MLflow, and what each server caches locally. The server only ever
+loads ONNX (never a pickle). Candidates between DVC stages are stored with
+skops, whose loader refuses types it was not told to trust.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from potability.schema import FEATURE_NAMES
 
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
+HISTORY_FILE = "history.json"
 CANDIDATE_FILE = "model.skops"
 ONNX_INPUT = "input"
 
@@ -101,13 +105,15 @@ def parity_gap(model: Any, onnx_blob: bytes, X: np.ndarray) -> float:
     return float(np.max(np.abs(expected - got))) if len(X32) else 0.0
 
 
-# -- production -----------------------------------------------------------------
+# -- model directories ----------------------------------------------------------
 def sha256_bytes(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
 @dataclass(frozen=True)
-class ProductionModel:
+class ServedModel:
+    """A checked ONNX model with its meta.json: what a server answers with."""
+
     model: OnnxModel
     meta: dict[str, Any]
 
@@ -120,7 +126,7 @@ class ProductionModel:
         return float(self.meta["threshold"])
 
 
-def load_production(directory: Path) -> ProductionModel:
+def load_model_dir(directory: Path) -> ServedModel:
     """Load and fully check ``model.onnx`` + ``meta.json``; raise ArtifactError if anything is off."""
     meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
     try:
@@ -128,7 +134,7 @@ def load_production(directory: Path) -> ProductionModel:
         blob = model_path.read_bytes()
     except FileNotFoundError as exc:
         raise ArtifactError(
-            f"{exc.filename}: missing; no promoted model here yet (run `dvc repro`)"
+            f"{exc.filename}: missing; no promoted model here (run `dvc repro`)"
         ) from exc
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{meta_path}: not valid JSON ({exc})") from exc
@@ -153,10 +159,10 @@ def load_production(directory: Path) -> ProductionModel:
     out = model.predict_proba(probe)
     if out.shape != (2,) or not np.all(np.isfinite(out)):
         raise ArtifactError(f"{model_path}: the model answers {out!r} on a probe sample")
-    return ProductionModel(model, meta)
+    return ServedModel(model, meta)
 
 
-def write_production(
+def write_model_dir(
     directory: Path, onnx_blob: bytes, meta: dict[str, Any], extra: dict[str, Any]
 ) -> None:
     """Replace ``directory`` with a new model, meta and extra JSON files, as one swap.
@@ -181,6 +187,30 @@ def write_production(
         os.rename(directory, retired)
     os.rename(staging, directory)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def read_history(directory: Path) -> list[dict[str, Any]]:
+    """Every promotion decision recorded in a model directory (empty when there is none yet)."""
+    path = directory / HISTORY_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+def package_candidate(
+    candidate_dir: Path, X_test: np.ndarray, meta: dict[str, Any]
+) -> tuple[bytes, dict[str, Any], float]:
+    """Export a candidate to ONNX; return (onnx bytes, ``meta`` completed with version and sha256, parity gap).
+
+    The gap is the largest |ONNX - scikit-learn| probability on ``X_test``:
+    the served model must answer like the one that was evaluated.
+    """
+    from datetime import UTC, datetime
+
+    model = load_candidate(candidate_dir)
+    blob = to_onnx(model)
+    sha = sha256_bytes(blob)
+    version = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{meta['kind']}-{sha[:8]}"
+    complete = {**meta, "version": version, "sha256": sha, "features": list(FEATURE_NAMES)}
+    return blob, complete, parity_gap(model, blob, X_test)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

@@ -79,6 +79,43 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from potability import deploy
+    from potability.config import get_settings
+
+    settings = get_settings()
+    try:
+        if args.version:
+            result = deploy.rollback(args.version, args.by, args.reason, settings)
+        else:
+            source = Path(args.source) if args.source else settings.promoted_dir
+            result = deploy.deploy_promoted(
+                source, args.by, args.reason, settings, force=args.force
+            )
+    except deploy.DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(result.message if result.changed else f"unchanged: {result.message}")
+    print(result.registry_version)
+    return 0
+
+
+def cmd_deployments(args: argparse.Namespace) -> int:
+    from potability import deployments
+    from potability.config import get_settings
+
+    shipped = deployments.history(get_settings().registered_model, limit=args.limit)
+    if not shipped:
+        print("no deployments yet: `dvc repro`, then `potability deploy`")
+    for d in shipped:
+        replaced = (
+            f"{d.previous_version} ({d.previous_model_version})" if d.previous_version else "-"
+        )
+        print(f"{d.deployed_at:%Y-%m-%d %H:%M:%S%z}  {d.action:8}  version {d.registry_version} "
+              f"({d.model_version})  replaced {replaced}  by {d.deployed_by}: {d.reason}")  # fmt: skip
+    return 0
+
+
 def cmd_retrain(args: argparse.Namespace) -> int:
     from flows.retrain import retrain, serve_on_schedule
 
@@ -133,6 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = tokens.add_parser("revoke", help="revoke every token of a name")
     p.add_argument("--name", required=True)
     p.set_defaults(func=cmd_token_revoke)
+
+    p = sub.add_parser(
+        "deploy", help="ship models/promoted/ as the champion, or roll back (--version)"
+    )
+    p.add_argument("--version", help="registered version to roll back (or forward) to")
+    p.add_argument(
+        "--from", dest="source", help="model directory to ship (default: models/promoted)"
+    )
+    p.add_argument("--reason", help="why (recorded; default: the pipeline's promotion reason)")
+    p.add_argument("--by", default=getpass.getuser(), help="who deploys (recorded)")
+    p.add_argument("--force", action="store_true",
+                   help="ship even if the champion changed since the pipeline decided")  # fmt: skip
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("deployments", help="list deployments and rollbacks, newest first")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_deployments)
 
     p = sub.add_parser("retrain", help="run the retrain flow once now (or --serve it daily)")
     p.add_argument("--serve", action="store_true", help="serve the flow on its daily cron schedule")

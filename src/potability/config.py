@@ -66,9 +66,24 @@ class Settings:
     def dask_scheduler_address(self) -> str | None:
         return os.environ.get("DASK_SCHEDULER_ADDRESS") or None
 
+    # The registry: what `potability deploy` ships to and what every server follows.
     @cached_property
-    def model_dir(self) -> Path:
-        return _env_path("POTABILITY_MODEL_DIR", Path("models/production"), self.root)
+    def registered_model(self) -> str:
+        return os.environ.get("POTABILITY_REGISTERED_MODEL") or "water-potability"
+
+    @cached_property
+    def champion_alias(self) -> str:
+        return os.environ.get("POTABILITY_CHAMPION_ALIAS") or "champion"
+
+    @cached_property
+    def promoted_dir(self) -> Path:
+        """The pipeline's decision (a DVC output): what `potability deploy` ships by default."""
+        return _env_path("POTABILITY_PROMOTED_DIR", Path("models/promoted"), self.root)
+
+    @cached_property
+    def model_cache_dir(self) -> Path:
+        """Where a server keeps the versions it loaded, to start from during a registry outage."""
+        return _env_path("POTABILITY_MODEL_CACHE", Path(".model-cache"), self.root)
 
     @cached_property
     def spool_dir(self) -> Path:
@@ -105,7 +120,12 @@ class Settings:
 
     @cached_property
     def model_poll_seconds(self) -> float:
-        return _env_float("POTABILITY_MODEL_POLL_SECONDS", 2.0)
+        return _env_float("POTABILITY_MODEL_POLL_SECONDS", 5.0)
+
+    @cached_property
+    def registry_connect_timeout(self) -> float:
+        """How long a server waits for the registry's database before serving its cache."""
+        return _env_float("POTABILITY_REGISTRY_CONNECT_TIMEOUT", 3.0)
 
     @cached_property
     def page_requires_token(self) -> bool:

@@ -151,7 +151,7 @@ def migrate(settings: Settings | None = None, url: str | None = None) -> list[st
     return applied
 
 
-def mlflow_tracking_uri(settings: Settings | None = None) -> str:
+def mlflow_tracking_uri(settings: Settings | None = None, url: str | None = None) -> str:
     """Return the MLflow tracking URI: explicit, or a ``mlflow`` database on our server.
 
     SQLAlchemy maps a bare ``postgresql://`` to psycopg 3, which is not installed,
@@ -161,7 +161,7 @@ def mlflow_tracking_uri(settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     if settings.mlflow_tracking_uri:
         return settings.mlflow_tracking_uri
-    url = database_url(settings)
+    url = url or database_url(settings)
     parts = urlsplit(url)
     mlflow_url = urlunsplit(parts._replace(path="/mlflow"))
     try:

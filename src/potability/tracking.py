@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,134 @@ def log_candidate(
     return run.info.run_id, info.model_uri
 
 
-def register_champion(model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str:
-    """Register ``model_uri`` under ``name`` and move ``alias`` to it; return the version."""
+def log_test_results(run_id: str, metrics: dict[str, float], figure: Any) -> None:
+    """Add a candidate's test-split metrics (prefixed ``test_``) and its PR/confusion figure to its run."""
     import mlflow
 
-    version = mlflow.register_model(model_uri, name, tags=tags)
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
+    client = mlflow.MlflowClient()
+    for key, value in metrics.items():
+        if isinstance(value, dict):  # the confusion matrix: one metric per cell
+            for cell, count in value.items():
+                client.log_metric(run_id, f"test_{key}_{cell}", float(count))
+        elif value is not None:
+            client.log_metric(run_id, f"test_{key}", float(value))
+    client.log_figure(run_id, figure, "test/pr_and_confusion.png")
+
+
+# -- the registry: what `potability deploy` ships and what servers follow --------------
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+SHIPPED_FILES = ("model.onnx", "meta.json", "history.json")
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One version of the registered model: its number and the tags deploy gave it."""
+
+    name: str
+    version: str
+    tags: dict[str, str]
+
+    @property
+    def model_version(self) -> str:
+        """Our own label (timestamp-kind-sha), as in meta.json and every inference row."""
+        return self.tags.get("model_version", "")
+
+
+def register_model_dir(
+    model_dir: Path, name: str, run_id: str | None, tags: dict[str, str], example: Any
+) -> RegisteredVersion:
+    """Log ``model_dir`` (ONNX, meta.json, history.json) as a pyfunc and register it as a new version.
+
+    The pyfunc is logged as code (``pyfunc_model.py``), so nothing is pickled;
+    it is logged into the candidate's training run when that run exists.
+    """
+    import mlflow
+    import onnxruntime
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("double", n, required=False) for n in FEATURE_NAMES]),
+        outputs=Schema([ColSpec("double", "probability"), ColSpec("boolean", "potable")]),
+    )
+    client = mlflow.MlflowClient()
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            log.warning(
+                "training run %s is not in this tracking store; deploying in a new run", run_id
+            )
+            run_id = None
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "deploy") as run:
+        info = mlflow.pyfunc.log_model(
+            name="deployable",
+            python_model=str(PYFUNC_CODE),
+            artifacts={"model": str(model_dir / "model.onnx"), "meta": str(model_dir / "meta.json"),
+                       "history": str(model_dir / "history.json")},
+            signature=signature,
+            input_example=pd.DataFrame(example, columns=list(FEATURE_NAMES)),
+            pip_requirements=[f"mlflow=={mlflow.__version__}", f"onnxruntime=={onnxruntime.__version__}",
+                              f"numpy=={np.__version__}", f"pandas=={pd.__version__}"],
+        )  # fmt: skip
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    log.info("registered %s version %s from run %s", name, version.version, run.info.run_id)
+    return RegisteredVersion(name, str(version.version), dict(tags))
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def version_for_alias(name: str, alias: str, client: Any = None) -> RegisteredVersion | None:
+    """The version ``alias`` names, or None if the model or the alias does not exist yet."""
+    import mlflow
+
+    client = client or mlflow.MlflowClient()
+    try:
+        found = client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    return RegisteredVersion(name, str(found.version), dict(found.tags))
+
+
+def get_version(name: str, version: str, client: Any = None) -> RegisteredVersion:
+    """One registered version; raise ``LookupError`` naming what exists when it does not."""
+    import mlflow
+
+    client = client or mlflow.MlflowClient()
+    try:
+        found = client.get_model_version(name, str(version))
+    except mlflow.exceptions.MlflowException as exc:
+        known = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        raise LookupError(
+            f"{name} has no version {version!r}; registered versions: {known or 'none'}"
+        ) from exc
+    return RegisteredVersion(name, str(found.version), dict(found.tags))
+
+
+def download_version(name: str, version: str, dest: Path, client: Any = None) -> Path:
+    """Fetch the shipped files of one version into ``dest`` (a fresh directory); return ``dest``."""
+    import os
+    import tempfile
+
+    import mlflow
+
+    os.environ.setdefault(
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
+    )  # a server log, not a terminal
+    client = client or mlflow.MlflowClient()
+    source = client.get_model_version_download_uri(name, version)
+    with tempfile.TemporaryDirectory(prefix="download-", dir=dest.parent) as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
+        dest.mkdir(parents=True, exist_ok=True)
+        for filename in SHIPPED_FILES:
+            shipped = local / "artifacts" / filename
+            if shipped.exists():
+                (dest / filename).write_bytes(shipped.read_bytes())
+    return dest

@@ -1,7 +1,9 @@
 """Stage evaluate: every candidate on the held-out test split, at its own threshold.
 
 Writes ``metrics/evaluate.json`` for ``dvc metrics`` and, per candidate, a PR
-curve and a confusion table for ``dvc plots``.
+curve and a confusion table for ``dvc plots``; the same metrics (``test_*``)
+and a PR/confusion figure go into the candidate's MLflow run, so the MLflow UI
+compares candidates on the rows DVC does.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve
 
-from potability import artifacts
-from potability.config import load_params
+from potability import artifacts, tracking
+from potability.config import get_settings, load_params
 from potability.features import feature_matrix, labels, read_samples, write_csv_atomic
 from potability.modeling import classification_metrics
 from potability.stages.train import read_train_info
@@ -36,6 +38,39 @@ def evaluate(model: Any, threshold: float, X: np.ndarray, y: np.ndarray, curve_p
     return metrics, curve, confusion
 
 
+def figure(kind: str, curve: pd.DataFrame, confusion: pd.DataFrame, metrics: dict[str, Any]):
+    """One matplotlib figure: the PR curve with the operating point, and the confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4))
+    pr, cm = fig.subplots(1, 2)
+    pr.plot(curve["recall"], curve["precision"])
+    pr.scatter(
+        [metrics["recall"]], [metrics["precision"]], color="red", zorder=3, label="threshold"
+    )
+    pr.set(
+        xlabel="recall",
+        ylabel="precision",
+        title=f"{kind}: precision-recall (test)",
+        ylim=(0, 1.02),
+    )
+    pr.legend()
+    matrix = pd.crosstab(confusion["actual"], confusion["predicted"]).reindex(
+        index=[0, 1], columns=[0, 1], fill_value=0
+    )
+    cm.imshow(matrix.to_numpy(), cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix.to_numpy()):
+        cm.text(j, i, str(count), ha="center", va="center")
+    cm.set(
+        xticks=[0, 1], yticks=[0, 1], xlabel="predicted", ylabel="actual", title="confusion (test)"
+    )
+    fig.tight_layout()
+    return fig
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--test", type=Path, required=True)
@@ -49,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     frame = read_samples(args.test)
     X, y = feature_matrix(frame), labels(frame)
     report: dict[str, Any] = {}
+    tracking.configure(get_settings())
     for kind in params["train"]["models"]:
         directory = args.candidates / kind
         info = read_train_info(directory)
@@ -60,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
             params["evaluate"]["pr_curve_points"],
         )
         report[kind] = metrics
+        tracking.log_test_results(
+            info["mlflow_run_id"], metrics, figure(kind, curve, confusion, metrics)
+        )
         write_csv_atomic(curve, args.plots / "pr" / f"{kind}.csv")
         write_csv_atomic(confusion, args.plots / "confusion" / f"{kind}.csv")
         log.info("%s on test: precision %.3f recall %.3f positives %d", kind,

@@ -1,8 +1,12 @@
-"""Stage promote: the best eligible challenger replaces the champion only if at least as good.
+"""Stage promote: decide whether the best eligible challenger should replace the champion.
 
-The champion is re-measured on the *current* test split, so both are judged on
-the same samples. Before anything is written, the challenger's ONNX export must
-match scikit-learn's probabilities within ``promote.parity_tolerance``.
+The champion is the version the MLflow alias ``champion`` names (what sensors
+are answered with), re-measured on the *current* test split so both are judged
+on the same samples. The stage writes the workspace's decision to
+``models/promoted/`` and never ships anything: ``potability deploy`` does. On
+"promoted" the directory holds the challenger (its ONNX export must match
+scikit-learn within ``promote.parity_tolerance``); on "kept" it holds the
+champion as it is, so deploying it changes nothing.
 """
 
 from __future__ import annotations
@@ -10,38 +14,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from potability import artifacts, tracking
 from potability.config import Settings, get_settings, load_params
+from potability.deploy import fetch_version
 from potability.features import feature_matrix, file_sha256, labels, read_samples
 from potability.modeling import classification_metrics
 from potability.promotion import decide
 from potability.quality import reference_profile
-from potability.schema import FEATURE_NAMES
 from potability.stages.train import read_train_info
 
 log = logging.getLogger(__name__)
-HISTORY_FILE = "history.json"
-
-
-def champion_metrics(model_dir: Path, X, y) -> dict[str, Any] | None:
-    """The production model's metrics on this test split, or None if there is none (or it is broken)."""
-    try:
-        production = artifacts.load_production(model_dir)
-    except artifacts.ArtifactError as exc:
-        log.info("no usable champion: %s", exc)
-        return None
-    metrics = classification_metrics(y, production.model.predict_proba(X), production.threshold)
-    return {**metrics, "version": production.version, "kind": production.meta.get("kind")}
-
-
-def read_history(model_dir: Path) -> list[dict[str, Any]]:
-    path = model_dir / HISTORY_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+INPUT_EXAMPLE_ROWS = 3  # complete training rows stored as the registered model's input example
 
 
 @dataclass(frozen=True)
@@ -52,106 +43,124 @@ class Paths:
     test: Path
     candidates: Path
     metrics: Path
-    model_dir: Path
+    out: Path
 
 
-def promote(paths: Paths, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Decide, and on promotion write ``model_dir`` and move the MLflow alias; return the decision record."""
+@dataclass(frozen=True)
+class Champion:
+    version: str  # the registry's version number
+    model: artifacts.ServedModel
+    files: Path  # its model directory, downloaded and checked
+
+
+def promote(
+    paths: Paths, params: dict[str, Any], settings: Settings, champion: Champion | None
+) -> dict[str, Any]:
+    """Decide challenger vs ``champion`` and write ``paths.out``; return the decision record."""
     frame = read_samples(paths.test)
     X, y = feature_matrix(frame), labels(frame)
     candidates = json.loads(paths.metrics.read_text(encoding="utf-8"))
     floor, min_pos = params["train"]["min_recall"], params["train"]["min_positives"]
-    champion = champion_metrics(paths.model_dir, X, y)
-    decision = decide(candidates, champion, floor, min_pos)
+    champion_metrics = None
+    if champion is not None:
+        measured = classification_metrics(
+            y, champion.model.model.predict_proba(X), champion.model.threshold
+        )
+        champion_metrics = {**measured, "version": champion.model.version,
+                            "registry_version": champion.version, "kind": champion.model.meta.get("kind")}  # fmt: skip
+    decision = decide(candidates, champion_metrics, floor, min_pos)
     record: dict[str, Any] = {
         "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **decision.as_dict(),
         "challenger_metrics": candidates.get(decision.challenger) if decision.challenger else None,
-        "champion_before": champion,
-        "candidates_metrics": candidates,
+        "champion_before": champion_metrics,
         "min_recall": floor,
-        "version": champion["version"] if champion else None,
+        "version": champion.model.version if champion else None,
     }
-    history = read_history(paths.model_dir)
+    history = artifacts.read_history(paths.out)
     if decision.promote:
-        blob, meta, gap = _build(
-            decision.challenger, candidates, paths, X, params, record["decided_at"]
-        )
+        blob, meta, gap = _package(decision.challenger, candidates, paths, X, params, champion)
         tolerance = params["promote"]["parity_tolerance"]
         record["parity_gap"] = gap
         if gap > tolerance:
-            record.update(promote=False, reason=f"refused {decision.challenger}: ONNX probabilities differ from "
-                          f"scikit-learn's by {gap:.2e} > {tolerance:.0e}; the champion stays")  # fmt: skip
-        else:
-            tracking.configure(settings)
-            meta["registered_version"] = tracking.register_champion(
-                meta["mlflow_model_uri"], params["promote"]["registered_model"], params["promote"]["alias"],
-                tags={"version": meta["version"], "sha256": meta["sha256"],
-                      "test_precision": f"{meta['metrics']['precision']:.4f}"},
-            )  # fmt: skip
-            record["version"] = meta["version"]
-            artifacts.write_production(
-                paths.model_dir, blob, meta, {HISTORY_FILE: [*history, _summary(record)]}
+            record.update(
+                promote=False,
+                reason=f"refused {decision.challenger}: ONNX probabilities differ from "
+                f"scikit-learn's by {gap:.2e} > {tolerance:.0e}; the champion stays",
             )
-    if not record[
-        "promote"
-    ]:  # the champion stays (or parity refused): only the decision is added to its history
-        paths.model_dir.mkdir(parents=True, exist_ok=True)
-        artifacts.write_json_atomic(paths.model_dir / HISTORY_FILE, [*history, _summary(record)])
+        else:
+            record["version"] = meta["version"]
+            meta["decision_reason"] = record["reason"]
+            artifacts.write_model_dir(
+                paths.out, blob, meta, {artifacts.HISTORY_FILE: [*history, _summary(record)]}
+            )
+    if not record["promote"]:
+        _keep(paths.out, champion, [*history, _summary(record)])
     log.info("promotion decision: %s", record["reason"])
     return record
 
 
-def _build(
-    kind: str, candidates: dict[str, Any], paths: Paths, X, params: dict[str, Any], now: str
-):
-    """Export the challenger to ONNX and assemble its meta.json; return (onnx bytes, meta, parity gap)."""
+def _keep(out: Path, champion: Champion | None, history: list[dict[str, Any]]) -> None:
+    """The champion stays: ``out`` holds its files (deploying them is a no-op), plus the history."""
+    if champion is None:
+        for name in (artifacts.MODEL_FILE, artifacts.META_FILE):
+            (out / name).unlink(missing_ok=True)
+        artifacts.write_json_atomic(out / artifacts.HISTORY_FILE, history)
+        return
+    meta = {k: v for k, v in champion.model.meta.items() if k != "registered_version"}
+    blob = (champion.files / artifacts.MODEL_FILE).read_bytes()
+    artifacts.write_model_dir(out, blob, meta, {artifacts.HISTORY_FILE: history})
+
+
+def _package(kind: str, candidates: dict[str, Any], paths: Paths, X: np.ndarray,
+             params: dict[str, Any], champion: Champion | None):  # fmt: skip
+    """The challenger as a model directory's contents: (onnx bytes, meta, parity gap)."""
     info = read_train_info(paths.candidates / kind)
-    model = artifacts.load_candidate(paths.candidates / kind)
-    blob = artifacts.to_onnx(model)
-    gap = artifacts.parity_gap(model, blob, X)
-    sha = artifacts.sha256_bytes(blob)
+    train = read_samples(paths.train)
+    complete = train.dropna().head(INPUT_EXAMPLE_ROWS)
     meta = {
-        "version": f"{datetime.now(UTC):%Y%m%d%H%M%S}-{kind}-{sha[:8]}",
         "kind": kind,
         "model_name": info["model_name"],
         "threshold": info["threshold"],
-        "features": list(FEATURE_NAMES),
         "metrics": candidates[kind],
         "cv_metrics": info["metrics"],
         "best_params": info["best_params"],
         "data_hash": info["data_hash"],
         "test_data_hash": file_sha256(paths.test),
-        "sha256": sha,
         "n_train": info["n_train"],
         "n_test": int(len(X)),
         "trained_at": info["trained_at"],
-        "promoted_at": now,
+        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": info["git_commit"],
         "mlflow_run_id": info["mlflow_run_id"],
-        "mlflow_model_uri": info["mlflow_model_uri"],
-        "registered_model": params["promote"]["registered_model"],
         "min_recall": params["train"]["min_recall"],
-        "parity_gap": gap,
+        # the registry version this challenger beat: deploy refuses if the champion moved since
+        "decided_against": champion.version if champion else None,
+        "input_example": feature_matrix(complete).tolist(),
         # the training inputs' distribution, so the server can measure drift without the data
-        "reference": reference_profile(read_samples(paths.train), params["page"]["drift_bins"]),
+        "reference": reference_profile(train, params["page"]["drift_bins"]),
     }
-    return blob, meta, gap
+    blob, meta, gap = artifacts.package_candidate(paths.candidates / kind, X, meta)
+    return blob, {**meta, "parity_gap": gap}, gap
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
     """What the history keeps of a decision (the quality page shows it)."""
-    keys = (
-        "decided_at",
-        "promote",
-        "challenger",
-        "reason",
-        "candidates",
-        "version",
-        "challenger_metrics",
-        "champion_before",
-    )
+    keys = ("decided_at", "promote", "challenger", "reason", "candidates", "version",
+            "challenger_metrics", "champion_before")  # fmt: skip
     return {k: record.get(k) for k in keys}
+
+
+def current_champion(settings: Settings, workdir: Path) -> Champion | None:
+    """The version the alias names, downloaded into ``workdir`` and checked; None if there is none."""
+    tracking.configure(settings)
+    found = tracking.version_for_alias(settings.registered_model, settings.champion_alias)
+    if found is None:
+        log.info("no %s@%s yet: the best eligible challenger becomes the first champion",
+                 settings.registered_model, settings.champion_alias)  # fmt: skip
+        return None
+    files = workdir / "champion"
+    return Champion(found.version, fetch_version(found, files), files)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,17 +175,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    paths = Paths(
-        train=args.train,
-        test=args.test,
-        candidates=args.candidates,
-        metrics=args.metrics,
-        model_dir=args.out,
-    )
-    record = promote(paths, load_params(args.params), get_settings())
+    paths = Paths(args.train, args.test, args.candidates, args.metrics, args.out)
+    settings = get_settings()
+    with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
+        champion = current_champion(settings, Path(tmp))
+        record = promote(paths, load_params(args.params), settings, champion)
     artifacts.write_json_atomic(args.decision, {
         "promoted": record["promote"], "challenger": record["challenger"], "reason": record["reason"],
         "version": record.get("version"),
+        "champion_registry_version": champion.version if champion else None,
         "challenger_precision": (record["challenger_metrics"] or {}).get("precision"),
         "champion_precision_before": (record["champion_before"] or {}).get("precision"),
     })  # fmt: skip

@@ -1,0 +1,164 @@
+"""Shipping: the one act that changes what sensors are answered with.
+
+``dvc repro`` and ``dvc exp run`` only *decide* (``models/promoted/``).
+``deploy_promoted`` registers that directory in MLflow as a new version of the
+registered model, moves the alias ``champion`` to it and records who did it and
+why; ``rollback`` moves the alias back to any earlier version. Servers follow
+the alias (``fetch_version`` is how they, and the promote stage, read a version).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from potability import artifacts, deployments, tracking
+from potability.config import Settings
+from potability.deployments import Deployment
+
+log = logging.getLogger(__name__)
+
+
+class DeployError(Exception):
+    """Nothing was shipped: the reason says what to do."""
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    registry_version: str
+    model_version: str
+    previous_version: str | None
+    changed: bool
+    message: str
+
+
+def fetch_version(
+    found: tracking.RegisteredVersion, dest: Path, client: Any = None
+) -> artifacts.ServedModel:
+    """Download one registered version into ``dest`` and check it fully (sha256, features, a probe).
+
+    The version's ``sha256`` tag, set at deploy, must match its meta.json too, so
+    an artifact changed in the store after registration is refused.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        tracking.download_version(found.name, found.version, staging, client)
+        served = artifacts.load_model_dir(staging)
+        expected = found.tags.get("sha256")
+        if expected and expected != served.meta["sha256"]:
+            raise artifacts.ArtifactError(
+                f"{found.name} version {found.version}: model.onnx sha256 "
+                f"{served.meta['sha256'][:12]}… differs from the registered {expected[:12]}…"
+            )
+        shutil.rmtree(dest, ignore_errors=True)
+        try:
+            staging.rename(dest)
+        except OSError:  # another worker cached the same version a moment ago: theirs is as good
+            if not (dest / artifacts.META_FILE).exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return artifacts.ServedModel(served.model, {**served.meta, "registered_version": found.version})
+
+
+def deploy_promoted(
+    promoted_dir: Path,
+    deployed_by: str,
+    reason: str | None,
+    settings: Settings,
+    force: bool = False,
+) -> DeployResult:
+    """Ship ``promoted_dir`` as the new champion, unless it already is one.
+
+    Refused when the directory holds no checked model, or when the champion
+    has changed since the pipeline decided against it (rerun the promote stage,
+    or ``force``).
+    """
+    try:
+        promoted = artifacts.load_model_dir(promoted_dir)
+    except artifacts.ArtifactError as exc:
+        raise DeployError(f"nothing to deploy: {exc}") from exc
+    meta = promoted.meta
+    name, alias = settings.registered_model, settings.champion_alias
+    tracking.configure(settings)
+    current = tracking.version_for_alias(name, alias)
+    if current is not None and current.model_version == promoted.version:
+        return DeployResult(current.version, promoted.version, current.version, False,
+                            f"{promoted.version} is already the champion ({name} version {current.version})")  # fmt: skip
+    decided_against = meta.get("decided_against")
+    now_champion = current.version if current else None
+    if decided_against != now_champion and not force:
+        raise DeployError(
+            f"{promoted.version} was judged against champion version {decided_against or 'none'}, "
+            f"but the champion is now version {now_champion or 'none'}: run "
+            "`dvc repro --force --single-item promote` to decide again (or deploy --force)"
+        )
+    tags = {
+        "model_version": promoted.version,
+        "sha256": meta["sha256"],
+        "threshold": f"{promoted.threshold:.6f}",
+        "kind": str(meta.get("kind")),
+        "data_hash": str(meta.get("data_hash")),
+        "git_commit": str(meta.get("git_commit")),
+        "test_precision": f"{meta['metrics']['precision']:.4f}",
+        "test_recall": f"{meta['metrics']['recall']:.4f}",
+    }
+    registered = tracking.register_model_dir(
+        promoted_dir, name, meta.get("mlflow_run_id"), tags, meta["input_example"]
+    )
+    why = reason or meta.get("decision_reason") or "deployed from models/promoted"
+    return _move_champion(registered, current, "deploy", deployed_by, why, settings)
+
+
+def rollback(
+    version: str, deployed_by: str, reason: str | None, settings: Settings
+) -> DeployResult:
+    """Point the champion at an earlier registered ``version``, after checking its files."""
+    name, alias = settings.registered_model, settings.champion_alias
+    tracking.configure(settings)
+    try:
+        target = tracking.get_version(name, version)
+    except LookupError as exc:
+        raise DeployError(str(exc)) from exc
+    current = tracking.version_for_alias(name, alias)
+    if current is not None and current.version == target.version:
+        return DeployResult(target.version, target.model_version, current.version, False,
+                            f"version {target.version} ({target.model_version}) is already the champion")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="rollback-") as tmp:
+        try:
+            fetch_version(target, Path(tmp) / "model")
+        except artifacts.ArtifactError as exc:
+            raise DeployError(f"version {version} cannot be served: {exc}") from exc
+    why = reason or f"rollback to version {target.version}"
+    return _move_champion(target, current, "rollback", deployed_by, why, settings)
+
+
+def _move_champion(
+    target: tracking.RegisteredVersion,
+    current: tracking.RegisteredVersion | None,
+    action: str,
+    deployed_by: str,
+    reason: str,
+    settings: Settings,
+) -> DeployResult:
+    tracking.set_alias(target.name, settings.champion_alias, target.version)
+    deployments.record(
+        Deployment(None, deployed_by, action, target.name, target.version, target.model_version,
+                   current.version if current else None, current.model_version if current else None,
+                   reason),
+        settings,
+    )  # fmt: skip
+    before = f"version {current.version} ({current.model_version})" if current else "nothing"
+    message = (
+        f"{target.name}@{settings.champion_alias} -> version {target.version} "
+        f"({target.model_version}); was {before}"
+    )
+    log.info("%s by %s: %s", action, deployed_by, message)
+    return DeployResult(
+        target.version, target.model_version, current.version if current else None, True, message
+    )
