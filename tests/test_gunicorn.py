@@ -46,8 +46,8 @@ class Server:
             try:
                 if requests.get(self.base + "/readyz", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or a worker still booting (imports, first registry read)
             time.sleep(0.2)
         self.stop()
         raise AssertionError(f"server not ready: {self.log.read_text()[-2000:]}")
