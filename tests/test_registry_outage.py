@@ -1,0 +1,69 @@
+"""A server whose only Postgres (log, tokens and the MLflow registry) goes down, and is restarted meanwhile."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from potability import db
+from potability.mart import WaterMart
+from tests.conftest import REPO, build_model_dir, project_env, run
+from tests.test_gunicorn import Server
+from tests.test_server import SAMPLE
+
+pytestmark = pytest.mark.slow
+
+
+def readyz(server: Server) -> dict:
+    return requests.get(server.base + "/readyz", timeout=10).json()
+
+
+def test_the_cached_champion_serves_through_an_outage_and_a_restart(tmp_path):
+    pgdata = tmp_path / "pg"
+    url = db.embedded_server_url(pgdata)
+    server = None
+    try:
+        env = {
+            **project_env(tmp_path, url),
+            "POTABILITY_MLFLOW_ARTIFACTS": str(tmp_path / "artifacts"),
+        }
+        run(["potability", "db", "migrate"], REPO, env)
+        version = run(["potability", "deploy", "--from", str(build_model_dir(tmp_path / "promoted"))],
+                      REPO, env).stdout.split()[-1]  # fmt: skip
+        token = WaterMart(url=url).create_token("outage-sensor", "sensor")
+        auth = {"Authorization": f"Bearer {token}"}
+        cache = {
+            "POTABILITY_MODEL_CACHE": str(tmp_path / "cache"),
+            "POTABILITY_MODEL_POLL_SECONDS": "0.5",
+        }
+        server = Server(tmp_path, url, None, **cache)
+        assert readyz(server)["model_version"] == "test-rf-1"
+        assert (
+            requests.post(server.base + "/v1/predict", json=SAMPLE, headers=auth).status_code == 200
+        )
+
+        db.stop_embedded_server(pgdata, mode="immediate")  # everything the server reads is gone
+        time.sleep(2)  # several polls fail
+        answer = requests.post(server.base + "/v1/predict", json=SAMPLE, headers=auth)
+        assert answer.status_code == 200 and answer.json()["model_version"] == "test-rf-1"
+        status = readyz(server)
+        assert status["model_version"] == "test-rf-1" and "registry" in status["last_model_error"]
+
+        server.stop()  # restarted during the outage: it starts from its local cache
+        server = Server(tmp_path, url, None, **cache)
+        status = readyz(server)
+        assert status["ready"] and status["model_version"] == "test-rf-1"
+
+        db.embedded_server_url(pgdata)  # Postgres is back (crash recovery): the registry heals
+        deadline = time.monotonic() + 30
+        while readyz(server)["last_model_error"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert readyz(server)["last_model_error"] is None
+        meta = requests.get(server.base + "/v1/model", headers=auth, timeout=10).json()
+        assert meta["registered_version"] == version
+    finally:
+        if server is not None:
+            server.stop()
+        db.stop_embedded_server(pgdata)
