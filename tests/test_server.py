@@ -233,21 +233,24 @@ def test_reload_follows_the_alias_to_a_new_deployment(own_champion, mart, tmp_pa
     assert meta["registered_version"] == second.version
 
 
-def test_the_watcher_follows_the_alias_without_being_asked(mart, tmp_path):
+def test_replicas_follow_the_alias_without_being_asked(mart, tmp_path):
+    """Two servers with their own caches (two hosts) move to a new deployment by themselves."""
     name = f"watch-{uuid.uuid4().hex[:8]}"
     first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
-    app = create_app({"DATABASE_URL": mart.url, **first.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "spool"),
-                      "MODEL_POLL_SECONDS": 0.2, "START_BACKGROUND": True})  # fmt: skip
+    replicas = [create_app({"DATABASE_URL": mart.url, **first.app_config(tmp_path / f"host-{i}"),
+                            "SPOOL_DIR": str(tmp_path / f"spool-{i}"), "MODEL_POLL_SECONDS": 0.2})
+                for i in range(2)]  # fmt: skip
     try:
-        holder = app.extensions["potability.model"]
-        assert holder.current.version == "test-rf-1"
+        holders = [app.extensions["potability.model"] for app in replicas]
+        assert [h.current.version for h in holders] == ["test-rf-1", "test-rf-1"]
         deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), name)
         deadline = time.monotonic() + 20
-        while holder.current.version != "test-rf-2" and time.monotonic() < deadline:
+        while {h.current.version for h in holders} != {"test-rf-2"} and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert holder.current.version == "test-rf-2"
+        assert [h.current.version for h in holders] == ["test-rf-2", "test-rf-2"]
     finally:
-        shutdown(app)
+        for app in replicas:
+            shutdown(app)
 
 
 def test_a_restart_while_the_registry_is_down_serves_the_cached_champion(champion, mart, tmp_path):
