@@ -40,3 +40,16 @@ def test_errors_are_one_clear_line(clean_db, tmp_path, cli_env):
         "token", "create", "--role", "root", "--name", "x", env=cli_env, check=False
     )
     assert result.returncode == 2 and "role" in result.stderr
+
+
+def test_a_queued_experiment_uses_the_workspace_database(tmp_path, monkeypatch):
+    """`dvc exp run --queue` runs stages under .dvc/tmp/exps/: they must not start an empty Postgres."""
+    from potability.config import Settings
+
+    monkeypatch.delenv("POTABILITY_PGDATA", raising=False)
+    monkeypatch.delenv("POTABILITY_MLFLOW_ARTIFACTS", raising=False)
+    queued = tmp_path / "ws" / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    settings = Settings(root=queued)
+    assert settings.pgdata == tmp_path / "ws" / ".pgdata"
+    assert settings.mlflow_artifacts == tmp_path / "ws" / "mlartifacts"
+    assert Settings(root=tmp_path / "ws").pgdata == tmp_path / "ws" / ".pgdata"

@@ -50,8 +50,21 @@ class Settings:
         return os.environ.get("DATABASE_URL") or None
 
     @cached_property
+    def workspace(self) -> Path:
+        """Where machine-local state lives (embedded Postgres, MLflow artifacts): the DVC workspace.
+
+        A queued ``dvc exp run`` works in a copy under ``.dvc/tmp/exps/``; its
+        stages must reach the workspace's database, not start an empty one.
+        """
+        parts = self.root.parts
+        for i in range(len(parts) - 2):
+            if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+                return Path(*parts[:i])
+        return self.root
+
+    @cached_property
     def pgdata(self) -> Path:
-        return _env_path("POTABILITY_PGDATA", Path(".pgdata"), self.root)
+        return _env_path("POTABILITY_PGDATA", Path(".pgdata"), self.workspace)
 
     @cached_property
     def mlflow_tracking_uri(self) -> str | None:
@@ -60,7 +73,7 @@ class Settings:
 
     @cached_property
     def mlflow_artifacts(self) -> Path:
-        return _env_path("POTABILITY_MLFLOW_ARTIFACTS", Path("mlartifacts"), self.root)
+        return _env_path("POTABILITY_MLFLOW_ARTIFACTS", Path("mlartifacts"), self.workspace)
 
     @cached_property
     def dask_scheduler_address(self) -> str | None:
