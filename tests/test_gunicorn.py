@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, tmp: Path, url: str, champion: Champion | None, **env):
+    def __init__(self, tmp: Path, url: str, champion: Champion | None, workers: int = 2, **env):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"server-{self.port}.log"
@@ -38,7 +38,7 @@ class Server:
         environment = {**project_env(tmp, url), **served,
                        "POTABILITY_SPOOL_DIR": str(tmp / "spool"), **env}  # fmt: skip
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "potability.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "2"],
+            [sys.executable, "-m", "potability.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)],
             cwd=REPO, env=environment, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 60
