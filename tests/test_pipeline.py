@@ -191,7 +191,8 @@ def test_each_candidate_run_has_cv_and_test_metrics_and_plots(project, registry)
         run_ = client.get_run(info["mlflow_run_id"])
         assert run_.data.tags["kind"] == kind and run_.data.tags["data_hash"] == info["data_hash"]
         assert run_.data.tags["git_commit"] != "unknown"
-        assert "threshold" in run_.data.metrics and "cv_precision_at_recall" in run_.data.metrics
+        assert "threshold" in run_.data.metrics and "oof_precision" in run_.data.metrics
+        assert run_.data.metrics["test_precision_ci_low"] <= run_.data.metrics["test_precision"]
         assert run_.data.metrics["test_precision"] == pytest.approx(evaluated[kind]["precision"])
         assert run_.data.metrics["test_recall"] == pytest.approx(evaluated[kind]["recall"])
         files = [f.path for f in client.list_artifacts(info["mlflow_run_id"], "test")]
