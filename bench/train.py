@@ -1,5 +1,6 @@
-"""Training benchmark: full and no-op `dvc repro`, grid search on local cores vs a Dask
-LocalCluster, and how tuning time grows with rows (3k / 30k / 300k).
+"""Training benchmark: full and no-op `dvc repro` with a per-stage profile (interpreter and
+import start-up, the train stage alone), the search on local cores vs a Dask LocalCluster,
+and how tuning time grows with rows (3k / 30k / 300k).
 
 Runs in a temp copy of the project against its own embedded Postgres, so your
 data is untouched. Writes ``bench/results/train.json``.
@@ -24,7 +25,8 @@ from potability import db  # noqa: E402
 from potability.config import load_params  # noqa: E402
 from potability.features import feature_matrix, labels  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
-from potability.modeling import tune  # noqa: E402
+from potability.modeling import search_zoo  # noqa: E402
+from potability.stages.train import search_settings  # noqa: E402
 from potability.synth import generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,16 +64,26 @@ def bench_repro(work: Path, rows: int) -> dict:
         noop, _ = timed(
             subprocess.run, ["dvc", "repro"], cwd=project, env=env, check=True, capture_output=True
         )
-        return {"rows": rows, "full_seconds": full, "noop_seconds": noop}
+        return {"rows": rows, "full_seconds": full, "noop_seconds": noop,
+                "profile": profile(project, env)}  # fmt: skip
     finally:
         db.stop_embedded_server(pgdata)
 
 
+def profile(project: Path, env: dict) -> dict:
+    """Where a full repro's time goes: each stage module's import start-up, and the train stage alone."""
+    imports = {}
+    for stage in ("export", "split", "eda", "train", "evaluate", "promote"):
+        imports[stage], _ = timed(subprocess.run, [sys.executable, "-c", f"import potability.stages.{stage}"],
+                                  cwd=project, env=env, check=True)  # fmt: skip
+    train, _ = timed(subprocess.run, ["dvc", "repro", "--force", "--single-item", "train"],
+                     cwd=project, env=env, check=True, capture_output=True)  # fmt: skip
+    return {"import_seconds": imports, "train_stage_seconds": train}
+
+
 def tune_rf(X, y, params: dict, grid: dict) -> float:
-    seconds, _ = timed(tune, "rf", X, y, grid, seed=params["seed"], cv_folds=params["cv_folds"],
-                       min_recall=params["min_recall"], min_positives=params["min_positives"], n_jobs=-1,
-                       imputer=params["imputer"], calibration_folds=params["calibration_folds"],
-                       recall_margin=params["threshold_recall_margin"])  # fmt: skip
+    settings = search_settings({**params, "n_jobs": -1, "vote": {"members": 0}})
+    seconds, _ = timed(search_zoo, X, y, {"rf": grid}, settings)
     return seconds
 
 
@@ -118,7 +130,9 @@ def main() -> int:
             result["dvc_repro"] = bench_repro(Path(tmp), args.repro_rows)
             r = result["dvc_repro"]
             print(
-                f"dvc repro on {r['rows']} rows: full {r['full_seconds']} s, no-op {r['noop_seconds']} s",
+                f"dvc repro on {r['rows']} rows: full {r['full_seconds']} s, no-op {r['noop_seconds']} s; "
+                f"train stage alone {r['profile']['train_stage_seconds']} s; import start-up per stage "
+                f"{r['profile']['import_seconds']} (load average {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
     result["grid_search"] = bench_dask(params, args.repro_rows)

@@ -3,9 +3,14 @@ import pytest
 
 from potability.modeling import (
     MODEL_KINDS,
+    VOTE,
+    SearchSettings,
     build_pipeline,
     choose_threshold,
     classification_metrics,
+    oof_estimate,
+    search_zoo,
+    threshold_at_recall,
 )
 from potability.synth import generate
 
@@ -58,3 +63,47 @@ def test_metrics_at_threshold():
     m = classification_metrics(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.2, 0.1]), 0.5)
     assert m["confusion"] == {"tn": 1, "fp": 1, "fn": 1, "tp": 1}
     assert (m["precision"], m["recall"], m["positives"]) == (0.5, 0.5, 2)
+
+
+def test_threshold_at_recall_stops_at_the_aim_instead_of_chasing_a_spike():
+    y = np.array([1, 0, 1, 0, 1, 1, 1, 1, 0, 0])
+    p = np.linspace(0.95, 0.05, 10)
+    # recall 0.3 is reached at the 3rd answer (2 of 6): precision 0.667; a spike of 0.75 lies at 8
+    choice = threshold_at_recall(y, p, 0.3, 1)
+    assert (choice.positives, round(choice.precision, 3), choice.feasible) == (3, 0.667, True)
+    assert choose_threshold(y, p, 0.3, 1).positives == 8
+    assert not threshold_at_recall(y, p, 0.3, 20).feasible
+
+
+def test_oof_estimate_takes_the_median_threshold_and_checks_it_on_every_repeat():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    oof = np.clip(y * 0.2 + rng.random((3, 500)) * 0.8, 0, 1)
+    estimate = oof_estimate(y, oof, 0.3, 10, [0.2, 0.3])
+    per_repeat = [threshold_at_recall(y, row, 0.3, 10).threshold for row in oof]
+    assert estimate.threshold == np.median(per_repeat) and estimate.feasible
+    assert estimate.min_recall_at_threshold <= estimate.recall_at_threshold
+    assert abs(estimate.recall_at_threshold - 0.3) < 0.03
+    assert set(estimate.operating_points) == {"p_at_r0.20", "p_at_r0.30"}
+
+
+def test_the_search_scores_every_kind_out_of_fold_and_every_candidate_exports_to_onnx():
+    """The zoo and its vote, tuned on a small synthetic set: ONNX answers like scikit-learn."""
+    from potability import artifacts
+
+    frame = generate(500, seed=9)
+    X = frame.drop(columns=["sample_id", "Potability"]).to_numpy()
+    y = frame["Potability"].to_numpy()
+    grids = {"rf": {"n_estimators": [20]}, "et": {"n_estimators": [20]}, "svm": {"C": [1.0]},
+             "knn": {"n_neighbors": [10, 40]}, "qda": {"reg_param": [0.3]}}  # fmt: skip
+    settings = SearchSettings(seed=0, cv_folds=3, cv_repeats=2, aim=0.3, min_positives=5,
+                              floors=[0.25], vote_members=3, n_jobs=1)  # fmt: skip
+    zoo = search_zoo(X[:400], y[:400], grids, settings)
+    assert set(zoo) == {*grids, VOTE} and len(zoo["knn"].grid) == 2
+    assert zoo[VOTE].best_params["members"] == [
+        c.kind for c in sorted((zoo[k] for k in grids), key=lambda c: -c.estimate.precision)[:3]
+    ]
+    for kind, candidate in zoo.items():
+        assert candidate.oof.shape == (2, 400)
+        gap = artifacts.parity_gap(candidate.model, artifacts.to_onnx(candidate.model), X[400:])
+        assert gap <= 1e-5, kind

@@ -15,14 +15,17 @@ import numpy as np
 import pytest
 
 from potability import artifacts, db, deployments, tracking
+from potability.config import load_params
 from potability.features import feature_matrix, labels, read_samples
 from potability.mart import WaterMart
-from potability.modeling import MODEL_KINDS
+from potability.modeling import VOTE, candidate_kinds
 from potability.synth import generate
-from tests.conftest import SERVED_MODEL, copy_project, project_env, run
+from tests.conftest import REPO, SERVED_MODEL, copy_project, project_env, run
 
 pytestmark = pytest.mark.slow
 PROMOTED = "models/promoted"
+TRAIN_PARAMS = load_params(REPO / "params.yaml")["train"]
+MODEL_KINDS = candidate_kinds(TRAIN_PARAMS)  # every kind in the zoo, and the vote
 
 
 def seed_rows(url: str, rows: int, seed: int) -> None:
@@ -120,14 +123,31 @@ def test_full_repro_produces_every_output(project):
         assert (root / f"plots/pr/{kind}.csv").exists()
         assert (root / f"plots/confusion/{kind}.csv").exists()
     metrics = json.loads((root / "metrics/evaluate.json").read_text())
-    assert set(metrics) == set(MODEL_KINDS)
+    assert set(metrics) == set(MODEL_KINDS) and VOTE in metrics
+    for kind, m in metrics.items():  # every figure with its 95 % interval, every operating point
+        assert m["precision_ci"][0] <= m["precision"] <= m["precision_ci"][1], kind
+        assert m["recall_ci"][0] <= m["recall"] <= m["recall_ci"][1], kind
+        assert set(m["operating_points"]) == {
+            "p_at_r0.20",
+            "p_at_r0.25",
+            "p_at_r0.30",
+            "p_at_r0.35",
+        }
+        assert 0 < m["oof"]["oof_precision"] <= 1 and m["oof"]["oof_feasible"] == 1.0
     meta = json.loads((root / PROMOTED / "meta.json").read_text())
     assert meta["sha256"] == artifacts.sha256_bytes((root / PROMOTED / "model.onnx").read_bytes())
-    assert meta["metrics"]["recall"] >= 0.2 and meta["kind"] in MODEL_KINDS
+    floor = TRAIN_PARAMS["min_recall"]
+    assert meta["metrics"]["recall"] >= floor and meta["kind"] in MODEL_KINDS
+    # chosen out of fold, never on the test split: the challenger has the best oof precision
+    best_oof = max(metrics, key=lambda k: (metrics[k]["oof"]["oof_precision"], k == meta["kind"]))
+    assert meta["kind"] == best_oof and "precision_ci" in meta["metrics"]
     assert meta["features"][0] == "ph" and len(meta["features"]) == 9
     decision = json.loads((root / "metrics/promotion.json").read_text())
     assert decision["promoted"] is True and decision["version"] == meta["version"]
-    assert "first champion" in decision["reason"] and "promoted" in log
+    assert "first champion" in decision["reason"] and "95 % CI" in decision["reason"]
+    assert "promoted" in log
+    history = json.loads((root / PROMOTED / "history.json").read_text())
+    assert history[-1]["challenger_metrics"]["precision_ci"] == meta["metrics"]["precision_ci"]
     assert not (root / "models/production").exists()
 
 
@@ -147,7 +167,7 @@ def test_second_repro_is_a_noop(project):
     root, env, _ = project
     lock = (root / "dvc.lock").read_text()
     out = run(["dvc", "repro"], root, env).stdout
-    assert "Running stage 'train" not in out and "didn't change" in out
+    assert "Running stage 'train'" not in out and "didn't change" in out
     assert (root / "dvc.lock").read_text() == lock
 
 
@@ -171,7 +191,8 @@ def test_each_candidate_run_has_cv_and_test_metrics_and_plots(project, registry)
         run_ = client.get_run(info["mlflow_run_id"])
         assert run_.data.tags["kind"] == kind and run_.data.tags["data_hash"] == info["data_hash"]
         assert run_.data.tags["git_commit"] != "unknown"
-        assert "threshold" in run_.data.metrics and "cv_precision_at_recall" in run_.data.metrics
+        assert "threshold" in run_.data.metrics and "oof_precision" in run_.data.metrics
+        assert run_.data.metrics["test_precision_ci_low"] <= run_.data.metrics["test_precision"]
         assert run_.data.metrics["test_precision"] == pytest.approx(evaluated[kind]["precision"])
         assert run_.data.metrics["test_recall"] == pytest.approx(evaluated[kind]["recall"])
         files = [f.path for f in client.list_artifacts(info["mlflow_run_id"], "test")]
@@ -183,8 +204,15 @@ def test_dvc_metrics_and_plots_work(project):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], root, env).stdout)
     files = next(iter(shown.values()))["data"]
     evaluated = files["metrics/evaluate.json"]["data"]
-    assert set(evaluated) == set(MODEL_KINDS) and "precision" in evaluated["rf"]
-    assert "promoted" in files["metrics/promotion.json"]["data"]
+    assert set(evaluated) == set(MODEL_KINDS)
+    on_disk = json.loads((root / "metrics/evaluate.json").read_text())
+    assert evaluated["rf"]["precision"] == on_disk["rf"]["precision"]
+    assert (
+        evaluated["vote"]["operating_points"]["p_at_r0.25"]
+        == on_disk["vote"]["operating_points"]["p_at_r0.25"]
+    )
+    decided = files["metrics/promotion.json"]["data"]
+    assert decided["promoted"] is True and decided["challenger"] in MODEL_KINDS
     run(["dvc", "plots", "show", "-o", "dvc_plots"], root, env)
     assert (root / "dvc_plots/index.html").exists()
 
@@ -298,10 +326,10 @@ def test_an_experiment_leaves_production_alone(project, registry, tmp_path):
         run(["dvc", "exp", "run", "-S", "train.min_recall=0.3"], root, env)
         shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
         floors = set(values_of(shown, "min_recall"))
-        assert 0.3 in floors and 0.2 in floors
+        assert 0.3 in floors and TRAIN_PARAMS["min_recall"] in floors
         params_diff = run(["dvc", "params", "diff", "--json"], root, env).stdout
         changed = json.loads(params_diff)["params.yaml"]["train.min_recall"]
-        assert (changed["old"], changed["new"]) == (0.2, 0.3)
+        assert (changed["old"], changed["new"]) == (TRAIN_PARAMS["min_recall"], 0.3)
         run(["dvc", "metrics", "diff"], root, env)
         # the experiment decided (models/promoted/ may have changed) but shipped nothing
         assert json.loads((root / "metrics/promotion.json").read_text())["reason"]
@@ -313,8 +341,9 @@ def test_an_experiment_leaves_production_alone(project, registry, tmp_path):
         run(["git", "checkout", "--", "params.yaml"], root, env)  # back to the committed recipe
 
 
-def test_deploy_then_rollback_moves_the_server(project, registry, tmp_path):
+def test_deploy_then_rollback_moves_the_server(project, registry, tmp_path, monkeypatch):
     """A challenger promoted in the workspace reaches the server only through deploy; rollback undoes it."""
+    from potability.intervals import PairedComparison
     from serve import shutdown
 
     root, env, _ = project
@@ -322,9 +351,14 @@ def test_deploy_then_rollback_moves_the_server(project, registry, tmp_path):
     evaluated = json.loads((root / "metrics/evaluate.json").read_text())
     other = next(k for k in MODEL_KINDS if k != first.tags["kind"])
     better = {kind: dict(m, precision=0.0) for kind, m in evaluated.items()}
-    better[other] = dict(evaluated[other], precision=1.0, recall=0.5, positives=100)
+    better[other] = dict(evaluated[other], precision=1.0, recall=0.5, positives=100,
+                         oof={"oof_precision": 1.0, "oof_feasible": 1.0})  # fmt: skip
+    # the rule's own tests judge the bootstrap; here the comparison says "better" for sure
+    shown = PairedComparison(difference=0.3, low=0.2, high=0.4, p_better=1.0)
+    monkeypatch.setattr("potability.stages.promote.paired_bootstrap", lambda *a, **k: shown)
     record = promote_with(project, registry, tmp_path, better)
     assert record["promote"] and record["challenger"] == other
+    assert "precision difference +0.300 (95 % CI +0.200 to +0.400)" in record["reason"]
     app = serving_app(project, registry, tmp_path)
     try:
         holder = app.extensions["potability.model"]
@@ -352,19 +386,25 @@ def test_deploy_then_rollback_moves_the_server(project, registry, tmp_path):
 def test_promote_keeps_the_champion_against_worse_and_degenerate_challengers(
     project, registry, tmp_path
 ):
-    """Feed promote candidates worse than the served champion: the decision is "kept"."""
+    """A degenerate challenger is refused; a real one is judged by the paired bootstrap."""
     root, _, _ = project
     champion = champion_of(registry)
-    served = float(champion.tags["test_precision"])
     evaluated = json.loads((root / "metrics/evaluate.json").read_text())
-    fake = {
-        kind: dict(m, precision=served - 0.2, recall=0.5, positives=100)
-        for kind, m in evaluated.items()
-    }
-    fake["svm"] = dict(fake["svm"], precision=1.0, recall=0.01, positives=2)
+    # the best out of fold, but it says "potable" twice on test: refused, and no second pick
+    fake = {kind: dict(m) for kind, m in evaluated.items()}
+    fake["svm"] = dict(fake["svm"], precision=1.0, recall=0.01, positives=2,
+                       oof={"oof_precision": 1.0, "oof_feasible": 1.0})  # fmt: skip
     record = promote_with(project, registry, tmp_path, fake)
-    assert not record["promote"] and "kept the champion" in record["reason"]
-    assert "not eligible" in record["candidates"]["svm"]
+    assert not record["promote"] and record["challenger"] == "svm"
+    assert "kept the champion" in record["reason"] and "not eligible" in record["candidates"]["svm"]
+    # the real candidates against the real champion: promoted exactly when shown better
+    record = promote_with(project, registry, tmp_path, evaluated)
+    compared = record["comparison"]
+    assert compared["low"] <= compared["difference"] <= compared["high"]
+    assert record["promote"] == (compared["p_better"] >= 0.95)
+    if record["promote"]:  # back to the champion for the kept-files checks below
+        fake["svm"]["oof"]["oof_precision"] = 1.0
+        record = promote_with(project, registry, tmp_path, fake)
     kept = artifacts.load_model_dir(root / PROMOTED)
     assert kept.version == champion.model_version and kept.meta["sha256"] == champion.tags["sha256"]
     history = json.loads((root / PROMOTED / "history.json").read_text())
@@ -378,7 +418,7 @@ def test_new_rows_retrain_and_old_samples_stay_where_they_were(project, registry
     seed_rows(pg_url, 300, seed=22)
     before = champion_of(registry)
     out = run(["dvc", "repro"], root, env).stdout
-    assert "Running stage 'train@rf'" in out and "Running stage 'promote'" in out
+    assert "Running stage 'train'" in out and "Running stage 'promote'" in out
     new_test = set(read_samples(root / "data/split/test.csv")["sample_id"])
     new_train = set(read_samples(root / "data/split/train.csv")["sample_id"])
     assert old_test <= new_test and old_train <= new_train and len(new_test | new_train) == 1800

@@ -1,28 +1,76 @@
-from potability.promotion import decide
+"""The promotion rule: chosen on training folds, confirmed once on test, judged by a paired bootstrap."""
+
+import numpy as np
+import pytest
+
+from potability.intervals import PairedComparison, paired_bootstrap
+from potability.promotion import choose_challenger, decide
 
 
-def m(precision, recall, positives=50):
-    return {"precision": precision, "recall": recall, "positives": positives}
+def m(precision, recall, positives=50, oof=0.6, feasible=True):
+    return {"precision": precision, "recall": recall, "positives": positives,
+            "precision_ci": [precision - 0.1, min(1.0, precision + 0.1)],
+            "oof": {"oof_precision": oof, "oof_feasible": float(feasible)}}  # fmt: skip
 
 
-def test_degenerate_high_precision_low_recall_is_never_promoted():
-    decision = decide({"svm": m(1.0, 0.004, 1), "rf": m(0.62, 0.25)}, None, 0.2, 10)
+def better(p=0.99):
+    return PairedComparison(0.08, 0.01, 0.15, p)
+
+
+def test_the_challenger_is_chosen_out_of_fold_not_on_the_test_split():
+    # qda has the best test precision, but rf the best out-of-fold precision: rf is the challenger
+    candidates = {"qda": m(0.90, 0.30, oof=0.60), "rf": m(0.62, 0.30, oof=0.68)}
+    assert choose_challenger(candidates)[0] == "rf"
+    decision = decide(candidates, None, 0.25, 10)
     assert decision.promote and decision.challenger == "rf"
-    assert "not eligible" in decision.candidates["svm"]
+    assert "out-of-fold precision 0.600 < rf's 0.680" in decision.candidates["qda"]
+    assert "first champion" in decision.reason and "95 % CI 0.520-0.720" in decision.reason
 
 
-def test_nothing_eligible_keeps_the_champion():
-    decision = decide({"svm": m(1.0, 0.01, 2), "logreg": m(0.9, 0.05, 5)}, m(0.6, 0.3), 0.2, 10)
-    assert not decision.promote and "recall floor" in decision.reason
+def test_a_challenger_under_the_floor_on_test_is_refused_without_a_second_pick():
+    # the degenerate svm wins out of fold but says "potable" twice on test: nothing is promoted
+    candidates = {"svm": m(1.0, 0.01, 2, oof=0.7), "rf": m(0.62, 0.30, oof=0.65)}
+    decision = decide(candidates, m(0.6, 0.3), 0.25, 10, better())
+    assert not decision.promote and decision.challenger == "svm"
+    assert "kept the champion" in decision.reason and "not eligible" in decision.candidates["svm"]
 
 
-def test_worse_challenger_is_refused_equal_one_is_promoted():
-    worse = decide({"rf": m(0.60, 0.3)}, m(0.65, 0.25), 0.2, 10)
-    assert not worse.promote and "kept the champion" in worse.reason
-    equal = decide({"rf": m(0.65, 0.3)}, m(0.65, 0.25), 0.2, 10)
-    assert equal.promote
+def test_no_feasible_threshold_keeps_the_champion():
+    decision = decide({"svm": m(1.0, 0.3, feasible=False)}, m(0.6, 0.3), 0.25, 10)
+    assert not decision.promote and decision.challenger is None
+    assert "recall floor on training folds" in decision.reason
 
 
-def test_a_champion_under_the_floor_is_replaced():
-    decision = decide({"rf": m(0.55, 0.3)}, m(0.9, 0.1), 0.2, 10)
+@pytest.mark.parametrize(("p_better", "promoted"), [(0.99, True), (0.95, True), (0.80, False)])
+def test_the_champion_is_replaced_only_when_shown_better(p_better, promoted):
+    decision = decide({"rf": m(0.70, 0.3)}, m(0.65, 0.3), 0.25, 10, better(p_better), 0.95)
+    assert decision.promote is promoted
+    assert "precision difference +0.080 (95 % CI +0.010 to +0.150)" in decision.reason
+    if not promoted:
+        assert "kept the champion" in decision.reason and "80% of draws < 95%" in decision.reason
+
+
+def test_a_champion_under_the_floor_is_replaced_without_a_comparison():
+    decision = decide({"rf": m(0.55, 0.3)}, m(0.9, 0.1), 0.25, 10)
     assert decision.promote and "no longer meets the floor" in decision.reason
+
+
+def test_a_champion_meeting_the_floor_needs_a_comparison():
+    with pytest.raises(ValueError, match="paired comparison"):
+        decide({"rf": m(0.7, 0.3)}, m(0.65, 0.3), 0.25, 10)
+
+
+def test_paired_bootstrap_sees_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    champion = rng.random(400) < 0.3
+    good = champion.copy()
+    good[(y == 0) & champion] = (
+        rng.random(((y == 0) & champion).sum()) < 0.3
+    )  # drops most false alarms
+    shown = paired_bootstrap(y, good, champion, draws=1000, seed=1)
+    assert shown.difference > 0.1 and shown.low > 0 and shown.p_better > 0.99
+    same = paired_bootstrap(y, champion, champion, draws=1000, seed=1)
+    assert same.difference == 0 and same.p_better == 0
+    again = paired_bootstrap(y, good, champion, draws=1000, seed=1)
+    assert again == shown  # seeded: two workspaces reach the same decision

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from potability import artifacts, db
+from potability.config import load_params
 from potability.features import feature_matrix, read_samples
-from potability.modeling import MODEL_KINDS
-from tests.conftest import copy_project, project_env, run
+from potability.modeling import candidate_kinds
+from tests.conftest import REPO, copy_project, project_env, run
 from tests.test_pipeline import seed_rows
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ def test_two_full_repros_give_the_same_candidates(two_workspaces):
     a, b = two_workspaces
     assert (a / "data/split/test.csv").read_bytes() == (b / "data/split/test.csv").read_bytes()
     X = feature_matrix(read_samples(a / "data/split/test.csv"))
-    for kind in MODEL_KINDS:
+    for kind in candidate_kinds(load_params(REPO / "params.yaml")["train"]):
         pa = artifacts.load_candidate(a / "models/candidates" / kind).predict_proba(X)[:, 1]
         pb = artifacts.load_candidate(b / "models/candidates" / kind).predict_proba(X)[:, 1]
         assert np.abs(pa - pb).max() <= 1e-12, kind

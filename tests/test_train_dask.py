@@ -18,7 +18,9 @@ def test_grid_search_runs_on_a_local_dask_cluster(pg_url, tmp_path, monkeypatch)
     params = {
         **params,
         "cv_folds": 3,
-        "models": {"dt": {"max_depth": [3, 5], "min_samples_leaf": [5]}},
+        "cv_repeats": 1,
+        "vote": {"members": 0},
+        "models": {"dt": {"max_depth": [1, 6], "min_samples_leaf": [5]}},
     }
     train_csv = tmp_path / "train.csv"
     write_csv_atomic(generate(600, seed=8), train_csv)
@@ -37,8 +39,13 @@ def test_grid_search_runs_on_a_local_dask_cluster(pg_url, tmp_path, monkeypatch)
         cluster.scheduler.add_plugin(CountFinished())
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
         monkeypatch.setenv("POTABILITY_MLFLOW_ARTIFACTS", str(tmp_path / "mlartifacts"))
-        info = train("dt", train_csv, tmp_path / "dt", params, Settings(root=tmp_path))
-    # 2 grid points x 3 folds, plus the out-of-fold predictions: all computed by the cluster
-    assert CountFinished.finished >= 6, "the Dask scheduler finished no grid-search tasks"
-    assert info["best_params"]["max_depth"] in (3, 5)
-    assert (tmp_path / "dt" / "model.skops").exists()
+        infos = train(train_csv, tmp_path / "candidates", params, Settings(root=tmp_path))
+    # 2 grid points x 3 folds, plus the final fit: all computed by the cluster
+    assert CountFinished.finished >= 7, "the Dask scheduler finished no grid-search tasks"
+    info = infos["dt"]
+    # both grid points were scored out of fold, and the choice is the better of the two
+    graded = {g["max_depth"]: g["oof_precision"] for g in info["grid_results"]}
+    assert set(graded) == {1, 6}
+    assert info["best_params"]["max_depth"] == max(graded, key=graded.get)
+    assert info["metrics"]["oof_precision"] == graded[info["best_params"]["max_depth"]]
+    assert (tmp_path / "candidates" / "dt" / "model.skops").exists()

@@ -186,15 +186,18 @@ class WaterMart:
 
         return self._run(work)
 
-    def samples(self) -> pd.DataFrame:
-        """All lab rows, sorted by ``sample_id``, with the data set's column names."""
+    def samples(self, with_added_at: bool = False) -> pd.DataFrame:
+        """All lab rows, sorted by ``sample_id``, with the data set's column names (and ``added_at``)."""
+        extra = ["added_at"] if with_added_at else []
 
         def work(cur) -> pd.DataFrame:
             cur.execute(
-                f"SELECT sample_id, {', '.join(FEATURE_COLUMNS)}, potability "  # noqa: S608
+                f"SELECT sample_id, {', '.join([*FEATURE_COLUMNS, 'potability', *extra])} "  # noqa: S608
                 'FROM water.water_potability ORDER BY sample_id COLLATE "C"'
             )
-            return pd.DataFrame(cur.fetchall(), columns=["sample_id", *FEATURE_NAMES, LABEL])
+            return pd.DataFrame(
+                cur.fetchall(), columns=["sample_id", *FEATURE_NAMES, LABEL, *extra]
+            )
 
         frame = self._run(work)
         for name in FEATURE_NAMES:

@@ -1,16 +1,24 @@
 """The promotion rule, as pure functions: who may replace the champion, and why.
 
-A candidate qualifies only with test recall >= the floor and enough positive
-answers; the challenger is the qualifying candidate with the best test
-precision; it replaces the champion only if it is at least as good on the same
-test split. A degenerate model that says "potable" three times with precision
-1.0 never qualifies.
+1. The challenger is chosen on training folds only: the candidate with the best
+   out-of-fold precision at the aimed recall (``oof`` in each candidate's
+   metrics). The test split is not consulted to choose.
+2. The test split confirms it once: its test recall must clear the floor with
+   enough positive answers, else nothing is promoted (no second pick on the
+   test rows). A degenerate model that says "potable" three times with
+   precision 1.0 never qualifies.
+3. Against a champion that still meets the floor, the challenger must be
+   *shown* better on the same test rows: a paired bootstrap of the precision
+   difference, better in at least ``confidence`` of the draws. A champion that
+   breaks the floor is replaced by any qualifying challenger.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from potability.intervals import PairedComparison
 
 
 @dataclass
@@ -27,10 +35,35 @@ class Decision:
 def qualifies(metrics: dict[str, Any], min_recall: float, min_positives: int) -> str | None:
     """None if the metrics meet the floor, else the reason they do not."""
     if metrics["recall"] < min_recall:
-        return f"recall {metrics['recall']:.3f} is under the floor {min_recall:.2f}"
+        return f"recall {metrics['recall']:.3f}{_ci(metrics, 'recall')} is under the floor {min_recall:.2f}"
     if metrics["positives"] < min_positives:
         return f"only {metrics['positives']} positive answers (< {min_positives})"
     return None
+
+
+def _ci(metrics: dict[str, Any], key: str) -> str:
+    """`` (95 % CI a-b)`` when the metrics carry the interval of ``key``."""
+    ci = metrics.get(f"{key}_ci")
+    return f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+
+
+def choose_challenger(candidates: dict[str, dict[str, Any]]) -> tuple[str | None, dict[str, str]]:
+    """The candidate with the best out-of-fold precision among those whose threshold was feasible."""
+    notes: dict[str, str] = {}
+    ranked: list[tuple[float, str]] = []
+    for kind, metrics in sorted(candidates.items()):
+        oof = metrics.get("oof") or {}
+        if not oof.get("oof_feasible"):
+            notes[kind] = "not eligible: no threshold reaches the aimed recall on training folds"
+        else:
+            ranked.append((oof["oof_precision"], kind))
+    if not ranked:
+        return None, notes
+    ranked.sort(key=lambda r: (-r[0], r[1]))
+    best_p, best = ranked[0]
+    for p, kind in ranked[1:]:
+        notes[kind] = f"not chosen: out-of-fold precision {p:.3f} < {best}'s {best_p:.3f}"
+    return best, notes
 
 
 def decide(
@@ -38,46 +71,61 @@ def decide(
     champion: dict[str, Any] | None,
     min_recall: float,
     min_positives: int,
+    comparison: PairedComparison | None = None,
+    confidence: float = 0.95,
 ) -> Decision:
-    """Choose the challenger among ``candidates`` (test metrics by kind) and judge it against ``champion``.
+    """Choose the challenger among ``candidates`` and judge it against ``champion``.
 
-    ``champion`` holds the current production model's metrics re-measured on
-    the same test split (None when nothing is in production yet).
+    ``candidates`` holds each kind's test metrics with its out-of-fold ones
+    under ``oof``; ``champion`` the production model's metrics re-measured on
+    the same test split (None when nothing is in production yet);
+    ``comparison`` the paired bootstrap of challenger vs champion on those rows.
     """
-    notes: dict[str, str] = {}
-    qualified: list[tuple[float, float, str]] = []
-    for kind, metrics in sorted(candidates.items()):
-        why_not = qualifies(metrics, min_recall, min_positives)
-        if why_not:
-            notes[kind] = f"not eligible: {why_not}"
-        else:
-            qualified.append((metrics["precision"], metrics["recall"], kind))
-    if not qualified:
+    best, notes = choose_challenger(candidates)
+    if best is None:
         return Decision(
-            False, None, "no candidate meets the recall floor; the champion stays", notes
+            False,
+            None,
+            "no candidate reaches the recall floor on training folds; the champion stays",
+            notes,
         )
-    qualified.sort(reverse=True)
-    precision, recall, best = qualified[0]
-    for p, _, kind in qualified[1:]:
-        notes[kind] = f"eligible, but precision {p:.3f} < {best}'s {precision:.3f}"
-    if champion is not None and qualifies(champion, min_recall, min_positives) is None:
-        if precision < champion["precision"]:
-            notes[best] = (
-                f"best challenger, but precision {precision:.3f} < champion's {champion['precision']:.3f}"
-            )
-            return Decision(
-                False, best,
-                f"kept the champion: challenger {best} has test precision {precision:.3f} "
-                f"< champion {champion['precision']:.3f} on the same test split",
-                notes,
-            )  # fmt: skip
+    metrics = candidates[best]
+    at = (
+        f"test precision {metrics['precision']:.3f}{_ci(metrics, 'precision')} "
+        f"at recall {metrics['recall']:.3f}{_ci(metrics, 'recall')}"
+    )
+    why_not = qualifies(metrics, min_recall, min_positives)
+    if why_not:
+        notes[best] = f"not eligible: chosen on training folds, but on the test split {why_not}"
+        return Decision(
+            False,
+            best,
+            f"kept the champion: challenger {best} fails the recall floor on the test split ({why_not})",
+            notes,
+        )
+    champion_fails = qualifies(champion, min_recall, min_positives) if champion else None
+    if champion is None:
+        reason = f"promoted {best}: first champion, {at}"
+    elif champion_fails:
+        reason = f"promoted {best}: the champion no longer meets the floor ({champion_fails}); {at}"
+    elif comparison is None:
+        raise ValueError("a champion that meets the floor needs a paired comparison to be judged")
+    elif comparison.p_better >= confidence:
         reason = (
-            f"promoted {best}: test precision {precision:.3f} >= champion {champion['precision']:.3f} "
-            f"at recall {recall:.3f}"
+            f"promoted {best}: better than the champion on the same test rows, "
+            f"{comparison.describe()}, higher in {comparison.p_better:.0%} of bootstrap draws; {at}"
         )
-    elif champion is not None:
-        reason = f"promoted {best}: the champion no longer meets the floor ({qualifies(champion, min_recall, min_positives)})"
     else:
-        reason = f"promoted {best}: first champion, test precision {precision:.3f} at recall {recall:.3f}"
+        notes[best] = (
+            f"best challenger, but not shown better than the champion: {comparison.describe()}"
+        )
+        return Decision(
+            False,
+            best,
+            f"kept the champion: challenger {best} is not shown better on the same test rows "
+            f"({comparison.describe()}, higher in {comparison.p_better:.0%} of draws "
+            f"< {confidence:.0%}); {at}",
+            notes,
+        )
     notes[best] = "promoted"
     return Decision(True, best, reason, notes)

@@ -87,6 +87,9 @@ def model_card(meta: dict[str, Any] | None, history: list[dict[str, Any]]) -> di
         "min_recall": meta.get("min_recall"),
         "precision": metrics.get("precision"),
         "recall": metrics.get("recall"),
+        "precision_ci": metrics.get("precision_ci"),  # 95 % Wilson intervals on the test split
+        "recall_ci": metrics.get("recall_ci"),
+        "operating_points": metrics.get("operating_points"),
         "f1": metrics.get("f1"),
         "roc_auc": metrics.get("roc_auc"),
         "confusion": metrics.get("confusion"),

@@ -79,16 +79,27 @@ def log_candidate(
 
 
 def log_test_results(run_id: str, metrics: dict[str, float], figure: Any) -> None:
-    """Add a candidate's test-split metrics (prefixed ``test_``) and its PR/confusion figure to its run."""
-    import mlflow
+    """Add a candidate's test-split metrics (prefixed ``test_``) and its PR/confusion figure to its run.
 
-    client = mlflow.MlflowClient()
+    Nested values are flattened: the confusion matrix one metric per cell,
+    operating points one per recall, a 95 % interval as ``_low``/``_high``.
+    """
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    flat: dict[str, float] = {}
     for key, value in metrics.items():
-        if isinstance(value, dict):  # the confusion matrix: one metric per cell
-            for cell, count in value.items():
-                client.log_metric(run_id, f"test_{key}_{cell}", float(count))
+        if isinstance(value, dict):
+            flat.update({f"test_{key}_{cell}": float(v) for cell, v in value.items()})
+        elif isinstance(value, list | tuple):  # an interval
+            flat[f"test_{key}_low"], flat[f"test_{key}_high"] = map(float, value)
         elif value is not None:
-            client.log_metric(run_id, f"test_{key}", float(value))
+            flat[f"test_{key}"] = float(value)
+    now = int(time.time() * 1000)
+    client = mlflow.MlflowClient()
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in flat.items()])
     client.log_figure(run_id, figure, "test/pr_and_confusion.png")
 
 

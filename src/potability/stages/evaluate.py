@@ -20,16 +20,29 @@ from sklearn.metrics import precision_recall_curve
 from potability import artifacts, tracking
 from potability.config import get_settings, load_params
 from potability.features import feature_matrix, labels, read_samples, write_csv_atomic
-from potability.modeling import classification_metrics
+from potability.modeling import candidate_kinds, classification_metrics, operating_points
 from potability.stages.train import read_train_info
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(model: Any, threshold: float, X: np.ndarray, y: np.ndarray, curve_points: int):
-    """Return (metrics, pr_curve frame, confusion frame) of one candidate on the test split."""
+def evaluate(
+    model: Any,
+    threshold: float,
+    X: np.ndarray,
+    y: np.ndarray,
+    curve_points: int,
+    floors: list[float] | None = None,
+):
+    """Return (metrics, pr_curve frame, confusion frame) of one candidate on the test split.
+
+    The metrics hold the candidate's answers at its own (training-fold)
+    threshold with 95 % intervals, and, for comparison only, the precision the
+    curve reaches at each recall in ``floors`` (nothing is chosen on those).
+    """
     proba = model.predict_proba(X)[:, 1]
     metrics = classification_metrics(y, proba, threshold)
+    metrics["operating_points"] = operating_points(y, proba, floors or [])
     precision, recall, _ = precision_recall_curve(y, proba)
     keep = np.unique(np.linspace(0, len(precision) - 1, curve_points).round().astype(int))
     curve = pd.DataFrame({"recall": recall[keep].round(4), "precision": precision[keep].round(4)})
@@ -85,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     X, y = feature_matrix(frame), labels(frame)
     report: dict[str, Any] = {}
     tracking.configure(get_settings())
-    for kind in params["train"]["models"]:
+    for kind in candidate_kinds(params["train"]):
         directory = args.candidates / kind
         info = read_train_info(directory)
         metrics, curve, confusion = evaluate(
@@ -94,8 +107,13 @@ def main(argv: list[str] | None = None) -> None:
             X,
             y,
             params["evaluate"]["pr_curve_points"],
+            params["train"]["operating_recalls"],
         )
-        report[kind] = metrics
+        # the training-fold judgement travels with the test one: promote chooses on "oof"
+        report[kind] = {
+            **metrics,
+            "oof": {k: v for k, v in info["metrics"].items() if k != "threshold"},
+        }
         tracking.log_test_results(
             info["mlflow_run_id"], metrics, figure(kind, curve, confusion, metrics)
         )

@@ -20,7 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def export(mart: WaterMart) -> pd.DataFrame:
-    return mart.samples()
+    """Every lab row with ``added_at`` (UTC, ISO 8601): the EDA report reads the newest rows by it."""
+    frame = mart.samples(with_added_at=True)
+    frame["added_at"] = pd.to_datetime(frame["added_at"], utc=True).dt.strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ"
+    )
+    return frame
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Stage promote: decide whether the best eligible challenger should replace the champion.
+"""Stage promote: decide whether the challenger (best out of fold) should replace the champion.
 
 The champion is the version the MLflow alias ``champion`` names (what sensors
 are answered with), re-measured on the *current* test split so both are judged
@@ -15,7 +15,7 @@ import argparse
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,9 @@ from potability import artifacts, tracking
 from potability.config import Settings, get_settings, load_params
 from potability.deploy import fetch_version
 from potability.features import feature_matrix, file_sha256, labels, read_samples
+from potability.intervals import PairedComparison, paired_bootstrap
 from potability.modeling import classification_metrics
-from potability.promotion import decide
+from potability.promotion import choose_challenger, decide
 from potability.quality import reference_profile
 from potability.stages.train import read_train_info
 
@@ -61,19 +62,24 @@ def promote(
     X, y = feature_matrix(frame), labels(frame)
     candidates = json.loads(paths.metrics.read_text(encoding="utf-8"))
     floor, min_pos = params["train"]["min_recall"], params["train"]["min_positives"]
-    champion_metrics = None
+    champion_metrics, comparison = None, None
     if champion is not None:
-        measured = classification_metrics(
-            y, champion.model.model.predict_proba(X), champion.model.threshold
-        )
+        champion_proba = champion.model.model.predict_proba(X)
+        measured = classification_metrics(y, champion_proba, champion.model.threshold)
         champion_metrics = {**measured, "version": champion.model.version,
                             "registry_version": champion.version, "kind": champion.model.meta.get("kind")}  # fmt: skip
-    decision = decide(candidates, champion_metrics, floor, min_pos)
+        challenger, _ = choose_challenger(candidates)
+        if challenger is not None:
+            comparison = _compare(paths.candidates / challenger, X, y, champion_proba,
+                                  champion.model.threshold, params["promote"])  # fmt: skip
+    decision = decide(candidates, champion_metrics, floor, min_pos, comparison,
+                      params["promote"]["confidence"])  # fmt: skip
     record: dict[str, Any] = {
         "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **decision.as_dict(),
         "challenger_metrics": candidates.get(decision.challenger) if decision.challenger else None,
         "champion_before": champion_metrics,
+        "comparison": asdict(comparison) if comparison else None,
         "min_recall": floor,
         "version": champion.model.version if champion else None,
     }
@@ -98,6 +104,15 @@ def promote(
         _keep(paths.out, champion, [*history, _summary(record)])
     log.info("promotion decision: %s", record["reason"])
     return record
+
+
+def _compare(directory: Path, X: np.ndarray, y: np.ndarray, champion_proba: np.ndarray,
+             champion_threshold: float, params: dict[str, Any]) -> PairedComparison:  # fmt: skip
+    """Paired bootstrap of the challenger's precision minus the champion's, on the same test rows."""
+    info = read_train_info(directory)
+    challenger = artifacts.load_candidate(directory).predict_proba(X)[:, 1] >= info["threshold"]
+    return paired_bootstrap(y, challenger, champion_proba >= champion_threshold,
+                            draws=params["bootstrap_draws"], seed=params["seed"])  # fmt: skip
 
 
 def _keep(out: Path, champion: Champion | None, history: list[dict[str, Any]]) -> None:
@@ -147,7 +162,7 @@ def _package(kind: str, candidates: dict[str, Any], paths: Paths, X: np.ndarray,
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
     """What the history keeps of a decision (the quality page shows it)."""
     keys = ("decided_at", "promote", "challenger", "reason", "candidates", "version",
-            "challenger_metrics", "champion_before")  # fmt: skip
+            "challenger_metrics", "champion_before", "comparison")  # fmt: skip
     return {k: record.get(k) for k in keys}
 
 
@@ -185,6 +200,11 @@ def main(argv: list[str] | None = None) -> None:
         "version": record.get("version"),
         "champion_registry_version": champion.version if champion else None,
         "challenger_precision": (record["challenger_metrics"] or {}).get("precision"),
+        "challenger_precision_ci": (record["challenger_metrics"] or {}).get("precision_ci"),
+        "challenger_recall": (record["challenger_metrics"] or {}).get("recall"),
+        "challenger_recall_ci": (record["challenger_metrics"] or {}).get("recall_ci"),
+        "precision_difference": (record["comparison"] or {}).get("difference"),
+        "precision_difference_ci": [(record["comparison"] or {}).get(k) for k in ("low", "high")],
         "champion_precision_before": (record["champion_before"] or {}).get("precision"),
     })  # fmt: skip
     print(f"promotion: {record['reason']}")

@@ -1,0 +1,106 @@
+"""Model quality on real rows: the pipeline's own search and decision on 5 random 80/20 splits.
+
+Each split runs what `dvc repro` runs on the training rows (the zoo's search on
+repeated out-of-fold probabilities, the soft vote, the thresholds), chooses the
+challenger out of fold exactly as the promote stage does, and only then looks
+at the test rows: once, to confirm the challenger (recall floor) and report it
+with 95 % intervals. Nothing is chosen on the test rows. For comparison only,
+it also prints the challenger's precision at recall 0.25 *if the threshold had
+been picked on the test rows* (the number honest methods cannot claim).
+
+Usage: python bench/quality.py [--csv ../shared/data/water_potability_dev.csv] [--splits 5]
+Writes bench/results/quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write_result  # noqa: E402
+from potability.config import load_params  # noqa: E402
+from potability.modeling import classification_metrics, operating_points, search_zoo  # noqa: E402
+from potability.promotion import decide  # noqa: E402
+from potability.schema import FEATURE_NAMES, LABEL  # noqa: E402
+from potability.stages.train import search_settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV_CSV = ROOT.parent / "shared/data/water_potability_dev.csv"
+
+
+def one_split(frame: pd.DataFrame, seed: int, params: dict) -> dict:
+    """Train on a random 80 % of rows, decide out of fold, confirm once on the other 20 %."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(frame), dtype=bool)
+    test[rng.permutation(len(frame))[: round(0.2 * len(frame))]] = True
+    X = frame[list(FEATURE_NAMES)].to_numpy(float)
+    y = frame[LABEL].to_numpy(int)
+    train = params["train"]
+    started = time.perf_counter()
+    zoo = search_zoo(X[~test], y[~test], train["models"], search_settings(train))
+    seconds = time.perf_counter() - started
+    candidates = {}
+    for kind, c in zoo.items():
+        proba = c.model.predict_proba(X[test])[:, 1]
+        metrics = classification_metrics(y[test], proba, c.estimate.threshold)
+        metrics["operating_points"] = operating_points(y[test], proba, train["operating_recalls"])
+        candidates[kind] = {**metrics, "oof": c.estimate.as_metrics(), "best_params": c.best_params}
+    decision = decide(candidates, None, train["min_recall"], train["min_positives"])
+    chosen = candidates.get(decision.challenger or "", {})
+    return {"seed": seed, "search_seconds": round(seconds, 1), "promoted": decision.promote,
+            "kind": decision.challenger, "reason": decision.reason,
+            "precision": chosen.get("precision"), "precision_ci": chosen.get("precision_ci"),
+            "recall": chosen.get("recall"), "recall_ci": chosen.get("recall_ci"),
+            "positives": chosen.get("positives"),
+            "oof_precision": chosen.get("oof", {}).get("oof_precision"),
+            "test_picked_p_at_r0.25": chosen.get("operating_points", {}).get("p_at_r0.25"),
+            "candidates": {k: {"precision": round(m["precision"], 4), "recall": round(m["recall"], 4),
+                               "oof_precision": m["oof"]["oof_precision"]} for k, m in candidates.items()}}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--csv", type=Path, default=DEV_CSV)
+    parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    frame = pd.read_csv(args.csv)
+    rows = []
+    print(f"{len(frame)} rows from {args.csv}; floor {params['train']['min_recall']}, "
+          f"threshold aims at {search_settings(params['train']).aim:.2f} out of fold", flush=True)  # fmt: skip
+    print("| split | promoted | test precision (95 % CI) | test recall (95 % CI) | answers | oof precision | p@r0.25 picked on test (not used) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for seed in range(args.splits):
+        r = one_split(frame, seed, params)
+        rows.append(r)
+        if r["precision"] is None:
+            print(f"| {seed} | none: {r['reason']} | | | | | |", flush=True)
+            continue
+        pci, rci = r["precision_ci"], r["recall_ci"]
+        print(f"| {seed} | {r['kind'] if r['promoted'] else 'none (' + str(r['kind']) + ' fails the floor)'} "
+              f"| {r['precision']:.3f} ({pci[0]:.3f}-{pci[1]:.3f}) | {r['recall']:.3f} ({rci[0]:.3f}-{rci[1]:.3f}) "
+              f"| {r['positives']} | {r['oof_precision']:.3f} | {r['test_picked_p_at_r0.25']:.3f} |", flush=True)  # fmt: skip
+    done = [r for r in rows if r["promoted"]]
+    p = np.array([r["precision"] for r in done]) if done else np.array([np.nan])
+    rec = np.array([r["recall"] for r in done]) if done else np.array([np.nan])
+    summary = {"splits": len(rows), "promoted": len(done), "precision_mean": round(float(p.mean()), 4),
+               "precision_min": round(float(p.min()), 4), "recall_mean": round(float(rec.mean()), 4),
+               "recall_min": round(float(rec.min()), 4),
+               "targets_met": bool(len(done) == len(rows) and rec.min() >= 0.25 and p.mean() >= 0.75 and p.min() >= 0.70)}  # fmt: skip
+    print(f"promoted on {summary['promoted']}/{summary['splits']} splits; precision mean "
+          f"{summary['precision_mean']:.3f} min {summary['precision_min']:.3f}; recall mean "
+          f"{summary['recall_mean']:.3f} min {summary['recall_min']:.3f}; targets met: {summary['targets_met']}")  # fmt: skip
+    write_result(
+        "quality", {"machine": machine(), "csv": str(args.csv), "summary": summary, "splits": rows}
+    )
+
+
+if __name__ == "__main__":
+    main()
