@@ -136,7 +136,12 @@ def build_model_dir(
     """A real promoted model directory (small forest, ONNX) built by the library, without DVC."""
     from potability import artifacts
     from potability.features import feature_matrix, labels
-    from potability.modeling import build_pipeline, choose_threshold, classification_metrics
+    from potability.modeling import (
+        build_pipeline,
+        choose_threshold,
+        classification_metrics,
+        operating_points,
+    )
     from potability.quality import reference_profile
     from potability.schema import FEATURE_NAMES
     from potability.synth import generate
@@ -150,7 +155,8 @@ def build_model_dir(
     blob = artifacts.to_onnx(model)
     meta = {"version": version, "kind": "rf", "model_name": "random forest", "threshold": choice.threshold,
             "features": list(FEATURE_NAMES), "sha256": artifacts.sha256_bytes(blob), "n_train": len(frame),
-            "metrics": classification_metrics(y, model.predict_proba(X)[:, 1], choice.threshold),
+            "metrics": {**classification_metrics(y, model.predict_proba(X)[:, 1], choice.threshold),
+                        "operating_points": operating_points(y, model.predict_proba(X)[:, 1], [0.2, 0.3])},
             "trained_at": "2026-11-23T00:00:00+00:00", "promoted_at": "2026-11-23T00:00:00+00:00",
             "decided_against": None, "input_example": X[:3].tolist(),
             "reference": reference_profile(frame, 10)}  # fmt: skip

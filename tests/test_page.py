@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +37,18 @@ def test_empty_database_says_no_data_yet(app):
     for name in ("model", "live", "agreement", "drift"):
         assert client.get(f"/v1/stats/{name}").status_code == 200
     assert client.get("/v1/stats/nope").status_code == 404
+
+
+def test_model_card_states_intervals_and_operating_points(app, champion):
+    """Regulators read precision with its uncertainty, and what another recall floor would cost."""
+    html = app.test_client().get("/").get_data(as_text=True)
+    metrics = json.loads((champion.directory / "meta.json").read_text())["metrics"]
+    low, high = metrics["precision_ci"]
+    assert f"95 % interval {low:.3f}–{high:.3f}" in html
+    points = metrics["operating_points"]
+    assert 'id="operating-points"' in html
+    for name, value in points.items():
+        assert f"<td>{name.removeprefix('p_at_r')}</td><td>{value:.3f}</td>" in html
 
 
 def test_no_model_at_all_is_friendly(app_without_model):
