@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROLES = ("sensor", "lab", "admin")
+CONNECT_TIMEOUT = 5  # seconds: a host that does not answer is "down", not a hung writer
 SAMPLE_COLUMNS = ("sample_id", "sensor_id", *FEATURE_COLUMNS, LABEL_COLUMN, "collected_at")
 INFERENCE_COLUMNS = (
     "inference_id", "received_at", "sensor_id", "model_version", *FEATURE_COLUMNS,
@@ -84,11 +85,16 @@ class WaterMart:
 
     # -- plumbing ---------------------------------------------------------
     def _run(self, work: Callable[[Any], T]) -> T:
-        """Run ``work(cursor)`` in one transaction, mapping driver errors to mart errors."""
+        """Run ``work(cursor)`` in one transaction, mapping driver errors to mart errors.
+
+        After any driver error the connection is checked; one that is broken is
+        dropped so the next call reconnects (a crashed server reaches psycopg2 as
+        a bare ``DatabaseError`` on a connection that may not say ``closed`` yet).
+        """
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = db.connect(url=self._url)
+                    self._conn = db.connect(url=self._url, connect_timeout=CONNECT_TIMEOUT)
                 with self._conn, self._conn.cursor() as cur:
                     return work(cur)
             except (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSchemaName) as exc:
@@ -96,22 +102,34 @@ class WaterMart:
                     f"{exc.pgerror.strip().splitlines()[0] if exc.pgerror else exc}: "
                     "the database is not migrated; run `potability db migrate`"
                 ) from exc
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                self._drop_connection()
-                raise DatabaseUnavailable(
-                    f"lost the connection to Postgres: {str(exc).strip() or exc!r}"
-                ) from exc
             except DatabaseUnavailable:
                 self._drop_connection()
                 raise
-            except psycopg2.DatabaseError as exc:
-                # a server killed mid-COPY surfaces as a bare DatabaseError; the closed connection tells
-                if self._conn is not None and self._conn.closed:
+            except psycopg2.Error as exc:
+                if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) or (
+                    not self._connection_healthy()
+                ):
                     self._drop_connection()
                     raise DatabaseUnavailable(
                         f"lost the connection to Postgres: {str(exc).strip() or exc!r}"
                     ) from exc
                 raise
+
+    def _connection_healthy(self) -> bool:
+        """True when the connection still answers; a statement error leaves it usable."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return False
+        try:
+            if conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN:
+                return False
+            conn.rollback()
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            conn.rollback()
+            return True
+        except psycopg2.Error:
+            return False
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
