@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 import pytest
 
 from potability.errors import DuplicateSampleError, ValidationError
-from potability.mart import hash_token
+from potability.mart import WaterMart, hash_token
 from potability.schema import FEATURE_NAMES
 
 BASE = {"ph": 7.0, "Hardness": 200.0, "Solids": 20000.0, "Chloramines": 7.0, "Sulfate": None,
@@ -51,12 +51,50 @@ def test_missing_sample_id_is_a_validation_error(mart):
 def test_added_since_and_watermark(mart):
     mart.insert_samples([lab_row("a"), lab_row("b")], added_by="t")
     count, newest = mart.samples_added_since(None)
-    assert count == 2 and newest is not None
+    assert count == 2 and isinstance(newest, int)
     assert mart.samples_added_since(newest) == (0, None)
     mart.set_watermark("retrain", newest, "d", "l")
     assert mart.watermark("retrain") == newest
     mart.insert_samples([lab_row("c")], added_by="t")
-    assert mart.samples_added_since(newest)[0] == 1
+    assert mart.samples_added_since(newest) == (1, newest + 1)
+
+
+def test_a_lab_row_committed_late_is_never_behind_the_watermark(mart):
+    """A transaction that inserts first and commits last: its row still counts as new."""
+    import threading
+    import time
+
+    import psycopg2
+
+    late = psycopg2.connect(mart.url)
+    try:
+        with late.cursor() as cur:
+            cur.execute(
+                "INSERT INTO water.water_potability (sample_id, potability, added_by) "
+                "VALUES ('late', 1, 'slow-lab')"
+            )
+        early = threading.Thread(
+            target=lambda: mart.insert_samples([lab_row("early")], added_by="t")
+        )
+        early.start()
+        time.sleep(0.5)  # "early" is inserted (and would commit) while "late" is still open
+        reader = WaterMart(url=mart.url)  # the flow, reading meanwhile
+        count, watermark = reader.samples_added_since(None)
+        late.commit()
+        early.join(timeout=10)
+    finally:
+        late.close()
+    assert not early.is_alive()
+    assert count == 0 and watermark is None  # nothing was readable out of commit order
+    assert reader.samples_added_since(watermark)[0] == 2
+    seqs = mart._run(
+        lambda cur: (
+            cur.execute("SELECT sample_id FROM water.water_potability ORDER BY commit_seq")
+            or cur.fetchall()
+        )
+    )
+    assert [s for (s,) in seqs] == ["late", "early"]  # numbered in commit order
+    reader.close()
 
 
 def test_inferences_copy_is_idempotent_on_inference_id(mart):

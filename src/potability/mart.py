@@ -227,39 +227,47 @@ class WaterMart:
 
         return self._run(work)
 
-    def samples_added_since(self, watermark: datetime | None) -> tuple[int, datetime | None]:
-        """Count lab rows added after ``watermark``; return the count and the newest ``added_at``."""
+    def samples_added_since(self, watermark: int | None) -> tuple[int, int | None]:
+        """Count lab rows committed after ``watermark`` (a ``commit_seq``); return it and the newest seq.
+
+        ``commit_seq`` follows commit order (migration 003), so a row whose
+        transaction commits late is never behind a watermark already stored.
+        """
 
         def work(cur):
             cur.execute(
-                "SELECT count(*), max(added_at) FROM water.water_potability "
-                "WHERE %s::timestamptz IS NULL OR added_at > %s::timestamptz",
+                "SELECT count(*), max(commit_seq) FROM water.water_potability "
+                "WHERE %s::bigint IS NULL OR commit_seq > %s::bigint",
                 (watermark, watermark),
             )
             return cur.fetchone()
 
         count, newest = self._run(work)
-        return int(count), newest
+        return int(count), (int(newest) if newest is not None else None)
 
     # -- flow state -------------------------------------------------------
-    def watermark(self, name: str) -> datetime | None:
+    def watermark(self, name: str) -> int | None:
+        """The ``commit_seq`` of the newest lab row the named flow has consumed."""
+
         def work(cur):
-            cur.execute("SELECT watermark FROM water.flow_state WHERE name = %s", (name,))
+            cur.execute("SELECT watermark_seq FROM water.flow_state WHERE name = %s", (name,))
             row = cur.fetchone()
             return row[0] if row else None
 
         return self._run(work)
 
     def set_watermark(
-        self, name: str, watermark: datetime | None, data_hash: str | None, lock_hash: str | None
+        self, name: str, watermark: int | None, data_hash: str | None, lock_hash: str | None
     ) -> None:
         self._run(
             lambda cur: cur.execute(
-                """INSERT INTO water.flow_state (name, watermark, data_hash, lock_hash, updated_at)
-                   VALUES (%s, %s, %s, %s, now())
-                   ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark,
-                     data_hash = EXCLUDED.data_hash, lock_hash = EXCLUDED.lock_hash, updated_at = now()""",
-                (name, watermark, data_hash, lock_hash),
+                """INSERT INTO water.flow_state (name, watermark_seq, watermark, data_hash, lock_hash, updated_at)
+                   VALUES (%s, %s, (SELECT max(added_at) FROM water.water_potability WHERE commit_seq <= %s),
+                           %s, %s, now())
+                   ON CONFLICT (name) DO UPDATE SET watermark_seq = EXCLUDED.watermark_seq,
+                     watermark = EXCLUDED.watermark, data_hash = EXCLUDED.data_hash,
+                     lock_hash = EXCLUDED.lock_hash, updated_at = now()""",
+                (name, watermark, watermark, data_hash, lock_hash),
             )
         )
 
