@@ -240,7 +240,7 @@ _RFC3339 = re.compile(
 
 def _timestamp(value: Any, index: int | None, strict: bool = False) -> str | None:
     """An ISO 8601 timestamp (RFC 3339 with ``strict``), normalised to UTC when it has an offset."""
-    if value is None or value == "":
+    if value is None or (value == "" and not strict):
         return None
     if not isinstance(value, str):
         raise FieldError("collected_at", "must be an ISO 8601 timestamp string", index)
