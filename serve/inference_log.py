@@ -97,15 +97,19 @@ class InferenceLog:
         return self._spooled
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.is_set():
             self._wake.wait(self._flush_seconds)
             self._wake.clear()
             try:
                 self.flush()
+                failing = False
             except Exception as exc:  # e.g. the spool is full: keep the writer alive, try again
-                self.last_error = str(exc)
-                log.warning("inference log: flush failed (%s); retrying in %.1f s", exc,
-                            self._flush_seconds)  # fmt: skip
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if not failing:  # once per episode, not every flush
+                    log.warning("inference log: flush failed (%s); retrying every %.1f s", exc,
+                                self._flush_seconds)  # fmt: skip
+                failing = True
 
     def flush(self) -> None:
         """Write everything queued (to Postgres, else to the spool); replay the spool when due."""

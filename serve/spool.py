@@ -4,7 +4,7 @@ One file per failed batch: ``<crc32 hex> <json>\\n`` per row. Replay claims a
 file by renaming it (so two workers never replay the same file), inserts the
 rows (idempotent on ``inference_id``, so a replay after a crash never
 doubles), then deletes it. A torn or corrupt record is skipped and counted;
-the rest of the file is kept. A file that cannot be replayed for any reason but
+the rest of the file is replayed and the file is quarantined. A file that cannot be replayed for any reason but
 the database being down (a name that does not parse, unreadable, rows Postgres
 refuses) is moved aside to ``quarantine/``, logged and counted: it never blocks
 the files after it. The spool's size on disk is capped (``max_bytes``); a full
@@ -164,15 +164,14 @@ class Spool:
             except Exception as exc:
                 self._quarantine(claimed, f"{type(exc).__name__}: {exc}")
                 continue
-            if bad:
-                log.warning(
-                    "spool %s: skipped %d torn or corrupt record(s), kept %d",
-                    path.name,
-                    bad,
-                    len(rows),
-                )
             skipped += bad
-            claimed.unlink()
+            if bad:  # files are renamed into place whole: a bad record is damage worth keeping
+                self._quarantine(
+                    claimed,
+                    f"{bad} torn or corrupt record(s); its {len(rows)} good row(s) replayed",
+                )
+            else:
+                claimed.unlink()
         return written, skipped
 
     def _quarantine(self, path: Path, reason: str) -> None:

@@ -1,9 +1,11 @@
 import uuid
 from datetime import UTC, datetime
 
+import psycopg2
+import psycopg2.errors
 import pytest
 
-from potability.errors import DuplicateSampleError, ValidationError
+from potability.errors import DatabaseUnavailable, DuplicateSampleError, ValidationError
 from potability.mart import WaterMart, hash_token
 from potability.schema import FEATURE_NAMES
 
@@ -63,8 +65,6 @@ def test_a_lab_row_committed_late_is_never_behind_the_watermark(mart):
     """A transaction that inserts first and commits last: its row still counts as new."""
     import threading
     import time
-
-    import psycopg2
 
     late = psycopg2.connect(mart.url)
     try:
@@ -132,3 +132,30 @@ def test_fresh_copy_falls_back_when_a_row_is_already_stored(mart):
         mart.write_inferences([first, second], fresh=True) == 1
     )  # the duplicate is skipped, the new row kept
     assert len(mart.inferences()) == 2
+
+
+@pytest.mark.parametrize("error", [psycopg2.DatabaseError, psycopg2.OperationalError])
+def test_any_error_on_a_broken_connection_drops_it_and_the_next_call_reconnects(mart, error):
+    assert mart.sample_count() == 0
+    pid = mart._conn.get_backend_pid()
+    admin = psycopg2.connect(mart.url)
+    with admin, admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    admin.close()
+
+    def crashed(cur):
+        # what psycopg2 raises when the server dies mid-COPY: a bare DatabaseError on a
+        # connection it still calls open
+        raise error("server closed the connection unexpectedly")
+
+    with pytest.raises(DatabaseUnavailable, match="lost the connection"):
+        mart._run(crashed)
+    assert mart.sample_count() == 0 and mart._conn.get_backend_pid() != pid  # reconnected
+
+
+def test_a_statement_error_keeps_a_healthy_connection(mart):
+    mart.sample_count()
+    pid = mart._conn.get_backend_pid()
+    with pytest.raises(psycopg2.errors.DivisionByZero):
+        mart._run(lambda cur: cur.execute("SELECT 1 / 0"))
+    assert mart.sample_count() == 0 and mart._conn.get_backend_pid() == pid

@@ -31,7 +31,7 @@ from potability.errors import (
     SchemaError,
     ValidationError,
 )
-from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES, LABEL, LABEL_COLUMN
+from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES, LABEL, LABEL_COLUMN, text_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -399,8 +399,7 @@ class WaterMart:
             raise ValidationError(
                 f"role must be one of {', '.join(ROLES)}, got {role!r}", field="role"
             )
-        if not name or not name.strip():
-            raise ValidationError("token name must not be empty", field="name")
+        _check_token_name(name)
         token = "pot_" + secrets.token_urlsafe(32)
         self._run(
             lambda cur: cur.execute(
@@ -425,6 +424,7 @@ class WaterMart:
 
     def revoke_tokens(self, name: str) -> int:
         """Revoke every live token of ``name``; return how many."""
+        _check_token_name(name)
 
         def work(cur) -> int:
             cur.execute(
@@ -434,6 +434,15 @@ class WaterMart:
             return cur.rowcount
 
         return self._run(work)
+
+
+def _check_token_name(name: str) -> None:
+    """A token's name is a sensor's id in every answer it logs: same rules as any id."""
+    if not name or not name.strip():
+        raise ValidationError("token name must not be empty", field="name")
+    problem = text_problem(name)
+    if problem:
+        raise ValidationError(f"token name {problem}", field="name")
 
 
 def _content(row: dict[str, Any]) -> tuple:
