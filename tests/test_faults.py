@@ -9,6 +9,7 @@ Postgres is back (printed; run with -s to see the figures).
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -143,6 +144,71 @@ def test_postgres_crash_under_load_heals_without_a_restart(own_postgres, champio
     assert down_answers > 3000 and "spooling" in server.log.read_text()  # the outage was real
     assert all(s["database"] and s["ready"] for s in statuses), statuses
     assert spool_files(tmp_path) == [] and since_back < REPLAY_SECONDS + 30
+
+
+def test_a_different_postgres_behind_the_same_url(own_postgres, champion, tmp_path):
+    """Failover: the primary dies under load and a standby (a copy from before) takes its URL."""
+    pgdata, url = own_postgres
+    token = WaterMart(url=url).create_token("failover-sensor", "sensor")
+    db.stop_embedded_server(pgdata, mode="fast")
+    standby, old = tmp_path / "standby", tmp_path / "old-primary"
+    subprocess.run(["cp", "-a", str(pgdata), str(standby)], check=True)  # keeps the owner
+    assert db.embedded_server_url(pgdata) == url
+    server = Server(tmp_path, url, champion, POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS))
+    try:
+        with Load(server.base, token) as load:
+            load.wait_answers(3000)
+            db.stop_embedded_server(pgdata, mode="immediate")
+            pgdata.rename(old)
+            standby.rename(pgdata)
+            load.wait_answers(3000)
+            assert db.embedded_server_url(pgdata) == url  # another server, the same URL
+            back = time.monotonic()
+            load.wait_answers(3000)
+        answered = set(load.answered)
+        # the old primary's rows are gone with it; everything else must reach the standby
+        drained = wait_seconds(
+            lambda: (
+                spool_files(tmp_path) == []
+                and all(s["database"] for s in readyz_everywhere(server))
+            ),
+            timeout=REPLAY_SECONDS + 30,
+        )
+        since_back = time.monotonic() - back
+        time.sleep(0.5)  # the last queued rows (flushed every 0.2 s)
+        on_standby = stored_ids(url)
+    finally:
+        server.stop()
+    db.stop_embedded_server(pgdata)
+    on_primary = stored_ids_of(old)
+    ids = [*on_primary, *on_standby]
+    print(f"\nfailover: answered {len(answered)}, on the old primary {len(on_primary)}, "
+          f"on the standby {len(on_standby)}, duplicated {len(ids) - len(set(ids))}, "
+          f"non-200 {len(load.statuses)}, drained {drained:.1f} s after the load "
+          f"({since_back:.1f} s after the standby was up)")  # fmt: skip
+    assert load.statuses == [], load.errors[:5]
+    assert (
+        len(ids) == len(set(ids)) and set(ids) == answered and len(answered) == len(load.answered)
+    )
+    assert len(on_standby) > 3000 and len(on_primary) > 2000
+
+
+def wait_seconds(predicate, timeout: float) -> float:
+    """Seconds until ``predicate()`` holds (fails after ``timeout``)."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, f"not within {timeout:.0f} s"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def stored_ids_of(pgdata: Path) -> list[str]:
+    """The inference ids in the embedded Postgres of ``pgdata`` (started for the read, then stopped)."""
+    url = db.embedded_server_url(pgdata)
+    try:
+        return stored_ids(url)
+    finally:
+        db.stop_embedded_server(pgdata)
 
 
 def test_a_full_spool_refuses_answers_instead_of_losing_them(own_postgres, champion, tmp_path):
