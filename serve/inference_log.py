@@ -23,7 +23,8 @@ from potability.mart import INFERENCE_COLUMNS, WaterMart
 from serve.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
-SPOOL_ROW_BYTES = 420  # a spooled row's size on disk (crc + JSON of 16 columns), for room estimates
+# a spooled row on disk (crc + JSON of 16 columns: ~510 B), for room estimates
+SPOOL_ROW_BYTES = 560
 # one replay pass holds the writer this long at most; the rest waits for the next pass
 REPLAY_BUDGET_SECONDS = 1.0
 
