@@ -93,6 +93,15 @@ def drain_seconds(url: str, answered: set[str], timeout: float) -> float:
     raise AssertionError(f"{missing} answered row(s) not in the table after {timeout:.0f} s")
 
 
+def started(server: Server, workers: int = 2, timeout: float = 60) -> Server:
+    """Wait until every worker serves the model: one that boots during the outage never saw a token."""
+    deadline = time.monotonic() + timeout
+    while server.log.read_text().count("INFO serve.model_holder: serving") < workers:
+        assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+        time.sleep(0.1)
+    return server
+
+
 def readyz_everywhere(server: Server, tries: int = 8) -> list[dict]:
     """/readyz as several workers see it (each request lands on whichever is free)."""
     return [requests.get(server.base + "/readyz", timeout=10).json() for _ in range(tries)]
@@ -116,8 +125,8 @@ def test_postgres_crash_under_load_heals_without_a_restart(own_postgres, champio
     """Killed (crash recovery at start) or stopped cleanly, mid-load: nothing lost, doubled or 5xx."""
     pgdata, url = own_postgres
     token = WaterMart(url=url).create_token("crash-sensor", "sensor")
-    server = Server(tmp_path, url, champion, POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS),
-                    POTABILITY_TOKEN_CACHE_SECONDS="1")  # fmt: skip
+    server = started(Server(tmp_path, url, champion, POTABILITY_TOKEN_CACHE_SECONDS="1",
+                            POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS)))  # fmt: skip
     try:
         with Load(server.base, token) as load:
             load.wait_answers(3000)  # both workers have seen the token and written to Postgres
@@ -154,7 +163,9 @@ def test_a_different_postgres_behind_the_same_url(own_postgres, champion, tmp_pa
     standby, old = tmp_path / "standby", tmp_path / "old-primary"
     subprocess.run(["cp", "-a", str(pgdata), str(standby)], check=True)  # keeps the owner
     assert db.embedded_server_url(pgdata) == url
-    server = Server(tmp_path, url, champion, POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS))
+    server = started(
+        Server(tmp_path, url, champion, POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS))
+    )
     try:
         with Load(server.base, token) as load:
             load.wait_answers(3000)
