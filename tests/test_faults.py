@@ -129,15 +129,15 @@ def test_postgres_crash_under_load_heals_without_a_restart(own_postgres, champio
                             POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS)))  # fmt: skip
     try:
         with Load(server.base, token) as load:
-            load.wait_answers(3000)  # both workers have seen the token and written to Postgres
+            load.wait_answers(2000)  # both workers have seen the token and written to Postgres
             before_outage = len(load.answered)
             db.stop_embedded_server(pgdata, mode=mode)
-            load.wait_answers(3000)  # answered while Postgres is down: spooled
+            load.wait_answers(2000)  # answered while Postgres is down: spooled
             time.sleep(1.5)  # past the token cache: lookups fail and the stale entry answers
             down_answers = len(load.answered) - before_outage
             db.embedded_server_url(pgdata)  # back (after crash recovery, for "immediate")
             back = time.monotonic()
-            load.wait_answers(3000)
+            load.wait_answers(2000)
         answered = set(load.answered)
         drained = drain_seconds(url, answered, timeout=REPLAY_SECONDS + 30)
         since_back = time.monotonic() - back
@@ -150,7 +150,7 @@ def test_postgres_crash_under_load_heals_without_a_restart(own_postgres, champio
           f"drained {drained:.1f} s after the load ({since_back:.1f} s after Postgres was back)")  # fmt: skip
     assert load.statuses == [], load.errors[:5]  # 0 x 5xx, 0 refused, 0 unanswered
     assert len(ids) == len(set(ids)) == len(answered) == len(load.answered)  # logged == answered
-    assert down_answers > 3000 and "spooling" in server.log.read_text()  # the outage was real
+    assert down_answers > 2000 and "spooling" in server.log.read_text()  # the outage was real
     assert all(s["database"] and s["ready"] for s in statuses), statuses
     assert spool_files(tmp_path) == [] and since_back < REPLAY_SECONDS + 30
 
@@ -168,14 +168,14 @@ def test_a_different_postgres_behind_the_same_url(own_postgres, champion, tmp_pa
     )
     try:
         with Load(server.base, token) as load:
-            load.wait_answers(3000)
+            load.wait_answers(2000)
             db.stop_embedded_server(pgdata, mode="immediate")
             pgdata.rename(old)
             standby.rename(pgdata)
-            load.wait_answers(3000)
+            load.wait_answers(2000)
             assert db.embedded_server_url(pgdata) == url  # another server, the same URL
             back = time.monotonic()
-            load.wait_answers(3000)
+            load.wait_answers(2000)
         answered = set(load.answered)
         # the old primary's rows are gone with it; everything else must reach the standby
         drained = wait_seconds(
@@ -201,7 +201,7 @@ def test_a_different_postgres_behind_the_same_url(own_postgres, champion, tmp_pa
     assert (
         len(ids) == len(set(ids)) and set(ids) == answered and len(answered) == len(load.answered)
     )
-    assert len(on_standby) > 3000 and len(on_primary) > 2000
+    assert len(on_standby) > 2000 and len(on_primary) > 1000
 
 
 def wait_seconds(predicate, timeout: float) -> float:
