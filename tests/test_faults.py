@@ -193,15 +193,20 @@ def test_a_different_postgres_behind_the_same_url(own_postgres, champion, tmp_pa
     db.stop_embedded_server(pgdata)
     on_primary = stored_ids_of(old)
     ids = [*on_primary, *on_standby]
+    # a batch the primary committed as it died, without telling the writer, is spooled and lands on
+    # the standby too: only that commit-ack race may put a row on both (in a real failover the old
+    # primary's rows are lost anyway); each table itself never holds a row twice
+    both = set(on_primary) & set(on_standby)
     print(f"\nfailover: answered {len(answered)}, on the old primary {len(on_primary)}, "
-          f"on the standby {len(on_standby)}, duplicated {len(ids) - len(set(ids))}, "
+          f"on the standby {len(on_standby)}, on both {len(both)}, "
+          f"duplicated {len(on_standby) - len(set(on_standby))}, "
           f"non-200 {len(load.statuses)}, drained {drained:.1f} s after the load "
           f"({since_back:.1f} s after the standby was up)")  # fmt: skip
     assert load.statuses == [], load.errors[:5]
-    assert (
-        len(ids) == len(set(ids)) and set(ids) == answered and len(answered) == len(load.answered)
-    )
-    assert len(on_standby) > 2000 and len(on_primary) > 1000
+    assert len(on_standby) == len(set(on_standby)) and len(on_primary) == len(set(on_primary))
+    assert set(ids) == answered and len(answered) == len(load.answered)  # every answer logged
+    assert len(both) <= 1000  # at most the batch in flight (500 rows) per worker
+    assert len(on_standby) > 2000 and on_primary  # the failover happened mid-load
 
 
 def wait_seconds(predicate, timeout: float) -> float:
