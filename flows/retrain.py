@@ -18,7 +18,6 @@ import collections
 import json
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,8 @@ LOG_TAIL_LINES = 30
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 15])
-def new_rows_since_watermark() -> tuple[int, datetime | None, datetime | None]:
-    """Count lab rows added since the last successful retrain; return (count, newest added_at, watermark)."""
+def new_rows_since_watermark() -> tuple[int, int | None, int | None]:
+    """Count lab rows committed since the last successful retrain; return (count, newest commit_seq, watermark)."""
     mart = WaterMart()
     watermark = mart.watermark(WATERMARK)
     count, newest = mart.samples_added_since(watermark)
@@ -91,9 +90,8 @@ def request_reload(server_url: str, admin_token: str, timeout: float) -> dict[st
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 15])
-def advance_watermark(
-    newest: datetime | None, data_hash: str | None, lock_hash: str | None
-) -> None:
+def advance_watermark(newest: int | None, data_hash: str | None, lock_hash: str | None) -> None:
+    """Store the newest lab row trained on, by commit order (never a row committed late)."""
     WaterMart().set_watermark(WATERMARK, newest, data_hash, lock_hash)
 
 
@@ -145,11 +143,14 @@ def retrain() -> dict[str, Any]:
             return {"status": "skipped", "summary": summary}
         count, newest, watermark = new_rows_since_watermark()
         if count == 0:
-            summary = f"nothing new since {watermark or 'the beginning'}: no retraining"
+            since = f"lab row #{watermark}" if watermark else "the beginning"
+            summary = f"nothing new since {since}: no retraining"
             logger.info(summary)
             return {"status": "nothing new", "summary": summary, "repro_ran": False}
         logger.info(
-            "%d new lab row(s) since %s: running dvc repro", count, watermark or "the beginning"
+            "%d new lab row(s) since %s: running dvc repro",
+            count,
+            f"lab row #{watermark}" if watermark else "the beginning",
         )
         before = _read_json(root / "metrics/evaluate.json")
         decision_before = _read_json(root / "metrics/promotion.json")

@@ -26,7 +26,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from serve.auth import TokenCache
     from serve.errors import register_error_handlers
     from serve.inference_log import InferenceLog
-    from serve.metrics import LATENCY, REQUESTS, on_log_depth, on_model_swap
+    from serve.metrics import LATENCY, REQUESTS, on_log_depth, on_model_swap, on_quarantine
     from serve.model_holder import ModelHolder
     from serve.spool import Spool
 
@@ -45,6 +45,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         LOG_FLUSH_SECONDS=settings.log_flush_seconds,
         LOG_BATCH_ROWS=settings.log_batch_rows,
         SPOOL_REPLAY_SECONDS=settings.spool_replay_seconds,
+        SPOOL_MAX_BYTES=settings.spool_max_bytes,
+        LOG_QUEUE_MAX_ROWS=settings.log_queue_max_rows,
+        TOKEN_STALE_SECONDS=settings.token_stale_seconds,
         MODEL_POLL_SECONDS=settings.model_poll_seconds,
         REGISTRY_CONNECT_TIMEOUT=settings.registry_connect_timeout,
         PAGE_REQUIRES_TOKEN=settings.page_requires_token,
@@ -61,15 +64,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config["REGISTRY_CONNECT_TIMEOUT"], on_swap=on_model_swap,
     )  # fmt: skip
     holder.start()
+    spool = Spool(Path(app.config["SPOOL_DIR"]), app.config["SPOOL_MAX_BYTES"], on_quarantine)
     inference_log = InferenceLog(
-        WaterMart(url=mart.url), Spool(Path(app.config["SPOOL_DIR"])), app.config["LOG_FLUSH_SECONDS"],
-        app.config["LOG_BATCH_ROWS"], app.config["SPOOL_REPLAY_SECONDS"], on_depth=on_log_depth,
+        WaterMart(url=mart.url), spool, app.config["LOG_FLUSH_SECONDS"], app.config["LOG_BATCH_ROWS"],
+        app.config["SPOOL_REPLAY_SECONDS"], on_depth=on_log_depth,
+        max_queue_rows=app.config["LOG_QUEUE_MAX_ROWS"],
     )  # fmt: skip
     app.extensions.update({
         "potability.mart": mart,
         "potability.model": holder,
         "potability.log": inference_log,
-        "potability.tokens": TokenCache(mart, app.config["TOKEN_CACHE_SECONDS"]),
+        "potability.tokens": TokenCache(mart, app.config["TOKEN_CACHE_SECONDS"],
+                                        app.config["TOKEN_STALE_SECONDS"]),
     })  # fmt: skip
     if app.config["START_BACKGROUND"]:
         inference_log.start()

@@ -20,6 +20,7 @@ from potability.schema import (
 )
 from serve.auth import require
 from serve.errors import ApiError
+from serve.inference_log import LogUnavailable
 from serve.metrics import PREDICTIONS
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -79,7 +80,9 @@ def predict():
     X = fast_feature_matrix(items)
     if X is None:  # something unusual: the per-sample validator finds it and names the field
         try:
-            samples = [validate_features(item, index=i) for i, item in enumerate(items)]
+            samples = [
+                validate_features(item, index=i, strict=True) for i, item in enumerate(items)
+            ]
         except FieldError as exc:
             raise field_error(exc, batch) from None
         X = np.array(
@@ -104,7 +107,12 @@ def predict():
         # a tuple in INFERENCE_COLUMNS order: the log writer COPYs it as is
         rows.append((inference_id, received_at, sensor_id, version,
                      *[None if v != v else v for v in features], probability, potable, threshold))  # fmt: skip
-    current_app.extensions["potability.log"].submit(rows)
+    try:
+        current_app.extensions["potability.log"].submit(rows)
+    except LogUnavailable as exc:
+        raise ApiError(
+            503, "log_unavailable", f"no answer without a record: {exc}; retry later"
+        ) from None
     potable_count = sum(a["potable"] for a in answers)
     if potable_count:
         PREDICTIONS.labels(answer="potable").inc(potable_count)
@@ -119,7 +127,7 @@ def predict():
 def add_samples():
     items, batch = as_items(json_body(), current_app.config["MAX_BATCH"])
     try:
-        rows = [validate_lab_row(item, index=i) for i, item in enumerate(items)]
+        rows = [validate_lab_row(item, index=i, strict=True) for i, item in enumerate(items)]
     except FieldError as exc:
         raise field_error(exc, batch) from None
     mart = current_app.extensions["potability.mart"]

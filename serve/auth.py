@@ -1,8 +1,10 @@
 """Bearer tokens from ``water.api_tokens`` (sha256), cached briefly; roles enforced per endpoint.
 
 A cached token is re-checked after ``token_cache_seconds``, so a revocation
-takes effect within seconds. When Postgres is down the last known answer is
-kept (stale-if-error), so sensors keep getting answers during an outage.
+takes effect within seconds. When Postgres is down a *sensor* token verified
+within the last ``token_stale_seconds`` keeps working (stale-if-error), so
+sensors keep getting answers during an outage; lab and admin actions need the
+database, and a token never seen gets a 503 ``database_unavailable``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import functools
 import threading
 import time
 
+import psycopg2
 from flask import current_app, g, request
 
 from potability.errors import MartError
@@ -19,9 +22,10 @@ from serve.errors import ApiError
 
 
 class TokenCache:
-    def __init__(self, mart: WaterMart, ttl_seconds: float):
-        self._mart, self._ttl = mart, ttl_seconds
-        self._entries: dict[str, tuple[TokenInfo | None, float]] = {}
+    def __init__(self, mart: WaterMart, ttl_seconds: float, stale_seconds: float = 600.0):
+        self._mart, self._ttl, self._stale = mart, ttl_seconds, stale_seconds
+        # token -> (owner, fresh until, verified at), monotonic seconds
+        self._entries: dict[str, tuple[TokenInfo, float, float]] = {}
         self._lock = threading.Lock()
 
     def lookup(self, token: str) -> TokenInfo | None:
@@ -32,9 +36,9 @@ class TokenCache:
             return cached[0]
         try:
             info = self._mart.lookup_token(token)
-        except MartError:
-            if cached and cached[0] is not None:
-                return cached[0]  # Postgres is down: keep serving a token we verified before
+        except (MartError, psycopg2.Error):
+            if cached and cached[0].role == "sensor" and now - cached[2] <= self._stale:
+                return cached[0]  # Postgres is down: keep serving a sensor we verified lately
             raise ApiError(
                 503, "database_unavailable", "cannot verify the token: the database is unavailable"
             ) from None
@@ -42,7 +46,7 @@ class TokenCache:
             if info is None:
                 self._entries.pop(token, None)
             else:
-                self._entries[token] = (info, now + self._ttl)
+                self._entries[token] = (info, now + self._ttl, now)
         return info
 
 

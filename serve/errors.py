@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 
 class ApiError(Exception):
@@ -40,7 +40,10 @@ def register_error_handlers(app: Flask) -> None:
         message = {
             413: f"request body larger than {app.config['MAX_CONTENT_LENGTH']} bytes",
         }.get(exc.code or 500, exc.description or exc.name)
-        return ApiError(exc.code or 500, code, message).response()
+        response, status = ApiError(exc.code or 500, code, message).response()
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        return response, status
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -26,6 +26,10 @@ QUEUE_ROWS = Gauge(
 )
 SPOOL_ROWS = Gauge("potability_inference_spool_rows", "Inference rows spooled on disk, waiting for Postgres",
                    multiprocess_mode="livesum")  # fmt: skip
+SPOOL_QUARANTINED = Counter(
+    "potability_spool_quarantined_files_total",
+    "Spool files moved aside to quarantine/ because they could not be replayed",
+)
 MODEL_INFO = Gauge("potability_model_info", "The model version served (1 = serving)", ["version"],
                    multiprocess_mode="max")  # fmt: skip
 
@@ -52,3 +56,7 @@ def on_model_swap(old, new) -> None:
 def on_log_depth(queued: int, spooled: int) -> None:
     QUEUE_ROWS.set(queued)
     SPOOL_ROWS.set(spooled)
+
+
+def on_quarantine(path, reason) -> None:
+    SPOOL_QUARANTINED.inc()

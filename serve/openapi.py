@@ -1,33 +1,41 @@
-"""The OpenAPI 3 document, generated from the same feature table validation uses."""
+"""The OpenAPI 3 document, generated from the same feature table validation uses.
+
+It is the contract, checked by schemathesis against the real server
+(tests/test_contract.py): every shape has one unambiguous schema, the rules
+validation enforces are in the schemas (at least one measurement, no NUL in
+ids), and every status a route can give is listed.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from potability.schema import MAX_ID_LENGTH, json_schema_sample
+from potability.schema import ID_PATTERN, MAX_ID_LENGTH, TEXT_PATTERN, json_schema_sample
+
+# what any authenticated JSON route may answer besides its success
+BODY_ERRORS = (400, 401, 403, 413, 415, 422, 503)
 
 
-def _error() -> dict[str, Any]:
-    return {
-        "description": "error",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): _json(_ref("Error"), "error") for s in statuses}
 
 
 def _one_or_batch(single: str, batch: str) -> dict[str, Any]:
     """A JSON request body that is one object of ``single`` or a ``batch``."""
-    refs = [{"$ref": f"#/components/schemas/{name}"} for name in (single, batch)]
-    return {"required": True, "content": {"application/json": {"schema": {"oneOf": refs}}}}
+    return {"required": True, "content": {"application/json": {"schema": {"oneOf": [_ref(single), _ref(batch)]}}}}  # fmt: skip
 
 
 def _batch_of(schema: str, max_batch: int) -> dict[str, Any]:
     """``{"samples": [...]}`` of the named schema."""
-    items = {
-        "type": "array",
-        "minItems": 1,
-        "maxItems": max_batch,
-        "items": {"$ref": f"#/components/schemas/{schema}"},
-    }
+    items = {"type": "array", "minItems": 1, "maxItems": max_batch, "items": _ref(schema)}
     return {
         "type": "object",
         "additionalProperties": False,
@@ -36,26 +44,66 @@ def _batch_of(schema: str, max_batch: int) -> dict[str, Any]:
     }
 
 
+def _closed(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """An object with exactly these properties (all required unless ``required`` says)."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(properties) if required is None else required,
+        "properties": properties,
+    }
+
+
 def document(max_batch: int) -> dict[str, Any]:
     sample = json_schema_sample()
-    sample_31 = {
-        **sample,
-        "properties": {
-            k: {**v, "type": ["number", "null"]} for k, v in sample["properties"].items()
-        },
-    }
     lab = {
-        **sample_31,
+        **sample,
         "required": ["sample_id", "Potability"],
         "properties": {
-            **sample_31["properties"],
-            "sample_id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
-            "sensor_id": {"type": ["string", "null"], "maxLength": MAX_ID_LENGTH},
+            **sample["properties"],
+            "sample_id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH,
+                          "pattern": ID_PATTERN},
+            "sensor_id": {"type": ["string", "null"], "maxLength": MAX_ID_LENGTH,
+                          "pattern": TEXT_PATTERN},
             "collected_at": {"type": ["string", "null"], "format": "date-time"},
             "Potability": {"type": "integer", "enum": [0, 1]},
         },
-    }
-    errors = {str(c): _error() for c in (400, 401, 403, 413, 415, 422, 503)}
+    }  # fmt: skip
+    prediction = _closed({
+        "potable": {"type": "boolean"},
+        "probability": {"type": "number", "minimum": 0, "maximum": 1},
+        "threshold": {"type": "number"},
+        "inference_id": {"type": "string", "format": "uuid"},
+        "model_version": {"type": "string"},
+    })  # fmt: skip
+    predictions = _closed(
+        {"model_version": {"type": "string"}, "predictions": {"type": "array", "items": _ref("Prediction")}}
+    )  # fmt: skip
+    stored = _closed({
+        "inserted": {"type": "integer", "minimum": 0},
+        "duplicates": {"type": "integer", "minimum": 0},
+        "sample_ids": {"type": "array", "items": {"type": "string"}},
+    })  # fmt: skip
+    error = _closed(
+        {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "field"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": ["string", "null"]},
+                    "index": {"type": "integer"},
+                },
+            }
+        }
+    )
+    readiness = {
+        "type": "object",
+        "required": ["ready", "model_loaded", "database"],
+        "properties": {"ready": {"type": "boolean"}, "model_loaded": {"type": "boolean"},
+                       "database": {"type": "boolean"}},
+    }  # fmt: skip
     bearer = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
@@ -67,70 +115,31 @@ def document(max_batch: int) -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "Sample": sample_31,
+                "Sample": sample,
                 "Batch": _batch_of("Sample", max_batch),
                 "LabSample": lab,
                 "LabBatch": _batch_of("LabSample", max_batch),
-                "Prediction": {
-                    "type": "object",
-                    "properties": {
-                        "potable": {"type": "boolean"},
-                        "probability": {"type": "number"},
-                        "threshold": {"type": "number"},
-                        "inference_id": {"type": "string", "format": "uuid"},
-                        "model_version": {"type": "string"},
-                    },
-                },
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["code", "message"],
-                            "properties": {
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                                "field": {"type": ["string", "null"]},
-                                "index": {"type": "integer"},
-                            },
-                        }
-                    },
-                },
+                "Prediction": prediction,
+                "Predictions": predictions,
+                "Stored": stored,
+                "Readiness": readiness,
+                "Error": error,
             },
         },
         "paths": {
             "/v1/predict": {
                 "post": {
                     "summary": "Answer one sample or a batch; every answer is logged",
+                    "description": "503 log_unavailable: the answer could not be logged (Postgres "
+                    "down and the spool full); nothing is answered without a record.",
                     "security": bearer,
                     "requestBody": _one_or_batch("Sample", "Batch"),
                     "responses": {
-                        "200": {
-                            "description": "the answer(s)",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "oneOf": [
-                                            {"$ref": "#/components/schemas/Prediction"},
-                                            {
-                                                "type": "object",
-                                                "properties": {
-                                                    "model_version": {"type": "string"},
-                                                    "predictions": {
-                                                        "type": "array",
-                                                        "items": {
-                                                            "$ref": "#/components/schemas/Prediction"
-                                                        },
-                                                    },
-                                                },
-                                            },
-                                        ]
-                                    }
-                                }
-                            },
-                        },
-                        **errors,
+                        "200": _json(
+                            {"oneOf": [_ref("Prediction"), _ref("Predictions")]},
+                            "one answer for one sample; predictions in order for a batch",
+                        ),
+                        **_errors(*BODY_ERRORS),
                     },
                 }
             },
@@ -140,9 +149,8 @@ def document(max_batch: int) -> dict[str, Any]:
                     "security": bearer,
                     "requestBody": _one_or_batch("LabSample", "LabBatch"),
                     "responses": {
-                        "201": {"description": "inserted and duplicate counts"},
-                        "409": _error(),
-                        **errors,
+                        "201": _json(_ref("Stored"), "inserted and duplicate counts"),
+                        **_errors(409, *BODY_ERRORS),
                     },
                 }
             },
@@ -151,9 +159,8 @@ def document(max_batch: int) -> dict[str, Any]:
                     "summary": "The production model's meta",
                     "security": bearer,
                     "responses": {
-                        "200": {"description": "meta.json"},
-                        "401": _error(),
-                        "503": _error(),
+                        "200": _json({"type": "object"}, "meta.json"),
+                        **_errors(401, 403, 503),
                     },
                 }
             },
@@ -162,32 +169,50 @@ def document(max_batch: int) -> dict[str, Any]:
                     "summary": "Re-read the alias champion and serve that version now (admin)",
                     "security": bearer,
                     "responses": {
-                        "200": {"description": "reloaded"},
-                        "401": _error(),
-                        "403": _error(),
-                        "422": _error(),
+                        "200": _json(
+                            _closed(
+                                {
+                                    "version": {"type": "string"},
+                                    "previous": {"type": ["string", "null"]},
+                                    "changed": {"type": "boolean"},
+                                }
+                            ),
+                            "reloaded",
+                        ),  # fmt: skip
+                        **_errors(401, 403, 422, 503),
                     },
                 }
             },
             "/healthz": {
-                "get": {"summary": "alive", "responses": {"200": {"description": "alive"}}}
+                "get": {
+                    "summary": "alive",
+                    "responses": {"200": _json({"type": "object"}, "alive")},
+                }
             },
             "/readyz": {
                 "get": {
-                    "summary": "model loaded and log writable",
-                    "responses": {"200": {"description": "ready"}, "503": _error()},
+                    "summary": "model loaded and every answer can be logged",
+                    "responses": {
+                        "200": _json(_ref("Readiness"), "ready"),
+                        "503": _json(_ref("Readiness"), "not ready: see which part"),
+                    },
                 }
             },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus text",
-                    "responses": {"200": {"description": "metrics"}},
+                    "responses": {
+                        "200": {
+                            "description": "metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
                 }
-            },
+            },  # fmt: skip
             "/openapi.json": {
                 "get": {
                     "summary": "this document",
-                    "responses": {"200": {"description": "OpenAPI 3"}},
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI 3")},
                 }
             },
         },

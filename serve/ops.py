@@ -30,9 +30,14 @@ def readyz():
         "model_version": holder.current.version if holder.current else None,
         "database": log.db_ok,
         "spool_writable": spool_writable,
+        "log_accepting": log.accepting,
+        "queued_rows": log.queued,
+        "spooled_rows": log.spooled,
+        "last_log_error": log.last_error,
         "last_model_error": holder.last_error,
     }
-    ready = status["model_loaded"] and (log.db_ok or spool_writable)
+    # ready = an answer would be given and logged (to Postgres, or to a spool with room)
+    ready = status["model_loaded"] and (log.db_ok or spool_writable) and log.accepting
     return {"ready": ready, **status}, (200 if ready else 503)
 
 

@@ -1,8 +1,10 @@
 """The console script as a user types it, against the session's real Postgres."""
 
+import subprocess
 import sys
 
 import psycopg2
+import pytest
 
 from tests.conftest import HEADER_HINT, REPO, run
 
@@ -53,3 +55,24 @@ def test_a_queued_experiment_uses_the_workspace_database(tmp_path, monkeypatch):
     assert settings.pgdata == tmp_path / "ws" / ".pgdata"
     assert settings.mlflow_artifacts == tmp_path / "ws" / "mlartifacts"
     assert Settings(root=tmp_path / "ws").pgdata == tmp_path / "ws" / ".pgdata"
+
+
+def test_token_names_with_nul_surrogates_or_too_long_are_refused(clean_db, cli_env):
+    """A token's name becomes the sensor_id of every answer: bytes that are no text are refused."""
+
+    for name, words in ((b"sensor\x01\xff", "surrogate"), (b"x" * 201, "longer than 200")):
+        result = subprocess.run(
+            [sys.executable.encode(), b"-m", b"potability.cli", b"token", b"create", b"--role",
+             b"sensor", b"--name", name],
+            cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2 and "token name" in result.stderr and words in result.stderr
+        assert "Traceback" not in result.stderr
+    from potability.errors import ValidationError
+    from potability.mart import WaterMart
+
+    mart = WaterMart(url=clean_db)  # NUL cannot travel in argv; the library refuses it too
+    with pytest.raises(ValidationError, match="NUL"):
+        mart.create_token("a\x00b", "sensor")
+    with pytest.raises(ValidationError, match="NUL"):
+        mart.revoke_tokens("a\x00b")

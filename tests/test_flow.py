@@ -150,12 +150,17 @@ def test_new_rows_retrain_and_advance_the_watermark(flow_project, pg_url):
     result = retrain()  # the 50 rows of the skipped run are still pending
     assert result["status"] == "retrained"
     decision = result["decision"]
-    # deployed exactly when the pipeline promoted, and then the alias moved
-    if decision["promoted"]:
-        assert result["deployed"]["version"] == champion().version != before.version
-    else:
-        assert result["deployed"] is None and champion() == before
-    assert sha(flow_project / "dvc.lock") != lock
-    assert mart.samples_added_since(mart.watermark("retrain"))[0] == 0
     history = json.loads((flow_project / "models/promoted/history.json").read_text())
     assert len(history) == 2 and history[-1]["reason"] == decision["reason"]
+    recorded = history[-1]["promote"]  # what the pipeline decided, read from its own record
+    assert decision["promoted"] is recorded
+    shipped = deployments.history(before.name)
+    # deployed exactly when the record says promoted, and then the alias moved; else nothing moved
+    if recorded:
+        assert result["deployed"]["version"] == champion().version != before.version
+        assert len(shipped) == 2 and shipped[0].registry_version == champion().version
+    else:
+        assert result["deployed"] is None and champion() == before
+        assert len(shipped) == 1 and "nothing deployed" in result["summary"]
+    assert sha(flow_project / "dvc.lock") != lock
+    assert mart.samples_added_since(mart.watermark("retrain"))[0] == 0

@@ -1,4 +1,4 @@
-"""The real server: gunicorn, two workers, real Postgres, including outages and shutdowns."""
+"""The real server: gunicorn, two workers, real Postgres, shutdowns (outages: test_faults.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ import psycopg2
 import pytest
 import requests
 
-from potability import db
-from potability.mart import WaterMart
 from tests.conftest import REPO, Champion, project_env
 from tests.test_server import SAMPLE
 
@@ -142,56 +140,6 @@ def test_every_endpoint_through_gunicorn(mart, champion, tmp_path):
         server.stop()
 
 
-def test_postgres_outage_under_load_loses_and_doubles_nothing(champion, tmp_path):
-    """2,000 requests; Postgres stopped after 700 answers and restarted after 1,400."""
-    pgdata = tmp_path / "pg"
-    url = db.embedded_server_url(pgdata)
-    try:
-        db.migrate(url=url)
-        token = WaterMart(url=url).create_token("outage-sensor", "sensor")
-        server = Server(
-            tmp_path,
-            url,
-            champion,
-            POTABILITY_SPOOL_REPLAY_SECONDS="0.5",
-            POTABILITY_LOG_FLUSH_SECONDS="0.05",
-        )
-        reached_700, reached_1400, restarted = (
-            threading.Event(),
-            threading.Event(),
-            threading.Event(),
-        )
-
-        def on_count(count):
-            if count >= 700:
-                reached_700.set()
-            if count >= 1400:
-                reached_1400.set()
-
-        def chaos():
-            reached_700.wait()
-            db.stop_embedded_server(pgdata, mode="immediate")  # killed, not shut down cleanly
-            reached_1400.wait()
-            db.embedded_server_url(pgdata)
-            restarted.set()
-
-        threading.Thread(target=chaos, daemon=True).start()
-        try:
-            hammer(server.base, token, 40, 2)  # warm both workers' token caches
-            answered, failures = hammer(server.base, token, 2000, 4, on_count=on_count)
-            assert restarted.wait(30), "Postgres did not come back"
-            assert len(answered) >= 1900, f"only {len(answered)} answered; failures {set(failures)}"
-            time.sleep(1)
-            assert wait_for(lambda: set(answered) <= set(stored_ids(url)), timeout=60)
-        finally:
-            server.stop()
-        ids = stored_ids(url)
-        assert len(ids) == len(set(ids)) == len(answered) + 40
-        assert "spooling" in server.log.read_text()  # the outage really happened mid-load
-    finally:
-        db.stop_embedded_server(pgdata)
-
-
 def test_sigterm_under_load_flushes_the_queue(mart, champion, tmp_path):
     token = mart.create_token("term-sensor", "sensor")
     server = Server(
@@ -202,10 +150,13 @@ def test_sigterm_under_load_flushes_the_queue(mart, champion, tmp_path):
         if count == 300:
             os.kill(server.proc.pid, signal.SIGTERM)
 
-    answered, _ = hammer(server.base, token, 600, 4, on_count=terminate)
-    server.proc.wait(timeout=30)
-    assert len(answered) >= 300
-    assert set(answered) <= set(stored_ids(mart.url)), (
+    answered, failures = hammer(server.base, token, 600, 4, on_count=terminate)
+    assert server.proc.wait(timeout=30) == 0
+    # the signal landed mid-load: later requests found no server, and rows were waiting in memory
+    # (flushed every 30 s, so only worker_exit can have written them)
+    assert 300 <= len(answered) < 600 and failures, (len(answered), set(failures))
+    stored = stored_ids(mart.url)
+    assert len(stored) == len(set(stored)) and set(answered) <= set(stored), (
         "answered inferences missing after a graceful shutdown"
     )
 

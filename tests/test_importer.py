@@ -33,6 +33,23 @@ def test_identical_rows_at_other_positions_are_distinct_samples(mart, tmp_path):
     assert report.inserted == 2
 
 
+def test_a_reordered_or_appended_copy_adds_nothing_already_stored(mart, tmp_path):
+    rows = [
+        GOOD[0],
+        GOOD[1],
+        GOOD[2],
+        GOOD[0],
+    ]  # the last is an exact duplicate: a sample of its own
+    assert import_csv(write(tmp_path, rows), mart, added_by="t").inserted == 4
+    ids = set(mart.samples()["sample_id"])
+    reordered = import_csv(write(tmp_path, rows[::-1], "reordered.csv"), mart, added_by="t")
+    assert (reordered.inserted, reordered.skipped) == (0, 4)
+    extra = "7.5,200,20000,7,300,400,14,60,4,1"
+    appended = import_csv(write(tmp_path, [extra, *rows], "appended.csv"), mart, added_by="t")
+    assert (appended.inserted, appended.skipped) == (1, 4)
+    assert ids < set(mart.samples()["sample_id"]) and mart.sample_count() == 5
+
+
 def test_bad_rows_are_rejected_with_line_and_reason_good_rows_still_go_in(mart, tmp_path):
     lines = [
         GOOD[0],

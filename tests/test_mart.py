@@ -1,10 +1,12 @@
 import uuid
 from datetime import UTC, datetime
 
+import psycopg2
+import psycopg2.errors
 import pytest
 
-from potability.errors import DuplicateSampleError, ValidationError
-from potability.mart import hash_token
+from potability.errors import DatabaseUnavailable, DuplicateSampleError, ValidationError
+from potability.mart import WaterMart, hash_token
 from potability.schema import FEATURE_NAMES
 
 BASE = {"ph": 7.0, "Hardness": 200.0, "Solids": 20000.0, "Chloramines": 7.0, "Sulfate": None,
@@ -51,12 +53,48 @@ def test_missing_sample_id_is_a_validation_error(mart):
 def test_added_since_and_watermark(mart):
     mart.insert_samples([lab_row("a"), lab_row("b")], added_by="t")
     count, newest = mart.samples_added_since(None)
-    assert count == 2 and newest is not None
+    assert count == 2 and isinstance(newest, int)
     assert mart.samples_added_since(newest) == (0, None)
     mart.set_watermark("retrain", newest, "d", "l")
     assert mart.watermark("retrain") == newest
     mart.insert_samples([lab_row("c")], added_by="t")
-    assert mart.samples_added_since(newest)[0] == 1
+    assert mart.samples_added_since(newest) == (1, newest + 1)
+
+
+def test_a_lab_row_committed_late_is_never_behind_the_watermark(mart):
+    """A transaction that inserts first and commits last: its row still counts as new."""
+    import threading
+    import time
+
+    late = psycopg2.connect(mart.url)
+    try:
+        with late.cursor() as cur:
+            cur.execute(
+                "INSERT INTO water.water_potability (sample_id, potability, added_by) "
+                "VALUES ('late', 1, 'slow-lab')"
+            )
+        early = threading.Thread(
+            target=lambda: mart.insert_samples([lab_row("early")], added_by="t")
+        )
+        early.start()
+        time.sleep(0.5)  # "early" is inserted (and would commit) while "late" is still open
+        reader = WaterMart(url=mart.url)  # the flow, reading meanwhile
+        count, watermark = reader.samples_added_since(None)
+        late.commit()
+        early.join(timeout=10)
+    finally:
+        late.close()
+    assert not early.is_alive()
+    assert count == 0 and watermark is None  # nothing was readable out of commit order
+    assert reader.samples_added_since(watermark)[0] == 2
+    seqs = mart._run(
+        lambda cur: (
+            cur.execute("SELECT sample_id FROM water.water_potability ORDER BY commit_seq")
+            or cur.fetchall()
+        )
+    )
+    assert [s for (s,) in seqs] == ["late", "early"]  # numbered in commit order
+    reader.close()
 
 
 def test_inferences_copy_is_idempotent_on_inference_id(mart):
@@ -94,3 +132,30 @@ def test_fresh_copy_falls_back_when_a_row_is_already_stored(mart):
         mart.write_inferences([first, second], fresh=True) == 1
     )  # the duplicate is skipped, the new row kept
     assert len(mart.inferences()) == 2
+
+
+@pytest.mark.parametrize("error", [psycopg2.DatabaseError, psycopg2.OperationalError])
+def test_any_error_on_a_broken_connection_drops_it_and_the_next_call_reconnects(mart, error):
+    assert mart.sample_count() == 0
+    pid = mart._conn.get_backend_pid()
+    admin = psycopg2.connect(mart.url)
+    with admin, admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    admin.close()
+
+    def crashed(cur):
+        # what psycopg2 raises when the server dies mid-COPY: a bare DatabaseError on a
+        # connection it still calls open
+        raise error("server closed the connection unexpectedly")
+
+    with pytest.raises(DatabaseUnavailable, match="lost the connection"):
+        mart._run(crashed)
+    assert mart.sample_count() == 0 and mart._conn.get_backend_pid() != pid  # reconnected
+
+
+def test_a_statement_error_keeps_a_healthy_connection(mart):
+    mart.sample_count()
+    pid = mart._conn.get_backend_pid()
+    with pytest.raises(psycopg2.errors.DivisionByZero):
+        mart._run(lambda cur: cur.execute("SELECT 1 / 0"))
+    assert mart.sample_count() == 0 and mart._conn.get_backend_pid() == pid

@@ -82,17 +82,53 @@ def test_fast_path_accepts_exactly_what_the_validator_accepts():
     def check(items):
         fast = fast_feature_matrix(items)
         try:
-            slow = [validate_features(item) for item in items]
+            slow = [validate_features(item, strict=True) for item in items]
         except FieldError:
             assert fast is None  # the fast path never lets through what the validator refuses
             return
-        if fast is not None:
-            expected = np.array(
-                [[np.nan if s[n] is None else s[n] for n in FEATURE_NAMES] for s in slow]
-            )
-            assert np.array_equal(fast, expected, equal_nan=True)
+        assert fast is not None  # ... and never sends a valid batch down the slow path
+        expected = np.array(
+            [[np.nan if s[n] is None else s[n] for n in FEATURE_NAMES] for s in slow]
+        )
+        assert np.array_equal(fast, expected, equal_nan=True)
 
     check()
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("a\x00b", "NUL"),
+        ("a\ud800", "surrogate"),
+        ("x" * 201, "longer than 200"),
+        (" ", "required"),
+    ],
+)
+def test_bad_ids_name_the_field(value, words):
+    for field in ("sample_id", "sensor_id"):
+        row = {**GOOD, "sample_id": "ok", "Potability": 1, field: value}
+        if field == "sensor_id" and words == "required":
+            assert validate_lab_row(row)["sensor_id"] is None  # a blank sensor is no sensor
+            continue
+        with pytest.raises(FieldError, match=words) as err:
+            validate_lab_row(row)
+        assert err.value.field == field
+
+
+def test_json_bodies_take_the_types_the_document_gives():
+    assert validate_features({**GOOD, "ph": "7.0"})["ph"] == 7.0  # a CSV cell
+    for field, value in (
+        ("ph", "7.0"),
+        ("Potability", "1"),
+        ("Potability", True),
+        ("collected_at", ""),
+    ):
+        with pytest.raises(FieldError) as err:
+            validate_lab_row({**GOOD, "sample_id": "a", "Potability": 1, field: value}, strict=True)
+        assert err.value.field == field
+    row = validate_lab_row({**GOOD, "sample_id": "a", "Potability": 1,
+                            "collected_at": "2026-01-01t23:00:00-20:00"}, strict=True)  # fmt: skip
+    assert row["collected_at"] == "2026-01-02T19:00:00+00:00"  # stored in UTC (Postgres: ±15:59)
 
 
 def test_huge_integer_is_a_field_error_not_a_crash():

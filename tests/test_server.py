@@ -308,3 +308,36 @@ def test_non_finite_json_literals_are_refused(client, tokens, literal):
         headers={**auth(tokens["sensor"]), "Content-Type": "application/json"},
     )
     assert r.status_code == 400 and r.get_json()["error"]["field"] == "ph"
+
+
+@pytest.mark.parametrize(
+    ("field", "raw", "words"),
+    [
+        ("sample_id", '"a\\u0000b"', "NUL"),
+        ("sample_id", '"a\\ud800"', "surrogate"),
+        ("sample_id", json.dumps("x" * 201), "longer than 200"),
+        ("sensor_id", '"plant\\u0000"', "NUL"),
+        ("sensor_id", '"\\udfff"', "surrogate"),
+        ("sensor_id", json.dumps("p" * 201), "longer than 200"),
+    ],
+)
+def test_strings_postgres_cannot_store_are_a_400_naming_the_field(
+    client, mart, tokens, field, raw, words
+):
+    row = {**SAMPLE, "sample_id": "S-1", "Potability": 1}
+    body = json.dumps(row)[:-1] + f', "{field}": {raw}}}'  # the escape sent as is, like a client
+    for data in (body, '{"samples": [' + body + "]}"):
+        r = client.post("/v1/samples", data=data,
+                        headers={**auth(tokens["lab"]), "Content-Type": "application/json"})  # fmt: skip
+        assert r.status_code == 400, r.get_data(as_text=True)
+        assert r.get_json()["error"]["field"] == field and words in r.get_json()["error"]["message"]
+    assert mart.sample_count() == 0
+
+
+def test_wrong_method_is_405_with_allow(client):
+    for method, path, allowed in (("get", "/v1/predict", "OPTIONS, POST"),
+                                  ("delete", "/v1/samples", "OPTIONS, POST"),
+                                  ("post", "/healthz", "GET, HEAD, OPTIONS")):  # fmt: skip
+        r = getattr(client, method)(path)
+        assert r.status_code == 405 and r.headers["Allow"] == allowed
+        assert r.get_json()["error"]["code"] == "method_not_allowed"

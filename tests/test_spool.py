@@ -2,7 +2,10 @@ import os
 import uuid
 from datetime import UTC, datetime
 
-from serve.spool import Spool, decode_lines, encode
+import pytest
+from serve.spool import Spool, SpoolFull, decode_lines, encode
+
+from potability.errors import DatabaseUnavailable
 
 
 def row(i=0):
@@ -45,16 +48,48 @@ def test_failed_replay_keeps_the_file_and_orphans_are_reclaimed(tmp_path):
     spool.append([row()])
 
     def down(rows):
-        raise ConnectionError("db down")
+        raise DatabaseUnavailable("db down")
 
-    try:
+    with pytest.raises(DatabaseUnavailable):
         spool.replay(down)
-    except ConnectionError:
-        pass
-    assert len(spool.files()) == 1
+    assert len(spool.files()) == 1 and not spool.quarantine_dir.exists()
     orphan = spool.files()[0]
     os.rename(
         orphan, orphan.with_name(orphan.name + ".replaying-999999999")
     )  # a dead worker's claim
     assert spool.files() == []
     assert spool.replay(lambda rows: len(rows)) == (1, 0)
+
+
+def test_a_file_that_cannot_be_replayed_is_quarantined_and_the_rest_go_on(mart, tmp_path):
+    spool = Spool(tmp_path)
+    first = [row(i) for i in range(3)]
+    spool.append(first)
+    (tmp_path / "spool-not-a-number.jsonl").write_bytes(encode(row()))  # a name that does not parse
+    (tmp_path / "spool-1-1.jsonl.replaying-x").write_bytes(b"")  # a claim whose pid does not parse
+    refused = row()
+    refused["probability"] = None  # NOT NULL in the table: Postgres refuses the file's rows
+    spool.append([refused])
+    last = [row(i) for i in range(4)]
+    spool.append(last)
+    quarantined = []
+    spool._on_quarantine = lambda path, reason: quarantined.append(reason)
+    written, _ = spool.replay(mart.write_inferences)
+    assert written == 7 and spool.files() == []
+    assert spool.quarantined == 3 and len(quarantined) == 3
+    assert len(list(spool.quarantine_dir.iterdir())) == 3
+    assert set(mart.inferences()["inference_id"]) == {r["inference_id"] for r in first + last}
+
+
+def test_the_disk_cap_refuses_rows_and_replay_goes_in_chunks(tmp_path):
+    rows = [row(i) for i in range(10)]
+    size = len(b"".join(encode(r) for r in rows))
+    spool = Spool(tmp_path, max_bytes=size * 2)
+    spool.append(rows)
+    spool.append(rows)
+    assert spool.room() == 0
+    with pytest.raises(SpoolFull, match="full"):
+        spool.append(rows[:1])
+    chunks = []
+    assert spool.replay(lambda part: chunks.append(len(part)) or len(part), chunk_rows=4) == (20, 0)
+    assert chunks == [4, 4, 2, 4, 4, 2] and spool.room() == size * 2

@@ -132,6 +132,21 @@ class Settings:
         return _env_float("POTABILITY_SPOOL_REPLAY_SECONDS", 2.0)
 
     @cached_property
+    def spool_max_bytes(self) -> int:
+        """The spool's disk cap: past it, with Postgres down, /v1/predict says 503 (nothing unlogged)."""
+        return _env_int("POTABILITY_SPOOL_MAX_BYTES", 1_000_000_000)
+
+    @cached_property
+    def log_queue_max_rows(self) -> int:
+        """Answered rows a worker may hold in memory before it refuses new ones (503)."""
+        return _env_int("POTABILITY_LOG_QUEUE_MAX_ROWS", 50_000)
+
+    @cached_property
+    def token_stale_seconds(self) -> float:
+        """How long a sensor token verified before keeps working while Postgres is down."""
+        return _env_float("POTABILITY_TOKEN_STALE_SECONDS", 600.0)
+
+    @cached_property
     def model_poll_seconds(self) -> float:
         return _env_float("POTABILITY_MODEL_POLL_SECONDS", 5.0)
 

@@ -1,13 +1,17 @@
 """Load the real ``water_potability.csv`` (or any file with its columns) into the mart.
 
 Every row is checked with the same rules as the API. Bad rows are rejected with
-their line number and reason; good rows still go in; re-importing a file adds
-nothing, because a row without ``sample_id`` gets a stable id from its position
-and content.
+their line number and reason; good rows still go in. A row without
+``sample_id`` gets an id from its content (the validated measurements and
+verdict) and how many identical rows came before it in the file, never from its
+position: re-importing the file, a reordered copy or a copy with rows appended
+adds nothing already stored, so no sample can be in the mart twice (and end up
+in both train and test).
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
 from dataclasses import dataclass, field
@@ -36,9 +40,15 @@ class ImportReport:
         return f"inserted {self.inserted}, skipped {self.skipped} (already stored), rejected {len(self.rejected)}"
 
 
-def stable_sample_id(position: int, values: list[str]) -> str:
-    """An id for a row of a file that has none: its position and content, hashed."""
-    digest = hashlib.sha256(f"{position}|{'|'.join(values)}".encode()).hexdigest()
+def stable_sample_id(row: dict, occurrence: int) -> str:
+    """An id for a row of a file that has none: its validated content and its occurrence, hashed.
+
+    ``occurrence`` counts the identical rows before it in the file (0 for the
+    first), so exact duplicates stay distinct samples, stably under reordering.
+    """
+    content = [row.get(n) for n in REQUIRED_COLUMNS]
+    text = "|".join("" if v is None else repr(float(v)) for v in content)
+    digest = hashlib.sha256(f"{text}#{occurrence}".encode()).hexdigest()
     return f"csv-{digest[:20]}"
 
 
@@ -63,6 +73,7 @@ def read_lab_rows(path: Path) -> tuple[dict[int, dict], list[Rejection]]:
             )
         good: dict[int, dict] = {}
         rejected: list[Rejection] = []
+        occurrences: collections.Counter[tuple] = collections.Counter()
         for position, raw in enumerate(reader):
             line = position + 2
             if not any(cell.strip() for cell in raw):
@@ -73,14 +84,19 @@ def read_lab_rows(path: Path) -> tuple[dict[int, dict], list[Rejection]]:
                 )
                 continue
             record = dict(zip(header, raw, strict=True))
-            if not record.get("sample_id"):
-                record["sample_id"] = stable_sample_id(
-                    position, [record[c] for c in REQUIRED_COLUMNS]
-                )
+            needs_id = not (record.get("sample_id") or "").strip()
+            if needs_id:
+                record["sample_id"] = "pending"  # replaced below by an id from the content
             try:
-                good[line] = validate_lab_row(record)
+                row = validate_lab_row(record)
             except FieldError as exc:
                 rejected.append(Rejection(line, f"{exc.field or 'row'}: {exc.message}"))
+                continue
+            if needs_id:
+                key = tuple(row.get(n) for n in REQUIRED_COLUMNS)
+                row["sample_id"] = stable_sample_id(row, occurrences[key])
+                occurrences[key] += 1
+            good[line] = row
         return good, rejected
 
 

@@ -31,12 +31,13 @@ from potability.errors import (
     SchemaError,
     ValidationError,
 )
-from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES, LABEL, LABEL_COLUMN
+from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES, LABEL, LABEL_COLUMN, text_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROLES = ("sensor", "lab", "admin")
+CONNECT_TIMEOUT = 5  # seconds: a host that does not answer is "down", not a hung writer
 SAMPLE_COLUMNS = ("sample_id", "sensor_id", *FEATURE_COLUMNS, LABEL_COLUMN, "collected_at")
 INFERENCE_COLUMNS = (
     "inference_id", "received_at", "sensor_id", "model_version", *FEATURE_COLUMNS,
@@ -84,11 +85,16 @@ class WaterMart:
 
     # -- plumbing ---------------------------------------------------------
     def _run(self, work: Callable[[Any], T]) -> T:
-        """Run ``work(cursor)`` in one transaction, mapping driver errors to mart errors."""
+        """Run ``work(cursor)`` in one transaction, mapping driver errors to mart errors.
+
+        After any driver error the connection is checked; one that is broken is
+        dropped so the next call reconnects (a crashed server reaches psycopg2 as
+        a bare ``DatabaseError`` on a connection that may not say ``closed`` yet).
+        """
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = db.connect(url=self._url)
+                    self._conn = db.connect(url=self._url, connect_timeout=CONNECT_TIMEOUT)
                 with self._conn, self._conn.cursor() as cur:
                     return work(cur)
             except (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSchemaName) as exc:
@@ -96,22 +102,34 @@ class WaterMart:
                     f"{exc.pgerror.strip().splitlines()[0] if exc.pgerror else exc}: "
                     "the database is not migrated; run `potability db migrate`"
                 ) from exc
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                self._drop_connection()
-                raise DatabaseUnavailable(
-                    f"lost the connection to Postgres: {str(exc).strip() or exc!r}"
-                ) from exc
             except DatabaseUnavailable:
                 self._drop_connection()
                 raise
-            except psycopg2.DatabaseError as exc:
-                # a server killed mid-COPY surfaces as a bare DatabaseError; the closed connection tells
-                if self._conn is not None and self._conn.closed:
+            except psycopg2.Error as exc:
+                if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) or (
+                    not self._connection_healthy()
+                ):
                     self._drop_connection()
                     raise DatabaseUnavailable(
                         f"lost the connection to Postgres: {str(exc).strip() or exc!r}"
                     ) from exc
                 raise
+
+    def _connection_healthy(self) -> bool:
+        """True when the connection still answers; a statement error leaves it usable."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return False
+        try:
+            if conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN:
+                return False
+            conn.rollback()
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            conn.rollback()
+            return True
+        except psycopg2.Error:
+            return False
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -212,39 +230,47 @@ class WaterMart:
 
         return self._run(work)
 
-    def samples_added_since(self, watermark: datetime | None) -> tuple[int, datetime | None]:
-        """Count lab rows added after ``watermark``; return the count and the newest ``added_at``."""
+    def samples_added_since(self, watermark: int | None) -> tuple[int, int | None]:
+        """Count lab rows committed after ``watermark`` (a ``commit_seq``); return it and the newest seq.
+
+        ``commit_seq`` follows commit order (migration 003), so a row whose
+        transaction commits late is never behind a watermark already stored.
+        """
 
         def work(cur):
             cur.execute(
-                "SELECT count(*), max(added_at) FROM water.water_potability "
-                "WHERE %s::timestamptz IS NULL OR added_at > %s::timestamptz",
+                "SELECT count(*), max(commit_seq) FROM water.water_potability "
+                "WHERE %s::bigint IS NULL OR commit_seq > %s::bigint",
                 (watermark, watermark),
             )
             return cur.fetchone()
 
         count, newest = self._run(work)
-        return int(count), newest
+        return int(count), (int(newest) if newest is not None else None)
 
     # -- flow state -------------------------------------------------------
-    def watermark(self, name: str) -> datetime | None:
+    def watermark(self, name: str) -> int | None:
+        """The ``commit_seq`` of the newest lab row the named flow has consumed."""
+
         def work(cur):
-            cur.execute("SELECT watermark FROM water.flow_state WHERE name = %s", (name,))
+            cur.execute("SELECT watermark_seq FROM water.flow_state WHERE name = %s", (name,))
             row = cur.fetchone()
             return row[0] if row else None
 
         return self._run(work)
 
     def set_watermark(
-        self, name: str, watermark: datetime | None, data_hash: str | None, lock_hash: str | None
+        self, name: str, watermark: int | None, data_hash: str | None, lock_hash: str | None
     ) -> None:
         self._run(
             lambda cur: cur.execute(
-                """INSERT INTO water.flow_state (name, watermark, data_hash, lock_hash, updated_at)
-                   VALUES (%s, %s, %s, %s, now())
-                   ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark,
-                     data_hash = EXCLUDED.data_hash, lock_hash = EXCLUDED.lock_hash, updated_at = now()""",
-                (name, watermark, data_hash, lock_hash),
+                """INSERT INTO water.flow_state (name, watermark_seq, watermark, data_hash, lock_hash, updated_at)
+                   VALUES (%s, %s, (SELECT max(added_at) FROM water.water_potability WHERE commit_seq <= %s),
+                           %s, %s, now())
+                   ON CONFLICT (name) DO UPDATE SET watermark_seq = EXCLUDED.watermark_seq,
+                     watermark = EXCLUDED.watermark, data_hash = EXCLUDED.data_hash,
+                     lock_hash = EXCLUDED.lock_hash, updated_at = now()""",
+                (name, watermark, watermark, data_hash, lock_hash),
             )
         )
 
@@ -376,8 +402,7 @@ class WaterMart:
             raise ValidationError(
                 f"role must be one of {', '.join(ROLES)}, got {role!r}", field="role"
             )
-        if not name or not name.strip():
-            raise ValidationError("token name must not be empty", field="name")
+        _check_token_name(name)
         token = "pot_" + secrets.token_urlsafe(32)
         self._run(
             lambda cur: cur.execute(
@@ -402,6 +427,7 @@ class WaterMart:
 
     def revoke_tokens(self, name: str) -> int:
         """Revoke every live token of ``name``; return how many."""
+        _check_token_name(name)
 
         def work(cur) -> int:
             cur.execute(
@@ -411,6 +437,15 @@ class WaterMart:
             return cur.rowcount
 
         return self._run(work)
+
+
+def _check_token_name(name: str) -> None:
+    """A token's name is a sensor's id in every answer it logs: same rules as any id."""
+    if not name or not name.strip():
+        raise ValidationError("token name must not be empty", field="name")
+    problem = text_problem(name)
+    if problem:
+        raise ValidationError(f"token name {problem}", field="name")
 
 
 def _content(row: dict[str, Any]) -> tuple:

@@ -8,7 +8,9 @@ bodies use the data set's own names (``Hardness``); SQL uses lower case.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -62,12 +64,16 @@ class FieldError(ValueError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
-def _number(field: str, value: Any, index: int | None) -> float | None:
-    """Turn one JSON/CSV value into a float or None (missing), or raise FieldError."""
+def _number(field: str, value: Any, index: int | None, strict: bool = False) -> float | None:
+    """Turn one JSON/CSV value into a float or None (missing), or raise FieldError.
+
+    ``strict`` (JSON bodies): a number or null, as the OpenAPI document says;
+    otherwise (CSV cells) text that reads as a number, and empty text as missing.
+    """
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise FieldError(field, f"must be a number, got {value!r}", index)
+    if isinstance(value, bool) or (strict and isinstance(value, str)):
+        raise FieldError(field, f"must be a number or null, got {value!r}", index)
     if isinstance(value, str):
         text = value.strip()
         if text == "":
@@ -89,7 +95,10 @@ def _number(field: str, value: Any, index: int | None) -> float | None:
 
 
 def validate_features(
-    obj: dict[str, Any], index: int | None = None, extra_fields: tuple[str, ...] = ()
+    obj: dict[str, Any],
+    index: int | None = None,
+    extra_fields: tuple[str, ...] = (),
+    strict: bool = False,
 ) -> dict[str, float | None]:
     """Check one sample's measurements against the physical bounds.
 
@@ -97,6 +106,7 @@ def validate_features(
         obj: the sample, keyed by the data set's names; null or absent means missing.
         index: position in a batch (or CSV row number) to name in errors.
         extra_fields: other keys the caller accepts (anything else is refused).
+        strict: JSON types only (numbers or null), as the OpenAPI document says.
 
     Returns:
         The nine features by data-set name, each a float or None.
@@ -111,7 +121,7 @@ def validate_features(
         )
     values: dict[str, float | None] = {}
     for feature in FEATURES:
-        number = _number(feature.name, obj.get(feature.name), index)
+        number = _number(feature.name, obj.get(feature.name), index, strict)
         if number is not None and not feature.low <= number <= feature.high:
             raise FieldError(
                 feature.name,
@@ -158,10 +168,15 @@ def fast_feature_matrix(items: list[Any]) -> np.ndarray | None:
     return X
 
 
-def validate_label(value: Any, index: int | None = None) -> int:
-    """Check the lab verdict: 0 (not potable) or 1 (potable), never missing."""
+def validate_label(value: Any, index: int | None = None, strict: bool = False) -> int:
+    """Check the lab verdict: 0 (not potable) or 1 (potable), never missing.
+
+    ``strict`` (JSON bodies): the number 0 or 1, as the OpenAPI document says.
+    """
     if value is None or (isinstance(value, str) and value.strip() == ""):
         raise FieldError(LABEL, "is missing; a lab row needs a verdict 0 or 1", index)
+    if strict and (isinstance(value, (bool, str)) or not isinstance(value, (int, float))):
+        raise FieldError(LABEL, f"must be the number 0 or 1, got {value!r}", index)
     if isinstance(value, bool):
         return int(value)
     try:
@@ -173,6 +188,19 @@ def validate_label(value: Any, index: int | None = None) -> int:
     return int(number)
 
 
+def text_problem(value: str) -> str | None:
+    """What makes ``value`` unfit to be an identifier, or None (NUL, lone surrogates, length)."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (it holds an unpaired surrogate)"
+    if len(value) > MAX_ID_LENGTH:
+        return f"is longer than {MAX_ID_LENGTH} characters"
+    return None
+
+
 def validate_text(
     field: str, value: Any, index: int | None = None, required: bool = False
 ) -> str | None:
@@ -181,49 +209,71 @@ def validate_text(
         if required:
             raise FieldError(field, "is required", index)
         return None
-    if not isinstance(value, (str, int)) or isinstance(value, bool):
+    if not isinstance(value, str):
         raise FieldError(field, f"must be a string, got {type(value).__name__}", index)
-    text = str(value).strip()
-    if len(text) > MAX_ID_LENGTH:
-        raise FieldError(field, f"is longer than {MAX_ID_LENGTH} characters", index)
-    return text
+    problem = text_problem(value)  # before stripping: the length the OpenAPI document counts
+    if problem:
+        raise FieldError(field, problem, index)
+    return value.strip()
 
 
-def validate_lab_row(obj: dict[str, Any], index: int | None = None) -> dict[str, Any]:
-    """Check one labelled lab row (JSON body or CSV row) and return it normalised."""
-    values = validate_features(obj, index, extra_fields=(LABEL, *SAMPLE_FIELDS))
+def validate_lab_row(
+    obj: dict[str, Any], index: int | None = None, strict: bool = False
+) -> dict[str, Any]:
+    """Check one labelled lab row (JSON body with ``strict``, or CSV row) and return it normalised."""
+    values = validate_features(obj, index, extra_fields=(LABEL, *SAMPLE_FIELDS), strict=strict)
     row: dict[str, Any] = {
         "sample_id": validate_text("sample_id", obj.get("sample_id"), index, required=True),
         "sensor_id": validate_text("sensor_id", obj.get("sensor_id"), index),
-        "collected_at": _timestamp(obj.get("collected_at"), index),
+        "collected_at": _timestamp(obj.get("collected_at"), index, strict),
         **values,
-        LABEL: validate_label(obj.get(LABEL), index),
+        LABEL: validate_label(obj.get(LABEL), index, strict),
     }
     return row
 
 
-def _timestamp(value: Any, index: int | None) -> str | None:
-    from datetime import datetime
+# RFC 3339 date-time, as OpenAPI's ``format: date-time`` means it
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII
+)
 
-    if value is None or value == "":
+
+def _timestamp(value: Any, index: int | None, strict: bool = False) -> str | None:
+    """An ISO 8601 timestamp (RFC 3339 with ``strict``), normalised to UTC when it has an offset."""
+    if value is None or (value == "" and not strict):
         return None
     if not isinstance(value, str):
         raise FieldError("collected_at", "must be an ISO 8601 timestamp string", index)
+    if strict and not _RFC3339.match(value):
+        raise FieldError("collected_at", f"is not an RFC 3339 date-time: {value[:40]!r}", index)
     try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        if parsed.tzinfo is not None:  # Postgres takes offsets up to 15:59 only: store UTC
+            parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise FieldError(
-            "collected_at", f"is not an ISO 8601 timestamp: {value!r}", index
+            "collected_at", f"is not an ISO 8601 timestamp: {value[:40]!r}", index
         ) from None
-    return value
+    return parsed.isoformat()
+
+
+# What validate_text accepts, as a JSON Schema pattern: no NUL; an id also needs a visible character.
+TEXT_PATTERN = "^[^\\u0000]*$"
+ID_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
 
 
 def json_schema_sample() -> dict[str, Any]:
-    """The JSON Schema of one sensor sample, generated from FEATURES (for OpenAPI)."""
+    """The JSON Schema of one sensor sample, generated from FEATURES (for OpenAPI).
+
+    Null or absent means missing, but not every measurement at once: ``anyOf``
+    says at least one is a number, as ``validate_features`` does.
+    """
     return {
         "type": "object",
         "additionalProperties": False,
-        "minProperties": 1,
+        "anyOf": [
+            {"required": [f.name], "properties": {f.name: {"type": "number"}}} for f in FEATURES
+        ],
         "properties": {
             f.name: {
                 "type": ["number", "null"],

@@ -1,0 +1,41 @@
+"""The inference log's promises without a server: a bounded queue, no answer the spool has no room for."""
+
+import pytest
+from serve.inference_log import SPOOL_ROW_BYTES, InferenceLog, LogUnavailable
+from serve.spool import Spool
+
+from potability.errors import DatabaseUnavailable
+from potability.mart import INFERENCE_COLUMNS
+from tests.test_spool import row
+
+
+class DownMart:
+    """A mart whose Postgres is down."""
+
+    def write_inferences(self, rows, fresh=False):
+        raise DatabaseUnavailable("lost the connection to Postgres: test")
+
+
+def rows(n):
+    return [tuple(row(i)[c] for c in INFERENCE_COLUMNS) for i in range(n)]
+
+
+def test_the_queue_is_bounded(tmp_path):
+    log = InferenceLog(DownMart(), Spool(tmp_path), 1.0, 100, 1.0, max_queue_rows=10)
+    log.submit(rows(10))
+    with pytest.raises(LogUnavailable, match="full"):
+        log.submit(rows(1))
+    assert log.queued == 10 and not log.accepting
+
+
+def test_with_postgres_down_only_what_the_spool_has_room_for_is_answered(tmp_path):
+    spool = Spool(tmp_path, max_bytes=SPOOL_ROW_BYTES * 30)
+    log = InferenceLog(DownMart(), spool, 1.0, 100, 60.0, max_queue_rows=1000)
+    log.submit(rows(20))
+    log.flush()  # Postgres refuses: the rows go to the spool, and the log knows it is down
+    assert not log.db_ok and log.spooled == 20 and log.queued == 0
+    with pytest.raises(LogUnavailable, match="spool is full"):
+        log.submit(rows(20))
+    log.submit(rows(5))  # there is room for these
+    log.flush()
+    assert log.spooled == 25 and spool.size() <= spool.max_bytes
