@@ -99,10 +99,13 @@ def project_env(root: Path, pg_url: str) -> dict[str, str]:
     """The environment a user would have in ``root``: venv on PATH, our database.
 
     Each project copy has a registered model of its own, so one test module's
-    deployments never become another's champion.
+    deployments never become another's champion. ``MLFLOW_TRACKING_URI`` is not
+    inherited: ``mlflow.set_tracking_uri()`` in this process exports it, and a
+    copy with its own Postgres must track into that Postgres, as a user's would.
     """
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return {
-        **os.environ,
+        **inherited,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "DATABASE_URL": pg_url,
         "POTABILITY_ROOT": str(root),

@@ -1,3 +1,5 @@
+import contextlib
+
 import psycopg2
 import pytest
 
@@ -17,21 +19,29 @@ def test_migrate_twice_is_idempotent(pg_url):
     assert {"water_potability", "water_inferences", "api_tokens", "deployments"} <= tables
 
 
-def test_fresh_database_migrates_from_nothing(pg_url):
+@contextlib.contextmanager
+def scratch_database(pg_url: str, name: str):
+    """A new, empty database on the session's server, dropped afterwards; yields its URL."""
     admin = psycopg2.connect(pg_url)
     admin.autocommit = True
     with admin.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS migrate_probe")
-        cur.execute("CREATE DATABASE migrate_probe")
-    probe = pg_url.replace("/postgres?", "/migrate_probe?")
-    with pytest.raises(SchemaError, match="potability db migrate"):
-        WaterMart(url=probe).sample_count()
-    assert db.migrate(url=probe) == [f"{v:03d}_{name}" for v, name, _ in db.migration_files()]
-    assert db.migrate(url=probe) == []
-    assert WaterMart(url=probe).sample_count() == 0
-    with admin.cursor() as cur:
-        cur.execute("DROP DATABASE migrate_probe WITH (FORCE)")
-    admin.close()
+        cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield pg_url.replace("/postgres?", f"/{name}?")
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.close()
+
+
+def test_fresh_database_migrates_from_nothing(pg_url):
+    with scratch_database(pg_url, "migrate_probe") as probe:
+        with pytest.raises(SchemaError, match="potability db migrate"):
+            WaterMart(url=probe).sample_count()
+        assert db.migrate(url=probe) == [f"{v:03d}_{name}" for v, name, _ in db.migration_files()]
+        assert db.migrate(url=probe) == []
+        assert WaterMart(url=probe).sample_count() == 0
 
 
 def test_unreachable_database_is_a_clear_error(tmp_path):
@@ -48,3 +58,30 @@ def test_mlflow_uri_names_the_driver_and_its_database(pg_url):
     uri = db.mlflow_tracking_uri()
     assert uri.startswith("postgresql+psycopg2://")
     assert "/mlflow?" in uri
+
+
+def test_a_filled_version_2_database_keeps_rows_and_the_flows_place(pg_url):
+    """Migration 003 numbers existing lab rows in the order they came and moves the watermark over."""
+    with scratch_database(pg_url, "migrate_v2") as probe:
+        with psycopg2.connect(probe) as conn, conn.cursor() as cur:
+            cur.execute("CREATE SCHEMA water")
+            cur.execute("CREATE TABLE water.schema_migrations (version integer PRIMARY KEY, "
+                        "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+            for version, name, sql in db.migration_files():
+                if version <= 2:
+                    cur.execute(sql)
+                    cur.execute(
+                        "INSERT INTO water.schema_migrations VALUES (%s, %s)", (version, name)
+                    )
+            for i, day in enumerate((3, 1, 2)):  # inserted out of time order
+                cur.execute("INSERT INTO water.water_potability (sample_id, ph, potability, added_at, added_by) "
+                            "VALUES (%s, 7.0, %s, %s, 'v2')", (f"old-{i}", i % 2, f"2026-01-0{day}T00:00Z"))  # fmt: skip
+            cur.execute(
+                "INSERT INTO water.flow_state (name, watermark) VALUES ('retrain', '2026-01-02T00:00Z')"
+            )
+        newer = [f"{v:03d}_{name}" for v, name, _ in db.migration_files() if v > 2]
+        assert db.migrate(url=probe) == newer
+        mart = WaterMart(url=probe)
+        assert mart.sample_count() == 3
+        # the flow had seen the rows of days 1 and 2: only day 3's row is new to it
+        assert mart.samples_added_since(mart.watermark("retrain"))[0] == 1

@@ -25,13 +25,9 @@ def test_the_cached_champion_serves_through_an_outage_and_a_restart(tmp_path):
     url = db.embedded_server_url(pgdata)
     server = None
     try:
-        # the registry lives in this Postgres: not in the one an earlier test's
-        # mlflow.set_tracking_uri() left in os.environ (MLflow exports it for subprocesses)
-        own_registry = {"MLFLOW_TRACKING_URI": ""}
         env = {
             **project_env(tmp_path, url),
             "POTABILITY_MLFLOW_ARTIFACTS": str(tmp_path / "artifacts"),
-            **own_registry,
         }
         run(["potability", "db", "migrate"], REPO, env)
         version = run(["potability", "deploy", "--from", str(build_model_dir(tmp_path / "promoted"))],
@@ -41,7 +37,6 @@ def test_the_cached_champion_serves_through_an_outage_and_a_restart(tmp_path):
         cache = {
             "POTABILITY_MODEL_CACHE": str(tmp_path / "cache"),
             "POTABILITY_MODEL_POLL_SECONDS": "0.5",
-            **own_registry,
         }
         # one worker: the token it verified before the outage is the one it answers with during it
         # (a worker that never saw a token must say 503 then, which is not what this test is about)

@@ -32,3 +32,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS water_potability_commit_seq ON water.water_pot
 
 -- the flow's watermark is now a commit_seq (the timestamp column stays for old readers)
 ALTER TABLE water.flow_state ADD COLUMN IF NOT EXISTS watermark_seq bigint;
+-- a flow that ran before this migration keeps its place: its timestamp watermark becomes the
+-- newest commit_seq at or before it, so the next run does not retrain on rows it already saw
+UPDATE water.flow_state f
+SET watermark_seq = (SELECT max(p.commit_seq) FROM water.water_potability p WHERE p.added_at <= f.watermark)
+WHERE f.watermark_seq IS NULL AND f.watermark IS NOT NULL;
