@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -344,8 +345,11 @@ def main() -> int:
         finally:
             stop(proc)
     finally:
+        shutil.rmtree(work, ignore_errors=True)
         if args.database_url is None and not args.keep:
             drop_database(server_url, SCRATCH_DB)
+        else:
+            WaterMart(url=url).revoke_tokens("scale-bench-sensor")
     print_table(result)
     print(f"wrote {write_result('scale', result)}")
     return 0
