@@ -62,6 +62,7 @@ format: install
 bench: install
 	python bench/serve.py
 	python bench/train.py
+	python bench/scale.py
 
 stop-db: install
 	potability db stop

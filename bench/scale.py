@@ -1,0 +1,382 @@
+"""Scale benchmark: the quality page, its stats and the sensors' predict with millions of logged answers.
+
+Issue 13: a utility logs ~2 M answers a week; with 2 M rows the page took
+seconds and sensors waited behind page loads on the same sync workers. This
+script measures that, so later changes (rollups, partitions, a separate
+capacity for page traffic) have a baseline to beat.
+
+Steps, all against a scratch database (``scale_bench`` on the workspace's
+Postgres, dropped and recreated; or ``--database-url``), with the registry
+kept at the workspace's MLflow database and the deployed champion served:
+
+1. migrate the scratch database, create a sensor token;
+2. start ``potability serve``; predict throughput with wrk (1 row, 8
+   connections) on an empty inference table; stop it;
+3. fill ``water.water_inferences`` with N rows (``generate_series``: 7 days,
+   20 sensors, features drawn around the real data set's means and spreads)
+   and ``water.water_potability`` with lab rows matched in sensor and time;
+   VACUUM ANALYZE; table and index size;
+4. start the server again: the first request to ``/`` and each
+   ``/v1/stats/{name}`` after start, then the median of warm repeats (there
+   is no cache yet, so "after expiry" is the first request);
+5. sensors: wrk on ``/v1/predict`` alone, then again while ``--page-clients``
+   threads load ``/`` in a loop.
+
+Prints a table and writes ``bench/results/scale.json``.
+
+Usage: python bench/scale.py [--rows 10000000]   (after `make run`, or `dvc repro` + `potability deploy`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import free_port, machine, wait_http, write_result, wrk  # noqa: E402
+from potability import db, tracking  # noqa: E402
+from potability.config import get_settings  # noqa: E402
+from potability.mart import WaterMart  # noqa: E402
+from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES  # noqa: E402
+from potability.synth import POTABLE_SHARE, REAL_STATS  # noqa: E402
+
+SCRATCH_DB = "scale_bench"
+ROW = {"ph": 7.08, "Hardness": 196.4, "Solids": 22006.0, "Chloramines": 7.12, "Sulfate": 333.8,
+       "Conductivity": 426.2, "Organic_carbon": 14.3, "Trihalomethanes": 66.4, "Turbidity": 3.97}  # fmt: skip
+PANELS = ("model", "live", "agreement", "drift")
+MB = 1024 * 1024
+
+
+def _normal(i: int) -> str:
+    """SQL for one draw around bound parameters mean_i / std_i, clipped to low_i / high_i (Box-Muller)."""
+    return (f"least(greatest(%(mean_{i})s + %(std_{i})s * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()), "
+            f"%(low_{i})s), %(high_{i})s)")  # fmt: skip
+
+
+def _feature_params() -> dict:
+    params = {}
+    for i, name in enumerate(FEATURE_NAMES):
+        s = REAL_STATS[name]
+        params.update({f"mean_{i}": s.mean, f"std_{i}": (s.std_not_potable + s.std_potable) / 2,
+                       f"low_{i}": s.low, f"high_{i}": s.high})  # fmt: skip
+    return params
+
+
+_FEATURES_SQL = ", ".join(_normal(i) for i in range(len(FEATURE_COLUMNS)))
+_COLUMNS_SQL = ", ".join(FEATURE_COLUMNS)
+# Answers evenly spread over the window, in time order (as a live table fills), sensors round-robin.
+INFERENCES_SQL = (
+    f"INSERT INTO water.water_inferences (inference_id, received_at, sensor_id, model_version, {_COLUMNS_SQL}, "  # noqa: S608
+    "probability, potable, threshold) "
+    "SELECT gen_random_uuid(), %(start)s + (g * %(step)s) * interval '1 second', "
+    "'scale-sensor-' || lpad((g %% %(sensors)s)::text, 2, '0'), %(model_version)s, "
+    f"{_FEATURES_SQL}, p, p >= %(threshold)s, %(threshold)s "
+    "FROM (SELECT g, random() AS p FROM generate_series(%(first)s, %(last)s) AS g) AS s"
+)
+# Lab samples at random times in the window from the same sensors, so the agreement panel finds matches.
+LAB_SQL = (
+    f"INSERT INTO water.water_potability (sample_id, sensor_id, {_COLUMNS_SQL}, potability, collected_at, added_by) "  # noqa: S608
+    "SELECT 'scale-' || g, 'scale-sensor-' || lpad((g %% %(sensors)s)::text, 2, '0'), "
+    f"{_FEATURES_SQL}, (random() < %(potable_share)s)::int, "
+    "%(start)s + (random() * %(span)s) * interval '1 second', 'bench:scale' "
+    "FROM generate_series(1, %(lab_rows)s) AS g"
+)
+
+
+def scratch_database(server_url: str, name: str) -> str:
+    """Drop and create database ``name`` on the server of ``server_url``; return its URL."""
+    conn = db.connect(url=server_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+def drop_database(server_url: str, name: str) -> None:
+    conn = db.connect(url=server_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+def fill(url: str, args: argparse.Namespace, model_version: str) -> dict:
+    """Insert ``args.rows`` answers and ``args.lab_rows`` lab samples; return timings and sizes."""
+    end = datetime.now(UTC)
+    span = args.days * 86400.0
+    params = {**_feature_params(), "start": end - timedelta(days=args.days), "span": span,
+              "step": span / max(args.rows, 1), "sensors": args.sensors, "model_version": model_version,
+              "threshold": args.threshold, "potable_share": POTABLE_SHARE, "lab_rows": args.lab_rows}  # fmt: skip
+    conn = db.connect(url=url)
+    conn.autocommit = True
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        cur.execute("TRUNCATE water.water_inferences")  # the empty-table wrk run's rows
+        for first in range(0, args.rows, args.chunk):
+            last = min(first + args.chunk, args.rows) - 1
+            cur.execute(INFERENCES_SQL, {**params, "first": first, "last": last})
+            print(
+                f"  filled {last + 1:,} / {args.rows:,} answers ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+        inferences_s = time.perf_counter() - started
+        cur.execute(LAB_SQL, params)
+        lab_s = time.perf_counter() - started - inferences_s
+        cur.execute("VACUUM ANALYZE water.water_inferences")
+        cur.execute("VACUUM ANALYZE water.water_potability")
+        cur.execute("SELECT pg_table_size('water.water_inferences'), pg_indexes_size('water.water_inferences'), "
+                    "count(*) FROM water.water_inferences")  # fmt: skip
+        table, indexes, count = cur.fetchone()
+    conn.close()
+    millions = count / 1e6 if count else float("nan")
+    return {"rows": count, "lab_rows": args.lab_rows, "fill_s": round(inferences_s, 1),
+            "lab_fill_s": round(lab_s, 1), "rows_per_s": round(count / inferences_s) if inferences_s else None,
+            "table_mb": round(table / MB, 1), "indexes_mb": round(indexes / MB, 1),
+            "table_mb_per_million": round(table / MB / millions, 1),
+            "indexes_mb_per_million": round(indexes / MB / millions, 1)}  # fmt: skip
+
+
+def timed_get(url: str, timeout: float) -> tuple[float, int]:
+    started = time.perf_counter()
+    status = requests.get(url, timeout=timeout).status_code
+    return round((time.perf_counter() - started) * 1000, 1), status
+
+
+def read_latency(base: str, repeats: int, timeout: float) -> dict:
+    """First request to each path after server start, then the median of ``repeats`` warm ones."""
+    paths = [f"/v1/stats/{name}" for name in PANELS] + ["/"]
+    out = {}
+    for path in paths:
+        first_ms, status = timed_get(base + path, timeout)
+        out[path] = {"first_ms": first_ms, "status": status}
+    for path in paths:
+        warm = [timed_get(base + path, timeout)[0] for _ in range(repeats)]
+        out[path].update({"warm_ms": round(statistics.median(warm), 1), "warm_max_ms": max(warm)})
+        print(
+            f"  {path:<22} first {out[path]['first_ms']:>8} ms  warm {out[path]['warm_ms']:>8} ms",
+            flush=True,
+        )
+    return out
+
+
+def with_page_load(base: str, token: str, args: argparse.Namespace) -> tuple[dict, dict]:
+    """wrk on /v1/predict while ``args.page_clients`` threads load / in a loop; both sides' figures."""
+    stop_event = threading.Event()
+    loads: list[float] = []
+    failures: list[str] = []
+
+    def client() -> None:
+        while not stop_event.is_set():
+            try:
+                ms, status = timed_get(base + "/", args.timeout)
+                (loads.append(ms) if status == 200 else failures.append(str(status)))
+            except requests.RequestException as exc:
+                failures.append(type(exc).__name__)
+
+    probe: list[float] = []
+    probe_failures: list[str] = []
+    wrk_done = threading.Event()
+
+    def sensor_probe() -> None:
+        # wrk forgets requests still unanswered when its run ends; one sensor timing each answer does not
+        while not wrk_done.is_set():
+            started = time.perf_counter()
+            try:
+                status = requests.post(f"{base}/v1/predict", json=ROW, timeout=args.timeout,
+                                       headers={"Authorization": f"Bearer {token}"}).status_code  # fmt: skip
+                (
+                    probe.append((time.perf_counter() - started) * 1000)
+                    if status == 200
+                    else probe_failures.append(str(status))
+                )
+            except requests.RequestException as exc:
+                probe_failures.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(args.page_clients)]
+    prober = threading.Thread(target=sensor_probe, daemon=True)
+    for t in (*threads, prober):
+        t.start()
+    try:
+        sensors = wrk(f"{base}/v1/predict", json.dumps(ROW), args.connections, args.seconds, token)
+    finally:
+        wrk_done.set()
+        stop_event.set()
+        for t in (prober, *threads):
+            t.join(timeout=args.timeout + 5)
+    sensors["probe"] = {"answers": len(probe), "failures": len(probe_failures), "failure_kinds": sorted(set(probe_failures)),
+                        "p50_ms": round(statistics.median(probe), 1) if probe else None,
+                        "max_ms": round(max(probe), 1) if probe else None}  # fmt: skip
+    pages = {"clients": args.page_clients, "loads": len(loads), "failures": len(failures),
+             "failure_kinds": sorted(set(failures)),
+             "p50_ms": round(statistics.median(loads), 1) if loads else None,
+             "max_ms": max(loads) if loads else None}  # fmt: skip
+    return sensors, pages
+
+
+def start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        command, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def serve(env: dict, args: argparse.Namespace, log: Path):
+    port = free_port()
+    proc = start([sys.executable, "-m", "potability.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                  "--workers", str(args.workers)], env, log)  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz")
+    except TimeoutError:
+        stop(proc)
+        raise SystemExit(f"server did not come up; see {log}:\n{log.read_text()[-2000:]}") from None
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rows", type=int, default=10_000_000, help="answers in water.water_inferences"
+    )
+    parser.add_argument(
+        "--lab-rows", type=int, default=20_000, help="lab samples matched to sensors"
+    )
+    parser.add_argument(
+        "--days", type=float, default=7.0, help="the window the answers span, ending now"
+    )
+    parser.add_argument("--sensors", type=int, default=20)
+    parser.add_argument(
+        "--threshold", type=float, default=0.5, help="the answers' decision threshold"
+    )
+    parser.add_argument("--chunk", type=int, default=1_000_000, help="rows per INSERT statement")
+    parser.add_argument("--database-url", default=None,
+                        help=f"fill this database instead (kept); default: a scratch `{SCRATCH_DB}` "
+                             "on the workspace's Postgres, recreated and dropped")  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database afterwards")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections on /v1/predict")
+    parser.add_argument("--seconds", type=int, default=20, help="wrk duration per sensor run")
+    parser.add_argument(
+        "--page-clients", type=int, default=4, help="threads loading / during a sensor run"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="warm requests per page or stats path"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="HTTP timeout for page and stats, s"
+    )
+    args = parser.parse_args()
+
+    settings = get_settings()
+    tracking.configure(settings)
+    champion = tracking.version_for_alias(settings.registered_model, settings.champion_alias)
+    if champion is None:
+        raise SystemExit("nothing deployed: run `dvc repro` and `potability deploy` first")
+    model_version = champion.model_version or f"registry-{champion.version}"
+    server_url = db.database_url(settings)
+    registry = db.mlflow_tracking_uri(
+        settings
+    )  # the workspace's, before DATABASE_URL points elsewhere
+    url = args.database_url or scratch_database(server_url, SCRATCH_DB)
+    db.migrate(url=url)
+    mart = WaterMart(url=url)
+    token = mart.create_token("scale-bench-sensor", "sensor")
+    mart.close()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DATABASE_URL": url,
+           "MLFLOW_TRACKING_URI": registry, "POTABILITY_ROOT": str(settings.root)}  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="potability-scale-"))
+    body = json.dumps(ROW)
+    result: dict = {"machine": machine(), "model": {"version": champion.model_version, "kind": champion.tags.get("kind")},
+                    "args": {k: v for k, v in vars(args).items() if k != "database_url"}}  # fmt: skip
+    try:
+        print("predict on an empty inference table", flush=True)
+        proc, base = serve(env, args, work / "serve-empty.log")
+        try:
+            result["predict_empty"] = wrk(
+                f"{base}/v1/predict", body, args.connections, args.seconds, token
+            )
+        finally:
+            stop(proc)
+        print(f"  {result['predict_empty']}", flush=True)
+        print(f"filling {args.rows:,} answers and {args.lab_rows:,} lab rows", flush=True)
+        result["fill"] = fill(url, args, model_version)
+        print(f"  {result['fill']}", flush=True)
+        print("page and stats latency (first request after server start, then warm)", flush=True)
+        proc, base = serve(env, args, work / "serve-full.log")
+        try:
+            result["reads"] = read_latency(base, args.repeats, args.timeout)
+            result["predict_full"] = wrk(
+                f"{base}/v1/predict", body, args.connections, args.seconds, token
+            )
+            print(f"  sensors alone: {result['predict_full']}", flush=True)
+            sensors, pages = with_page_load(base, token, args)
+            result["predict_with_page_load"] = sensors
+            result["page_load"] = pages
+            print(
+                f"  sensors with {args.page_clients} page clients: {sensors}; pages: {pages}",
+                flush=True,
+            )
+        finally:
+            stop(proc)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if args.database_url is None and not args.keep:
+            drop_database(server_url, SCRATCH_DB)
+        else:
+            WaterMart(url=url).revoke_tokens("scale-bench-sensor")
+    print_table(result)
+    print(f"wrote {write_result('scale', result)}")
+    return 0
+
+
+def print_table(r: dict) -> None:
+    f, reads = r["fill"], r["reads"]
+    rows = [("answers / lab rows", f"{f['rows']:,} / {f['lab_rows']:,}"),
+            ("fill time (answers)", f"{f['fill_s']} s ({f['rows_per_s']:,} rows/s)"),
+            *[(f"GET {p} first / warm", f"{v['first_ms']:,} / {v['warm_ms']:,} ms") for p, v in reads.items()],
+            ("predict req/s, empty table", f"{r['predict_empty']['rps']:,}"),
+            ("predict req/s, full table", f"{r['predict_full']['rps']:,}"),
+            ("sensor p50 / p99, no page load", f"{r['predict_full']['p50_ms']} / {r['predict_full']['p99_ms']} ms"),
+            (f"sensor p50 / p99, {r['page_load']['clients']} page clients",
+             f"{r['predict_with_page_load']['p50_ms']} / {r['predict_with_page_load']['p99_ms']} ms"),
+            ("failed sensor requests (alone / with pages)",
+             f"{r['predict_full']['errors']} / {r['predict_with_page_load']['errors']}"),
+            ("predict req/s with page load (wrk)", f"{r['predict_with_page_load']['rps']:,}"),
+            ("probe sensor with page load: answers, failures, p50 / max",
+             "{answers}, {failures}, {p50_ms} / {max_ms} ms".format(**r["predict_with_page_load"]["probe"])),
+            ("page failures during that run", f"{r['page_load']['failures']} {r['page_load']['failure_kinds']}"),
+            ("page loads during that run (p50)", f"{r['page_load']['loads']} ({r['page_load']['p50_ms']} ms)"),
+            ("MB per million rows: table / indexes", f"{f['table_mb_per_million']} / {f['indexes_mb_per_million']}")]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
