@@ -33,9 +33,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,7 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port, machine, wait_http, write_result, wrk  # noqa: E402
+from common import free_port, machine, start, stop, wait_http, write_result, wrk  # noqa: E402
 from potability import db, tracking  # noqa: E402
 from potability.config import get_settings  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
@@ -227,21 +225,6 @@ def with_page_load(base: str, token: str, args: argparse.Namespace) -> tuple[dic
              "p50_ms": round(statistics.median(loads), 1) if loads else None,
              "max_ms": max(loads) if loads else None}  # fmt: skip
     return sensors, pages
-
-
-def start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        command, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def serve(env: dict, args: argparse.Namespace, log: Path):

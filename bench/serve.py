@@ -16,14 +16,12 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port, machine, wait_http, write_result, wrk  # noqa: E402
+from common import free_port, machine, start, stop, wait_http, write_result, wrk  # noqa: E402
 from potability import artifacts, tracking  # noqa: E402
 from potability.config import get_settings  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
@@ -58,21 +56,6 @@ def save_mlflow_model(kind_dir: Path, out: Path) -> None:
         skops_trusted_types=sio.get_untrusted_types(data=sio.dumps(model)),
         input_example=pd.DataFrame([ROW], columns=list(FEATURE_NAMES)),
     )  # fmt: skip
-
-
-def start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        command, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def main() -> int:
