@@ -116,6 +116,11 @@ class Settings:
         return _env_int("POTABILITY_MAX_BODY_BYTES", 1_000_000)
 
     @cached_property
+    def reading_max_skew_seconds(self) -> float:
+        """How far a sensor's ``read_at`` may lie after the server's clock before it is refused (400)."""
+        return _env_float("POTABILITY_READING_MAX_SKEW_SECONDS", 300.0)
+
+    @cached_property
     def token_cache_seconds(self) -> float:
         return _env_float("POTABILITY_TOKEN_CACHE_SECONDS", 5.0)
 
