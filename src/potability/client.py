@@ -82,17 +82,13 @@ class Refused(ClientError):
     ``field`` and ``reading`` name what it refused, when it was one value of one reading.
     """
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        index: int | None = None,
-    ):
-        super().__init__(f"{status} {code}: {field + ': ' if field else ''}{message}")
-        self.status, self.code, self.field, self.index = status, code, field, index
+    def __init__(self, status: int, error: Mapping[str, Any]):
+        """``error`` is the body's ``{"code", "message", "field", "index"}`` (serve/errors.py)."""
+        self.status, self.code = status, error.get("code", "error")
+        self.field, self.index = error.get("field"), error.get("index")
         self.reading: Reading | None = None
+        where = f"{self.field}: " if self.field else ""
+        super().__init__(f"{status} {self.code}: {where}{error.get('message', '')}")
 
 
 class Unavailable(ClientError):
@@ -346,12 +342,4 @@ def _error(response: requests.Response) -> dict[str, Any]:
 
 
 def _refused(response: requests.Response) -> Refused:
-    error = _error(response)
-    message = error.get("message") or response.text[:200]
-    return Refused(
-        response.status_code,
-        error.get("code", "error"),
-        message,
-        error.get("field"),
-        error.get("index"),
-    )
+    return Refused(response.status_code, _error(response) or {"message": response.text[:200]})
