@@ -212,3 +212,32 @@ def test_the_cli_names_each_bad_row_and_field_and_sends_nothing(server, mart, tm
     assert "line 2: ph:" in result.stderr and "line 4: Hardness:" in result.stderr
     assert "line 5: row: has 2 fields" in result.stderr and "nothing sent" in result.stderr
     assert stored(mart.url, "cli-bad") == []
+
+
+def test_the_cli_outbox_keeps_a_file_for_the_next_run_when_the_server_is_away(
+    server, mart, tmp_path, cli_env
+):
+    token_file = tmp_path / "token"
+    token_file.write_text(mart.create_token("cli-outbox", "sensor"))
+    data = tmp_path / "readings.csv"
+    data.write_text(HEADER_HINT + "7,200,20000,7,300,400,14,60,4,1\n" * 4)
+    args = ["--token-file", str(token_file), "--outbox", str(tmp_path / "outbox"), "--out"]
+    nobody = f"http://127.0.0.1:{free_port()}"
+    away = potability_predict(
+        str(data),
+        "--url",
+        nobody,
+        *args,
+        str(tmp_path / "a1.csv"),
+        env={**cli_env, "POTABILITY_CLIENT_RETRIES": "0"},
+        check=False,
+    )
+    assert away.returncode == 1 and "4 waiting in the outbox" in away.stderr
+    assert list(csv.DictReader((tmp_path / "a1.csv").open())) == []
+    back = potability_predict(
+        str(data), "--url", server.base, *args, str(tmp_path / "a2.csv"), env=cli_env
+    )
+    assert "4 answer(s) for 4 row(s)" in back.stderr
+    answers = list(csv.DictReader((tmp_path / "a2.csv").open()))
+    assert [int(a["line"]) for a in answers] == [2, 3, 4, 5]
+    assert len(wait_stored(mart.url, "cli-outbox", 4)) == 4
