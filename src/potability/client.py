@@ -4,10 +4,11 @@ A reading gets its own id and time once, when it is made (``client.reading``),
 so however often it is sent the server logs it once and answers with the same
 ``inference_id`` (serve/readings.py). That makes every retry safe: ``predict``
 sends readings in batches of the server's maximum and tries again, with
-exponential back-off and jitter, on a 503 or a lost connection or timeout —
-never on a 4xx, where sending the same thing again cannot help. With an
-``outbox`` directory, ``enqueue`` keeps readings on disk until ``flush`` has
-them answered, so a sensor offline for an hour sends them when it is back.
+exponential back-off and jitter, on a 503 (502/504 from a proxy) or a lost
+connection or timeout — never on a 4xx, where sending the same thing again
+cannot help. With an ``outbox`` directory, ``enqueue`` keeps readings on disk
+until ``flush`` has them answered, so a sensor offline for an hour sends them
+when it is back.
 
 Example::
 
@@ -36,8 +37,9 @@ from potability.schema import validate_features, validate_reading
 
 log = logging.getLogger(__name__)
 
-# what a try can end in that another try may fix: the server restarting, a proxy, a cut line
-RETRY_STATUSES = frozenset({503})
+# what a try can end in that another try may fix: the server restarting (503, or 502/504 from a
+# proxy in front of it while it is away), a cut line, a timeout
+RETRY_STATUSES = frozenset({502, 503, 504})
 RETRY_EXCEPTIONS = (
     requests.ConnectionError,
     requests.Timeout,
@@ -77,7 +79,7 @@ class ClientError(Exception):
 
 
 class Refused(ClientError):
-    """A 4xx: the server will not take this request as it is (never retried).
+    """The server will not take this request as it is: a 4xx, or a server error (never retried).
 
     ``field`` and ``reading`` name what it refused, when it was one value of one reading.
     """
