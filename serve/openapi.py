@@ -147,7 +147,7 @@ def document(max_batch: int) -> dict[str, Any]:
                     "down and the spool full); nothing is answered without a record. A sample with "
                     "reading_id and read_at is idempotent: sent again, it is logged once and "
                     "answered with the same inference_id; 400 on read_at when it lies too far "
-                    "after the server's clock, on reading_id when a batch repeats it.",
+                    "after the server's clock.",
                     "security": bearer,
                     "requestBody": _one_or_batch("Sample", "Batch"),
                     "responses": {

@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from potability.schema import READING_FIELDS, FieldError, validate_reading
+from potability.schema import READING_FIELDS, validate_reading
 
 # Never change it: the inference ids already stored for readings were derived from it.
 NAMESPACE = uuid.UUID("d604b975-df82-4282-9f5d-e98e17be2d97")
@@ -40,20 +40,13 @@ def split_readings(
         return items, None
     samples: list[Any] = []
     keys: list[tuple[str, str] | None] = []
-    seen: dict[str, int] = {}
     for index, item in enumerate(items):
+        # a batch may name one reading twice (a resend joined to new readings): same id, stored once
         key = validate_reading(item, index, now, max_skew_seconds) if type(item) is dict else None
         if key is None:
             samples.append(item)
             keys.append(None)
             continue
-        if key.reading_id in seen:
-            raise FieldError(
-                "reading_id",
-                f"is sent twice in this batch (first at index {seen[key.reading_id]})",
-                index,
-            )
-        seen[key.reading_id] = index
         samples.append({k: v for k, v in item.items() if k not in READING_FIELDS})
         keys.append((reading_inference_id(sensor_id, key.reading_id), key.read_at.isoformat()))
     return samples, keys
