@@ -6,6 +6,7 @@ import argparse
 import getpass
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from potability.errors import MartError
@@ -127,10 +128,43 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Answer a CSV of readings; exit 2 on bad rows or a refusal, 1 when the server stayed away."""
+    from potability.client import PotabilityClient
+    from potability.readings_csv import read_readings, send, write_answers
+
+    token = Path(args.token_file).read_text(encoding="utf-8").strip()
+    by_line, problems = read_readings(Path(args.csv))
+    for problem in problems:
+        print(f"{args.csv}: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{args.csv}: {len(problems)} bad row(s); nothing sent", file=sys.stderr)
+        return 2
+    with PotabilityClient(args.url, token, outbox=args.outbox, batch_size=args.batch) as client:
+        run = send(client, by_line)
+    for error in run.errors:
+        print(f"{args.csv}: {error}", file=sys.stderr)
+    with (
+        open(args.out, "w", newline="", encoding="utf-8")
+        if args.out
+        else nullcontext(sys.stdout) as out
+    ):
+        written = write_answers(run.answers, run.line_of, out)
+    waiting = f"; {run.waiting} waiting in the outbox {args.outbox}" if run.waiting else ""
+    print(f"{args.csv}: {written} answer(s) for {len(by_line)} row(s){waiting}", file=sys.stderr)
+    return run.status
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from serve.run import run_gunicorn
 
     return run_gunicorn(host=args.host, port=args.port, workers=args.workers)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrain", help="run the retrain flow once now (or --serve it daily)")
     p.add_argument("--serve", action="store_true", help="serve the flow on its daily cron schedule")
     p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser(
+        "predict", help="send a CSV of readings to a server; write the answers as CSV"
+    )
+    p.add_argument("csv", help="the data set's columns; optional reading_id, read_at")
+    p.add_argument("--url", required=True, help="the server, e.g. http://plant:8000")
+    p.add_argument("--token-file", required=True, help="a file holding a sensor token")
+    p.add_argument("--out", help="answers CSV (default: standard output)")
+    p.add_argument(
+        "--batch", type=_positive, help="readings per request (default: the server's maximum)"
+    )
+    p.add_argument(
+        "--outbox", help="keep unsent readings in this directory; run again to send them"
+    )
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="start the inference server (gunicorn)")
     p.add_argument("--host", default="127.0.0.1")
