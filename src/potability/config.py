@@ -194,6 +194,11 @@ class Settings:
         return _env_float("POTABILITY_CLIENT_MAX_BACKOFF_SECONDS", 30.0)
 
     @cached_property
+    def admin_token_block(self) -> str:
+        """The Prefect Secret block holding the admin token when POTABILITY_ADMIN_TOKEN is unset."""
+        return os.environ.get("POTABILITY_ADMIN_TOKEN_BLOCK") or "potability-admin-token"
+
+    @cached_property
     def retrain_cron(self) -> str:
         return os.environ.get("POTABILITY_RETRAIN_CRON", "0 3 * * *")
 
