@@ -14,6 +14,12 @@ import pandas as pd
 from potability.schema import FEATURE_NAMES
 
 _EPS = 1e-4  # keeps empty bins out of log(0) in the PSI
+# The page's numbers when params.yaml (``page:``) does not set them (a server host without a checkout).
+PAGE_DEFAULTS = {
+    "drift_psi_threshold": 0.2,
+    "live_days": 7,
+    "lab_match_minutes": 60,
+}
 
 
 def reference_profile(frame: pd.DataFrame, bins: int) -> dict[str, Any]:
@@ -54,19 +60,39 @@ def drift(
     profile: dict[str, Any], live: pd.DataFrame, threshold: float, min_rows: int = 30
 ) -> dict[str, Any]:
     """PSI of live sensor inputs against the training profile, per feature, flagged past ``threshold``."""
-    if len(live) < min_rows:
-        return {"rows": len(live), "threshold": threshold, "features": [],
-                "note": f"drift needs at least {min_rows} live answers; {len(live)} so far"}  # fmt: skip
+    counts = {
+        name: _shares(live[name].to_numpy(dtype=float), np.asarray(ref["edges"])) * len(live)
+        for name, ref in profile.items()
+        if name in live and ref
+    }
+    return drift_from_counts(profile, counts, len(live), threshold, min_rows)
+
+
+def drift_from_counts(
+    profile: dict[str, Any],
+    counts: dict[str, np.ndarray],
+    rows: int,
+    threshold: float,
+    min_rows: int = 30,
+) -> dict[str, Any]:
+    """PSI per feature from live counts per bin (the profile's bins, then missing last).
+
+    The page's drift panel gets these counts from the hourly histogram rollup,
+    so it never reads raw answers.
+    """
+    if rows < min_rows:
+        return {"rows": rows, "threshold": threshold, "features": [],
+                "note": f"drift needs at least {min_rows} live answers; {rows} so far"}  # fmt: skip
     features = []
     for name in FEATURE_NAMES:
         ref = profile.get(name)
-        if not ref:
+        if not ref or name not in counts:
             continue
-        actual = _shares(live[name].to_numpy(dtype=float), np.asarray(ref["edges"]))
+        actual = np.asarray(counts[name], dtype=float) / rows
         value = psi(np.asarray(ref["shares"]), actual)
         features.append({"feature": name, "psi": round(value, 4), "flagged": value > threshold,
                          "live_missing": round(float(actual[-1]), 4), "train_missing": ref["shares"][-1]})  # fmt: skip
-    return {"rows": len(live), "threshold": threshold, "features": features,
+    return {"rows": rows, "threshold": threshold, "features": features,
             "flagged": [f["feature"] for f in features if f["flagged"]]}  # fmt: skip
 
 
