@@ -132,7 +132,7 @@ class Rollups:
     def feature_counts(
         self, model_version: str, edges: dict[str, list[float]], since: datetime
     ) -> tuple[dict[str, np.ndarray], int, datetime | None]:
-        """Live answers of ``model_version`` per bin and feature since ``since``; the total; ``as_of``.
+        """Live answers of ``model_version`` per bin and feature since ``since``; how many; ``as_of``.
 
         Counts per feature (data set names) follow ``quality``: one per bin of
         ``edges`` (``len(edges) + 1``), then missing last.
@@ -147,13 +147,13 @@ class Rollups:
             )
             buckets = cur.fetchall()
             cur.execute(
-                "SELECT sum(answers)::bigint, max(last_received_at) FROM water.inference_hourly "
+                "SELECT max(last_received_at) FROM water.inference_hourly "
                 "WHERE model_version = %s AND hour >= date_trunc('hour', %s::timestamptz, 'UTC')",
                 (model_version, since),
             )
-            return buckets, cur.fetchone()
+            return buckets, cur.fetchone()[0]
 
-        buckets, (total, as_of) = self._read(work)
+        buckets, as_of = self._read(work)
         counts = {
             name: np.zeros(len(edges[name]) + 2) for name in edges if _COLUMN.get(name) is not None
         }
@@ -161,7 +161,10 @@ class Rollups:
             name = _NAME.get(column)
             if name in counts:
                 counts[name][-1 if bucket < 0 else bucket] += answers
-        return counts, int(total or 0), as_of
+        total = max(
+            (int(c.sum()) for c in counts.values()), default=0
+        )  # each answer: one bin per feature
+        return counts, total, as_of
 
 
 def register_edges(url: str, model_version: str, reference: dict[str, Any]) -> bool:
@@ -171,19 +174,18 @@ def register_edges(url: str, model_version: str, reference: dict[str, Any]) -> b
     Answers of this version already logged are counted once, now; a version
     registered before is left alone. Returns whether it was new.
     """
+    unknown = sorted(set(reference) - set(_COLUMN))
+    if unknown:
+        raise ValueError(f"model {model_version}: reference names unknown features {unknown}")
     edges = {}
-    for name, ref in reference.items():
-        column = _COLUMN.get(name)
-        if column is None:
-            raise ValueError(f"model {model_version}: reference names unknown feature {name!r}")
-        values = [float(v) for v in ref.get("edges", [])]
+    for name, column in _COLUMN.items():
+        values = [float(v) for v in (reference.get(name) or {}).get("edges", [])]
         if values != sorted(values):
             raise ValueError(f"model {model_version}: reference edges of {name} are not sorted")
-        edges[column] = values
+        edges[column] = values  # empty: no profile for it, and the page skips it
     with db.transaction(url=url) as conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT water.register_feature_edges(%s, %s, %s::jsonb)",
-            (model_version, list(edges), json.dumps(edges)),
+            "SELECT water.register_feature_edges(%s, %s::jsonb)", (model_version, json.dumps(edges))
         )
         return bool(cur.fetchone()[0])
 

@@ -42,14 +42,16 @@ BEGIN
 END
 $$;
 
--- Partitions from yesterday (a late batch) to days_ahead days from today (UTC); returns the new ones.
-CREATE OR REPLACE FUNCTION water.ensure_inference_partitions(days_ahead integer)
+-- Partitions from days_back days ago (yesterday by default: a late batch) to days_ahead days
+-- from today (UTC); returns the new ones. A bulk load of past days asks for more days back.
+CREATE OR REPLACE FUNCTION water.ensure_inference_partitions(days_ahead integer, days_back integer DEFAULT 1)
 RETURNS SETOF text LANGUAGE plpgsql AS $$
 DECLARE
     today date := (now() AT TIME ZONE 'UTC')::date;
     day date;
 BEGIN
-    FOR day IN SELECT generate_series(today - 1, today + greatest(days_ahead, 0), interval '1 day')::date LOOP
+    FOR day IN SELECT generate_series(today - greatest(days_back, 0), today + greatest(days_ahead, 0),
+                                      interval '1 day')::date LOOP
         IF water.ensure_inference_partition(day) THEN
             RETURN NEXT 'water_inferences_p' || to_char(day, 'YYYYMMDD');
         END IF;

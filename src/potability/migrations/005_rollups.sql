@@ -17,14 +17,21 @@ CREATE TABLE IF NOT EXISTS water.inference_hourly (
     PRIMARY KEY (hour, sensor_id, model_version)
 );
 
--- The bin edges of each model version's training profile (meta.json `reference`), per feature
--- (SQL column name): registered when a version is deployed or loaded by a server.
+-- The bin edges of each model version's training profile (meta.json `reference`), one array per
+-- feature (SQL column name; empty when the profile has none): registered when a version is
+-- deployed or loaded by a server. One row per version, so binning a batch is one hash join.
 CREATE TABLE IF NOT EXISTS water.feature_edges (
-    model_version  text NOT NULL,
-    feature        text NOT NULL,
-    edges          double precision[] NOT NULL,
-    registered_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (model_version, feature)
+    model_version    text PRIMARY KEY,
+    ph               double precision[] NOT NULL,
+    hardness         double precision[] NOT NULL,
+    solids           double precision[] NOT NULL,
+    chloramines      double precision[] NOT NULL,
+    sulfate          double precision[] NOT NULL,
+    conductivity     double precision[] NOT NULL,
+    organic_carbon   double precision[] NOT NULL,
+    trihalomethanes  double precision[] NOT NULL,
+    turbidity        double precision[] NOT NULL,
+    registered_at    timestamptz NOT NULL
 );
 
 -- Live inputs per UTC hour, model version, feature and bin: width_bucket(value, edges), the same
@@ -82,23 +89,30 @@ CREATE OR REPLACE FUNCTION water.histogram_rollup_sql(source text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
 SELECT format($f$
     INSERT INTO water.feature_histogram_hourly AS h (model_version, hour, feature, bucket, answers)
-    SELECT n.model_version, date_trunc('hour', n.received_at, 'UTC'), v.feature,
-           CASE WHEN v.value IS NULL THEN -1 ELSE width_bucket(v.value, e.edges) END, count(*)
-    FROM %s n
-    CROSS JOIN LATERAL (VALUES ('ph', n.ph), ('hardness', n.hardness), ('solids', n.solids),
-        ('chloramines', n.chloramines), ('sulfate', n.sulfate), ('conductivity', n.conductivity),
-        ('organic_carbon', n.organic_carbon), ('trihalomethanes', n.trihalomethanes),
-        ('turbidity', n.turbidity)) AS v (feature, value)
-    JOIN water.feature_edges e ON e.model_version = n.model_version AND e.feature = v.feature
-    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    SELECT * FROM (
+        SELECT n.model_version, date_trunc('hour', n.received_at, 'UTC'), v.feature,
+               coalesce(v.bucket, -1), count(*)
+        FROM %s n
+        JOIN water.feature_edges e ON e.model_version = n.model_version
+        CROSS JOIN LATERAL (VALUES
+            ('ph', width_bucket(n.ph, e.ph)),
+            ('hardness', width_bucket(n.hardness, e.hardness)),
+            ('solids', width_bucket(n.solids, e.solids)),
+            ('chloramines', width_bucket(n.chloramines, e.chloramines)),
+            ('sulfate', width_bucket(n.sulfate, e.sulfate)),
+            ('conductivity', width_bucket(n.conductivity, e.conductivity)),
+            ('organic_carbon', width_bucket(n.organic_carbon, e.organic_carbon)),
+            ('trihalomethanes', width_bucket(n.trihalomethanes, e.trihalomethanes)),
+            ('turbidity', width_bucket(n.turbidity, e.turbidity))) AS v (feature, bucket)
+        GROUP BY 1, 2, 3, 4) grouped
+    ORDER BY 1, 2, 3, 4
     ON CONFLICT (model_version, hour, feature, bucket) DO UPDATE SET
         answers = h.answers + EXCLUDED.answers$f$, source)
 $$;
 
 -- Lab matches, nearest wins: a stored match is replaced only by a nearer answer (or an equally
--- near, earlier one). From the lab side, two probes of the log's (sensor_id, received_at) index
--- per sample (the nearest answer before and after) instead of every answer in the window; from
--- the answers' side, a join on the lab table's (sensor_id, collected_at) index.
+-- near, earlier one). Two probes of the log's (sensor_id, received_at) index per sample (the
+-- nearest answer before and after) instead of every answer in the window.
 CREATE OR REPLACE FUNCTION water.lab_match_upsert_sql(matches text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
 SELECT format($f$
@@ -136,18 +150,23 @@ SELECT water.lab_match_upsert_sql(format($f$
     ORDER BY s.sample_id$f$, samples))
 $$;
 
-CREATE OR REPLACE FUNCTION water.match_answers_sql(answers text) RETURNS text
+-- The lab samples a batch of answers can match: per sensor in the batch, one probe of the lab
+-- table's (sensor_id, collected_at) index over the batch's time span widened by the window. They
+-- are then matched against the whole log (which holds the batch by now) with the lab side's two
+-- probes per sample: a nearer answer already stored keeps its match, and a batch spanning days
+-- (a bulk load, a long spool replay) costs two probes per sample, not answers x samples.
+CREATE OR REPLACE FUNCTION water.samples_near_sql(answers text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
-SELECT water.lab_match_upsert_sql(format($f$
-    SELECT DISTINCT ON (s.sample_id) s.sample_id, s.sensor_id, s.collected_at, s.potability,
-           a.inference_id, a.received_at, a.model_version, a.probability, a.potable,
-           abs(extract(epoch FROM a.received_at - s.collected_at))::double precision
-    FROM %s a
-    JOIN water.water_potability s ON s.sensor_id = a.sensor_id
-         AND s.collected_at BETWEEN a.received_at - make_interval(mins => $1)
-                                AND a.received_at + make_interval(mins => $1)
-    ORDER BY s.sample_id, abs(extract(epoch FROM a.received_at - s.collected_at)), a.received_at$f$,
-    answers))
+SELECT format($f$(
+    SELECT p.sample_id, p.sensor_id, p.collected_at, p.potability
+    FROM (SELECT sensor_id, min(received_at) AS first, max(received_at) AS last
+          FROM %s GROUP BY sensor_id) batch
+    CROSS JOIN LATERAL (
+        SELECT p.sample_id, p.sensor_id, p.collected_at, p.potability FROM water.water_potability p
+        WHERE p.sensor_id = batch.sensor_id
+          AND p.collected_at BETWEEN batch.first - make_interval(mins => $1)
+                                 AND batch.last + make_interval(mins => $1)
+        OFFSET 0) p)$f$, answers)  -- OFFSET 0: keep it a per-sensor index probe, not a hash join
 $$;
 
 -- Writers of one model version's histogram take this lock shared; registering its edges (and
@@ -172,7 +191,7 @@ BEGIN
     PERFORM water.lock_histograms(v, false) FROM (SELECT DISTINCT model_version AS v FROM new_rows) vs ORDER BY v;
     EXECUTE water.histogram_rollup_sql('new_rows');
     IF window_minutes IS NOT NULL THEN
-        EXECUTE water.match_answers_sql('new_rows') USING window_minutes;
+        EXECUTE water.match_samples_sql(water.samples_near_sql('new_rows')) USING window_minutes;
     END IF;
     RETURN NULL;
 END
@@ -190,19 +209,18 @@ BEGIN
 END
 $$;
 
--- Register a model version's bin edges (features as SQL columns, edges as arrays) and count the
+-- Register a model version's bin edges ({column: [edges]}, every feature) and count the
 -- answers already logged for it; a version registered before is left as it is. Returns whether
 -- it was new.
-CREATE OR REPLACE FUNCTION water.register_feature_edges(version text, features text[], edges jsonb)
+CREATE OR REPLACE FUNCTION water.register_feature_edges(version text, edges jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM water.lock_histograms(version, true);
     IF EXISTS (SELECT 1 FROM water.feature_edges WHERE model_version = version) THEN
         RETURN false;
     END IF;
-    INSERT INTO water.feature_edges (model_version, feature, edges)
-    SELECT version, f, ARRAY(SELECT jsonb_array_elements_text(edges -> f)::double precision)
-    FROM unnest(features) AS f;
+    INSERT INTO water.feature_edges SELECT * FROM jsonb_populate_record(NULL::water.feature_edges,
+        edges || jsonb_build_object('model_version', version, 'registered_at', now()));
     EXECUTE water.histogram_rollup_sql(
         format('(SELECT * FROM water.water_inferences WHERE model_version = %L)', version));
     RETURN true;
