@@ -84,9 +84,10 @@ def live_panel() -> dict[str, Any]:
 
 
 def agreement_panel() -> dict[str, Any]:
-    matches, newest = _rollups().lab_matches()
+    confusion, newest = _rollups().lab_confusion()
     minutes = page_params()["lab_match_minutes"]
-    return {"window_minutes": minutes, "as_of": _as_of(newest), **quality.lab_agreement(matches)}
+    agreement = quality.agreement_from_confusion(**confusion)
+    return {"window_minutes": minutes, "as_of": _as_of(newest), **agreement}
 
 
 def drift_panel() -> dict[str, Any]:

@@ -35,6 +35,11 @@ def query(url, sql, params=None):
     return rows
 
 
+def matched(url):
+    """Lab sample -> the model version of the answer it is matched with."""
+    return dict(query(url, "SELECT sample_id, model_version FROM water.lab_matches"))
+
+
 def assert_hourly_matches_the_raw_log(url):
     """The rollup equals an aggregate of the raw rows computed from scratch."""
     rolled = query(url, "SELECT hour, sensor_id, model_version, answers, potable, probability_sum, "
@@ -121,9 +126,9 @@ def test_a_lab_sample_matches_the_nearest_answer_of_its_sensor_within_the_window
          {**lab_row("no-sensor", 1), "collected_at": collected.isoformat()}],
         added_by="test",
     )  # fmt: skip
-    matches, as_of = rollups.Rollups(mart.url, 1).lab_matches()
-    assert list(matches["sample_id"]) == ["near"] and as_of == collected
-    assert matches.loc[0, "model_version"] == "v-7" and bool(matches.loc[0, "potable"])
+    assert matched(mart.url) == {"near": "v-7"}
+    confusion, as_of = rollups.Rollups(mart.url, 1).lab_confusion()
+    assert confusion == {"tp": 1, "fp": 0, "fn": 0, "tn": 0} and as_of == collected
 
 
 def test_a_lab_row_arriving_before_its_answer_is_matched_and_a_nearer_answer_wins(mart):
@@ -132,19 +137,16 @@ def test_a_lab_row_arriving_before_its_answer_is_matched_and_a_nearer_answer_win
         [{**lab_row("early-lab", 0), "sensor_id": "q1", "collected_at": collected.isoformat()}],
         added_by="test",
     )
-    reader = rollups.Rollups(mart.url, 1)
-    assert reader.lab_matches()[0].empty  # no answer yet
+    assert matched(mart.url) == {}  # no answer yet
     mart.write_inferences([answer("q1", collected + timedelta(minutes=20), "far", 0.9)])
-    assert list(reader.lab_matches()[0]["model_version"]) == ["far"]
+    assert matched(mart.url) == {"early-lab": "far"}
     mart.write_inferences([answer("q1", collected - timedelta(minutes=2), "near", 0.1),
                            answer("q1", collected + timedelta(minutes=40), "farther", 0.9)])  # fmt: skip
-    assert list(reader.lab_matches()[0]["model_version"]) == ["near"]
+    assert matched(mart.url) == {"early-lab": "near"}
     mart.write_inferences(
         [answer("q1", collected + timedelta(minutes=2), "as-near-but-later", 0.9)]
     )
-    assert list(reader.lab_matches()[0]["model_version"]) == [
-        "near"
-    ]  # ties go to the earlier answer
+    assert matched(mart.url) == {"early-lab": "near"}  # ties go to the earlier answer
 
 
 def partitions(url):
@@ -202,8 +204,7 @@ def test_retention_drops_old_partitions_and_keeps_rollups_and_lab_matches(mart, 
         query(mart.url, "SELECT count(*) FROM water.water_inferences")[0][0] == 1
     )  # today's stays
     assert query(mart.url, "SELECT * FROM water.inference_hourly ORDER BY 1, 2, 3") == hourly_before
-    matches, _ = rollups.Rollups(mart.url, 1).lab_matches()
-    assert list(matches["sample_id"]) == ["old-lab"]  # the match outlives its answer
+    assert matched(mart.url) == {"old-lab": "v1"}  # the match outlives its answer
 
 
 def test_retention_zero_keeps_everything(mart, monkeypatch):
@@ -218,13 +219,12 @@ def test_a_new_window_matches_every_lab_sample_again(mart):
     mart.write_inferences([answer("w1", collected + timedelta(minutes=90), "late")])
     mart.insert_samples([{**lab_row("w", 1), "sensor_id": "w1", "collected_at": collected.isoformat()}],
                         added_by="test")  # fmt: skip
-    reader = rollups.Rollups(mart.url, 1)
-    assert reader.lab_matches()[0].empty  # 90 minutes: outside the 60-minute window
+    assert matched(mart.url) == {}  # 90 minutes: outside the 60-minute window
     try:
         log_maintenance.maintain(Settings(root=REPO), mart.url, window_minutes=120)
-        assert list(reader.lab_matches()[0]["model_version"]) == ["late"]
+        assert matched(mart.url) == {"w": "late"}
         log_maintenance.maintain(Settings(root=REPO), mart.url, window_minutes=30)
-        assert reader.lab_matches()[0].empty
+        assert matched(mart.url) == {}
     finally:
         log_maintenance.maintain(Settings(root=REPO), mart.url)  # back to params.yaml's window
 

@@ -112,22 +112,21 @@ class Rollups:
         )
         return frame, max((r[4] for r in rows), default=None)
 
-    def lab_matches(self) -> tuple[pd.DataFrame, datetime | None]:
-        """Every matched lab sample with the answer it matched, and the newest matched sample's time."""
+    def lab_confusion(self) -> tuple[dict[str, int], datetime | None]:
+        """Matched lab samples counted by lab verdict and live answer (tp, fp, fn, tn), and the newest one's time."""
 
         def work(cur):
             cur.execute(
-                "SELECT sample_id, sensor_id, potability, potable, probability, model_version, "
-                'collected_at FROM water.lab_matches ORDER BY sample_id COLLATE "C"'
+                "SELECT count(*) FILTER (WHERE potable AND potability = 1), "
+                "count(*) FILTER (WHERE potable AND potability = 0), "
+                "count(*) FILTER (WHERE NOT potable AND potability = 1), "
+                "count(*) FILTER (WHERE NOT potable AND potability = 0), "
+                "max(collected_at) FROM water.lab_matches"
             )
-            return cur.fetchall()
+            return cur.fetchone()
 
-        rows = self._read(work)
-        frame = pd.DataFrame(
-            [r[:6] for r in rows],
-            columns=["sample_id", "sensor_id", "potability", "potable", "probability", "model_version"],
-        )  # fmt: skip
-        return frame, max((r[6] for r in rows), default=None)
+        tp, fp, fn, tn, newest = self._read(work)
+        return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}, newest
 
     def feature_counts(
         self, model_version: str, edges: dict[str, list[float]], since: datetime

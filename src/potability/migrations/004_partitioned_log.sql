@@ -13,7 +13,10 @@ CREATE TABLE water.water_inferences (
     LIKE water.water_inferences_v1,
     PRIMARY KEY (inference_id, received_at)
 ) PARTITION BY RANGE (received_at);
-CREATE INDEX water_inferences_received ON water.water_inferences (received_at);
+-- (sensor_id, received_at) serves the per-sensor probes (lab matches). The old index on
+-- received_at alone is not kept: a day is a partition now (time ranges prune partitions),
+-- the page reads rollups, and every logged answer paid for it; the planner also preferred it,
+-- filtering by sensor, for the nearest-answer probes.
 CREATE INDEX water_inferences_sensor ON water.water_inferences (sensor_id, received_at);
 CREATE TABLE water.water_inferences_default PARTITION OF water.water_inferences DEFAULT;
 
