@@ -237,3 +237,18 @@ def test_log_maintain_command_says_what_it_did(clean_db, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "retention (POTABILITY_LOG_RETENTION_DAYS): 400 days" in out
     assert "partitions created:" in out and "lab-match window: 60 min" in out
+
+
+def test_a_lab_row_and_its_answer_committed_together_are_matched_by_maintenance(mart):
+    """Two transactions in flight at once do not see each other's rows in their triggers."""
+    collected = NOW - timedelta(minutes=30)
+    lab = psycopg2.connect(mart.url)
+    with lab.cursor() as cur:  # the lab's transaction: inserted, not committed yet
+        cur.execute("INSERT INTO water.water_potability (sample_id, sensor_id, potability, collected_at, added_by) "
+                    "VALUES ('racing', 'z1', 1, %s, 'test')", (collected,))  # fmt: skip
+    mart.write_inferences([answer("z1", collected + timedelta(minutes=1), "racing-answer")])
+    lab.commit()
+    lab.close()
+    assert matched(mart.url) == {}  # neither trigger saw the other's row
+    log_maintenance.maintain(Settings(root=REPO), mart.url)
+    assert matched(mart.url) == {"racing": "racing-answer"}

@@ -76,7 +76,10 @@ def prepare(cur: Any, settings: Settings, window_minutes: int | None = None) -> 
 def maintain(
     settings: Settings | None = None, url: str | None = None, window_minutes: int | None = None
 ) -> MaintenanceReport:
-    """Partitions ahead, retention (``POTABILITY_LOG_RETENTION_DAYS``), lab-match window; one run at a time.
+    """Partitions ahead, retention (``POTABILITY_LOG_RETENTION_DAYS``), lab matches; one run at a time.
+
+    Lab rows added since the last runs are matched again: a lab row and an
+    answer near it committed at the same moment miss each other in the triggers.
 
     Partition DDL needs a short exclusive lock on the log; ``lock_timeout``
     bounds how long the log writer can wait behind it (the run is then skipped
@@ -95,6 +98,11 @@ def maintain(
                     "SELECT water.drop_inference_partitions(%s)", (settings.log_retention_days,)
                 )
                 report.dropped = [r[0] for r in cur.fetchall()]
+                # twice the interval: a run that was skipped or late leaves no lab row unmatched
+                cur.execute(
+                    "SELECT water.rematch_lab_samples(now() - make_interval(secs => %s))",
+                    (2 * settings.log_maintenance_seconds,),
+                )
         except psycopg2.errors.LockNotAvailable:
             return MaintenanceReport(
                 skipped=f"the log stayed locked past {settings.log_maintenance_lock_timeout_seconds} s; "

@@ -209,6 +209,21 @@ BEGIN
 END
 $$;
 
+-- A lab row and an answer near it, inserted at the same moment by two transactions, do not see
+-- each other in their triggers; maintenance matches the lab rows added since its last run again.
+CREATE OR REPLACE FUNCTION water.rematch_lab_samples(added_since timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    window_minutes integer := (SELECT c.window_minutes FROM water.lab_match_config c);
+BEGIN
+    IF window_minutes IS NOT NULL THEN
+        EXECUTE water.match_samples_sql(format(
+            '(SELECT * FROM water.water_potability WHERE added_at >= %L)', added_since))
+            USING window_minutes;
+    END IF;
+END
+$$;
+
 -- Register a model version's bin edges ({column: [edges]}, every feature) and count the
 -- answers already logged for it; a version registered before is left as it is. Returns whether
 -- it was new.
