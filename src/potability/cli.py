@@ -195,6 +195,21 @@ def cmd_flow_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_log_maintain(args: argparse.Namespace) -> int:
+    from potability import log_maintenance
+    from potability.config import get_settings
+
+    settings = get_settings()
+    report = log_maintenance.maintain(settings)
+    days = settings.log_retention_days
+    retention = f"{days} days" if days > 0 else "keep forever"
+    print(f"retention (POTABILITY_LOG_RETENTION_DAYS): {retention}")
+    print(f"partitions ahead: {settings.log_partitions_ahead_days} days")
+    for line in report.lines():
+        print(line)
+    return 1 if report.skipped else 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from serve.run import run_gunicorn
 
@@ -222,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     dbp.add_parser("stop", help="stop the embedded Postgres of this project").set_defaults(
         func=cmd_db_stop
     )
+
+    logp = sub.add_parser("log", help="the inference log").add_subparsers(
+        dest="log_command", required=True
+    )
+    logp.add_parser(
+        "maintain", help="create partitions ahead, drop those past retention; prints what it did"
+    ).set_defaults(func=cmd_log_maintain)
 
     p = sub.add_parser("seed", help="insert synthetic lab rows shaped like the real data")
     p.add_argument("--rows", type=int, default=3300)

@@ -160,6 +160,32 @@ class Settings:
         """How long a server waits for the registry's database before serving its cache."""
         return _env_float("POTABILITY_REGISTRY_CONNECT_TIMEOUT", 3.0)
 
+    # The inference log at volume (issue 13): partitions, retention, maintenance, page reads.
+    @cached_property
+    def log_retention_days(self) -> int:
+        """Whole daily log partitions older than this are dropped (0 = keep forever); rollups stay."""
+        return _env_int("POTABILITY_LOG_RETENTION_DAYS", 0)
+
+    @cached_property
+    def log_partitions_ahead_days(self) -> int:
+        """Daily log partitions created ahead of today, so a day never starts in the default one."""
+        return _env_int("POTABILITY_LOG_PARTITIONS_AHEAD_DAYS", 7)
+
+    @cached_property
+    def log_maintenance_seconds(self) -> float:
+        """How often a server runs log maintenance (partitions ahead, retention, model edges)."""
+        return _env_float("POTABILITY_LOG_MAINTENANCE_SECONDS", 3600.0)
+
+    @cached_property
+    def log_maintenance_lock_timeout_seconds(self) -> float:
+        """How long maintenance waits for the log's lock: it retries next time, writers never wait long."""
+        return _env_float("POTABILITY_LOG_MAINTENANCE_LOCK_TIMEOUT_SECONDS", 5.0)
+
+    @cached_property
+    def rollups_pool_size(self) -> int:
+        """Connections a server keeps for the page's rollup reads (its own, never the log writer's)."""
+        return _env_int("POTABILITY_ROLLUPS_POOL_SIZE", 2)
+
     @cached_property
     def page_requires_token(self) -> bool:
         return os.environ.get("POTABILITY_PAGE_REQUIRES_TOKEN", "0").lower() in {"1", "true", "yes"}
