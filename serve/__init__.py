@@ -22,12 +22,13 @@ log = logging.getLogger(__name__)
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    from serve import api, ops, page
+    from serve import api, ops, page, ratelimit
     from serve.auth import TokenCache
     from serve.errors import register_error_handlers
     from serve.inference_log import InferenceLog
     from serve.metrics import LATENCY, REQUESTS, on_log_depth, on_model_swap, on_quarantine
     from serve.model_holder import ModelHolder
+    from serve.page_cache import PageCache
     from serve.spool import Spool
 
     settings = get_settings()
@@ -51,6 +52,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         MODEL_POLL_SECONDS=settings.model_poll_seconds,
         REGISTRY_CONNECT_TIMEOUT=settings.registry_connect_timeout,
         PAGE_REQUIRES_TOKEN=settings.page_requires_token,
+        PAGE_REFRESH_SECONDS=settings.page_refresh_seconds,
+        PAGE_STALE_SECONDS=settings.page_stale_seconds,
+        PAGE_RATE_PER_SECOND=settings.page_rate_per_second,
+        PAGE_RATE_BURST=settings.page_rate_burst,
+        PAGE_RATE_CLIENTS=settings.page_rate_clients,
+        TRUST_FORWARDED_FOR=settings.trust_forwarded_for,
         PARAMS_PATH=str(settings.params_path),
         START_BACKGROUND=True,
     )
@@ -70,7 +77,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config["SPOOL_REPLAY_SECONDS"], on_depth=on_log_depth,
         max_queue_rows=app.config["LOG_QUEUE_MAX_ROWS"],
     )  # fmt: skip
+    page_dir = page_cache_dir(app.config["SPOOL_DIR"])
     app.extensions.update({
+        "potability.page_cache": PageCache(page_dir, app.config["PAGE_STALE_SECONDS"]),
         "potability.mart": mart,
         "potability.model": holder,
         "potability.log": inference_log,
@@ -82,6 +91,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         holder.start_watching()
 
     register_error_handlers(app)
+    ratelimit.init_app(app, ratelimit.RateLimiter(
+        page_dir / "ratelimit", app.config["PAGE_RATE_PER_SECOND"], app.config["PAGE_RATE_BURST"],
+        app.config["PAGE_RATE_CLIENTS"],
+    ))  # fmt: skip
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(page.bp)
@@ -102,6 +115,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+def page_cache_dir(spool_dir: str | Path) -> Path:
+    """Where the rendered page, stats and rate-limit buckets live: beside the spool, one per server."""
+    return Path(spool_dir) / "page-cache"
+
+
 def _tracking_uri(explicit: str | None, database_url: str):
     """The registry's address, resolved when first needed (Postgres may be down at start)."""
 
@@ -120,3 +138,4 @@ def shutdown(app: Flask) -> None:
     """Flush the inference log and stop background threads (gunicorn worker_exit, tests)."""
     app.extensions["potability.model"].stop()
     app.extensions["potability.log"].close()
+    app.extensions["potability.ratelimit"].close()
