@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -72,43 +71,58 @@ def main() -> int:
 
 
 class Supervisor:
-    """Start the renderer as a child of the gunicorn master and start it again whenever it dies."""
+    """Start the renderer as a child of the gunicorn master and start it again whenever it dies.
+
+    ``os.posix_spawn``, not ``subprocess``: the master forks workers from its
+    main thread while this thread spawns, and a worker forked mid-``Popen``
+    would inherit Popen's error pipe and hang it until that worker exits.
+    """
 
     def __init__(self, restart_seconds: float):
         self.restart_seconds = restart_seconds
-        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="page-renderer", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self) -> int:
         # the renderer keeps no worker metrics: its files would outlive it in the multiprocess directory
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        return subprocess.Popen([sys.executable, "-m", "serve.renderer"], env=env)
+        return os.posix_spawn(sys.executable, [sys.executable, "-m", "serve.renderer"], env)
+
+    def alive(self) -> bool:
+        """Whether the renderer runs; the master reaps every child (waitpid(-1)), so it may be gone already."""
+        if self.pid is None:
+            return False
+        try:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return pid == 0
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.proc = self._spawn()
-            # the master reaps every child (waitpid(-1)), so poll() may report a lost status as 0
-            while self.proc.poll() is None and not self._stop.wait(1.0):
+            self.pid = self._spawn()
+            while self.alive() and not self._stop.wait(1.0):
                 pass
             if not self._stop.is_set():
                 log.warning("page renderer (pid %d) exited; starting another in %.0f s",
-                            self.proc.pid, self.restart_seconds)  # fmt: skip
+                            self.pid, self.restart_seconds)  # fmt: skip
                 self._stop.wait(self.restart_seconds)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._thread.join(timeout=timeout)  # no new renderer after this
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if not self.alive():
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":
