@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 import uuid
+from contextlib import closing
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -87,24 +88,28 @@ def renderer_pid(server: Server) -> int | None:
     return None
 
 
+def sensor_and_server(mart, champion, tmp_path, name: str, **env) -> tuple[dict, Server]:
+    """A sensor's auth headers and a real gunicorn server with ``env`` (refreshing every second)."""
+    headers = auth(mart.create_token(name, "sensor"))
+    return headers, Server(tmp_path, mart.url, champion, POTABILITY_PAGE_REFRESH_SECONDS="1", **env)
+
+
 def live_answers(server: Server) -> int:
     return requests.get(server.base + "/v1/stats/live", timeout=10).json().get("answers", -1)
 
 
 @pytest.mark.slow
 def test_the_renderer_refreshes_every_open_endpoint(mart, champion, tmp_path):
-    sensor = mart.create_token("render-sensor", "sensor")
     # workers would wait an hour before rendering themselves: any refresh is the renderer's
-    server = Server(tmp_path, mart.url, champion, POTABILITY_PAGE_REFRESH_SECONDS="1",
-                    POTABILITY_PAGE_STALE_SECONDS="3600")  # fmt: skip
+    h, server = sensor_and_server(
+        mart, champion, tmp_path, "render-sensor", POTABILITY_PAGE_STALE_SECONDS="3600"
+    )
     try:
         assert wait_for(lambda: requests.get(server.base + "/", timeout=10).status_code == 200)
         renderer = renderer_pid(server)
         assert renderer is not None
         assert live_answers(server) == 0
-        r = requests.post(
-            server.base + "/v1/predict", json={"samples": [SAMPLE] * 5}, headers=auth(sensor)
-        )
+        r = requests.post(server.base + "/v1/predict", json={"samples": [SAMPLE] * 5}, headers=h)
         assert r.status_code == 200
         assert wait_for(lambda: live_answers(server) == 5, timeout=20)
         assert wait_for(
@@ -121,9 +126,9 @@ def test_the_renderer_refreshes_every_open_endpoint(mart, champion, tmp_path):
 
 @pytest.mark.slow
 def test_the_renderer_dying_does_not_take_the_page_down(mart, champion, tmp_path):
-    sensor = mart.create_token("dying-sensor", "sensor")
-    server = Server(tmp_path, mart.url, champion, POTABILITY_PAGE_REFRESH_SECONDS="1",
-                    POTABILITY_PAGE_STALE_SECONDS="2")  # fmt: skip
+    h, server = sensor_and_server(
+        mart, champion, tmp_path, "dying-sensor", POTABILITY_PAGE_STALE_SECONDS="2"
+    )
     try:
         assert wait_for(lambda: renderer_pid(server) is not None and live_answers(server) == 0)
         first = renderer_pid(server)
@@ -131,7 +136,7 @@ def test_the_renderer_dying_does_not_take_the_page_down(mart, champion, tmp_path
         statuses = [requests.get(server.base + path, timeout=10).status_code
                     for path in ("/", "/v1/stats/live", "/model") for _ in range(5)]  # fmt: skip
         assert statuses == [200] * 15
-        requests.post(server.base + "/v1/predict", json=SAMPLE, headers=auth(sensor))
+        requests.post(server.base + "/v1/predict", json=SAMPLE, headers=h)
         assert wait_for(lambda: live_answers(server) == 1, timeout=20)
         assert wait_for(lambda: renderer_pid(server) not in (None, first), timeout=20), (
             "not restarted"
@@ -152,7 +157,7 @@ def lock_the_page_tables(url: str):
 
 
 def waiting_on_locks(url: str) -> int:
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+    with closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
         )
@@ -162,11 +167,8 @@ def waiting_on_locks(url: str) -> int:
 @pytest.mark.slow
 def test_a_sensor_is_answered_promptly_while_page_renders_are_stuck(mart, champion, tmp_path):
     """Page renders hang in the database; 8 clients load the page; a sensor still gets every answer."""
-    sensor = mart.create_token("prompt-sensor", "sensor")
-    server = Server(tmp_path, mart.url, champion, POTABILITY_PAGE_REFRESH_SECONDS="1",
-                    POTABILITY_PAGE_STALE_SECONDS="4", POTABILITY_PAGE_RATE_BURST="100000",
-                    POTABILITY_PAGE_RATE_PER_SECOND="100000")  # fmt: skip
-    h = auth(sensor)
+    h, server = sensor_and_server(mart, champion, tmp_path, "prompt-sensor", POTABILITY_PAGE_STALE_SECONDS="4",
+                                  POTABILITY_PAGE_RATE_BURST="100000", POTABILITY_PAGE_RATE_PER_SECOND="100000")  # fmt: skip
     assert (
         requests.post(server.base + "/v1/predict", json=SAMPLE, headers=h).status_code == 200
     )  # token cached

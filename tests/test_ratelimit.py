@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from serve import create_app, shutdown
-from tests.test_gunicorn import Server
+from tests.test_page_cache import sensor_and_server
 from tests.test_server import SAMPLE, auth
 
 
@@ -63,9 +63,8 @@ def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket(limited
 @pytest.mark.slow
 def test_the_limit_holds_across_gunicorn_workers(mart, champion, tmp_path):
     """Two workers share one bucket per client: the burst is the server's, not each worker's."""
-    sensor = mart.create_token("rl-gsensor", "sensor")
-    server = Server(tmp_path, mart.url, champion, POTABILITY_PAGE_RATE_BURST="6",
-                    POTABILITY_PAGE_RATE_PER_SECOND="0.05")  # fmt: skip
+    h, server = sensor_and_server(mart, champion, tmp_path, "rl-gsensor", POTABILITY_PAGE_RATE_BURST="6",
+                                  POTABILITY_PAGE_RATE_PER_SECOND="0.05")  # fmt: skip
     try:
         statuses = []
         for _ in range(10):  # new connections each time: spread over both workers
@@ -76,9 +75,7 @@ def test_the_limit_holds_across_gunicorn_workers(mart, champion, tmp_path):
         assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
         assert limited.json()["error"]["code"] == "rate_limited"
         for _ in range(20):
-            r = requests.post(
-                server.base + "/v1/predict", json=SAMPLE, headers=auth(sensor), timeout=10
-            )
+            r = requests.post(server.base + "/v1/predict", json=SAMPLE, headers=h, timeout=10)
             assert r.status_code == 200
     finally:
         server.stop()
