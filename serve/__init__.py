@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from potability.config import get_settings
+from potability.config import get_settings, page_cache_dir
 from potability.mart import WaterMart
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         return response
 
     return app
-
-
-def page_cache_dir(spool_dir: str | Path) -> Path:
-    """Where the rendered page, stats and rate-limit buckets live: beside the spool, one per server."""
-    return Path(spool_dir) / "page-cache"
 
 
 def _tracking_uri(explicit: str | None, database_url: str):

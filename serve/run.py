@@ -7,13 +7,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from potability.config import get_settings
+from potability.config import get_settings, page_cache_dir
 
 
 def run_gunicorn(host: str, port: int, workers: int) -> int:
     """Replace this process with gunicorn (so signals reach its master directly)."""
-    from serve import page_cache_dir
-
     metrics_dir = get_settings().spool_dir / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters of a previous run must not leak in
     # nor a previous run's pages (perhaps of another database) or rate-limit buckets

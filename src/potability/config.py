@@ -217,6 +217,11 @@ class Settings:
         return _env_float("POTABILITY_RELOAD_TIMEOUT_SECONDS", 10.0)
 
 
+def page_cache_dir(spool_dir: str | Path) -> Path:
+    """Where a server keeps its rendered page and rate-limit buckets: beside its spool, one per server."""
+    return Path(spool_dir) / "page-cache"
+
+
 def load_params(path: Path) -> dict[str, Any]:
     """Read the experiment parameters file."""
     with open(path, encoding="utf-8") as fh:
