@@ -42,6 +42,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         SPOOL_DIR=str(settings.spool_dir),
         MAX_BATCH=settings.max_batch,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        READING_MAX_SKEW_SECONDS=settings.reading_max_skew_seconds,
         TOKEN_CACHE_SECONDS=settings.token_cache_seconds,
         LOG_FLUSH_SECONDS=settings.log_flush_seconds,
         LOG_BATCH_ROWS=settings.log_batch_rows,

@@ -120,6 +120,11 @@ class Settings:
         return _env_int("POTABILITY_MAX_BODY_BYTES", 1_000_000)
 
     @cached_property
+    def reading_max_skew_seconds(self) -> float:
+        """How far a sensor's ``read_at`` may lie after the server's clock before it is refused (400)."""
+        return _env_float("POTABILITY_READING_MAX_SKEW_SECONDS", 300.0)
+
+    @cached_property
     def token_cache_seconds(self) -> float:
         return _env_float("POTABILITY_TOKEN_CACHE_SECONDS", 5.0)
 
@@ -207,6 +212,31 @@ class Settings:
     @cached_property
     def admin_token(self) -> str | None:
         return os.environ.get("POTABILITY_ADMIN_TOKEN") or None
+
+    # The sensors' client (potability.client, `potability predict`): how hard it tries.
+    @cached_property
+    def client_timeout_seconds(self) -> float:
+        """How long the client waits for one answer before it counts the try as failed."""
+        return _env_float("POTABILITY_CLIENT_TIMEOUT_SECONDS", 10.0)
+
+    @cached_property
+    def client_retries(self) -> int:
+        """Tries after the first on a 503 or a lost connection (a restart takes seconds)."""
+        return _env_int("POTABILITY_CLIENT_RETRIES", 8)
+
+    @cached_property
+    def client_backoff_seconds(self) -> float:
+        """The first wait between tries; it doubles each time, with jitter."""
+        return _env_float("POTABILITY_CLIENT_BACKOFF_SECONDS", 0.5)
+
+    @cached_property
+    def client_max_backoff_seconds(self) -> float:
+        return _env_float("POTABILITY_CLIENT_MAX_BACKOFF_SECONDS", 30.0)
+
+    @cached_property
+    def admin_token_block(self) -> str:
+        """The Prefect Secret block holding the admin token when POTABILITY_ADMIN_TOKEN is unset."""
+        return os.environ.get("POTABILITY_ADMIN_TOKEN_BLOCK") or "potability-admin-token"
 
     @cached_property
     def retrain_cron(self) -> str:
