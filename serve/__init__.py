@@ -3,7 +3,9 @@
 ``create_app(config)`` builds defaults from the environment (``Settings``),
 then applies ``config`` overrides (tests). It loads the champion from the MLflow
 registry (or its local cache), starts the inference-log writer and the alias
-watcher, and registers the blueprints.
+watcher, opens the page cache and the open pages' rate limit, and registers the
+blueprints. The page renderer (``serve/renderer.py``) builds this same app, takes
+no traffic, and keeps the page cache fresh.
 """
 
 from __future__ import annotations

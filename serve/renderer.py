@@ -58,7 +58,11 @@ def main() -> int:
         while not stop.is_set() and os.getppid() == parent:
             try:
                 took = render_once(app)
-                log.debug("page rendered in %.2f s", took)
+                if (
+                    took > settings.page_refresh_seconds
+                ):  # the page lags more than its interval says
+                    log.warning("page render took %.1f s, longer than POTABILITY_PAGE_REFRESH_SECONDS (%.0f s)",
+                                took, settings.page_refresh_seconds)  # fmt: skip
             except (
                 Exception
             ):  # a bad cycle (Postgres away) must not end the renderer: retry next cycle
