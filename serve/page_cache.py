@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 LOCK_NAME = ".render.lock"
@@ -41,8 +42,9 @@ class Entry:
     rendered_at: float  # wall clock (time.time), so every process agrees on an entry's age
     render_ms: float
 
-    @property
+    @cached_property
     def etag(self) -> str:
+        """Hashed once per copy a worker reads, not once per request."""
         return hashlib.sha256(self.body).hexdigest()[:32]
 
     def age(self) -> float:
