@@ -1,9 +1,10 @@
 """Scale benchmark: the quality page, its stats and the sensors' predict with millions of logged answers.
 
 Issue 13: a utility logs ~2 M answers a week; with 2 M rows the page took
-seconds and sensors waited behind page loads on the same sync workers. This
-script measures that, so later changes (rollups, partitions, a separate
-capacity for page traffic) have a baseline to beat.
+seconds and sensors waited behind page loads on the same sync workers. Now
+the page and stats are rendered by a renderer process beside the workers into
+a cache the workers answer from, and each client address has a rate limit on
+them; this script measures what that buys at volume.
 
 Steps, all against a scratch database (``scale_bench`` on the workspace's
 Postgres, dropped and recreated; or ``--database-url``), with the registry
@@ -16,11 +17,16 @@ kept at the workspace's MLflow database and the deployed champion served:
    20 sensors, features drawn around the real data set's means and spreads)
    and ``water.water_potability`` with lab rows matched in sensor and time;
    VACUUM ANALYZE; table and index size;
-4. start the server again: the first request to ``/`` and each
-   ``/v1/stats/{name}`` after start, then the median of warm repeats (there
-   is no cache yet, so "after expiry" is the first request);
+4. start the server again and wait for the renderer's first copy; then for
+   ``/`` and each ``/v1/stats/{name}``: warm (the median of repeats, answered
+   from the cache), what the renderer took to render it (its ``Server-Timing``),
+   and right after an expiry with no fresh copy (the entry's file removed, so
+   a worker renders it itself: the worst case, when the renderer is dead);
 5. sensors: wrk on ``/v1/predict`` alone, then again while ``--page-clients``
-   threads load ``/`` in a loop.
+   clients load ``/`` in a loop, each from its own loopback address
+   (127.0.0.10, .11, ...), so the per-client rate limit treats them as the
+   separate browsers they stand for. A probe sensor times single requests
+   too, since wrk drops requests still in flight when its run ends.
 
 Prints a table and writes ``bench/results/scale.json``.
 
@@ -30,6 +36,7 @@ Usage: python bench/scale.py [--rows 10000000]   (after `make run`, or `dvc repr
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -47,7 +54,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import free_port, machine, start, stop, wait_http, write_result, wrk  # noqa: E402
 from potability import db, tracking  # noqa: E402
-from potability.config import get_settings  # noqa: E402
+from potability.config import get_settings, page_cache_dir  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
 from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES  # noqa: E402
 from potability.synth import POTABLE_SHARE, REAL_STATS  # noqa: E402
@@ -150,43 +157,77 @@ def fill(url: str, args: argparse.Namespace, model_version: str) -> dict:
             "indexes_mb_per_million": round(indexes / MB / millions, 1)}  # fmt: skip
 
 
-def timed_get(url: str, timeout: float) -> tuple[float, int]:
+def timed_get(url: str, timeout: float) -> tuple[float, int, float | None]:
+    """(milliseconds, status, the render time the server reports for the copy it answered)."""
     started = time.perf_counter()
-    status = requests.get(url, timeout=timeout).status_code
-    return round((time.perf_counter() - started) * 1000, 1), status
+    r = requests.get(url, timeout=timeout)
+    ms = round((time.perf_counter() - started) * 1000, 1)
+    timing = r.headers.get("Server-Timing", "")
+    render = float(timing.split("dur=")[1]) if "dur=" in timing else None
+    return ms, r.status_code, render
 
 
-def read_latency(base: str, repeats: int, timeout: float) -> dict:
-    """First request to each path after server start, then the median of ``repeats`` warm ones."""
+def wait_for_cache(base: str, timeout: float) -> float:
+    """Seconds until the renderer's first copy of the page is served (503 page_rendering before)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if requests.get(base + "/", timeout=timeout).status_code == 200:
+            return round(time.perf_counter() - started, 1)
+        time.sleep(0.2)
+    raise SystemExit(f"no page within {timeout} s: the renderer did not render")
+
+
+def read_latency(base: str, cache_dir: Path, repeats: int, timeout: float) -> dict:
+    """Per path: warm (from the cache), the renderer's render time, and a worker's own render after expiry."""
     paths = [f"/v1/stats/{name}" for name in PANELS] + ["/"]
     out = {}
     for path in paths:
-        first_ms, status = timed_get(base + path, timeout)
-        out[path] = {"first_ms": first_ms, "status": status}
-    for path in paths:
-        warm = [timed_get(base + path, timeout)[0] for _ in range(repeats)]
-        out[path].update({"warm_ms": round(statistics.median(warm), 1), "warm_max_ms": max(warm)})
-        print(
-            f"  {path:<22} first {out[path]['first_ms']:>8} ms  warm {out[path]['warm_ms']:>8} ms",
-            flush=True,
-        )
+        warm = [timed_get(base + path, timeout) for _ in range(repeats)]
+        for entry in cache_dir.glob(
+            "*.entry"
+        ):  # serve/page_cache.py's files: expired, no fresh copy yet
+            entry.unlink(missing_ok=True)
+        expired_ms, status, _ = timed_get(base + path, timeout)
+        out[path] = {"warm_ms": round(statistics.median(w[0] for w in warm), 1), "warm_max_ms": max(w[0] for w in warm),
+                     "renderer_ms": warm[-1][2], "after_expiry_ms": expired_ms, "status": status}  # fmt: skip
+        print(f"  {path:<22} warm {out[path]['warm_ms']:>7} ms  renderer {out[path]['renderer_ms']} ms  "
+              f"after expiry {expired_ms:>8} ms (status {status})", flush=True)  # fmt: skip
+        deadline = time.monotonic() + timeout  # every entry rendered again before the next path
+        while (
+            len(list(cache_dir.glob("*.entry"))) < len(PANELS) + 1 and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
     return out
 
 
+def page_client(
+    base: str, address: str, stop_event: threading.Event, timeout: float, seen: list
+) -> None:
+    """Load / in a loop from ``address`` (a loopback alias), keep-alive, as one browser reloading would."""
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(
+        url.hostname, url.port, timeout=timeout, source_address=(address, 0)
+    )
+    while not stop_event.is_set():
+        started = time.perf_counter()
+        try:
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            response.read()
+            seen.append((response.status, (time.perf_counter() - started) * 1000))
+        except (OSError, http.client.HTTPException) as exc:
+            seen.append((type(exc).__name__, (time.perf_counter() - started) * 1000))
+            conn.close()
+            conn = http.client.HTTPConnection(
+                url.hostname, url.port, timeout=timeout, source_address=(address, 0)
+            )
+    conn.close()
+
+
 def with_page_load(base: str, token: str, args: argparse.Namespace) -> tuple[dict, dict]:
-    """wrk on /v1/predict while ``args.page_clients`` threads load / in a loop; both sides' figures."""
+    """wrk on /v1/predict while ``args.page_clients`` clients load / in a loop; both sides' figures."""
     stop_event = threading.Event()
-    loads: list[float] = []
-    failures: list[str] = []
-
-    def client() -> None:
-        while not stop_event.is_set():
-            try:
-                ms, status = timed_get(base + "/", args.timeout)
-                (loads.append(ms) if status == 200 else failures.append(str(status)))
-            except requests.RequestException as exc:
-                failures.append(type(exc).__name__)
-
+    seen: list[tuple[int | str, float]] = []
     probe: list[float] = []
     probe_failures: list[str] = []
     wrk_done = threading.Event()
@@ -206,7 +247,8 @@ def with_page_load(base: str, token: str, args: argparse.Namespace) -> tuple[dic
             except requests.RequestException as exc:
                 probe_failures.append(type(exc).__name__)
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(args.page_clients)]
+    threads = [threading.Thread(target=page_client, args=(base, f"127.0.0.{10 + i}", stop_event, args.timeout, seen),
+                                daemon=True) for i in range(args.page_clients)]  # fmt: skip
     prober = threading.Thread(target=sensor_probe, daemon=True)
     for t in (*threads, prober):
         t.start()
@@ -220,10 +262,15 @@ def with_page_load(base: str, token: str, args: argparse.Namespace) -> tuple[dic
     sensors["probe"] = {"answers": len(probe), "failures": len(probe_failures), "failure_kinds": sorted(set(probe_failures)),
                         "p50_ms": round(statistics.median(probe), 1) if probe else None,
                         "max_ms": round(max(probe), 1) if probe else None}  # fmt: skip
-    pages = {"clients": args.page_clients, "loads": len(loads), "failures": len(failures),
-             "failure_kinds": sorted(set(failures)),
+    loads = [ms for status, ms in seen if status == 200]
+    statuses: dict[str, int] = {}
+    for status, _ in seen:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    pages = {"clients": args.page_clients, "requests": len(seen), "statuses": statuses,
+             "per_second": round(len(seen) / args.seconds, 1), "loads": len(loads),
+             "failures": len([s for s, _ in seen if s not in (200, 429)]),
              "p50_ms": round(statistics.median(loads), 1) if loads else None,
-             "max_ms": max(loads) if loads else None}  # fmt: skip
+             "max_ms": round(max(loads), 1) if loads else None}  # fmt: skip
     return sensors, pages
 
 
@@ -265,7 +312,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8, help="wrk connections on /v1/predict")
     parser.add_argument("--seconds", type=int, default=20, help="wrk duration per sensor run")
     parser.add_argument(
-        "--page-clients", type=int, default=4, help="threads loading / during a sensor run"
+        "--page-clients", type=int, default=16, help="clients loading / during a sensor run"
     )
     parser.add_argument(
         "--repeats", type=int, default=3, help="warm requests per page or stats path"
@@ -294,6 +341,9 @@ def main() -> int:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DATABASE_URL": url,
            "MLFLOW_TRACKING_URI": registry, "POTABILITY_ROOT": str(settings.root)}  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="potability-scale-"))
+    env["POTABILITY_SPOOL_DIR"] = str(
+        work / "spool"
+    )  # so this script knows where the page cache is
     body = json.dumps(ROW)
     result: dict = {"machine": machine(), "model": {"version": champion.model_version, "kind": champion.tags.get("kind")},
                     "args": {k: v for k, v in vars(args).items() if k != "database_url"}}  # fmt: skip
@@ -310,10 +360,16 @@ def main() -> int:
         print(f"filling {args.rows:,} answers and {args.lab_rows:,} lab rows", flush=True)
         result["fill"] = fill(url, args, model_version)
         print(f"  {result['fill']}", flush=True)
-        print("page and stats latency (first request after server start, then warm)", flush=True)
+        print(
+            "page and stats latency (warm from the cache, the renderer's time, a worker's after expiry)",
+            flush=True,
+        )
         proc, base = serve(env, args, work / "serve-full.log")
         try:
-            result["reads"] = read_latency(base, args.repeats, args.timeout)
+            result["first_copy_s"] = wait_for_cache(base, args.timeout)
+            result["reads"] = read_latency(
+                base, page_cache_dir(work / "spool"), args.repeats, args.timeout
+            )
             result["predict_full"] = wrk(
                 f"{base}/v1/predict", body, args.connections, args.seconds, token
             )
@@ -339,22 +395,24 @@ def main() -> int:
 
 
 def print_table(r: dict) -> None:
-    f, reads = r["fill"], r["reads"]
+    f, reads, load = r["fill"], r["reads"], r["page_load"]
     rows = [("answers / lab rows", f"{f['rows']:,} / {f['lab_rows']:,}"),
             ("fill time (answers)", f"{f['fill_s']} s ({f['rows_per_s']:,} rows/s)"),
-            *[(f"GET {p} first / warm", f"{v['first_ms']:,} / {v['warm_ms']:,} ms") for p, v in reads.items()],
+            ("first page copy after server start", f"{r['first_copy_s']} s"),
+            *[(f"GET {p} warm / renderer / after expiry",
+               f"{v['warm_ms']:,} / {v['renderer_ms']} / {v['after_expiry_ms']:,} ms") for p, v in reads.items()],
             ("predict req/s, empty table", f"{r['predict_empty']['rps']:,}"),
             ("predict req/s, full table", f"{r['predict_full']['rps']:,}"),
             ("sensor p50 / p99, no page load", f"{r['predict_full']['p50_ms']} / {r['predict_full']['p99_ms']} ms"),
-            (f"sensor p50 / p99, {r['page_load']['clients']} page clients",
+            (f"sensor p50 / p99, {load['clients']} page clients",
              f"{r['predict_with_page_load']['p50_ms']} / {r['predict_with_page_load']['p99_ms']} ms"),
             ("failed sensor requests (alone / with pages)",
              f"{r['predict_full']['errors']} / {r['predict_with_page_load']['errors']}"),
             ("predict req/s with page load (wrk)", f"{r['predict_with_page_load']['rps']:,}"),
             ("probe sensor with page load: answers, failures, p50 / max",
              "{answers}, {failures}, {p50_ms} / {max_ms} ms".format(**r["predict_with_page_load"]["probe"])),
-            ("page failures during that run", f"{r['page_load']['failures']} {r['page_load']['failure_kinds']}"),
-            ("page loads during that run (p50)", f"{r['page_load']['loads']} ({r['page_load']['p50_ms']} ms)"),
+            ("page requests during that run (per s), by status", f"{load['requests']:,} ({load['per_second']}) {load['statuses']}"),
+            ("page loads answered 200: p50 / max", f"{load['p50_ms']} / {load['max_ms']} ms"),
             ("MB per million rows: table / indexes", f"{f['table_mb_per_million']} / {f['indexes_mb_per_million']}")]  # fmt: skip
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

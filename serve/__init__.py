@@ -3,7 +3,9 @@
 ``create_app(config)`` builds defaults from the environment (``Settings``),
 then applies ``config`` overrides (tests). It loads the champion from the MLflow
 registry (or its local cache), starts the inference-log writer and the alias
-watcher, and registers the blueprints.
+watcher, opens the page cache and the open pages' rate limit, and registers the
+blueprints. The page renderer (``serve/renderer.py``) builds this same app, takes
+no traffic, and keeps the page cache fresh.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from potability.config import get_settings
+from potability.config import get_settings, page_cache_dir
 from potability.log_maintenance import lab_match_minutes
 from potability.mart import WaterMart
 from potability.rollups import Rollups
@@ -24,13 +26,14 @@ log = logging.getLogger(__name__)
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    from serve import api, ops, page
+    from serve import api, ops, page, ratelimit
     from serve.auth import TokenCache
     from serve.errors import register_error_handlers
     from serve.inference_log import InferenceLog
     from serve.maintenance import Maintenance
     from serve.metrics import LATENCY, REQUESTS, on_log_depth, on_model_swap, on_quarantine
     from serve.model_holder import ModelHolder
+    from serve.page_cache import PageCache
     from serve.spool import Spool
 
     settings = get_settings()
@@ -55,6 +58,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         MODEL_POLL_SECONDS=settings.model_poll_seconds,
         REGISTRY_CONNECT_TIMEOUT=settings.registry_connect_timeout,
         PAGE_REQUIRES_TOKEN=settings.page_requires_token,
+        PAGE_REFRESH_SECONDS=settings.page_refresh_seconds,
+        PAGE_STALE_SECONDS=settings.page_stale_seconds,
+        PAGE_RATE_PER_SECOND=settings.page_rate_per_second,
+        PAGE_RATE_BURST=settings.page_rate_burst,
+        PAGE_RATE_CLIENTS=settings.page_rate_clients,
+        TRUST_FORWARDED_FOR=settings.trust_forwarded_for,
         PARAMS_PATH=str(settings.params_path),
         ROLLUPS_POOL_SIZE=settings.rollups_pool_size,
         LOG_MAINTENANCE_SECONDS=settings.log_maintenance_seconds,
@@ -88,7 +97,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config["SPOOL_REPLAY_SECONDS"], on_depth=on_log_depth,
         max_queue_rows=app.config["LOG_QUEUE_MAX_ROWS"],
     )  # fmt: skip
+    page_dir = page_cache_dir(app.config["SPOOL_DIR"])
     app.extensions.update({
+        "potability.page_cache": PageCache(page_dir, app.config["PAGE_STALE_SECONDS"]),
         "potability.mart": mart,
         "potability.model": holder,
         "potability.log": inference_log,
@@ -103,6 +114,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         maintenance.start()
 
     register_error_handlers(app)
+    ratelimit.init_app(app, ratelimit.RateLimiter(
+        page_dir / "ratelimit", app.config["PAGE_RATE_PER_SECOND"], app.config["PAGE_RATE_BURST"],
+        app.config["PAGE_RATE_CLIENTS"],
+    ))  # fmt: skip
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(page.bp)
@@ -143,3 +158,4 @@ def shutdown(app: Flask) -> None:
     app.extensions["potability.maintenance"].stop()
     app.extensions["potability.log"].close()
     app.extensions["potability.rollups"].close()
+    app.extensions["potability.ratelimit"].close()

@@ -14,6 +14,7 @@ class ApiError(Exception):
         message: str,
         field: str | None = None,
         index: int | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status, self.code, self.message, self.field, self.index = (
@@ -23,12 +24,13 @@ class ApiError(Exception):
             field,
             index,
         )
+        self.headers = headers or {}  # e.g. Retry-After on a 429 or 503
 
     def response(self):
         body = {"code": self.code, "message": self.message, "field": self.field}
         if self.index is not None:
             body["index"] = self.index
-        return jsonify({"error": body}), self.status
+        return jsonify({"error": body}), self.status, self.headers
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -40,7 +42,7 @@ def register_error_handlers(app: Flask) -> None:
         message = {
             413: f"request body larger than {app.config['MAX_CONTENT_LENGTH']} bytes",
         }.get(exc.code or 500, exc.description or exc.name)
-        response, status = ApiError(exc.code or 500, code, message).response()
+        response, status, _ = ApiError(exc.code or 500, code, message).response()
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
         return response, status

@@ -16,6 +16,21 @@ accesslog = (
 preload_app = False  # each worker builds its app (model session, log thread) after the fork
 
 
+def when_ready(server):
+    """Start the page renderer beside the workers: page and stats never render on a sensor's worker."""
+    from potability.config import get_settings
+    from serve.renderer import Supervisor
+
+    server.page_renderer = Supervisor(restart_seconds=get_settings().page_refresh_seconds)
+    server.page_renderer.start()
+
+
+def on_exit(server):
+    renderer = getattr(server, "page_renderer", None)
+    if renderer is not None:
+        renderer.stop()
+
+
 def worker_exit(server, worker):
     """Flush the worker's inference queue on graceful shutdown: nothing answered is lost."""
     from serve import shutdown

@@ -34,6 +34,31 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _json(_ref("Error"), "error") for s in statuses}
 
 
+def _open_read(
+    summary: str, content_type: str, schema: dict[str, Any], *extra: int
+) -> dict[str, Any]:
+    """A GET of the open page or its stats: answered from the renderer's cache, rate-limited per client."""
+    retry = {
+        "Retry-After": {
+            "description": "seconds to wait",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    }
+    errors = {str(s): {**_json(_ref("Error"), why), "headers": retry}
+              for s, why in ((429, "rate_limited: past this client's burst and rate (page_rate_* settings)"),
+                             (503, "page_rendering: no copy rendered yet, one is under way"))}  # fmt: skip
+    return {"get": {
+        "summary": summary,
+        "description": "Answered from the copy the page renderer refreshes every page_refresh_seconds "
+                       "(ETag, Last-Modified and Cache-Control max-age let browsers and proxies keep it); "
+                       "limited per client address (a token bucket) so no client can crowd out the sensors. "
+                       "401/403 only when the server is set to require a token for the page.",
+        "responses": {"200": {"description": "the panel(s)", "content": {content_type: {"schema": schema}}},
+                      "304": {"description": "not modified since the ETag sent in If-None-Match"},
+                      **_errors(401, 403, *extra), **errors},
+    }}  # fmt: skip
+
+
 def _one_or_batch(single: str, batch: str) -> dict[str, Any]:
     """A JSON request body that is one object of ``single`` or a ``batch``."""
     return {"required": True, "content": {"application/json": {"schema": {"oneOf": [_ref(single), _ref(batch)]}}}}  # fmt: skip
@@ -60,7 +85,7 @@ def _closed(properties: dict[str, Any], required: list[str] | None = None) -> di
     }
 
 
-def document(max_batch: int) -> dict[str, Any]:
+def document(max_batch: int, panels: tuple[str, ...]) -> dict[str, Any]:
     sample = json_schema_sample()
     reading = json_schema_reading()
     # a sensor's sample may name its reading (idempotent resends); a lab row may not
@@ -198,6 +223,26 @@ def document(max_batch: int) -> dict[str, Any]:
                         **_errors(401, 403, 422, 503),
                     },
                 }
+            },
+            "/": _open_read("The quality page (HTML)", "text/html", {"type": "string"}),
+            "/model": _open_read(
+                "The quality page (HTML), as at /", "text/html", {"type": "string"}
+            ),
+            "/v1/stats/{name}": {
+                **_open_read(
+                    "One panel of the quality page as JSON",
+                    "application/json",
+                    {"type": "object"},
+                    404,
+                ),
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(panels)},
+                    }
+                ],
             },
             "/healthz": {
                 "get": {

@@ -11,6 +11,7 @@ from serve.auth import require
 from serve.errors import ApiError
 from serve.metrics import exposition
 from serve.openapi import document
+from serve.page import PANELS
 
 bp = Blueprint("ops", __name__)
 
@@ -51,7 +52,7 @@ def metrics():
 
 @bp.get("/openapi.json")
 def openapi():
-    return document(current_app.config["MAX_BATCH"])
+    return document(current_app.config["MAX_BATCH"], tuple(PANELS))
 
 
 @bp.post("/admin/reload")

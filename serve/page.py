@@ -1,24 +1,28 @@
 """The public quality page (``/``, ``/model``) and its JSON twins (``/v1/stats/...``).
 
 Read-only, open by default (a setting can require a token); it shows no tokens
-and no raw sensor inputs, only aggregates.
+and no raw sensor inputs, only aggregates. Requests are answered from the page
+cache (``serve/page_cache.py``) that the renderer process keeps fresh, so a page
+load costs a worker well under a millisecond; ``render_all`` is the renderer's
+cycle, ``render_entry`` a worker's fallback.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, current_app, render_template, request
 
 from potability import deployments, quality
 from potability.config import load_params
 from potability.errors import MartError
 from serve.errors import ApiError
+from serve.page_cache import Entry, PageCache, RenderBusy, rendered
 
 bp = Blueprint("page", __name__)
+PAGE_KEY = "page"  # `/` and `/model` are one page
 PAGE_DEFAULTS = quality.PAGE_DEFAULTS
 
 
@@ -119,6 +123,95 @@ def _panel(name: str) -> dict[str, Any]:
         return {"error": f"the database is unavailable: {exc}"}
 
 
+def stats_key(name: str) -> str:
+    return f"stats-{name}"
+
+
+def _json_entry(panel: dict[str, Any]) -> tuple[bytes, str, int]:
+    return current_app.json.dumps(panel).encode(), "application/json", 200
+
+
+def _as_of(panels: dict[str, dict[str, Any]], rendered_at: datetime) -> str:
+    """The oldest of the panels' own ``as_of`` stamps (rollups lag the log), else the render time."""
+    stamps = []
+    for panel in panels.values():
+        value = panel.get("as_of")
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                continue
+        if isinstance(value, datetime):
+            stamps.append(value if value.tzinfo else value.replace(tzinfo=UTC))
+    return _stamp(min([*stamps, rendered_at]))
+
+
+def _stamp(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _page_entry(panels: dict[str, dict[str, Any]]) -> tuple[bytes, str, int]:
+    from serve import charts
+
+    now = datetime.now(UTC)
+    live, drift = panels["live"], panels["drift"]
+    html = render_template(
+        "page.html",
+        card=panels["model"], live=live, agreement=panels["agreement"], drift=drift,
+        live_chart=charts.answers_per_hour(live.get("hourly", [])),
+        drift_chart=charts.drift_bars(drift.get("features", []), drift.get("threshold", 0.2)),
+        as_of=_as_of(panels, now), generated_at=_stamp(now),
+        refresh_seconds=current_app.config["PAGE_REFRESH_SECONDS"],
+    )  # fmt: skip
+    return html.encode(), "text/html; charset=utf-8", 200
+
+
+def render_entry(key: str) -> Entry:
+    """Render one cache entry here and now (a worker's fallback when the renderer's copy is missing)."""
+    if key == PAGE_KEY:
+        return rendered(lambda: _page_entry({name: _panel(name) for name in PANELS}))
+    name = key.removeprefix("stats-")
+    return rendered(lambda: _json_entry(_panel(name)))
+
+
+def render_all() -> dict[str, Entry]:
+    """Every entry, each panel computed once (the renderer's cycle); needs an app and request context."""
+    panels: dict[str, dict[str, Any]] = {}
+    entries: dict[str, Entry] = {}
+    for name in PANELS:
+
+        def one(name: str = name) -> tuple[bytes, str, int]:
+            panels[name] = _panel(name)
+            return _json_entry(panels[name])
+
+        entries[stats_key(name)] = rendered(one)
+    page = rendered(lambda: _page_entry(panels))
+    # the page costs its panels plus its template: its Server-Timing says so
+    total = round(page.render_ms + sum(e.render_ms for e in entries.values()), 1)
+    entries[PAGE_KEY] = Entry(page.body, page.content_type, page.status, page.rendered_at, total)
+    return entries
+
+
+def _cached(key: str):
+    """Answer ``key`` from the page cache, with validators so browsers and proxies can help."""
+    cache: PageCache = current_app.extensions["potability.page_cache"]
+    try:
+        entry = cache.get(key, lambda: render_entry(key))
+    except RenderBusy:
+        raise ApiError(503, "page_rendering", "the page is being rendered for the first time; retry in a second",
+                       headers={"Retry-After": "1"}) from None  # fmt: skip
+    response = current_app.response_class(
+        entry.body, status=entry.status, content_type=entry.content_type
+    )
+    response.set_etag(entry.etag)
+    response.last_modified = datetime.fromtimestamp(entry.rendered_at, UTC)
+    max_age = max(0, round(current_app.config["PAGE_REFRESH_SECONDS"] - entry.age()))
+    scope = "private" if current_app.config["PAGE_REQUIRES_TOKEN"] else "public"
+    response.headers["Cache-Control"] = f"{scope}, max-age={max_age}"
+    response.headers["Server-Timing"] = f"render;dur={entry.render_ms}"
+    return response.make_conditional(request)
+
+
 @bp.get("/v1/stats/<name>")
 def stats(name: str):
     _check_access()
@@ -126,23 +219,11 @@ def stats(name: str):
         raise ApiError(
             404, "not_found", f"no panel {name!r}; try one of {', '.join(PANELS)}", field="name"
         )
-    return _panel(name)
+    return _cached(stats_key(name))
 
 
 @bp.get("/")
 @bp.get("/model")
 def page():
-    from serve import charts
-
     _check_access()
-    started = time.perf_counter()
-    panels = {name: _panel(name) for name in PANELS}
-    live, drift = panels["live"], panels["drift"]
-    return render_template(
-        "page.html",
-        card=panels["model"], live=live, agreement=panels["agreement"], drift=drift,
-        live_chart=charts.answers_per_hour(live.get("hourly", [])),
-        drift_chart=charts.drift_bars(drift.get("features", []), drift.get("threshold", 0.2)),
-        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        render_ms=round((time.perf_counter() - started) * 1000),
-    )  # fmt: skip
+    return _cached(PAGE_KEY)

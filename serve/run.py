@@ -7,13 +7,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from potability.config import get_settings
+from potability.config import get_settings, page_cache_dir
 
 
 def run_gunicorn(host: str, port: int, workers: int) -> int:
     """Replace this process with gunicorn (so signals reach its master directly)."""
     metrics_dir = get_settings().spool_dir / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters of a previous run must not leak in
+    # nor a previous run's pages (perhaps of another database) or rate-limit buckets
+    shutil.rmtree(page_cache_dir(get_settings().spool_dir), ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.execv(sys.executable, [

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO
-from tests.test_gunicorn import SAMPLE, Server
+from tests.test_gunicorn import SAMPLE, Server, wait_for
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -25,11 +25,15 @@ def test_chromium_renders_every_panel_without_console_errors(mart, champion, tmp
             pytest.fail("CI=true but Debian's chromium is not installed (.ci/run installs it)")
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     token = mart.create_token("browser-sensor", "sensor")
-    server = Server(tmp_path, mart.url, champion)
+    server = Server(tmp_path, mart.url, champion, POTABILITY_PAGE_REFRESH_SECONDS="1")
     try:
         r = requests.post(server.base + "/v1/predict", json={"samples": [SAMPLE] * 50},
                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip
         assert r.status_code == 200
+        # the page is the renderer's copy: wait for the one made after these answers were logged
+        assert wait_for(
+            lambda: "browser-sensor" in requests.get(server.base + "/", timeout=10).text
+        )
         artifacts = REPO / "tests" / "artifacts"
         artifacts.mkdir(exist_ok=True)
         shot = artifacts / "quality-page.png"

@@ -31,6 +31,10 @@ def _env_int(name: str, default: int) -> int:
     return int(_env_float(name, default))
 
 
+def _env_bool(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in {"1", "true", "yes"}
+
+
 def _env_path(name: str, default: Path, root: Path) -> Path:
     raw = os.environ.get(name)
     path = Path(raw) if raw else default
@@ -188,7 +192,43 @@ class Settings:
 
     @cached_property
     def page_requires_token(self) -> bool:
-        return os.environ.get("POTABILITY_PAGE_REQUIRES_TOKEN", "0").lower() in {"1", "true", "yes"}
+        return _env_bool("POTABILITY_PAGE_REQUIRES_TOKEN")
+
+    # The open page is served from a cache a renderer process refreshes, never rendered per request.
+    @cached_property
+    def page_refresh_seconds(self) -> float:
+        """How often the renderer re-renders the page and stats; also their Cache-Control max-age."""
+        return _env_float("POTABILITY_PAGE_REFRESH_SECONDS", 15.0)
+
+    @cached_property
+    def page_stale_seconds(self) -> float:
+        """How old a cached page may get before a worker renders it itself (the renderer is dead or stuck)."""
+        return _env_float("POTABILITY_PAGE_STALE_SECONDS", 120.0)
+
+    @cached_property
+    def page_renderer_nice(self) -> int:
+        """The renderer's niceness increment: the CPU goes to the sensor workers first."""
+        return _env_int("POTABILITY_PAGE_RENDERER_NICE", 10)
+
+    @cached_property
+    def page_rate_per_second(self) -> float:
+        """Open page/stats requests a client (one remote address) may make per second, sustained."""
+        return _env_float("POTABILITY_PAGE_RATE_PER_SECOND", 2.0)
+
+    @cached_property
+    def page_rate_burst(self) -> int:
+        """Open page/stats requests a client may make at once before the sustained rate applies."""
+        return _env_int("POTABILITY_PAGE_RATE_BURST", 30)
+
+    @cached_property
+    def page_rate_clients(self) -> int:
+        """Client buckets the rate limit keeps (shared by all workers); the longest idle is reused."""
+        return _env_int("POTABILITY_PAGE_RATE_CLIENTS", 4096)
+
+    @cached_property
+    def trust_forwarded_for(self) -> bool:
+        """Take the client from X-Forwarded-For (its last hop): only behind a proxy that sets it."""
+        return _env_bool("POTABILITY_TRUST_FORWARDED_FOR")
 
     # The retrain flow talks to a running server when one is configured.
     @cached_property
@@ -231,6 +271,11 @@ class Settings:
     @cached_property
     def reload_timeout_seconds(self) -> float:
         return _env_float("POTABILITY_RELOAD_TIMEOUT_SECONDS", 10.0)
+
+
+def page_cache_dir(spool_dir: str | Path) -> Path:
+    """Where a server keeps its rendered page and rate-limit buckets: beside its spool, one per server."""
+    return Path(spool_dir) / "page-cache"
 
 
 def load_params(path: Path) -> dict[str, Any]:

@@ -1,0 +1,133 @@
+"""The page renderer: a niced process beside the gunicorn workers that keeps the page cache fresh.
+
+Every ``page_refresh_seconds`` it renders ``/`` (and ``/model``) and every
+``/v1/stats/<name>`` into the page cache, each panel computed once. Its slow
+queries and template work happen here, never on a worker a sensor needs. It
+follows the champion alias like a worker (the page shows the served model) and
+takes no traffic. ``Supervisor`` runs it from the gunicorn master
+(``gunicorn.conf.py``) and starts it again when it dies; meanwhile workers
+answer the last copy, and render themselves once it is ``page_stale_seconds``
+old. It exits when its parent (the master) is gone.
+
+Run by hand: ``python -m serve.renderer`` (same environment as the server).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from potability.config import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def render_once(app) -> float:
+    """Render every entry into the app's page cache; return the seconds it took."""
+    from serve import page
+
+    cache = app.extensions["potability.page_cache"]
+    started = time.perf_counter()
+    with app.test_request_context("/"), cache.render_lock(wait=True):
+        for key, entry in page.render_all().items():
+            cache.write(key, entry)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    from serve import create_app, shutdown
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+    )
+    settings = get_settings()
+    os.nice(settings.page_renderer_nice)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    parent = os.getppid()
+    app = create_app({"START_BACKGROUND": False})  # takes no traffic: no inference-log writer
+    app.extensions["potability.model"].start_watching()
+    log.info("page renderer up: every %.0f s into %s", settings.page_refresh_seconds,
+             app.extensions["potability.page_cache"].directory)  # fmt: skip
+    try:
+        while not stop.is_set() and os.getppid() == parent:
+            try:
+                took = render_once(app)
+                if (
+                    took > settings.page_refresh_seconds
+                ):  # the page lags more than its interval says
+                    log.warning("page render took %.1f s, longer than POTABILITY_PAGE_REFRESH_SECONDS (%.0f s)",
+                                took, settings.page_refresh_seconds)  # fmt: skip
+            except (
+                Exception
+            ):  # a bad cycle (Postgres away) must not end the renderer: retry next cycle
+                log.exception("page render failed; the last copy keeps being served")
+                took = 0.0
+            stop.wait(max(0.0, settings.page_refresh_seconds - took))
+    finally:
+        shutdown(app)
+    return 0
+
+
+class Supervisor:
+    """Start the renderer as a child of the gunicorn master and start it again whenever it dies.
+
+    ``os.posix_spawn``, not ``subprocess``: the master forks workers from its
+    main thread while this thread spawns, and a worker forked mid-``Popen``
+    would inherit Popen's error pipe and hang it until that worker exits.
+    """
+
+    def __init__(self, restart_seconds: float):
+        self.restart_seconds = restart_seconds
+        self.pid: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="page-renderer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _spawn(self) -> int:
+        # the renderer keeps no worker metrics: its files would outlive it in the multiprocess directory
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        return os.posix_spawn(sys.executable, [sys.executable, "-m", "serve.renderer"], env)
+
+    def alive(self) -> bool:
+        """Whether the renderer runs; the master reaps every child (waitpid(-1)), so it may be gone already."""
+        if self.pid is None:
+            return False
+        try:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return pid == 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.pid = self._spawn()
+            while self.alive() and not self._stop.wait(1.0):
+                pass
+            if not self._stop.is_set():
+                log.warning("page renderer (pid %d) exited; starting another in %.0f s",
+                            self.pid, self.restart_seconds)  # fmt: skip
+                self._stop.wait(self.restart_seconds)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout=timeout)  # no new renderer after this
+        if not self.alive():
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
