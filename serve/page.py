@@ -131,7 +131,7 @@ def _json_entry(panel: dict[str, Any]) -> tuple[bytes, str, int]:
     return current_app.json.dumps(panel).encode(), "application/json", 200
 
 
-def _as_of(panels: dict[str, dict[str, Any]], rendered_at: datetime) -> str:
+def _page_as_of(panels: dict[str, dict[str, Any]], rendered_at: datetime) -> str:
     """The oldest of the panels' own ``as_of`` stamps (rollups lag the log), else the render time."""
     stamps = []
     for panel in panels.values():
@@ -160,7 +160,7 @@ def _page_entry(panels: dict[str, dict[str, Any]]) -> tuple[bytes, str, int]:
         card=panels["model"], live=live, agreement=panels["agreement"], drift=drift,
         live_chart=charts.answers_per_hour(live.get("hourly", [])),
         drift_chart=charts.drift_bars(drift.get("features", []), drift.get("threshold", 0.2)),
-        as_of=_as_of(panels, now), generated_at=_stamp(now),
+        as_of=_page_as_of(panels, now), generated_at=_stamp(now),
         refresh_seconds=current_app.config["PAGE_REFRESH_SECONDS"],
     )  # fmt: skip
     return html.encode(), "text/html; charset=utf-8", 200

@@ -156,8 +156,15 @@ def test_the_server_bins_the_answers_of_a_model_no_deploy_registered(mart, champ
             "DELETE FROM water.feature_edges WHERE model_version = %s", (champion.model_version,)
         )
     conn.close()
-    app = create_app({"DATABASE_URL": mart.url, **champion.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "s"),
-                      "START_BACKGROUND": False})  # fmt: skip
+    app = create_app(
+        {
+            "DATABASE_URL": mart.url,
+            **champion.app_config(tmp_path),
+            "SPOOL_DIR": str(tmp_path / "s"),
+            "START_BACKGROUND": False,
+            "PAGE_STALE_SECONDS": 0.0,
+        }
+    )  # fmt: skip  (no cached copy)
     try:
         sensor = mart.create_token("plant-9", "sensor")
         client = app.test_client()
