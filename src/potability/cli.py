@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from potability.config import SettingsError, get_settings
 from potability.errors import MartError
 
 log = logging.getLogger("potability")
@@ -209,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "pgserver", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        get_settings()  # refuse bad settings now, naming them, not deep inside a command
         return args.func(args)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except MartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
