@@ -56,8 +56,10 @@ def build_venv(path: Path, steps: list[list[str]]) -> float:
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     for args in steps:
-        subprocess.run([str(path / "bin/pip"), "install", "-q", "--disable-pip-version-check", *args],
-                       cwd=ROOT, check=True)  # fmt: skip
+        pip = [str(path / "bin/pip"), "install", "-q", "--disable-pip-version-check", *args]
+        done = subprocess.run(pip, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(pip)} failed:\n{done.stderr[-3000:]}")
     return time.monotonic() - started
 
 
