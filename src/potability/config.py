@@ -67,7 +67,7 @@ def _text(value: str) -> str:
 
 
 def _host_port(value: str | None) -> str | None:
-    if value is not None and not re.fullmatch(r"([a-z]+://)?[^\s:/]+:\d+/?", value):
+    if value is not None and not re.fullmatch(r"[a-z]+://\S+|[^\s:/]+:\d+", value):
         raise ValueError("expected host:port, like tcp://10.0.0.5:8786")
     return value
 
