@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tests.conftest import build_model_dir  # noqa: E402  (the same small real model the tests serve)
 
-from common import free_port, machine, start, stop, write_result  # noqa: E402
+from common import copy_project, free_port, machine, start, stop, write_result  # noqa: E402
 from potability import db, deploy  # noqa: E402
 from potability.config import Settings  # noqa: E402
 
@@ -51,13 +51,13 @@ PROFILES = {
 }
 
 
-def build_venv(path: Path, steps: list[list[str]]) -> float:
-    """Create a venv at ``path`` and pip-install ``steps`` into it; return the seconds it took."""
+def build_venv(path: Path, steps: list[list[str]], project: Path) -> float:
+    """Create a venv at ``path`` and pip-install ``steps`` (run in ``project``); return the seconds."""
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     for args in steps:
         pip = [str(path / "bin/pip"), "install", "-q", "--disable-pip-version-check", *args]
-        done = subprocess.run(pip, cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run(pip, cwd=project, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(pip)} failed:\n{done.stderr[-3000:]}")
     return time.monotonic() - started
@@ -124,10 +124,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="potability-install-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)  # as root, pgserver runs Postgres as its own user, who must reach pgdata
+        # pip builds a local project in place: build it from a copy, not the working tree
+        project = copy_project(ROOT, work / "project")
         venvs, results = {}, {}
         for i, (name, steps) in enumerate(PROFILES.items()):
             venvs[name] = work / f"venv{i}"
-            seconds = build_venv(venvs[name], steps)
+            seconds = build_venv(venvs[name], steps, project)
             results[name] = {"install_s": round(seconds, 1), "venv_mb": size_mb(venvs[name]),
                              "training_packages": present(venvs[name], TRAINING_PACKAGES)}  # fmt: skip
         env = {**clean, **champion(work)}

@@ -82,7 +82,7 @@ TrackingUri = Annotated[
     _url(
         ("postgresql", "postgres", "http", "https", "file", "sqlite", "databricks"),
         "postgresql+psycopg2://host/mlflow or http://host:5000",
-    ),  # fmt: skip
+    ),
     Kind("MLflow tracking URI"),
 ]
 HttpUrl = Annotated[str | None, _url(("http", "https"), "http://host:8000"), Kind("http(s) URL")]

@@ -25,12 +25,14 @@ def roc_table(y: np.ndarray, proba: np.ndarray, points: int) -> pd.DataFrame:
     fpr, tpr, thresholds = roc_curve(y, proba)
     keep = np.unique(np.linspace(0, len(fpr) - 1, points).round().astype(int))
     # sklearn's first threshold is +inf (nothing predicted potable): 1.0 says the same in a CSV
-    return pd.DataFrame({
-        "fpr": fpr[keep].round(4),
-        "tpr": tpr[keep].round(4),
-        "chance": fpr[keep].round(4),
-        "threshold": np.minimum(thresholds[keep], 1.0).round(4),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "fpr": fpr[keep].round(4),
+            "tpr": tpr[keep].round(4),
+            "chance": fpr[keep].round(4),
+            "threshold": np.minimum(thresholds[keep], 1.0).round(4),
+        }
+    )
 
 
 def calibration_table(y: np.ndarray, proba: np.ndarray, bins: int) -> pd.DataFrame:
@@ -45,10 +47,12 @@ def calibration_table(y: np.ndarray, proba: np.ndarray, bins: int) -> pd.DataFra
         members = which == b
         if members.any():
             predicted = float(proba[members].mean())
-            rows.append({
-                "predicted": round(predicted, 4),
-                "observed": round(float(np.mean(y[members])), 4),
-                "perfect": round(predicted, 4),
-                "samples": int(members.sum()),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "predicted": round(predicted, 4),
+                    "observed": round(float(np.mean(y[members])), 4),
+                    "perfect": round(predicted, 4),
+                    "samples": int(members.sum()),
+                }
+            )
     return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
