@@ -1,8 +1,12 @@
 """ROC and reliability tables: the numbers `dvc plots` draws for the promoted model."""
 
 import numpy as np
+import pandas as pd
 
 from potability.curves import calibration_table, roc_table
+from potability.stages.promote import write_curves
+from potability.synth import generate
+from tests.conftest import build_model_dir
 
 
 def test_roc_of_a_perfect_and_a_useless_model():
@@ -42,3 +46,17 @@ def test_calibration_shows_overconfidence_and_skips_empty_bins():
     assert table["predicted"].tolist() == [0.05, 0.96]  # 1.0 falls in the last bin, not past it
     assert table["observed"].tolist() == [0.0, round(2 / 5, 4)]
     assert table["samples"].tolist() == [2, 5]
+
+
+def test_promote_draws_the_promoted_onnx_model_or_says_there_is_none(tmp_path):
+    test_csv = tmp_path / "test.csv"
+    generate(400, seed=5).to_csv(test_csv, index=False)
+    params = {"curve_points": 101, "calibration_bins": 10}
+    write_curves(build_model_dir(tmp_path / "promoted"), test_csv, tmp_path / "plots", params)
+    roc = pd.read_csv(tmp_path / "plots/roc.csv")
+    calibration = pd.read_csv(tmp_path / "plots/calibration.csv")
+    assert 2 < len(roc) <= 101 and calibration["samples"].sum() == 400
+    (tmp_path / "empty").mkdir()  # nothing eligible and no champion: the plots exist, empty
+    write_curves(tmp_path / "empty", test_csv, tmp_path / "none", params)
+    assert (tmp_path / "none/roc.csv").read_text().strip() == "fpr,tpr,chance,threshold"
+    assert pd.read_csv(tmp_path / "none/calibration.csv").empty
