@@ -22,6 +22,7 @@ from serve.auth import require
 from serve.errors import ApiError
 from serve.inference_log import LogUnavailable
 from serve.metrics import PREDICTIONS
+from serve.readings import split_readings
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -77,6 +78,11 @@ def field_error(exc: FieldError, batch: bool) -> ApiError:
 def predict():
     config = current_app.config
     items, batch = as_items(json_body(), config["MAX_BATCH"])
+    now, sensor_id = datetime.now(UTC), g.token.name
+    try:
+        items, readings = split_readings(items, sensor_id, now, config["READING_MAX_SKEW_SECONDS"])
+    except FieldError as exc:
+        raise field_error(exc, batch) from None
     X = fast_feature_matrix(items)
     if X is None:  # something unusual: the per-sample validator finds it and names the field
         try:
@@ -96,16 +102,16 @@ def predict():
         )
     probabilities = production.model.predict_proba(X).tolist()
     threshold, version = production.threshold, production.version
-    received_at = datetime.now(UTC).isoformat()  # formatted once per request, not per row
-    sensor_id = g.token.name
+    received_at = now.isoformat()  # formatted once per request, not per row
     answers, rows = [], []
-    for features, probability in zip(X.tolist(), probabilities, strict=True):
-        inference_id = str(uuid.uuid4())
+    for i, (features, probability) in enumerate(zip(X.tolist(), probabilities, strict=True)):
+        reading = readings[i] if readings else None
+        inference_id, logged_at = reading or (str(uuid.uuid4()), received_at)
         potable = probability >= threshold
         answers.append({"potable": potable, "probability": round(probability, 6), "threshold": threshold,
                         "inference_id": inference_id, "model_version": version})  # fmt: skip
         # a tuple in INFERENCE_COLUMNS order: the log writer COPYs it as is
-        rows.append((inference_id, received_at, sensor_id, version,
+        rows.append((inference_id, logged_at, sensor_id, version,
                      *[None if v != v else v for v in features], probability, potable, threshold))  # fmt: skip
     try:
         current_app.extensions["potability.log"].submit(rows)

@@ -91,6 +91,7 @@ Cron = Annotated[str, AfterValidator(_cron), Kind("cron (5 fields, UTC)")]
 Seconds = Annotated[float, annotated_types.Gt(0), Kind("seconds > 0")]
 SecondsOrZero = Annotated[float, annotated_types.Ge(0), Kind("seconds ≥ 0")]
 Count = Annotated[int, annotated_types.Gt(0), Kind("integer > 0")]
+CountOrZero = Annotated[int, annotated_types.Ge(0), Kind("integer ≥ 0")]
 
 
 def workspace_of(root: Path) -> Path:
@@ -185,11 +186,42 @@ class Settings(BaseSettings):
     threads: Count = _env("POTABILITY_THREADS", default=1)
     """Threads per gunicorn worker (more than 1 turns sync into gthread)."""
 
+    reading_max_skew_seconds: Seconds = _env("POTABILITY_READING_MAX_SKEW_SECONDS", default=300.0)
+    """How far a sensor's `read_at` may lie after the server's clock before it is refused (400)."""
+
+    # The inference log at volume (issue 13): partitions, retention, maintenance, page reads.
+    log_retention_days: CountOrZero = _env("POTABILITY_LOG_RETENTION_DAYS", default=0)
+    """Whole daily log partitions older than this are dropped (0 = keep forever); rollups stay."""
+    log_partitions_ahead_days: Count = _env("POTABILITY_LOG_PARTITIONS_AHEAD_DAYS", default=7)
+    """Daily log partitions created ahead of today, so a day never starts in the default one."""
+    log_maintenance_seconds: Seconds = _env("POTABILITY_LOG_MAINTENANCE_SECONDS", default=3600.0)
+    """How often a server runs log maintenance (partitions ahead, retention, model edges)."""
+    log_maintenance_lock_timeout_seconds: Seconds = _env(
+        "POTABILITY_LOG_MAINTENANCE_LOCK_TIMEOUT_SECONDS", default=5.0
+    )
+    """How long maintenance waits for the log's lock: it retries next time, writers never wait long."""
+    rollups_pool_size: Count = _env("POTABILITY_ROLLUPS_POOL_SIZE", default=2)
+    """Connections a server keeps for the page's rollup reads (its own, never the log writer's)."""
+
+    # The sensors' client (potability.client, `potability predict`): how hard it tries.
+    client_timeout_seconds: Seconds = _env("POTABILITY_CLIENT_TIMEOUT_SECONDS", default=10.0)
+    """How long the client waits for one answer before it counts the try as failed."""
+    client_retries: CountOrZero = _env("POTABILITY_CLIENT_RETRIES", default=8)
+    """Tries after the first on a 503 or a lost connection (a restart takes seconds)."""
+    client_backoff_seconds: Seconds = _env("POTABILITY_CLIENT_BACKOFF_SECONDS", default=0.5)
+    """The first wait between tries; it doubles each time, with jitter."""
+    client_max_backoff_seconds: Seconds = _env(
+        "POTABILITY_CLIENT_MAX_BACKOFF_SECONDS", default=30.0
+    )
+    """The longest wait between tries."""
+
     # The retrain flow talks to a running server when one is configured.
     server_url: HttpUrl = _env("POTABILITY_SERVER_URL", default=None)
     """A running server the retrain flow asks to reload after a deploy."""
     admin_token: str | None = _env("POTABILITY_ADMIN_TOKEN", default=None, repr=False)
     """The admin token for that reload (a secret: never printed)."""
+    admin_token_block: Name = _env("POTABILITY_ADMIN_TOKEN_BLOCK", default="potability-admin-token")
+    """The Prefect Secret block holding the admin token when `POTABILITY_ADMIN_TOKEN` is unset."""
     retrain_cron: Cron = _env("POTABILITY_RETRAIN_CRON", default="0 3 * * *")
     """When `potability retrain --serve` runs the flow."""
     reload_timeout_seconds: Seconds = _env("POTABILITY_RELOAD_TIMEOUT_SECONDS", default=10.0)

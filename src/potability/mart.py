@@ -314,7 +314,7 @@ class WaterMart:
             )
             cur.execute(
                 "INSERT INTO water.water_inferences SELECT * FROM inference_stage "
-                "ON CONFLICT (inference_id) DO NOTHING"
+                "ON CONFLICT (inference_id, received_at) DO NOTHING"
             )
             return cur.rowcount
 
@@ -342,75 +342,6 @@ class WaterMart:
                 columns=["inference_id", "received_at", "sensor_id", "model_version", *FEATURE_NAMES,
                          "probability", "potable", "threshold"],
             )  # fmt: skip
-
-        return self._run(work)
-
-    def inference_hourly(self, since: datetime) -> pd.DataFrame:
-        """Answers per hour and sensor since ``since``: hour, sensor_id, answers, potable share."""
-
-        def work(cur) -> pd.DataFrame:
-            cur.execute(
-                "SELECT date_trunc('hour', received_at) AS hour, sensor_id, count(*) AS answers, "
-                "avg(potable::int)::float AS potable_share FROM water.water_inferences "
-                "WHERE received_at >= %s GROUP BY 1, 2 ORDER BY 1, 2",
-                (since,),
-            )
-            return pd.DataFrame(
-                cur.fetchall(), columns=["hour", "sensor_id", "answers", "potable_share"]
-            )
-
-        return self._run(work)
-
-    def recent_inference_features(self, since: datetime, limit: int) -> pd.DataFrame:
-        """The newest ``limit`` answered samples' features since ``since`` (for drift)."""
-
-        def work(cur) -> pd.DataFrame:
-            cur.execute(
-                f"SELECT {', '.join(FEATURE_COLUMNS)} FROM water.water_inferences "  # noqa: S608
-                "WHERE received_at >= %s ORDER BY received_at DESC LIMIT %s",
-                (since, limit),
-            )
-            return pd.DataFrame(cur.fetchall(), columns=list(FEATURE_NAMES), dtype="float64")
-
-        return self._run(work)
-
-    def lab_matches(self, window_minutes: float) -> pd.DataFrame:
-        """Lab samples matched to the live answer of the same sensor nearest in time (within the window).
-
-        Two probes of the (sensor_id, received_at) index per lab sample — the
-        nearest answer before and the nearest after — instead of joining every
-        answer in the window: at 2 M logged answers a window holds about a
-        thousand answers per sample, and the join took 43 s (bench/scale.py).
-        """
-        nearest = """(SELECT i.potable, i.probability, i.model_version, i.received_at
-                        FROM water.water_inferences i
-                       WHERE i.sensor_id = s.sensor_id AND {side}
-                       ORDER BY i.received_at {order} LIMIT 1)"""
-        before = nearest.format(
-            side="i.received_at <= s.collected_at "
-            "AND i.received_at >= s.collected_at - make_interval(mins => %(minutes)s)",
-            order="DESC",
-        )
-        after = nearest.format(
-            side="i.received_at > s.collected_at "
-            "AND i.received_at <= s.collected_at + make_interval(mins => %(minutes)s)",
-            order="ASC",
-        )
-
-        def work(cur) -> pd.DataFrame:
-            cur.execute(
-                f"""SELECT s.sample_id, s.sensor_id, s.potability, n.potable, n.probability, n.model_version
-                   FROM water.water_potability s
-                   CROSS JOIN LATERAL (
-                       SELECT c.* FROM ({before} UNION ALL {after}) c
-                       ORDER BY abs(extract(epoch FROM c.received_at - s.collected_at)), c.received_at
-                       LIMIT 1) n
-                   WHERE s.sensor_id IS NOT NULL AND s.collected_at IS NOT NULL
-                   ORDER BY s.sample_id""",  # noqa: S608 - the f-string joins fixed SQL; values are bound
-                {"minutes": int(window_minutes)},
-            )
-            return pd.DataFrame(cur.fetchall(), columns=["sample_id", "sensor_id", "potability", "potable",
-                                                         "probability", "model_version"])  # fmt: skip
 
         return self._run(work)
 
