@@ -2,11 +2,13 @@
 
 import os
 
+from potability.config import get_settings
+
 # sync workers, one request at a time each: measured on 2 cores (bench/serve.py), they beat gthread
 # on the tail (p99 6.4 ms vs 10.9-14.8 ms at 8 connections) with the same throughput. Put a reverse
 # proxy in front for slow clients. (threads > 1 would silently turn "sync" into "gthread".)
-worker_class = os.environ.get("POTABILITY_WORKER_CLASS", "sync")
-threads = int(os.environ.get("POTABILITY_THREADS", "1"))
+worker_class = get_settings().worker_class  # POTABILITY_WORKER_CLASS, checked at start
+threads = get_settings().threads  # POTABILITY_THREADS
 graceful_timeout = 20
 timeout = 60
 keepalive = 5

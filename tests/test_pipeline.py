@@ -215,6 +215,13 @@ def test_dvc_metrics_and_plots_work(project):
     assert decided["promoted"] is True and decided["challenger"] in MODEL_KINDS
     run(["dvc", "plots", "show", "-o", "dvc_plots"], root, env)
     assert (root / "dvc_plots/index.html").exists()
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], root, env).stdout)["data"]
+    roc = shown["ROC of the promoted model on the test split"][0]["content"]["data"]["values"]
+    assert {v["field"] for v in roc} == {"tpr", "chance"}
+    reliability = next(v for k, v in shown.items() if k.startswith("Calibration of the promoted"))
+    bins = [v for v in reliability[0]["content"]["data"]["values"] if v["field"] == "observed"]
+    n_test = len(read_samples(root / "data/split/test.csv"))
+    assert sum(int(v["samples"]) for v in bins) == n_test  # every test row in one bin
 
 
 def test_deploy_ships_the_decision_as_one_registered_version(project, registry):

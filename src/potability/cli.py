@@ -9,6 +9,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from potability.config import SettingsError, get_settings
 from potability.errors import MartError
 
 log = logging.getLogger("potability")
@@ -44,21 +45,38 @@ def cmd_db_url(args: argparse.Namespace) -> int:
     return 0
 
 
+SEED_CHUNK_ROWS = 1000  # synthetic rows per insert: small enough for the progress bar to move
+
+
 def cmd_seed(args: argparse.Namespace) -> int:
+    from potability.progress import bar
     from potability.synth import generate
 
     frame = generate(args.rows, args.seed)
     rows = [{k: (None if v != v else v) for k, v in r.items()} for r in frame.to_dict("records")]
-    report = _mart().insert_samples(rows, added_by=f"seed:{args.seed}")
-    print(f"synthetic rows (seed {args.seed}): inserted {len(report.inserted)}, "
-          f"skipped {len(report.duplicates)} (already stored)")  # fmt: skip
+    mart, inserted, skipped = _mart(), 0, 0
+    with bar(len(rows), "seed") as progress:
+        for i in range(0, len(rows), SEED_CHUNK_ROWS):
+            chunk = rows[i : i + SEED_CHUNK_ROWS]
+            report = mart.insert_samples(chunk, added_by=f"seed:{args.seed}")
+            inserted, skipped = inserted + len(report.inserted), skipped + len(report.duplicates)
+            progress.update(len(chunk))
+    summary = f"inserted {inserted}, skipped {skipped} (already stored)"
+    print(f"synthetic rows (seed {args.seed}): {summary}")
     return 0
 
 
 def cmd_import_csv(args: argparse.Namespace) -> int:
     from potability.importer import import_csv
+    from potability.progress import bar
 
-    report = import_csv(Path(args.path), _mart(), added_by=args.added_by)
+    with bar(0, f"import {Path(args.path).name}") as progress:
+
+        def advance(done: int, total: int) -> None:
+            progress.total = total
+            progress.update(done - progress.n)
+
+        report = import_csv(Path(args.path), _mart(), added_by=args.added_by, on_rows=advance)
     for rejection in report.rejected[: args.show_rejected]:
         print(f"rejected line {rejection.line}: {rejection.reason}")
     if len(report.rejected) > args.show_rejected:
@@ -339,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "pgserver", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        get_settings()  # refuse bad settings now, naming them, not deep inside a command
         return args.func(args)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except MartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

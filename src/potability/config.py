@@ -1,276 +1,329 @@
 """One settings object (environment) and one params loader (experiment).
 
-Secrets and connection strings come only from the environment; reproducible
-experiment numbers come only from ``params.yaml``. Paths are anchored at the
-project root, which is the working directory (as for ``dvc`` and ``git``) unless
-``POTABILITY_ROOT`` says otherwise.
+Secrets, connection strings and operational numbers come only from the
+environment, or from a ``.env`` file in the project root (the environment wins);
+reproducible experiment numbers come only from ``params.yaml``. Paths are
+anchored at the project root, which is the working directory (as for ``dvc`` and
+``git``) unless ``POTABILITY_ROOT`` says otherwise.
+
+Every knob is a typed field of :class:`Settings`, read and checked once when the
+object is built: a bad value stops a command or a server at start with the
+variable's name and what is wrong, never hours later in a request or at 03:00.
+README's settings table is generated from this class (``python -m
+potability.config``) and a test keeps the two equal.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import annotated_types
 import yaml
+from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
+class SettingsError(ValueError):
+    """A setting has a value we refuse; the message names each variable and what is wrong."""
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(_env_float(name, default))
+class Kind:
+    """How README's table names a field's type when the Python type says too little."""
+
+    def __init__(self, text: str):
+        self.text = text
 
 
-def _env_bool(name: str) -> bool:
-    return os.environ.get(name, "0").lower() in {"1", "true", "yes"}
+def _url(schemes: tuple[str, ...], example: str):
+    """A validator for an optional URL whose scheme must be one of ``schemes``."""
+
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme.split("+", 1)[0] not in schemes:
+            raise ValueError(f"expected a URL like {example}")
+        return value
+
+    return AfterValidator(check)
 
 
-def _env_path(name: str, default: Path, root: Path) -> Path:
-    raw = os.environ.get(name)
-    path = Path(raw) if raw else default
-    return path if path.is_absolute() else root / path
+def _cron(value: str) -> str:
+    # Five fields, minute to weekday; Prefect checks the rest when it schedules.
+    if len(value.split()) != 5 or not re.fullmatch(r"[0-9*/,\-A-Za-z ]+", value):
+        raise ValueError("expected a cron line of 5 fields, like '0 3 * * *'")
+    return value
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything that differs between machines, read once from the environment."""
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
 
-    root: Path = field(
-        default_factory=lambda: Path(os.environ.get("POTABILITY_ROOT") or Path.cwd()).resolve()
+
+def _host_port(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[a-z]+://\S+|[^\s:/]+:\d+", value):
+        raise ValueError("expected host:port, like tcp://10.0.0.5:8786")
+    return value
+
+
+PostgresUrl = Annotated[
+    str | None,
+    _url(("postgresql", "postgres"), "postgresql://user:password@host:5432/db"),
+    Kind("PostgreSQL URL"),
+]
+TrackingUri = Annotated[
+    str | None,
+    _url(
+        ("postgresql", "postgres", "http", "https", "file", "sqlite", "databricks"),
+        "postgresql+psycopg2://host/mlflow or http://host:5000",
+    ),
+    Kind("MLflow tracking URI"),
+]
+HttpUrl = Annotated[str | None, _url(("http", "https"), "http://host:8000"), Kind("http(s) URL")]
+Name = Annotated[str, AfterValidator(_text), Kind("text")]
+Cron = Annotated[str, AfterValidator(_cron), Kind("cron (5 fields, UTC)")]
+Seconds = Annotated[float, annotated_types.Gt(0), Kind("seconds > 0")]
+SecondsOrZero = Annotated[float, annotated_types.Ge(0), Kind("seconds ≥ 0")]
+Count = Annotated[int, annotated_types.Gt(0), Kind("integer > 0")]
+CountOrZero = Annotated[int, annotated_types.Ge(0), Kind("integer ≥ 0")]
+
+
+def workspace_of(root: Path) -> Path:
+    """The DVC workspace a root belongs to: itself, or the one a queued ``dvc exp run`` copied.
+
+    A queued experiment works in a copy under ``.dvc/tmp/exps/``; its stages
+    must reach the workspace's database, not start an empty one.
+    """
+    parts = root.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
+def _env(name: str, **kw: Any):
+    """A field read from environment variable ``name`` (and from ``.env``)."""
+    return Field(validation_alias=name, **kw)
+
+
+class Settings(BaseSettings):
+    """Everything that differs between machines, read and checked once from the environment."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="ignore",  # a .env may hold other tools' variables
+        env_ignore_empty=True,  # VAR= means "unset", as it always did here
+        populate_by_name=True,  # Settings(root=...) in tests and tools
+        use_attribute_docstrings=True,  # the docstrings below are README's "meaning" column
+        env_file_encoding="utf-8",
     )
 
-    @cached_property
-    def database_url(self) -> str | None:
-        return os.environ.get("DATABASE_URL") or None
+    # Where things are. Relative paths are taken from the root (or its workspace).
+    root: Path = _env("POTABILITY_ROOT", default_factory=Path.cwd)
+    """Project root: `dvc.yaml`, `params.yaml`, `models/` (default: the working directory; not read from `.env`, which lives there)."""
+    database_url: PostgresUrl = _env("DATABASE_URL", default=None, repr=False)
+    """Postgres for the mart and MLflow; unset: an embedded pgserver under `POTABILITY_PGDATA`."""
+    pgdata: Path = _env("POTABILITY_PGDATA", default=Path(".pgdata"))
+    """Data directory of the embedded Postgres (relative: under the DVC workspace)."""
+    mlflow_tracking_uri: TrackingUri = _env("MLFLOW_TRACKING_URI", default=None, repr=False)
+    """An explicit MLflow tracking store; unset: the `mlflow` database beside ours."""
+    mlflow_artifacts: Path = _env("POTABILITY_MLFLOW_ARTIFACTS", default=Path("mlartifacts"))
+    """Where MLflow stores run and model artifacts (relative: under the DVC workspace)."""
+    dask_scheduler_address: Annotated[str | None, AfterValidator(_host_port), Kind("host:port")] = (
+        _env("DASK_SCHEDULER_ADDRESS", default=None)
+    )
+    """A Dask scheduler for grid search; unset: the local cores."""
+
+    # The registry: what `potability deploy` ships to and what every server follows.
+    registered_model: Name = _env("POTABILITY_REGISTERED_MODEL", default="water-potability")
+    """The MLflow registered model that deploys go to and servers follow."""
+    champion_alias: Name = _env("POTABILITY_CHAMPION_ALIAS", default="champion")
+    """The registry alias that names the served version."""
+    promoted_dir: Path = _env("POTABILITY_PROMOTED_DIR", default=Path("models/promoted"))
+    """The pipeline's decision (a DVC output): what `potability deploy` ships by default."""
+    model_cache_dir: Path = _env("POTABILITY_MODEL_CACHE", default=Path(".model-cache"))
+    """Where a server keeps the versions it loaded, to start from during a registry outage."""
+    spool_dir: Path = _env("POTABILITY_SPOOL_DIR", default=Path(".spool"))
+    """Where a server spools answered rows while Postgres is down (and its metrics files)."""
+    params_path: Path = _env("POTABILITY_PARAMS", default=Path("params.yaml"))
+    """The experiment parameters file (the quality page reads its `page` section)."""
+
+    # Server tuning: operational numbers, not experiment numbers.
+    max_batch: Count = _env("POTABILITY_MAX_BATCH", default=1000)
+    """Most samples in one `/v1/predict` or `/v1/samples` body."""
+    max_body_bytes: Count = _env("POTABILITY_MAX_BODY_BYTES", default=1_000_000)
+    """Largest request body; larger is 413."""
+    token_cache_seconds: SecondsOrZero = _env("POTABILITY_TOKEN_CACHE_SECONDS", default=5.0)
+    """How long a verified token is trusted without asking Postgres (0: ask every request)."""
+    log_flush_seconds: Seconds = _env("POTABILITY_LOG_FLUSH_SECONDS", default=0.2)
+    """Longest an answered row waits before its batch is written to Postgres."""
+    log_batch_rows: Count = _env("POTABILITY_LOG_BATCH_ROWS", default=500)
+    """Answered rows written to Postgres in one batch."""
+    spool_replay_seconds: Seconds = _env("POTABILITY_SPOOL_REPLAY_SECONDS", default=2.0)
+    """How often spooled rows are retried into Postgres."""
+    spool_max_bytes: Count = _env("POTABILITY_SPOOL_MAX_BYTES", default=1_000_000_000)
+    """The spool's disk cap: past it, with Postgres down, `/v1/predict` says 503 (nothing unlogged)."""
+    log_queue_max_rows: Count = _env("POTABILITY_LOG_QUEUE_MAX_ROWS", default=50_000)
+    """Answered rows a worker may hold in memory before it refuses new ones (503)."""
+    token_stale_seconds: SecondsOrZero = _env("POTABILITY_TOKEN_STALE_SECONDS", default=600.0)
+    """How long a sensor token verified before keeps working while Postgres is down."""
+    model_poll_seconds: Seconds = _env("POTABILITY_MODEL_POLL_SECONDS", default=5.0)
+    """How often a server asks the registry which version the alias names."""
+    registry_connect_timeout: Seconds = _env("POTABILITY_REGISTRY_CONNECT_TIMEOUT", default=3.0)
+    """How long a server waits for the registry's database before serving its cache."""
+    page_requires_token: bool = _env("POTABILITY_PAGE_REQUIRES_TOKEN", default=False)
+    """Whether the quality page at `/` asks for a token."""
+
+    # The open page is served from a cache a renderer process refreshes, never rendered per request.
+    page_refresh_seconds: Seconds = _env("POTABILITY_PAGE_REFRESH_SECONDS", default=15.0)
+    """How often the renderer re-renders the page and stats; also their Cache-Control max-age."""
+    page_stale_seconds: Seconds = _env("POTABILITY_PAGE_STALE_SECONDS", default=120.0)
+    """How old a cached page may get before a worker renders it itself (the renderer is dead or stuck)."""
+    page_renderer_nice: CountOrZero = _env("POTABILITY_PAGE_RENDERER_NICE", default=10)
+    """The renderer's niceness increment: the CPU goes to the sensor workers first."""
+    page_rate_per_second: Seconds = _env("POTABILITY_PAGE_RATE_PER_SECOND", default=2.0)
+    """Open page/stats requests a client (one remote address) may make per second, sustained."""
+    page_rate_burst: Count = _env("POTABILITY_PAGE_RATE_BURST", default=30)
+    """Open page/stats requests a client may make at once before the sustained rate applies."""
+    page_rate_clients: Count = _env("POTABILITY_PAGE_RATE_CLIENTS", default=4096)
+    """Client buckets the rate limit keeps (shared by all workers); the longest idle is reused."""
+    trust_forwarded_for: bool = _env("POTABILITY_TRUST_FORWARDED_FOR", default=False)
+    """Take the client from X-Forwarded-For (its last hop): only behind a proxy that sets it."""
+    worker_class: Annotated[str, AfterValidator(_text), Kind("gunicorn worker class")] = _env(
+        "POTABILITY_WORKER_CLASS", default="sync"
+    )
+    """gunicorn's worker class for `potability serve` (sync measured best on 2 cores)."""
+    threads: Count = _env("POTABILITY_THREADS", default=1)
+    """Threads per gunicorn worker (more than 1 turns sync into gthread)."""
+
+    reading_max_skew_seconds: Seconds = _env("POTABILITY_READING_MAX_SKEW_SECONDS", default=300.0)
+    """How far a sensor's `read_at` may lie after the server's clock before it is refused (400)."""
+
+    # The inference log at volume (issue 13): partitions, retention, maintenance, page reads.
+    log_retention_days: CountOrZero = _env("POTABILITY_LOG_RETENTION_DAYS", default=0)
+    """Whole daily log partitions older than this are dropped (0 = keep forever); rollups stay."""
+    log_partitions_ahead_days: Count = _env("POTABILITY_LOG_PARTITIONS_AHEAD_DAYS", default=7)
+    """Daily log partitions created ahead of today, so a day never starts in the default one."""
+    log_maintenance_seconds: Seconds = _env("POTABILITY_LOG_MAINTENANCE_SECONDS", default=3600.0)
+    """How often a server runs log maintenance (partitions ahead, retention, model edges)."""
+    log_maintenance_lock_timeout_seconds: Seconds = _env(
+        "POTABILITY_LOG_MAINTENANCE_LOCK_TIMEOUT_SECONDS", default=5.0
+    )
+    """How long maintenance waits for the log's lock: it retries next time, writers never wait long."""
+    rollups_pool_size: Count = _env("POTABILITY_ROLLUPS_POOL_SIZE", default=2)
+    """Connections a server keeps for the page's rollup reads (its own, never the log writer's)."""
+
+    # The sensors' client (potability.client, `potability predict`): how hard it tries.
+    client_timeout_seconds: Seconds = _env("POTABILITY_CLIENT_TIMEOUT_SECONDS", default=10.0)
+    """How long the client waits for one answer before it counts the try as failed."""
+    client_retries: CountOrZero = _env("POTABILITY_CLIENT_RETRIES", default=8)
+    """Tries after the first on a 503 or a lost connection (a restart takes seconds)."""
+    client_backoff_seconds: Seconds = _env("POTABILITY_CLIENT_BACKOFF_SECONDS", default=0.5)
+    """The first wait between tries; it doubles each time, with jitter."""
+    client_max_backoff_seconds: Seconds = _env(
+        "POTABILITY_CLIENT_MAX_BACKOFF_SECONDS", default=30.0
+    )
+    """The longest wait between tries."""
+
+    # The retrain flow talks to a running server when one is configured.
+    server_url: HttpUrl = _env("POTABILITY_SERVER_URL", default=None)
+    """A running server the retrain flow asks to reload after a deploy."""
+    admin_token: str | None = _env("POTABILITY_ADMIN_TOKEN", default=None, repr=False)
+    """The admin token for that reload (a secret: never printed)."""
+    admin_token_block: Name = _env("POTABILITY_ADMIN_TOKEN_BLOCK", default="potability-admin-token")
+    """The Prefect Secret block holding the admin token when `POTABILITY_ADMIN_TOKEN` is unset."""
+    retrain_cron: Cron = _env("POTABILITY_RETRAIN_CRON", default="0 3 * * *")
+    """When `potability retrain --serve` runs the flow."""
+    reload_timeout_seconds: Seconds = _env("POTABILITY_RELOAD_TIMEOUT_SECONDS", default=10.0)
+    """How long the flow waits for the server's reload answer."""
+
+    def __init__(self, **values: Any):
+        root = Path(values.pop("root", None) or os.environ.get("POTABILITY_ROOT") or Path.cwd())
+        try:
+            super().__init__(_env_file=root.resolve() / ".env", root=root, **values)
+        except ValidationError as exc:
+            raise SettingsError(_explain(exc)) from None
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, value: Path) -> Path:
+        return value.resolve()
+
+    @field_validator("pgdata", "mlflow_artifacts")
+    @classmethod
+    def _under_workspace(cls, value: Path, info: ValidationInfo) -> Path:
+        root = info.data.get("root")
+        return value if value.is_absolute() or root is None else workspace_of(root) / value
+
+    @field_validator("promoted_dir", "model_cache_dir", "spool_dir", "params_path")
+    @classmethod
+    def _under_root(cls, value: Path, info: ValidationInfo) -> Path:
+        root = info.data.get("root")
+        return value if value.is_absolute() or root is None else root / value
 
     @cached_property
     def workspace(self) -> Path:
-        """Where machine-local state lives (embedded Postgres, MLflow artifacts): the DVC workspace.
+        """Where machine-local state lives (embedded Postgres, MLflow artifacts): the DVC workspace."""
+        return workspace_of(self.root)
 
-        A queued ``dvc exp run`` works in a copy under ``.dvc/tmp/exps/``; its
-        stages must reach the workspace's database, not start an empty one.
-        """
-        parts = self.root.parts
-        for i in range(len(parts) - 2):
-            if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-                return Path(*parts[:i])
-        return self.root
 
-    @cached_property
-    def pgdata(self) -> Path:
-        return _env_path("POTABILITY_PGDATA", Path(".pgdata"), self.workspace)
+def env_name(name: str) -> str:
+    """The environment variable that sets field ``name``."""
+    return Settings.model_fields[name].validation_alias
 
-    @cached_property
-    def mlflow_tracking_uri(self) -> str | None:
-        """An explicit tracking store; unset means the ``mlflow`` database beside ours."""
-        return os.environ.get("MLFLOW_TRACKING_URI") or None
 
-    @cached_property
-    def mlflow_artifacts(self) -> Path:
-        return _env_path("POTABILITY_MLFLOW_ARTIFACTS", Path("mlartifacts"), self.workspace)
+def _explain(exc: ValidationError) -> str:
+    """One line per refused value: the variable, the value (never a secret's), what is wrong."""
+    by_env = {f.validation_alias: (n, f) for n, f in Settings.model_fields.items()}
+    lines = []
+    for error in exc.errors():
+        key = str(error["loc"][0]) if error["loc"] else "settings"
+        name, field = by_env.get(key) or (key, Settings.model_fields.get(key))
+        variable = env_name(name) if field is not None else key
+        shown = "" if field is None or not field.repr else f"={error['input']!r}"
+        lines.append(f"{variable}{shown}: {error['msg'].removeprefix('Value error, ')}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
 
-    @cached_property
-    def dask_scheduler_address(self) -> str | None:
-        return os.environ.get("DASK_SCHEDULER_ADDRESS") or None
 
-    # The registry: what `potability deploy` ships to and what every server follows.
-    @cached_property
-    def registered_model(self) -> str:
-        return os.environ.get("POTABILITY_REGISTERED_MODEL") or "water-potability"
+def _type_text(field) -> str:
+    for meta in field.metadata:
+        if isinstance(meta, Kind):
+            return meta.text
+    base = field.annotation
+    args = [a for a in getattr(base, "__args__", ()) if a is not type(None)]
+    base = args[0] if args else base
+    return {bool: "boolean (1/0, true/false, yes/no)", Path: "path", str: "text"}.get(
+        base, getattr(base, "__name__", str(base))
+    )
 
-    @cached_property
-    def champion_alias(self) -> str:
-        return os.environ.get("POTABILITY_CHAMPION_ALIAS") or "champion"
 
-    @cached_property
-    def promoted_dir(self) -> Path:
-        """The pipeline's decision (a DVC output): what `potability deploy` ships by default."""
-        return _env_path("POTABILITY_PROMOTED_DIR", Path("models/promoted"), self.root)
+def _default_text(name: str, field) -> str:
+    if field.default_factory is not None:
+        return "the working directory" if name == "root" else "computed"
+    if field.default is None:
+        return "unset"
+    if isinstance(field.default, bool):
+        return "`1`" if field.default else "`0`"
+    if isinstance(field.default, int) and not isinstance(field.default, bool):
+        return f"`{field.default:_}`".replace("_", ",")
+    return f"`{field.default}`"
 
-    @cached_property
-    def model_cache_dir(self) -> Path:
-        """Where a server keeps the versions it loaded, to start from during a registry outage."""
-        return _env_path("POTABILITY_MODEL_CACHE", Path(".model-cache"), self.root)
 
-    @cached_property
-    def spool_dir(self) -> Path:
-        return _env_path("POTABILITY_SPOOL_DIR", Path(".spool"), self.root)
-
-    @cached_property
-    def params_path(self) -> Path:
-        return _env_path("POTABILITY_PARAMS", Path("params.yaml"), self.root)
-
-    # Server tuning: operational numbers, not experiment numbers.
-    @cached_property
-    def max_batch(self) -> int:
-        return _env_int("POTABILITY_MAX_BATCH", 1000)
-
-    @cached_property
-    def max_body_bytes(self) -> int:
-        return _env_int("POTABILITY_MAX_BODY_BYTES", 1_000_000)
-
-    @cached_property
-    def reading_max_skew_seconds(self) -> float:
-        """How far a sensor's ``read_at`` may lie after the server's clock before it is refused (400)."""
-        return _env_float("POTABILITY_READING_MAX_SKEW_SECONDS", 300.0)
-
-    @cached_property
-    def token_cache_seconds(self) -> float:
-        return _env_float("POTABILITY_TOKEN_CACHE_SECONDS", 5.0)
-
-    @cached_property
-    def log_flush_seconds(self) -> float:
-        return _env_float("POTABILITY_LOG_FLUSH_SECONDS", 0.2)
-
-    @cached_property
-    def log_batch_rows(self) -> int:
-        return _env_int("POTABILITY_LOG_BATCH_ROWS", 500)
-
-    @cached_property
-    def spool_replay_seconds(self) -> float:
-        return _env_float("POTABILITY_SPOOL_REPLAY_SECONDS", 2.0)
-
-    @cached_property
-    def spool_max_bytes(self) -> int:
-        """The spool's disk cap: past it, with Postgres down, /v1/predict says 503 (nothing unlogged)."""
-        return _env_int("POTABILITY_SPOOL_MAX_BYTES", 1_000_000_000)
-
-    @cached_property
-    def log_queue_max_rows(self) -> int:
-        """Answered rows a worker may hold in memory before it refuses new ones (503)."""
-        return _env_int("POTABILITY_LOG_QUEUE_MAX_ROWS", 50_000)
-
-    @cached_property
-    def token_stale_seconds(self) -> float:
-        """How long a sensor token verified before keeps working while Postgres is down."""
-        return _env_float("POTABILITY_TOKEN_STALE_SECONDS", 600.0)
-
-    @cached_property
-    def model_poll_seconds(self) -> float:
-        return _env_float("POTABILITY_MODEL_POLL_SECONDS", 5.0)
-
-    @cached_property
-    def registry_connect_timeout(self) -> float:
-        """How long a server waits for the registry's database before serving its cache."""
-        return _env_float("POTABILITY_REGISTRY_CONNECT_TIMEOUT", 3.0)
-
-    # The inference log at volume (issue 13): partitions, retention, maintenance, page reads.
-    @cached_property
-    def log_retention_days(self) -> int:
-        """Whole daily log partitions older than this are dropped (0 = keep forever); rollups stay."""
-        return _env_int("POTABILITY_LOG_RETENTION_DAYS", 0)
-
-    @cached_property
-    def log_partitions_ahead_days(self) -> int:
-        """Daily log partitions created ahead of today, so a day never starts in the default one."""
-        return _env_int("POTABILITY_LOG_PARTITIONS_AHEAD_DAYS", 7)
-
-    @cached_property
-    def log_maintenance_seconds(self) -> float:
-        """How often a server runs log maintenance (partitions ahead, retention, model edges)."""
-        return _env_float("POTABILITY_LOG_MAINTENANCE_SECONDS", 3600.0)
-
-    @cached_property
-    def log_maintenance_lock_timeout_seconds(self) -> float:
-        """How long maintenance waits for the log's lock: it retries next time, writers never wait long."""
-        return _env_float("POTABILITY_LOG_MAINTENANCE_LOCK_TIMEOUT_SECONDS", 5.0)
-
-    @cached_property
-    def rollups_pool_size(self) -> int:
-        """Connections a server keeps for the page's rollup reads (its own, never the log writer's)."""
-        return _env_int("POTABILITY_ROLLUPS_POOL_SIZE", 2)
-
-    @cached_property
-    def page_requires_token(self) -> bool:
-        return _env_bool("POTABILITY_PAGE_REQUIRES_TOKEN")
-
-    # The open page is served from a cache a renderer process refreshes, never rendered per request.
-    @cached_property
-    def page_refresh_seconds(self) -> float:
-        """How often the renderer re-renders the page and stats; also their Cache-Control max-age."""
-        return _env_float("POTABILITY_PAGE_REFRESH_SECONDS", 15.0)
-
-    @cached_property
-    def page_stale_seconds(self) -> float:
-        """How old a cached page may get before a worker renders it itself (the renderer is dead or stuck)."""
-        return _env_float("POTABILITY_PAGE_STALE_SECONDS", 120.0)
-
-    @cached_property
-    def page_renderer_nice(self) -> int:
-        """The renderer's niceness increment: the CPU goes to the sensor workers first."""
-        return _env_int("POTABILITY_PAGE_RENDERER_NICE", 10)
-
-    @cached_property
-    def page_rate_per_second(self) -> float:
-        """Open page/stats requests a client (one remote address) may make per second, sustained."""
-        return _env_float("POTABILITY_PAGE_RATE_PER_SECOND", 2.0)
-
-    @cached_property
-    def page_rate_burst(self) -> int:
-        """Open page/stats requests a client may make at once before the sustained rate applies."""
-        return _env_int("POTABILITY_PAGE_RATE_BURST", 30)
-
-    @cached_property
-    def page_rate_clients(self) -> int:
-        """Client buckets the rate limit keeps (shared by all workers); the longest idle is reused."""
-        return _env_int("POTABILITY_PAGE_RATE_CLIENTS", 4096)
-
-    @cached_property
-    def trust_forwarded_for(self) -> bool:
-        """Take the client from X-Forwarded-For (its last hop): only behind a proxy that sets it."""
-        return _env_bool("POTABILITY_TRUST_FORWARDED_FOR")
-
-    # The retrain flow talks to a running server when one is configured.
-    @cached_property
-    def server_url(self) -> str | None:
-        return os.environ.get("POTABILITY_SERVER_URL") or None
-
-    @cached_property
-    def admin_token(self) -> str | None:
-        return os.environ.get("POTABILITY_ADMIN_TOKEN") or None
-
-    # The sensors' client (potability.client, `potability predict`): how hard it tries.
-    @cached_property
-    def client_timeout_seconds(self) -> float:
-        """How long the client waits for one answer before it counts the try as failed."""
-        return _env_float("POTABILITY_CLIENT_TIMEOUT_SECONDS", 10.0)
-
-    @cached_property
-    def client_retries(self) -> int:
-        """Tries after the first on a 503 or a lost connection (a restart takes seconds)."""
-        return _env_int("POTABILITY_CLIENT_RETRIES", 8)
-
-    @cached_property
-    def client_backoff_seconds(self) -> float:
-        """The first wait between tries; it doubles each time, with jitter."""
-        return _env_float("POTABILITY_CLIENT_BACKOFF_SECONDS", 0.5)
-
-    @cached_property
-    def client_max_backoff_seconds(self) -> float:
-        return _env_float("POTABILITY_CLIENT_MAX_BACKOFF_SECONDS", 30.0)
-
-    @cached_property
-    def admin_token_block(self) -> str:
-        """The Prefect Secret block holding the admin token when POTABILITY_ADMIN_TOKEN is unset."""
-        return os.environ.get("POTABILITY_ADMIN_TOKEN_BLOCK") or "potability-admin-token"
-
-    @cached_property
-    def retrain_cron(self) -> str:
-        return os.environ.get("POTABILITY_RETRAIN_CRON", "0 3 * * *")
-
-    @cached_property
-    def reload_timeout_seconds(self) -> float:
-        return _env_float("POTABILITY_RELOAD_TIMEOUT_SECONDS", 10.0)
+def settings_table() -> str:
+    """README's table of every knob: variable, type, default, meaning (generated, never hand-edited)."""
+    rows = ["| variable | type | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = " ".join((field.description or "").split())
+        rows.append(
+            f"| `{env_name(name)}` | {_type_text(field)} | {_default_text(name, field)} | {meaning} |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 def page_cache_dir(spool_dir: str | Path) -> Path:
@@ -285,5 +338,13 @@ def load_params(path: Path) -> dict[str, Any]:
 
 
 def get_settings() -> Settings:
-    """Return settings for the current environment and working directory."""
+    """Return settings for the current environment and working directory.
+
+    Raises:
+        SettingsError: a variable has a value we refuse (each one named).
+    """
     return Settings()
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table())

@@ -36,7 +36,13 @@ def embedded_server_url(pgdata: Path) -> str:
         logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command at INFO
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset on servers
-            import pgserver  # imported lazily: only the embedded path needs it
+            try:
+                import pgserver  # imported lazily: only the embedded path needs it
+            except ImportError:
+                raise DatabaseUnavailable(
+                    "DATABASE_URL is unset and the embedded Postgres (pgserver) is not installed "
+                    "here: set DATABASE_URL, or install potability[train]"
+                ) from None
 
             pgdata.mkdir(parents=True, exist_ok=True)
             server = pgserver.get_server(pgdata, cleanup_mode=None)

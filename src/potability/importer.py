@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import csv
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,8 +101,18 @@ def read_lab_rows(path: Path) -> tuple[dict[int, dict], list[Rejection]]:
         return good, rejected
 
 
-def import_csv(path: Path, mart: WaterMart, added_by: str, chunk_rows: int = 5000) -> ImportReport:
-    """Import a CSV into the mart; see the module docstring for the rules."""
+def import_csv(
+    path: Path,
+    mart: WaterMart,
+    added_by: str,
+    chunk_rows: int = 5000,
+    on_rows: Callable[[int, int], None] | None = None,
+) -> ImportReport:
+    """Import a CSV into the mart; see the module docstring for the rules.
+
+    ``on_rows(done, total)`` is called after each stored chunk (the CLI's
+    progress bar); the library itself draws nothing.
+    """
     by_line, rejected = read_lab_rows(path)
     report = ImportReport(rejected=rejected)
     line_of = {row["sample_id"]: line for line, row in by_line.items()}
@@ -117,5 +128,7 @@ def import_csv(path: Path, mart: WaterMart, added_by: str, chunk_rows: int = 500
                     f"sample_id {sid!r} is already stored with other values; not overwritten",
                 )
             )
+        if on_rows is not None:
+            on_rows(min(i + chunk_rows, len(rows)), len(rows))
     report.rejected.sort(key=lambda r: r.line)
     return report

@@ -24,8 +24,15 @@ import numpy as np
 
 from potability import artifacts, tracking
 from potability.config import Settings, get_settings, load_params
+from potability.curves import calibration_table, roc_table
 from potability.deploy import fetch_version
-from potability.features import feature_matrix, file_sha256, labels, read_samples
+from potability.features import (
+    feature_matrix,
+    file_sha256,
+    labels,
+    read_samples,
+    write_csv_atomic,
+)
 from potability.intervals import PairedComparison, paired_bootstrap
 from potability.modeling import classification_metrics
 from potability.promotion import choose_challenger, decide
@@ -166,6 +173,26 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record.get(k) for k in keys}
 
 
+def write_curves(promoted: Path, test: Path, plots: Path, params: dict[str, Any]) -> None:
+    """ROC and reliability tables of the model in ``promoted`` on the test split, for `dvc plots`.
+
+    The ONNX file is what `potability deploy` ships, so the curves are of what
+    sensors would be answered with. With no model there (nothing eligible, no
+    champion) the tables are empty: the plots exist and say so.
+    """
+    frame = read_samples(test)
+    y = labels(frame)
+    try:
+        proba = artifacts.load_model_dir(promoted).model.predict_proba(feature_matrix(frame))
+    except artifacts.ArtifactError as exc:
+        log.info("no model to draw ROC and calibration curves of: %s", exc)
+        y, proba = y[:0], np.empty(0)
+    write_csv_atomic(roc_table(y, proba, params["curve_points"]), plots / "roc.csv")
+    write_csv_atomic(
+        calibration_table(y, proba, params["calibration_bins"]), plots / "calibration.csv"
+    )
+
+
 def current_champion(settings: Settings, workdir: Path) -> Champion | None:
     """The version the alias names, downloaded into ``workdir`` and checked; None if there is none."""
     tracking.configure(settings)
@@ -186,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--decision", type=Path, required=True)
+    parser.add_argument("--plots", type=Path, required=True, help="ROC and calibration tables")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -194,7 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         champion = current_champion(settings, Path(tmp))
-        record = promote(paths, load_params(args.params), settings, champion)
+        params = load_params(args.params)
+        record = promote(paths, params, settings, champion)
+    write_curves(paths.out, paths.test, args.plots, params["promote"])
     artifacts.write_json_atomic(args.decision, {
         "promoted": record["promote"], "challenger": record["challenger"], "reason": record["reason"],
         "version": record.get("version"),

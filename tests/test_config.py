@@ -1,0 +1,120 @@
+"""Settings: typed, read from the environment and `.env`, refused at start with the variable's name."""
+
+import re
+import sys
+
+import pytest
+
+from potability.config import Settings, SettingsError, settings_table
+from tests.conftest import REPO, run
+
+TABLE = re.compile(r"<!-- settings-table:[^\n]*-->\n(.*?)<!-- end settings-table -->", re.S)
+
+
+def test_readme_table_is_the_model():
+    """README lists every knob; it is generated from the class, so the two cannot drift."""
+    found = TABLE.search((REPO / "README.md").read_text(encoding="utf-8"))
+    assert found, "README has no settings table between its markers"
+    assert found.group(1) == settings_table(), (
+        "README's settings table differs from Settings: paste `python -m potability.config` into it"
+    )
+    for variable in ("DATABASE_URL", "MLFLOW_TRACKING_URI", "DASK_SCHEDULER_ADDRESS",
+                     "POTABILITY_MAX_BATCH", "POTABILITY_ADMIN_TOKEN"):  # fmt: skip
+        assert f"| `{variable}` |" in found.group(1)
+
+
+@pytest.fixture
+def bare_env(monkeypatch):
+    """No potability variable from the test session's environment."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("POTABILITY_") or name in {"DATABASE_URL", "MLFLOW_TRACKING_URI"}:
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_defaults_and_paths_under_the_root(tmp_path, bare_env):
+    settings = Settings(root=tmp_path)
+    assert settings.max_batch == 1000 and settings.page_requires_token is False
+    assert settings.database_url is None and settings.retrain_cron == "0 3 * * *"
+    assert settings.spool_dir == tmp_path / ".spool"
+    assert settings.params_path == tmp_path / "params.yaml"
+    bare_env.setenv("POTABILITY_SPOOL_DIR", "var/spool")
+    bare_env.setenv("POTABILITY_MAX_BATCH", "")  # empty means unset
+    bare_env.setenv("POTABILITY_PAGE_REQUIRES_TOKEN", "yes")
+    settings = Settings(root=tmp_path)
+    assert settings.spool_dir == tmp_path / "var" / "spool"
+    assert settings.max_batch == 1000 and settings.page_requires_token is True
+
+
+def test_dotenv_in_the_root_is_read_and_the_environment_wins(tmp_path, bare_env):
+    (tmp_path / ".env").write_text(
+        "POTABILITY_MAX_BATCH=50\nPOTABILITY_SERVER_URL=http://10.1.2.3:8000\n"
+        "DATABASE_URL=postgresql://u:p@db:5432/water\nSOME_OTHER_TOOL=x\n"
+    )
+    bare_env.setenv("POTABILITY_MAX_BATCH", "70")
+    settings = Settings(root=tmp_path)
+    assert settings.max_batch == 70
+    assert settings.server_url == "http://10.1.2.3:8000"
+    assert settings.database_url == "postgresql://u:p@db:5432/water"
+    bare_env.setenv("POTABILITY_ROOT", str(tmp_path))
+    assert Settings().max_batch == 70 and Settings().root == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("POTABILITY_MAX_BATCH", "-5", "greater than 0"),
+        ("POTABILITY_MAX_BATCH", "many", "valid integer"),
+        ("POTABILITY_LOG_FLUSH_SECONDS", "0", "greater than 0"),
+        ("POTABILITY_TOKEN_STALE_SECONDS", "-1", "greater than or equal to 0"),
+        ("POTABILITY_PAGE_REQUIRES_TOKEN", "perhaps", "valid boolean"),
+        ("POTABILITY_SERVER_URL", "localhost:8000", "http://"),
+        ("MLFLOW_TRACKING_URI", "mlflow-db", "URL like"),
+        ("DASK_SCHEDULER_ADDRESS", "scheduler", "host:port"),
+        ("POTABILITY_RETRAIN_CRON", "daily", "5 fields"),
+        ("POTABILITY_REGISTERED_MODEL", "  ", "blank"),
+    ],
+)
+def test_bad_values_are_refused_with_the_variable(tmp_path, bare_env, variable, value, words):
+    bare_env.setenv(variable, value)
+    with pytest.raises(SettingsError, match=variable) as refused:
+        Settings(root=tmp_path)
+    assert words in str(refused.value)
+
+
+def test_a_secret_is_named_but_never_echoed(tmp_path, bare_env):
+    bare_env.setenv("DATABASE_URL", "mysql://ann:hunter2@db/water")
+    with pytest.raises(SettingsError, match="DATABASE_URL") as refused:
+        Settings(root=tmp_path)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_every_error_at_once(tmp_path, bare_env):
+    """An operator fixes all bad values in one round, not one per restart."""
+    bare_env.setenv("POTABILITY_MAX_BATCH", "0")
+    bare_env.setenv("POTABILITY_THREADS", "two")
+    with pytest.raises(SettingsError) as refused:
+        Settings(root=tmp_path)
+    assert "POTABILITY_MAX_BATCH" in str(refused.value) and "POTABILITY_THREADS" in str(
+        refused.value
+    )
+
+
+def test_cli_and_server_refuse_to_start(tmp_path, pg_url, monkeypatch):
+    """A bad value in `.env` stops a command (exit 2) and `potability serve` before any work."""
+    import os
+
+    env = {**os.environ, "POTABILITY_ROOT": str(tmp_path), "DATABASE_URL": pg_url}
+    (tmp_path / ".env").write_text("POTABILITY_LOG_BATCH_ROWS=-3\n")
+    for args in (["db", "migrate"], ["serve", "--port", "8599"]):
+        result = run([sys.executable, "-m", "potability.cli", *args], tmp_path, env, check=False)
+        assert result.returncode == 2, result.stderr
+        assert "POTABILITY_LOG_BATCH_ROWS='-3': Input should be greater than 0" in result.stderr
+        assert "Traceback" not in result.stderr
+    from serve import create_app
+
+    monkeypatch.setenv("POTABILITY_ROOT", str(tmp_path))
+    with pytest.raises(SettingsError, match="POTABILITY_LOG_BATCH_ROWS"):
+        create_app({"DATABASE_URL": pg_url})
