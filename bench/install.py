@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tests.conftest import build_model_dir  # noqa: E402  (the same small real model the tests serve)
 
 from common import copy_project, free_port, machine, start, stop, write_result  # noqa: E402
-from potability import db, deploy  # noqa: E402
+from potability import db, deploy, migrator  # noqa: E402
 from potability.config import Settings  # noqa: E402
 
 MODEL = "install-bench"
@@ -79,7 +79,7 @@ def present(venv: Path, modules: tuple[str, ...]) -> list[str]:
 def champion(work: Path) -> dict[str, str]:
     """One Postgres with one deployed champion; the environment a server needs to follow it."""
     url = db.embedded_server_url(work / "pgdata")
-    db.migrate(url=url)
+    migrator.migrate(url=url)
     env = {"DATABASE_URL": url, "POTABILITY_ROOT": str(work), "POTABILITY_REGISTERED_MODEL": MODEL,
            "POTABILITY_MLFLOW_ARTIFACTS": str(work / "mlartifacts")}  # fmt: skip
     os.environ.update(env)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from potability import db
+from potability import db, migrator
 from potability.mart import WaterMart
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def pg_url(tmp_path_factory) -> str:
     # MLflow's artifacts in a temp dir, never the repository's mlartifacts/
     os.environ["POTABILITY_MLFLOW_ARTIFACTS"] = str(tmp_path_factory.mktemp("mlartifacts"))
     os.environ["POTABILITY_REGISTERED_MODEL"] = SERVED_MODEL
-    db.migrate(url=url)
+    migrator.migrate(url=url)
     yield url
     if pgdata is not None:
         db.stop_embedded_server(pgdata)

@@ -3,17 +3,17 @@ import contextlib
 import psycopg2
 import pytest
 
-from potability import db
+from potability import db, migrator
 from potability.errors import DatabaseUnavailable, SchemaError
 from potability.mart import WaterMart
 
 
 def test_migrate_twice_is_idempotent(pg_url):
-    assert db.migrate(url=pg_url) == []  # the session fixture applied everything already
-    assert db.migrate(url=pg_url) == []
+    assert migrator.migrate(url=pg_url) == []  # the session fixture applied everything already
+    assert migrator.migrate(url=pg_url) == []
     with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT version FROM water.schema_migrations ORDER BY version")
-        assert [r[0] for r in cur.fetchall()] == [v for v, _, _ in db.migration_files()]
+        assert [r[0] for r in cur.fetchall()] == [v for v, _, _ in migrator.migration_files()]
         cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'water'")
         tables = {r[0] for r in cur.fetchall()}
     assert {"water_potability", "water_inferences", "api_tokens", "deployments"} <= tables
@@ -39,8 +39,10 @@ def test_fresh_database_migrates_from_nothing(pg_url):
     with scratch_database(pg_url, "migrate_probe") as probe:
         with pytest.raises(SchemaError, match="potability db migrate"):
             WaterMart(url=probe).sample_count()
-        assert db.migrate(url=probe) == [f"{v:03d}_{name}" for v, name, _ in db.migration_files()]
-        assert db.migrate(url=probe) == []
+        assert migrator.migrate(url=probe) == [
+            f"{v:03d}_{name}" for v, name, _ in migrator.migration_files()
+        ]
+        assert migrator.migrate(url=probe) == []
         assert WaterMart(url=probe).sample_count() == 0
 
 
@@ -67,7 +69,7 @@ def test_a_filled_version_2_database_keeps_rows_and_the_flows_place(pg_url):
             cur.execute("CREATE SCHEMA water")
             cur.execute("CREATE TABLE water.schema_migrations (version integer PRIMARY KEY, "
                         "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
-            for version, name, sql in db.migration_files():
+            for version, name, sql in migrator.migration_files():
                 if version <= 2:
                     cur.execute(sql)
                     cur.execute(
@@ -79,8 +81,8 @@ def test_a_filled_version_2_database_keeps_rows_and_the_flows_place(pg_url):
             cur.execute(
                 "INSERT INTO water.flow_state (name, watermark) VALUES ('retrain', '2026-01-02T00:00Z')"
             )
-        newer = [f"{v:03d}_{name}" for v, name, _ in db.migration_files() if v > 2]
-        assert db.migrate(url=probe) == newer
+        newer = [f"{v:03d}_{name}" for v, name, _ in migrator.migration_files() if v > 2]
+        assert migrator.migrate(url=probe) == newer
         mart = WaterMart(url=probe)
         assert mart.sample_count() == 3
         # the flow had seen the rows of days 1 and 2: only day 3's row is new to it
@@ -100,7 +102,7 @@ def test_a_filled_version_1_database_migrates_with_every_row_kept_and_rollups_ba
             cur.execute("CREATE SCHEMA water")
             cur.execute("CREATE TABLE water.schema_migrations (version integer PRIMARY KEY, "
                         "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
-            version, name, sql = db.migration_files()[0]
+            version, name, sql = migrator.migration_files()[0]
             cur.execute(sql)
             cur.execute("INSERT INTO water.schema_migrations VALUES (%s, %s)", (version, name))
             cur.executemany("INSERT INTO water.water_inferences (inference_id, received_at, sensor_id, model_version, "
@@ -108,8 +110,8 @@ def test_a_filled_version_1_database_migrates_with_every_row_kept_and_rollups_ba
                             answers)  # fmt: skip
             cur.execute("INSERT INTO water.water_potability (sample_id, sensor_id, ph, potability, collected_at, "
                         "added_by) VALUES ('lab-1', 's1', 7.0, 1, %s, 'v1')", (answers[1][1] + timedelta(minutes=5),))  # fmt: skip
-        assert db.migrate(url=probe) == [
-            f"{v:03d}_{n}" for v, n, _ in db.migration_files() if v > 1
+        assert migrator.migrate(url=probe) == [
+            f"{v:03d}_{n}" for v, n, _ in migrator.migration_files() if v > 1
         ]
         with psycopg2.connect(probe) as conn, conn.cursor() as cur:
             cur.execute(
@@ -126,4 +128,4 @@ def test_a_filled_version_1_database_migrates_with_every_row_kept_and_rollups_ba
             assert cur.fetchall() == [("lab-1", answers[1][0])]
             cur.execute("SELECT to_regclass('water.water_inferences_v1')")
             assert cur.fetchone()[0] is None
-        assert db.migrate(url=probe) == []
+        assert migrator.migrate(url=probe) == []

@@ -19,7 +19,7 @@ import pytest
 import requests
 from serve.spool import Spool
 
-from potability import db
+from potability import db, migrator
 from potability.mart import WaterMart
 from tests.test_gunicorn import Server, stored_ids
 from tests.test_server import SAMPLE
@@ -115,7 +115,7 @@ def spool_files(tmp: Path) -> list[Path]:
 def own_postgres(tmp_path):
     pgdata = tmp_path / "pg"
     url = db.embedded_server_url(pgdata)
-    db.migrate(url=url)
+    migrator.migrate(url=url)
     yield pgdata, url
     db.stop_embedded_server(pgdata)
 

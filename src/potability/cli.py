@@ -22,9 +22,9 @@ def _mart():
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    from potability import db
+    from potability import migrator
 
-    applied = db.migrate()
+    applied = migrator.migrate()
     print(f"migrations applied: {', '.join(applied)}" if applied else "database is up to date")
     return 0
 

@@ -13,7 +13,6 @@ import re
 import subprocess
 import warnings
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,7 +25,6 @@ from potability.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
-_MIGRATION_LOCK_KEY = 727_101  # advisory lock id: two `db migrate` never interleave
 _embedded_urls: dict[Path, str] = {}
 
 
@@ -118,52 +116,6 @@ def advisory_lock(key: int, settings: Settings | None = None, url: str | None = 
 def redact(url: str) -> str:
     """Hide a password in a URI before it goes into a message or a log."""
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
-
-
-def migration_files() -> list[tuple[int, str, str]]:
-    """Return ``(version, name, sql)`` for each shipped migration, in order."""
-    found = []
-    for entry in resources.files("potability.migrations").iterdir():
-        match = re.match(r"^(\d+)_(.+)\.sql$", entry.name)
-        if match:
-            found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
-def migrate(settings: Settings | None = None, url: str | None = None) -> list[str]:
-    """Apply pending migrations under an advisory lock; return the names applied.
-
-    Then, every time, the inference log's partitions are created ahead and the
-    lab-match window is set from params.yaml (``log_maintenance.prepare``).
-    """
-    applied: list[str] = []
-    with transaction(settings, url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
-        cur.execute("CREATE SCHEMA IF NOT EXISTS water")
-        cur.execute(
-            """CREATE TABLE IF NOT EXISTS water.schema_migrations (
-                   version integer PRIMARY KEY,
-                   name text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
-        cur.execute("SELECT version FROM water.schema_migrations")
-        done = {row[0] for row in cur.fetchall()}
-        for version, name, sql in migration_files():
-            if version in done:
-                continue
-            cur.execute(sql)
-            cur.execute(
-                "INSERT INTO water.schema_migrations (version, name) VALUES (%s, %s)",
-                (version, name),
-            )
-            applied.append(f"{version:03d}_{name}")
-            log.info("applied migration %03d_%s", version, name)
-        from potability import log_maintenance  # it builds on this module
-
-        prepared = log_maintenance.prepare(cur, settings or get_settings())
-        for line in prepared.lines():
-            log.info("inference log: %s", line)
-    return applied
 
 
 def mlflow_tracking_uri(settings: Settings | None = None, url: str | None = None) -> str:

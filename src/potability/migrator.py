@@ -1,0 +1,62 @@
+"""Schema migrations: the shipped SQL files, applied in order under an advisory lock.
+
+Apart from ``db`` so that what a DVC stage imports (``db`` for a connection)
+does not pull in the log's maintenance, which a migration ends with.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from importlib import resources
+
+from potability import log_maintenance
+from potability.config import Settings, get_settings
+from potability.db import transaction
+
+log = logging.getLogger(__name__)
+_MIGRATION_LOCK_KEY = 727_101  # advisory lock id: two `db migrate` never interleave
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """Return ``(version, name, sql)`` for each shipped migration, in order."""
+    found = []
+    for entry in resources.files("potability.migrations").iterdir():
+        match = re.match(r"^(\d+)_(.+)\.sql$", entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def migrate(settings: Settings | None = None, url: str | None = None) -> list[str]:
+    """Apply pending migrations under an advisory lock; return the names applied.
+
+    Then, every time, the inference log's partitions are created ahead and the
+    lab-match window is set from params.yaml (``log_maintenance.prepare``).
+    """
+    applied: list[str] = []
+    with transaction(settings, url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        cur.execute("CREATE SCHEMA IF NOT EXISTS water")
+        cur.execute(
+            """CREATE TABLE IF NOT EXISTS water.schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        cur.execute("SELECT version FROM water.schema_migrations")
+        done = {row[0] for row in cur.fetchall()}
+        for version, name, sql in migration_files():
+            if version in done:
+                continue
+            cur.execute(sql)
+            cur.execute(
+                "INSERT INTO water.schema_migrations (version, name) VALUES (%s, %s)",
+                (version, name),
+            )
+            applied.append(f"{version:03d}_{name}")
+            log.info("applied migration %03d_%s", version, name)
+        prepared = log_maintenance.prepare(cur, settings or get_settings())
+        for line in prepared.lines():
+            log.info("inference log: %s", line)
+    return applied
