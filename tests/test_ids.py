@@ -27,11 +27,21 @@ def test_strings_are_canonical_and_round_trip():
         assert str(uuid.UUID(s)) == s and len(s) == 36
 
 
-def test_ids_increase_within_and_across_batches_even_if_the_clock_steps_back():
+def test_ids_increase_within_and_across_batches_of_one_millisecond_and_with_the_clock():
     now = datetime.now(UTC)
-    ids = uuid7_batch(500, now) + uuid7_batch(3, now) + uuid7_batch(500, now - timedelta(seconds=5))
+    later = now + timedelta(milliseconds=1)
+    ids = (
+        uuid7_batch(500, now) + uuid7_batch(3, now) + uuid7_batch(1, now) + uuid7_batch(500, later)
+    )
     ints = [uuid.UUID(s).int for s in ids]
     assert ints == sorted(ints) and len(set(ints)) == len(ints)
+
+
+def test_a_clock_stepping_back_stamps_the_true_time_and_repeats_nothing():
+    now = datetime.now(UTC)
+    first, earlier = uuid7_batch(1000, now), uuid7_batch(1000, now - timedelta(seconds=5))
+    assert uuid.UUID(earlier[0]).int >> 80 == unix_ms(now - timedelta(seconds=5))
+    assert not set(first) & set(earlier)
 
 
 def test_ids_are_unique_and_ordered_per_thread_across_threads():

@@ -10,10 +10,12 @@ the model).
 Layout (RFC 9562 §5.7, with the fixed-length counter of §6.2 method 1):
 48-bit ``unix_ts_ms`` · version 7 · 42-bit counter (``rand_a`` and the top 30
 bits of ``rand_b``) · variant ``10`` · 32 random bits. The counter starts at a
-random value below 2**41 each new millisecond and counts up within it, so ids
-from one process are strictly increasing even within a millisecond (and
-across threads: the state is behind a lock); other processes differ by the
-random start and the 32 random bits.
+random value below 2**41 in each new millisecond and counts up within it, so a
+process's ids increase with its clock, within a batch and within a millisecond
+(across threads too: the state is behind a lock); other processes differ by
+the random start and the 32 random bits. The timestamp is always the batch's
+``received_at``, which the row stores too: should the clock step back, the ids
+follow it rather than claim a time the answer was not given at.
 """
 
 from __future__ import annotations
@@ -52,14 +54,14 @@ def unix_ms(at: datetime) -> int:
 
 
 def _reserve(n: int, ms: int) -> tuple[int, int]:
-    """Take ``n`` consecutive counter values for millisecond ``ms``; return (ms used, first value).
+    """Take ``n`` consecutive counter values in millisecond ``ms``; return (ms, first value).
 
-    A clock that steps back keeps the last millisecond (ids never go back in
-    one process); a counter that would run out moves on to the next one.
+    Only a counter that would run out (2**41 ids in one millisecond) moves on
+    to the next millisecond.
     """
     global _last_ms, _next_counter
     with _lock:
-        if ms > _last_ms:
+        if ms != _last_ms:
             _last_ms = ms
             _next_counter = int.from_bytes(os.urandom(8), "big") % _SEED_MAX
         if _next_counter + n > 1 << _COUNTER_BITS:
