@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask, g, request
 
 from potability.config import get_settings
+from potability.inference_store import InferenceStore
 from potability.mart import WaterMart
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     holder.start()
     spool = Spool(Path(app.config["SPOOL_DIR"]), app.config["SPOOL_MAX_BYTES"], on_quarantine)
     inference_log = InferenceLog(
-        WaterMart(url=mart.url), spool, app.config["LOG_FLUSH_SECONDS"], app.config["LOG_BATCH_ROWS"],
+        InferenceStore(url=mart.url), spool, app.config["LOG_FLUSH_SECONDS"], app.config["LOG_BATCH_ROWS"],
         app.config["SPOOL_REPLAY_SECONDS"], on_depth=on_log_depth,
         max_queue_rows=app.config["LOG_QUEUE_MAX_ROWS"],
     )  # fmt: skip

@@ -97,17 +97,7 @@ def test_a_lab_row_committed_late_is_never_behind_the_watermark(mart):
     reader.close()
 
 
-def test_inferences_copy_is_idempotent_on_inference_id(mart):
-    row = {"inference_id": str(uuid.uuid4()), "received_at": datetime.now(UTC), "sensor_id": "s\t1",
-           "model_version": "v1", **{n.lower(): None for n in FEATURE_NAMES}, "ph": 7.2,
-           "probability": 0.42, "potable": False, "threshold": 0.5}  # fmt: skip
-    assert mart.write_inferences([row]) == 1
-    assert mart.write_inferences([row]) == 0  # a replay never doubles a row
-    frame = mart.inferences()
-    assert len(frame) == 1 and frame.loc[0, "sensor_id"] == "s\t1" and frame.loc[0, "ph"] == 7.2
-
-
-def test_a_lab_sample_matches_the_nearest_answer_of_its_sensor_within_the_window(mart):
+def test_a_lab_sample_matches_the_nearest_answer_of_its_sensor_within_the_window(mart, store):
     collected = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
     def answer(sensor, minutes, probability):
@@ -115,7 +105,7 @@ def test_a_lab_sample_matches_the_nearest_answer_of_its_sensor_within_the_window
                 "sensor_id": sensor, "model_version": f"v{minutes}", **{n.lower(): None for n in FEATURE_NAMES},
                 "probability": probability, "potable": probability >= 0.5, "threshold": 0.5}  # fmt: skip
 
-    mart.write_inferences([
+    store.write([
         answer("p1", -50, 0.1), answer("p1", -7, 0.9), answer("p1", 9, 0.2), answer("p1", 30, 0.3),
         answer("p2", -3, 0.1),  # another sensor, nearer in time: never a match for p1
         answer("p3", 61, 0.8), answer("p3", -61, 0.8),  # outside the 60-minute window
@@ -145,17 +135,6 @@ def test_tokens_are_stored_hashed_and_revocable(mart, clean_db):
     assert mart.lookup_token(token) is None
     with pytest.raises(ValidationError, match="role"):
         mart.create_token("x", "root")
-
-
-def test_fresh_copy_falls_back_when_a_row_is_already_stored(mart):
-    first = {"inference_id": str(uuid.uuid4()), "received_at": datetime.now(UTC), "sensor_id": "s",
-             "model_version": "v", "probability": 0.4, "potable": False, "threshold": 0.5}  # fmt: skip
-    second = {**first, "inference_id": str(uuid.uuid4())}
-    assert mart.write_inferences([first], fresh=True) == 1
-    assert (
-        mart.write_inferences([first, second], fresh=True) == 1
-    )  # the duplicate is skipped, the new row kept
-    assert len(mart.inferences()) == 2
 
 
 @pytest.mark.parametrize("error", [psycopg2.DatabaseError, psycopg2.OperationalError])
