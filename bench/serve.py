@@ -4,8 +4,10 @@ Takes the deployed champion (the MLflow alias our server follows) and its
 sklearn twin (the workspace's skops candidate of the same kind), saves that twin as an MLflow model and
 serves it with ``mlflow models serve``; starts ``potability serve`` with
 inference logging on (rows go to Postgres); drives both with wrk on loopback
-with one row and with 100-row batches at several concurrencies. Prints a table
-and writes ``bench/results/serve.json``.
+with one row, 100-row and 1,000-row batches at several concurrencies. Times
+raw ONNX Runtime (``InferenceSession.run`` on the served model.onnx, in this
+process, no HTTP) on the same 1,000 rows, the floor a 1,000-row request is
+measured against. Prints a table and writes ``bench/results/serve.json``.
 
 Usage: python bench/serve.py [--seconds 10]   (after `make run`, or `dvc repro` + `potability deploy`)
 """
@@ -29,7 +31,10 @@ from potability.schema import FEATURE_NAMES  # noqa: E402
 
 ROW = {"ph": 7.08, "Hardness": 196.4, "Solids": 22006.0, "Chloramines": 7.12, "Sulfate": 333.8,
        "Conductivity": 426.2, "Organic_carbon": 14.3, "Trihalomethanes": 66.4, "Turbidity": 3.97}  # fmt: skip
-SCENARIOS = [("1 row", 1, 1), ("1 row", 1, 8), ("1 row", 1, 32), ("100-row batch", 100, 8)]
+SCENARIOS = [("1 row", 1, 1), ("1 row", 1, 8), ("1 row", 1, 32), ("100-row batch", 100, 8),
+             ("1,000-row batch", 1000, 1)]  # fmt: skip
+RAW_ROWS = 1000  # the batch that is compared with raw ONNX Runtime
+RAW_REPEATS = 300
 
 
 def bodies(rows: int) -> tuple[str, str]:
@@ -43,6 +48,36 @@ def bodies(rows: int) -> tuple[str, str]:
         }
     )
     return ours, peer
+
+
+def raw_onnx(model_path: Path, rows: int, repeats: int) -> dict:
+    """Time ``InferenceSession.run`` on ``rows`` copies of ROW: the served model, no HTTP, no logging.
+
+    Same session options as the server (one intra-op thread), float32 input.
+    """
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    feed = {
+        session.get_inputs()[0].name: np.array(
+            [[ROW[n] for n in FEATURE_NAMES]] * rows, dtype=np.float32
+        )
+    }
+    for _ in range(20):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return {"rows": rows, "repeats": repeats, "p50_ms": round(times[len(times) // 2] * 1000, 3),
+            "min_ms": round(times[0] * 1000, 3)}  # fmt: skip
 
 
 def save_mlflow_model(kind_dir: Path, out: Path) -> None:
@@ -110,16 +145,24 @@ def main() -> int:
                     "ratio": ratio,
                 }
             )
-            print(f"{label:>14}  c={connections:<3} ours {result_ours['rps']:>8} req/s p50 {result_ours['p50_ms']:>6} ms "
+            print(f"{label:>16}  c={connections:<3} ours {result_ours['rps']:>8} req/s p50 {result_ours['p50_ms']:>6} ms "
                   f"p99 {result_ours['p99_ms']:>6} ms | mlflow {result_peer['rps']:>7} req/s p50 {result_peer['p50_ms']:>7} ms "
                   f"p99 {result_peer['p99_ms']:>7} ms | ratio {ratio}", flush=True)  # fmt: skip
+        model_path = settings.model_cache_dir / f"v{champion.version}" / artifacts.MODEL_FILE
+        raw = raw_onnx(model_path, RAW_ROWS, RAW_REPEATS)  # servers idle: the cores are the bench's
+        batch = next(r for r in runs if r["scenario"].startswith("1,000-row batch"))
+        raw["ours_p50_over_raw"] = round(batch["ours"]["p50_ms"] / raw["p50_ms"], 2)
+        print(f"raw ONNX Runtime, {RAW_ROWS} rows: p50 {raw['p50_ms']} ms (min {raw['min_ms']} ms); "
+              f"our 1,000-row request p50 {batch['ours']['p50_ms']} ms = {raw['ours_p50_over_raw']}x raw",
+              flush=True)  # fmt: skip
     finally:
         stop(ours)
         stop(peer)
         WaterMart().revoke_tokens("bench-sensor")
         shutil.rmtree(work, ignore_errors=True)
     result = {"machine": machine(), "model": {"version": champion.model_version, "kind": kind},
-              "inference_logging": True, "seconds_per_run": args.seconds, "runs": runs}  # fmt: skip
+              "inference_logging": True, "seconds_per_run": args.seconds, "runs": runs,
+              "raw_onnx": raw}  # fmt: skip
     print(f"wrote {write_result('serve', result)}")
     return 0
 

@@ -78,6 +78,23 @@ def field_error(exc: FieldError, batch: bool) -> ApiError:
     )
 
 
+def answers_of(answered: AnsweredBatch) -> list[dict[str, Any]]:
+    """The answer objects, in request order: built from whole columns, no numpy scalar per row."""
+    threshold, version = answered.threshold, answered.model_version
+    potable = (answered.probabilities >= threshold).tolist()
+    rounded = answered.probabilities.round(6).tolist()
+    return [
+        {
+            "potable": p,
+            "probability": q,
+            "threshold": threshold,
+            "inference_id": i,
+            "model_version": version,
+        }
+        for p, q, i in zip(potable, rounded, answered.inference_ids, strict=True)
+    ]
+
+
 @bp.post("/predict")
 @require("sensor", "admin")
 def predict():
@@ -103,22 +120,23 @@ def predict():
     probabilities = production.model.predict_proba(X)
     threshold, version = production.threshold, production.version
     received_at = datetime.now(UTC)
-    answered = AnsweredBatch(uuid7_batch(len(X), received_at), received_at, g.token.name, version,
-                             X, probabilities, threshold)  # fmt: skip
+    answered = AnsweredBatch(
+        inference_ids=uuid7_batch(len(X), received_at),
+        received_at=received_at,
+        sensor_id=g.token.name,
+        model_version=version,
+        features=X,
+        probabilities=probabilities,
+        threshold=threshold,
+    )
     try:
         current_app.extensions["potability.log"].submit(answered)
     except LogUnavailable as exc:
         raise ApiError(
             503, "log_unavailable", f"no answer without a record: {exc}; retry later"
         ) from None
-    potable = probabilities >= threshold
-    answers = [
-        {"potable": p, "probability": q, "threshold": threshold, "inference_id": i,
-         "model_version": version}
-        for p, q, i in zip(potable.tolist(), probabilities.round(6).tolist(),
-                           answered.inference_ids, strict=True)
-    ]  # fmt: skip
-    potable_count = int(potable.sum())
+    answers = answers_of(answered)
+    potable_count = sum(a["potable"] for a in answers)
     if potable_count:
         PREDICTIONS.labels(answer="potable").inc(potable_count)
     if len(answers) - potable_count:

@@ -75,14 +75,18 @@ class AnsweredBatch:
     def rows(self) -> list[dict[str, Any]]:
         """One dict per answer, keyed by column (the spool's record); None for a missing value."""
         received = self.received_at.isoformat()
-        features = self.features.tolist()
-        return [
-            {"inference_id": i, "received_at": received, "sensor_id": self.sensor_id,
-             "model_version": self.model_version,
-             **{c: None if v != v else v for c, v in zip(FEATURE_COLUMNS, f, strict=True)},
-             "probability": p, "potable": p >= self.threshold, "threshold": self.threshold}
-            for i, f, p in zip(self.inference_ids, features, self.probabilities.tolist(), strict=True)
-        ]  # fmt: skip
+        rows = []
+        for inference_id, features, probability in zip(
+            self.inference_ids, self.features.tolist(), self.probabilities.tolist(), strict=True
+        ):
+            row = {"inference_id": inference_id, "received_at": received}
+            row["sensor_id"], row["model_version"] = self.sensor_id, self.model_version
+            pairs = zip(FEATURE_COLUMNS, features, strict=True)
+            row.update((column, None if v != v else v) for column, v in pairs)
+            row["probability"], row["potable"] = probability, probability >= self.threshold
+            row["threshold"] = self.threshold
+            rows.append(row)
+        return rows
 
 
 def _text(value: Any) -> bytes:
@@ -137,11 +141,20 @@ def _complete_rows(batch: AnsweredBatch, take: np.ndarray) -> bytes:
         + _text(batch.model_version)
     )
     layout = np.dtype(
-        [("columns", ">i2"), ("id_len", ">i4"), ("id", "V16"), ("constant", f"V{len(constant)}"),
-         ("features", [("len", ">i4"), ("value", ">f8")], (len(FEATURE_COLUMNS),)),
-         ("p_len", ">i4"), ("p", ">f8"), ("potable_len", ">i4"), ("potable", "u1"),
-         ("t_len", ">i4"), ("t", ">f8")]
-    )  # fmt: skip
+        [
+            ("columns", ">i2"),
+            ("id_len", ">i4"),
+            ("id", "V16"),
+            ("constant", f"V{len(constant)}"),
+            ("features", [("len", ">i4"), ("value", ">f8")], (len(FEATURE_COLUMNS),)),
+            ("p_len", ">i4"),
+            ("p", ">f8"),
+            ("potable_len", ">i4"),
+            ("potable", "u1"),
+            ("t_len", ">i4"),
+            ("t", ">f8"),
+        ]
+    )
     out = np.empty(n, dtype=layout)
     out["columns"] = len(INFERENCE_COLUMNS)
     out["id_len"] = 16
@@ -176,10 +189,11 @@ def encode(items: Iterable[AnsweredBatch | dict[str, Any]]) -> tuple[bytes, int]
 
 
 def _batch_row(batch: AnsweredBatch, index: int) -> tuple:
+    """Row ``index`` of a batch in ``INFERENCE_COLUMNS`` order (NaN stays NaN: NULL when encoded)."""
     probability = float(batch.probabilities[index])
-    return (batch.inference_ids[index], batch.received_at, batch.sensor_id, batch.model_version,
-            *batch.features[index].tolist(), probability, probability >= batch.threshold,
-            batch.threshold)  # fmt: skip
+    head = (batch.inference_ids[index], batch.received_at, batch.sensor_id, batch.model_version)
+    tail = (probability, probability >= batch.threshold, batch.threshold)
+    return (*head, *batch.features[index].tolist(), *tail)
 
 
 class InferenceStore(PgOwner):
