@@ -94,7 +94,10 @@ def _text(value: Any) -> bytes:
     return struct.pack(">i", len(data)) + data
 
 
-def _timestamp(value: datetime | str) -> int:
+def _timestamp(value: datetime | str | int) -> int:
+    """Microseconds since 2000-01-01 UTC (an int is taken as that already)."""
+    if isinstance(value, int):
+        return value
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
@@ -128,24 +131,16 @@ def encode_row(row: Sequence[Any]) -> bytes:
     )
 
 
-def _complete_rows(batch: AnsweredBatch, take: np.ndarray) -> bytes:
-    """The rows ``take`` selects (every measurement present), encoded in one numpy pass.
-
-    Within one batch only the id, the nine measurements and the probability
-    vary; the timestamp, sensor and model version are one run of bytes.
-    """
-    n = int(take.sum())
-    constant = (
-        struct.pack(">iq", 8, _timestamp(batch.received_at))
-        + _text(batch.sensor_id)
-        + _text(batch.model_version)
-    )
-    layout = np.dtype(
+def _layout(constant_bytes: int) -> np.dtype:
+    """One complete row on the wire; ``constant`` is the sensor and model version, as text."""
+    return np.dtype(
         [
             ("columns", ">i2"),
             ("id_len", ">i4"),
             ("id", "V16"),
-            ("constant", f"V{len(constant)}"),
+            ("received_len", ">i4"),
+            ("received", ">i8"),
+            ("constant", f"V{constant_bytes}"),
             ("features", [("len", ">i4"), ("value", ">f8")], (len(FEATURE_COLUMNS),)),
             ("p_len", ">i4"),
             ("p", ">f8"),
@@ -155,45 +150,75 @@ def _complete_rows(batch: AnsweredBatch, take: np.ndarray) -> bytes:
             ("t", ">f8"),
         ]
     )
-    out = np.empty(n, dtype=layout)
-    out["columns"] = len(INFERENCE_COLUMNS)
-    out["id_len"] = 16
-    ids = [i for i, keep in zip(batch.inference_ids, take.tolist(), strict=True) if keep]
-    out["id"] = np.frombuffer(bytes.fromhex("".join(ids).replace("-", "")), dtype="V16")
+
+
+def _encode_group(sensor_id: str, model_version: str, group: list[AnsweredBatch]) -> bytes:
+    """The rows of every batch from one sensor and model version, in one numpy pass.
+
+    Rows with every measurement present go through one structured array (a
+    single-row request costs no more than its share of it); a row with a
+    missing measurement, a NULL on the wire, is encoded by itself.
+    """
+    lengths = [len(b) for b in group]
+    ids = [i for b in group for i in b.inference_ids]
+    received = np.repeat([_timestamp(b.received_at) for b in group], lengths).astype(np.int64)
+    features = np.concatenate([b.features for b in group])
+    probabilities = np.concatenate([b.probabilities for b in group])
+    thresholds = np.repeat([b.threshold for b in group], lengths).astype(np.float64)
+    complete = ~np.isnan(features).any(axis=1)
+    parts = []
+    for i in np.flatnonzero(~complete).tolist():
+        p, t = float(probabilities[i]), float(thresholds[i])
+        row = (
+            ids[i],
+            int(received[i]),
+            sensor_id,
+            model_version,
+            *features[i].tolist(),
+            p,
+            p >= t,
+            t,
+        )
+        parts.append(encode_row(row))
+    if complete.all():
+        kept = ids
+    else:
+        kept = [i for i, keep in zip(ids, complete.tolist(), strict=True) if keep]
+        received, features = received[complete], features[complete]
+        probabilities, thresholds = probabilities[complete], thresholds[complete]
+    constant = _text(sensor_id) + _text(model_version)
+    out = np.empty(len(kept), dtype=_layout(len(constant)))
+    out["columns"], out["id_len"], out["received_len"] = len(INFERENCE_COLUMNS), 16, 8
+    out["id"] = np.frombuffer(bytes.fromhex("".join(kept).replace("-", "")), dtype="V16")
+    out["received"] = received
     out["constant"] = np.frombuffer(constant, dtype=f"V{len(constant)}")[0]
-    out["features"]["len"] = 8
-    out["features"]["value"] = batch.features[take]
-    probabilities = batch.probabilities[take]
+    out["features"]["len"], out["features"]["value"] = 8, features
     out["p_len"], out["p"] = 8, probabilities
-    out["potable_len"], out["potable"] = 1, probabilities >= batch.threshold
-    out["t_len"], out["t"] = 8, batch.threshold
-    return out.tobytes()
+    out["potable_len"], out["potable"] = 1, probabilities >= thresholds
+    out["t_len"], out["t"] = 8, thresholds
+    parts.append(out.tobytes())
+    return b"".join(parts)
 
 
 def encode(items: Iterable[AnsweredBatch | dict[str, Any]]) -> tuple[bytes, int]:
-    """A whole binary COPY stream (header, rows, trailer) and its row count."""
+    """A whole binary COPY stream (header, rows, trailer) and its row count.
+
+    Batches are grouped by sensor and model version (the only text columns),
+    so a flush of many one-row requests is still one numpy pass per sensor.
+    """
     parts, count = [_HEADER], 0
+    groups: dict[tuple[str, str], list[AnsweredBatch]] = {}
     for item in items:
         if isinstance(item, AnsweredBatch):
-            complete = ~np.isnan(item.features).any(axis=1)
-            if complete.any():
-                parts.append(_complete_rows(item, complete))
-            for index in np.flatnonzero(~complete).tolist():  # a missing value: NULL, row by row
-                parts.append(encode_row(_batch_row(item, index)))
+            groups.setdefault((item.sensor_id, item.model_version), []).append(item)
             count += len(item)
         else:
             parts.append(encode_row([item.get(c) for c in INFERENCE_COLUMNS]))
             count += 1
+    for (sensor_id, model_version), group in groups.items():
+        parts.append(_encode_group(sensor_id, model_version, group))
     parts.append(_TRAILER)
     return b"".join(parts), count
-
-
-def _batch_row(batch: AnsweredBatch, index: int) -> tuple:
-    """Row ``index`` of a batch in ``INFERENCE_COLUMNS`` order (NaN stays NaN: NULL when encoded)."""
-    probability = float(batch.probabilities[index])
-    head = (batch.inference_ids[index], batch.received_at, batch.sensor_id, batch.model_version)
-    tail = (probability, probability >= batch.threshold, batch.threshold)
-    return (*head, *batch.features[index].tolist(), *tail)
 
 
 class InferenceStore(PgOwner):
