@@ -152,11 +152,16 @@ def fast_feature_matrix(items: list[Any]) -> np.ndarray | None:
     exactly the same valid inputs. JSON must be parsed with NaN/Infinity
     literals kept as strings, so a NaN here can only mean null or absent.
     """
-    if set(map(type, items)) != {dict} or not all(map(_FEATURE_SET.issuperset, items)):
+    if set(map(type, items)) != {dict}:
         return None
-    try:  # C-level lookups when every sample names all nine (the usual sensor payload)
+    try:
+        # the usual sensor payload names all nine: nine keys, each found, is exactly the nine
+        if set(map(len, items)) != {len(FEATURE_NAMES)}:
+            raise KeyError("a sample leaves some measurements out")
         values = list(chain.from_iterable(map(_ALL_FEATURES, items)))
     except KeyError:
+        if not all(map(_FEATURE_SET.issuperset, items)):
+            return None
         values = [item.get(name) for item in items for name in FEATURE_NAMES]
     if not set(map(type, values)) <= _PLAIN_NUMBERS:  # bool, str, list...: the validator says which
         return None
