@@ -50,6 +50,49 @@ def bodies(rows: int) -> tuple[str, str]:
     return ours, peer
 
 
+def cpu_seconds(roots: list[int]) -> float:
+    """CPU time (user + system) used so far by these processes and all their children.
+
+    On a machine shared with other jobs, wall-clock throughput measures the
+    scheduler as much as the server; CPU per request does not.
+    """
+    import psutil
+
+    total = 0.0
+    for root in roots:
+        try:
+            tree = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in tree:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+    return total
+
+
+def postmaster_pid(settings) -> int | None:
+    """The embedded Postgres that logs our answers (None with an external DATABASE_URL)."""
+    if settings.database_url:
+        return None
+    try:
+        return int((settings.pgdata / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def measured(url: str, body: str, connections: int, seconds: int, roots: list[int],
+             token: str | None = None) -> dict:  # fmt: skip
+    """A wrk run, plus the CPU milliseconds the server (and its database) spent per request."""
+    before = cpu_seconds(roots)
+    result = wrk(url, body, connections, seconds, token)
+    spent = cpu_seconds(roots) - before
+    result["cpu_ms_per_request"] = round(1000 * spent / max(result["requests"], 1), 3)
+    return result
+
+
 def raw_onnx(model_path: Path, rows: int, repeats: int) -> dict:
     """Time ``InferenceSession.run`` on ``rows`` copies of ROW: the served model, no HTTP, no logging.
 
@@ -117,25 +160,25 @@ def main() -> int:
     peer = start([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", str(work / "mlflow-model"), "--env-manager",
                   "local", "-h", "127.0.0.1", "-p", str(peer_port), "-w", str(args.workers)], env, work / "mlflow.log")  # fmt: skip
     runs = []
+    # ours = the server and the Postgres it logs every answer to; mlflow logs nothing
+    our_roots = [ours.pid] + [pid for pid in [postmaster_pid(settings)] if pid]
     try:
         wait_http(f"http://127.0.0.1:{ours_port}/readyz")
         wait_http(f"http://127.0.0.1:{peer_port}/ping")
         for label, rows, connections in SCENARIOS:
             our_body, peer_body = bodies(rows)
-            result_ours = wrk(
-                f"http://127.0.0.1:{ours_port}/v1/predict",
-                our_body,
-                connections,
-                args.seconds,
-                token,
-            )
-            result_peer = wrk(
-                f"http://127.0.0.1:{peer_port}/invocations", peer_body, connections, args.seconds
-            )
+            url = f"http://127.0.0.1:{ours_port}/v1/predict"
+            result_ours = measured(url, our_body, connections, args.seconds, our_roots, token)
+            url = f"http://127.0.0.1:{peer_port}/invocations"
+            result_peer = measured(url, peer_body, connections, args.seconds, [peer.pid])
             for r in (result_ours, result_peer):
                 r["rows_per_s"] = round(r["rps"] * rows, 1)
             ratio = (
                 round(result_ours["rps"] / result_peer["rps"], 1) if result_peer["rps"] else None
+            )
+            # what the throughput ratio would be with the cores to themselves
+            cpu_ratio = round(
+                result_peer["cpu_ms_per_request"] / max(result_ours["cpu_ms_per_request"], 1e-9), 1
             )
             runs.append(
                 {
@@ -143,11 +186,14 @@ def main() -> int:
                     "ours": result_ours,
                     "mlflow": result_peer,
                     "ratio": ratio,
+                    "cpu_ratio": cpu_ratio,
                 }
             )
             print(f"{label:>16}  c={connections:<3} ours {result_ours['rps']:>8} req/s p50 {result_ours['p50_ms']:>6} ms "
                   f"p99 {result_ours['p99_ms']:>6} ms | mlflow {result_peer['rps']:>7} req/s p50 {result_peer['p50_ms']:>7} ms "
-                  f"p99 {result_peer['p99_ms']:>7} ms | ratio {ratio}", flush=True)  # fmt: skip
+                  f"p99 {result_peer['p99_ms']:>7} ms | ratio {ratio} | CPU ms/request ours "
+                  f"{result_ours['cpu_ms_per_request']} mlflow {result_peer['cpu_ms_per_request']} "
+                  f"(ratio {cpu_ratio})", flush=True)  # fmt: skip
         model_path = settings.model_cache_dir / f"v{champion.version}" / artifacts.MODEL_FILE
         raw = raw_onnx(model_path, RAW_ROWS, RAW_REPEATS)  # servers idle: the cores are the bench's
         batch = next(r for r in runs if r["scenario"].startswith("1,000-row batch"))
