@@ -9,7 +9,9 @@ asked to reload at once. Two runs never retrain at once: a Postgres advisory
 lock makes the second one skip.
 
 Run once: `potability retrain`; on a schedule: `potability retrain --serve`
-(``flow.serve``) or `prefect deploy` with ``flows/prefect.yaml``.
+(``flow.serve``) or `potability flow deploy` (``flows/prefect.yaml`` on a worker).
+A missing server URL or admin token is a warning in the run's log and report:
+the server then picks the new champion up on its next poll.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import collections
 import json
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ import requests
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.deployment import admin_token
 from potability import db, deploy
 from potability.config import get_settings
 from potability.features import file_sha256
@@ -34,6 +39,7 @@ FLOW_NAME = "retrain-potability"
 WATERMARK = "retrain"
 RETRAIN_LOCK_KEY = 727_202  # advisory lock id shared by every retrain run
 LOG_TAIL_LINES = 30
+STAGES = 5  # count new rows, dvc repro, dvc push, deploy, report
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 15])
@@ -75,15 +81,23 @@ def ship_promoted(reason: str) -> dict[str, Any]:
     result = deploy.deploy_promoted(
         settings.promoted_dir, FLOW_NAME, f"retrain flow: {reason}", settings
     )
-    return {"version": result.registry_version, "model_version": result.model_version,
-            "previous": result.previous_version, "changed": result.changed, "message": result.message}  # fmt: skip
+    return {
+        "version": result.registry_version,
+        "model_version": result.model_version,
+        "previous": result.previous_version,
+        "changed": result.changed,
+        "message": result.message,
+    }
 
 
 @task(retries=2, retry_delay_seconds=[1, 4])
 def request_reload(server_url: str, admin_token: str, timeout: float) -> dict[str, Any]:
     """Ask the running server to load the new champion (POST /admin/reload)."""
-    response = requests.post(f"{server_url.rstrip('/')}/admin/reload",
-                             headers={"Authorization": f"Bearer {admin_token}"}, timeout=timeout)  # fmt: skip
+    response = requests.post(
+        f"{server_url.rstrip('/')}/admin/reload",
+        headers={"Authorization": f"Bearer {admin_token}"},
+        timeout=timeout,
+    )
     if response.status_code >= 500:
         response.raise_for_status()  # worth a retry
     return {"status": response.status_code, "body": response.json()}
@@ -95,25 +109,84 @@ def advance_watermark(newest: int | None, data_hash: str | None, lock_hash: str 
     WaterMart().set_watermark(WATERMARK, newest, data_hash, lock_hash)
 
 
-@task
-def publish_report(
+def reload_target(settings) -> tuple[str | None, str | None, list[str]]:
+    """The server to ask for a reload and its admin token, or warnings naming what is missing."""
+    token, source = admin_token(settings)
+    warnings = []
+    if not settings.server_url:
+        warnings.append(
+            "POTABILITY_SERVER_URL is not set: no server is asked to reload; "
+            "servers pick a new champion up on their next poll"
+        )
+    if not token:
+        warnings.append(
+            f"no admin token (POTABILITY_ADMIN_TOKEN or the {source}): no server is asked to reload"
+        )
+    return settings.server_url, token, warnings
+
+
+@contextmanager
+def stage_progress() -> Iterator[Callable[[str], None]]:
+    """A one-line bar over the flow's stages in a terminal; nothing when stderr is not a TTY."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("retrain"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
+        stage = bar.add_task("starting", total=STAGES)
+        started = False
+
+        def advance(description: str) -> None:
+            nonlocal started
+            bar.update(stage, description=description, advance=1 if started else 0)
+            started = True
+
+        yield advance
+        bar.update(stage, description="done", completed=STAGES)
+
+
+def report_markdown(
     before: dict[str, Any],
     after: dict[str, Any],
     decision: dict[str, Any],
     rows: int,
     shipped: dict[str, Any] | None,
+    warnings: list[str],
 ) -> str:
-    """A markdown artifact: the metrics diff per candidate, the decision and the deployed version."""
+    """The run's report: the metrics diff per candidate, the decision, the deployed version, warnings."""
     deployed = f"{shipped['message']}" if shipped else "nothing: the champion keeps serving"
-    lines = [f"## Retrain on {rows} new lab row(s)", "", f"**Decision:** {decision.get('reason', 'unknown')}", "",
-             f"**Deployed:** {deployed}", "",
-             "| model | precision | recall | positives |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"## Retrain on {rows} new lab row(s)",
+        "",
+        f"**Decision:** {decision.get('reason', 'unknown')}",
+        "",
+        f"**Deployed:** {deployed}",
+        "",
+        "| model | precision | recall | positives |",
+        "|---|---|---|---|",
+    ]
     for kind, metrics in sorted(after.items()):
         old = before.get(kind, {})
-        cells = [_diff_cell(old, metrics, "precision"), _diff_cell(old, metrics, "recall"),
-                 _diff_cell(old, metrics, "positives", "{}")]  # fmt: skip
+        cells = [
+            _diff_cell(old, metrics, "precision"),
+            _diff_cell(old, metrics, "recall"),
+            _diff_cell(old, metrics, "positives", "{}"),
+        ]
         lines.append(f"| {kind} | {' | '.join(cells)} |")
-    markdown = "\n".join(lines)
+    if warnings:
+        lines += ["", "**Warnings:**", *(f"- {w}" for w in warnings)]
+    return "\n".join(lines)
+
+
+@task
+def publish_report(markdown: str) -> str:
+    """Publish the report as the markdown artifact ``retrain-report``."""
     create_markdown_artifact(
         markdown=markdown, key="retrain-report", description="Metrics diff and promotion decision"
     )
@@ -136,11 +209,15 @@ def retrain() -> dict[str, Any]:
     settings = get_settings()
     logger = get_run_logger()
     root = settings.root
-    with db.advisory_lock(RETRAIN_LOCK_KEY, settings) as acquired:
+    server_url, token, warnings = reload_target(settings)
+    for warning in warnings:
+        logger.warning(warning)
+    with db.advisory_lock(RETRAIN_LOCK_KEY, settings) as acquired, stage_progress() as stage:
         if not acquired:
             summary = "skipped: another retrain is running (advisory lock held)"
             logger.warning(summary)
             return {"status": "skipped", "summary": summary}
+        stage("counting new lab rows")
         count, newest, watermark = new_rows_since_watermark()
         if count == 0:
             since = f"lab row #{watermark}" if watermark else "the beginning"
@@ -154,12 +231,14 @@ def retrain() -> dict[str, Any]:
         )
         before = _read_json(root / "metrics/evaluate.json")
         decision_before = _read_json(root / "metrics/promotion.json")
+        stage("dvc repro")
         run_dvc(["repro"], str(root))
-        warnings = []
+        stage("dvc push")
         try:
             run_dvc(["push"], str(root))
         except RuntimeError as exc:
             warnings.append(f"dvc push failed: {str(exc).splitlines()[-1]}")
+            logger.warning(warnings[-1])
         decision = _read_json(root / "metrics/promotion.json")
         if decision == decision_before:  # promote did not run: the training data came out the same
             decision = {
@@ -167,30 +246,38 @@ def retrain() -> dict[str, Any]:
                 "reason": "pipeline outputs unchanged; the champion is kept",
             }
         logger.info("promotion decision: %s", decision.get("reason"))
+        stage("deploy")
         shipped = ship_promoted(decision["reason"]) if decision.get("promoted") else None
         if shipped:
             logger.info("deployed: %s", shipped["message"])
         reload_result = None
-        if shipped and settings.server_url and settings.admin_token:
+        if shipped and server_url and token:
             try:
-                reload_result = request_reload(
-                    settings.server_url, settings.admin_token, settings.reload_timeout_seconds
-                )
+                reload_result = request_reload(server_url, token, settings.reload_timeout_seconds)
             except Exception as exc:  # an unreachable server must not fail a good retrain
                 warnings.append(f"server reload failed: {exc}")
-        for warning in warnings:
-            logger.warning(warning)
+                logger.warning(warnings[-1])
+        stage("report")
         data_hash = file_sha256(root / "data/raw/samples.csv")
         lock_hash = file_sha256(root / "dvc.lock")
-        publish_report(before, _read_json(root / "metrics/evaluate.json"), decision, count, shipped)
+        after = _read_json(root / "metrics/evaluate.json")
+        publish_report(report_markdown(before, after, decision, count, shipped, warnings))
         advance_watermark(newest, data_hash, lock_hash)
         summary = (
             f"retrained on {count} new row(s): {decision.get('reason', 'no decision recorded')}; "
             + (f"deployed version {shipped['version']}" if shipped else "nothing deployed")
         )
-        return {"status": "retrained", "summary": summary, "repro_ran": True, "decision": decision,
-                "deployed": shipped,
-                "data_hash": data_hash, "lock_hash": lock_hash, "reload": reload_result, "warnings": warnings}  # fmt: skip
+        return {
+            "status": "retrained",
+            "summary": summary,
+            "repro_ran": True,
+            "decision": decision,
+            "deployed": shipped,
+            "data_hash": data_hash,
+            "lock_hash": lock_hash,
+            "reload": reload_result,
+            "warnings": warnings,
+        }
 
 
 def serve_on_schedule() -> None:

@@ -17,7 +17,9 @@ from flask import Flask, g, request
 
 from potability.config import get_settings
 from potability.inference_store import InferenceStore
+from potability.log_maintenance import lab_match_minutes
 from potability.mart import WaterMart
+from potability.rollups import Rollups
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from serve.auth import TokenCache
     from serve.errors import register_error_handlers
     from serve.inference_log import InferenceLog
+    from serve.maintenance import Maintenance
     from serve.metrics import LATENCY, REQUESTS, on_log_depth, on_model_swap, on_quarantine
     from serve.model_holder import ModelHolder
     from serve.spool import Spool
@@ -42,6 +45,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         SPOOL_DIR=str(settings.spool_dir),
         MAX_BATCH=settings.max_batch,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        READING_MAX_SKEW_SECONDS=settings.reading_max_skew_seconds,
         TOKEN_CACHE_SECONDS=settings.token_cache_seconds,
         LOG_FLUSH_SECONDS=settings.log_flush_seconds,
         LOG_BATCH_ROWS=settings.log_batch_rows,
@@ -53,16 +57,30 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         REGISTRY_CONNECT_TIMEOUT=settings.registry_connect_timeout,
         PAGE_REQUIRES_TOKEN=settings.page_requires_token,
         PARAMS_PATH=str(settings.params_path),
+        ROLLUPS_POOL_SIZE=settings.rollups_pool_size,
+        LOG_MAINTENANCE_SECONDS=settings.log_maintenance_seconds,
         START_BACKGROUND=True,
     )
     app.config.from_mapping(config or {})
     app.json.sort_keys = False
 
     mart = WaterMart(url=app.config["DATABASE_URL"]) if app.config["DATABASE_URL"] else WaterMart()
+    maintenance = Maintenance(
+        mart.url,
+        settings,
+        lab_match_minutes(Path(app.config["PARAMS_PATH"])),
+        lambda: holder.current,
+        app.config["LOG_MAINTENANCE_SECONDS"],
+    )
+
+    def swapped(old, new) -> None:
+        on_model_swap(old, new)
+        maintenance.model_changed()
+
     holder = ModelHolder(
         app.config["REGISTERED_MODEL"], app.config["CHAMPION_ALIAS"], Path(app.config["MODEL_CACHE_DIR"]),
         app.config["MODEL_POLL_SECONDS"], _tracking_uri(app.config["MLFLOW_TRACKING_URI"], mart.url),
-        app.config["REGISTRY_CONNECT_TIMEOUT"], on_swap=on_model_swap,
+        app.config["REGISTRY_CONNECT_TIMEOUT"], on_swap=swapped,
     )  # fmt: skip
     holder.start()
     spool = Spool(Path(app.config["SPOOL_DIR"]), app.config["SPOOL_MAX_BYTES"], on_quarantine)
@@ -75,12 +93,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         "potability.mart": mart,
         "potability.model": holder,
         "potability.log": inference_log,
+        "potability.rollups": Rollups(mart.url, app.config["ROLLUPS_POOL_SIZE"]),
+        "potability.maintenance": maintenance,
         "potability.tokens": TokenCache(mart, app.config["TOKEN_CACHE_SECONDS"],
                                         app.config["TOKEN_STALE_SECONDS"]),
     })  # fmt: skip
     if app.config["START_BACKGROUND"]:
         inference_log.start()
         holder.start_watching()
+        maintenance.start()
 
     register_error_handlers(app)
     app.register_blueprint(api.bp)
@@ -120,4 +141,6 @@ def _tracking_uri(explicit: str | None, database_url: str):
 def shutdown(app: Flask) -> None:
     """Flush the inference log and stop background threads (gunicorn worker_exit, tests)."""
     app.extensions["potability.model"].stop()
+    app.extensions["potability.maintenance"].stop()
     app.extensions["potability.log"].close()
+    app.extensions["potability.rollups"].close()

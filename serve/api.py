@@ -24,6 +24,7 @@ from serve.auth import require
 from serve.errors import ApiError
 from serve.inference_log import LogUnavailable
 from serve.metrics import PREDICTIONS
+from serve.readings import split_readings
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -100,6 +101,11 @@ def answers_of(answered: AnsweredBatch) -> list[dict[str, Any]]:
 def predict():
     config = current_app.config
     items, batch = as_items(json_body(), config["MAX_BATCH"])
+    now, sensor_id = datetime.now(UTC), g.token.name
+    try:
+        items, readings = split_readings(items, sensor_id, now, config["READING_MAX_SKEW_SECONDS"])
+    except FieldError as exc:
+        raise field_error(exc, batch) from None
     X = fast_feature_matrix(items)
     if X is None:  # something unusual: the per-sample validator finds it and names the field
         try:
@@ -119,15 +125,20 @@ def predict():
         )
     probabilities = production.model.predict_proba(X)
     threshold, version = production.threshold, production.version
-    received_at = datetime.now(UTC)
+    inference_ids: list[str] = uuid7_batch(len(X), now)
+    logged_at = None
+    if readings:  # a sensor's own reading is logged under its own id and time (serve/readings.py)
+        inference_ids = [r[0] if r else i for r, i in zip(readings, inference_ids, strict=True)]
+        logged_at = [r[1] if r else now for r in readings]
     answered = AnsweredBatch(
-        inference_ids=uuid7_batch(len(X), received_at),
-        received_at=received_at,
-        sensor_id=g.token.name,
+        inference_ids=inference_ids,
+        received_at=now,
+        sensor_id=sensor_id,
         model_version=version,
         features=X,
         probabilities=probabilities,
         threshold=threshold,
+        logged_at=logged_at,
     )
     try:
         current_app.extensions["potability.log"].submit(answered)

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from potability.schema import ID_PATTERN, MAX_ID_LENGTH, TEXT_PATTERN, json_schema_sample
+from potability.schema import (
+    ID_PATTERN,
+    MAX_ID_LENGTH,
+    TEXT_PATTERN,
+    json_schema_reading,
+    json_schema_sample,
+)
 
 # what any authenticated JSON route may answer besides its success
 BODY_ERRORS = (400, 401, 403, 413, 415, 422, 503)
@@ -56,6 +62,13 @@ def _closed(properties: dict[str, Any], required: list[str] | None = None) -> di
 
 def document(max_batch: int) -> dict[str, Any]:
     sample = json_schema_sample()
+    reading = json_schema_reading()
+    # a sensor's sample may name its reading (idempotent resends); a lab row may not
+    sensor_sample = {
+        **sample,
+        "properties": {**sample["properties"], **reading["properties"]},
+        "dependentRequired": reading["dependentRequired"],
+    }
     lab = {
         **sample,
         "required": ["sample_id", "Potability"],
@@ -115,7 +128,7 @@ def document(max_batch: int) -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "Sample": sample,
+                "Sample": sensor_sample,
                 "Batch": _batch_of("Sample", max_batch),
                 "LabSample": lab,
                 "LabBatch": _batch_of("LabSample", max_batch),
@@ -131,7 +144,10 @@ def document(max_batch: int) -> dict[str, Any]:
                 "post": {
                     "summary": "Answer one sample or a batch; every answer is logged",
                     "description": "503 log_unavailable: the answer could not be logged (Postgres "
-                    "down and the spool full); nothing is answered without a record.",
+                    "down and the spool full); nothing is answered without a record. A sample with "
+                    "reading_id and read_at is idempotent: sent again, it is logged once and "
+                    "answered with the same inference_id; 400 on read_at when it lies too far "
+                    "after the server's clock.",
                     "security": bearer,
                     "requestBody": _one_or_batch("Sample", "Batch"),
                     "responses": {

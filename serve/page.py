@@ -19,12 +19,7 @@ from potability.errors import MartError
 from serve.errors import ApiError
 
 bp = Blueprint("page", __name__)
-PAGE_DEFAULTS = {
-    "drift_psi_threshold": 0.2,
-    "live_days": 7,
-    "lab_match_minutes": 60,
-    "drift_live_rows": 20_000,
-}
+PAGE_DEFAULTS = quality.PAGE_DEFAULTS
 
 
 def page_params() -> dict[str, Any]:
@@ -69,17 +64,30 @@ def _mart():
     return current_app.extensions["potability.mart"]
 
 
+def _rollups():
+    return current_app.extensions["potability.rollups"]
+
+
+def _as_of(newest: datetime | None) -> str | None:
+    """The newest row a panel's rollup covers, so the page can say how fresh it is."""
+    return newest.isoformat() if newest else None
+
+
 def live_panel() -> dict[str, Any]:
     since = datetime.now(UTC) - timedelta(days=page_params()["live_days"])
+    hourly, newest = _rollups().hourly(since)
     return {
         "days": page_params()["live_days"],
-        **quality.live_summary(_mart().inference_hourly(since)),
+        "as_of": _as_of(newest),
+        **quality.live_summary(hourly),
     }
 
 
 def agreement_panel() -> dict[str, Any]:
+    confusion, newest = _rollups().lab_confusion()
     minutes = page_params()["lab_match_minutes"]
-    return {"window_minutes": minutes, **quality.lab_agreement(_mart().lab_matches(minutes))}
+    agreement = quality.agreement_from_confusion(**confusion)
+    return {"window_minutes": minutes, "as_of": _as_of(newest), **agreement}
 
 
 def drift_panel() -> dict[str, Any]:
@@ -87,11 +95,13 @@ def drift_panel() -> dict[str, Any]:
     production = _production()
     profile = (production.meta.get("reference") if production else None) or {}
     if not profile:
-        return {"rows": 0, "threshold": params["drift_psi_threshold"], "features": [],
+        return {"rows": 0, "threshold": params["drift_psi_threshold"], "features": [], "as_of": None,
                 "note": "no training profile in the served model yet"}  # fmt: skip
     since = datetime.now(UTC) - timedelta(days=params["live_days"])
-    live = _mart().recent_inference_features(since, params["drift_live_rows"])
-    return quality.drift(profile, live, params["drift_psi_threshold"])
+    edges = {name: ref["edges"] for name, ref in profile.items() if ref}
+    counts, rows, newest = _rollups().feature_counts(production.version, edges, since)
+    report = quality.drift_from_counts(profile, counts, rows, params["drift_psi_threshold"])
+    return {**report, "as_of": _as_of(newest)}
 
 
 PANELS = {

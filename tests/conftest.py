@@ -45,7 +45,7 @@ def clean_db(pg_url) -> str:
     with db.transaction(url=pg_url) as conn, conn.cursor() as cur:
         cur.execute(
             "TRUNCATE water.water_potability, water.water_inferences, water.api_tokens, water.flow_state, "
-            "water.deployments"
+            "water.deployments, water.inference_hourly, water.feature_histogram_hourly, water.lab_matches"
         )
     return pg_url
 

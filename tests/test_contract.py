@@ -38,7 +38,15 @@ def contract_server(pg_url, champion, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("contract")
     admin = WaterMart(url=pg_url).create_token("contract-admin", "admin")
-    server = Server(tmp, pg_url, champion, POTABILITY_LOG_FLUSH_SECONDS="0.05")
+    # a generated read_at may lie centuries ahead: the skew check (a 400 the document names, not
+    # a schema rule) is tested in test_readings.py, so here any date-time the schema allows is fine
+    server = Server(
+        tmp,
+        pg_url,
+        champion,
+        POTABILITY_LOG_FLUSH_SECONDS="0.05",
+        POTABILITY_READING_MAX_SKEW_SECONDS="1e12",
+    )
     yield server, admin, tmp
     server.stop()
 

@@ -85,3 +85,45 @@ def test_a_filled_version_2_database_keeps_rows_and_the_flows_place(pg_url):
         assert mart.sample_count() == 3
         # the flow had seen the rows of days 1 and 2: only day 3's row is new to it
         assert mart.samples_added_since(mart.watermark("retrain"))[0] == 1
+
+
+def test_a_filled_version_1_database_migrates_with_every_row_kept_and_rollups_backfilled(pg_url):
+    """Migrations 004/005 move a live log into daily partitions and build the rollups from it."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
+    answers = [(str(uuid.uuid4()), now - timedelta(hours=7 * i), f"s{i % 3}", "v1", 6.0 + i % 4,
+                (i % 10) / 10, i % 10 >= 5) for i in range(60)]  # fmt: skip
+    with scratch_database(pg_url, "migrate_v1") as probe:
+        with psycopg2.connect(probe) as conn, conn.cursor() as cur:
+            cur.execute("CREATE SCHEMA water")
+            cur.execute("CREATE TABLE water.schema_migrations (version integer PRIMARY KEY, "
+                        "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+            version, name, sql = db.migration_files()[0]
+            cur.execute(sql)
+            cur.execute("INSERT INTO water.schema_migrations VALUES (%s, %s)", (version, name))
+            cur.executemany("INSERT INTO water.water_inferences (inference_id, received_at, sensor_id, model_version, "
+                            "ph, probability, potable, threshold) VALUES (%s, %s, %s, %s, %s, %s, %s, 0.5)",
+                            answers)  # fmt: skip
+            cur.execute("INSERT INTO water.water_potability (sample_id, sensor_id, ph, potability, collected_at, "
+                        "added_by) VALUES ('lab-1', 's1', 7.0, 1, %s, 'v1')", (answers[1][1] + timedelta(minutes=5),))  # fmt: skip
+        assert db.migrate(url=probe) == [
+            f"{v:03d}_{n}" for v, n, _ in db.migration_files() if v > 1
+        ]
+        with psycopg2.connect(probe) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT inference_id::text, count(*) OVER (PARTITION BY inference_id) FROM water.water_inferences"
+            )
+            stored = cur.fetchall()
+            assert sorted(r[0] for r in stored) == sorted(a[0] for a in answers)
+            assert all(r[1] == 1 for r in stored)  # ids unique
+            cur.execute("SELECT count(*) FROM water.water_inferences_default")
+            assert cur.fetchone()[0] == 0  # every stored day got its partition
+            cur.execute("SELECT sum(answers), sum(potable), count(*) FROM water.inference_hourly")
+            assert cur.fetchone() == (60, 30, 60)  # one answer per hour
+            cur.execute("SELECT sample_id, inference_id::text FROM water.lab_matches")
+            assert cur.fetchall() == [("lab-1", answers[1][0])]
+            cur.execute("SELECT to_regclass('water.water_inferences_v1')")
+            assert cur.fetchone()[0] is None
+        assert db.migrate(url=probe) == []

@@ -28,8 +28,16 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, tmp: Path, url: str, champion: Champion | None, workers: int = 2, **env):
-        self.port = free_port()
+    def __init__(
+        self,
+        tmp: Path,
+        url: str,
+        champion: Champion | None,
+        workers: int = 2,
+        port: int | None = None,
+        **env,
+    ):
+        self.port = port or free_port()  # a given port: a restart where clients expect it
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"server-{self.port}.log"
         served = champion.server_env(tmp) if champion else {}

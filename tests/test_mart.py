@@ -1,6 +1,3 @@
-import uuid
-from datetime import UTC, datetime, timedelta
-
 import psycopg2
 import psycopg2.errors
 import pytest
@@ -95,30 +92,6 @@ def test_a_lab_row_committed_late_is_never_behind_the_watermark(mart):
     )
     assert [s for (s,) in seqs] == ["late", "early"]  # numbered in commit order
     reader.close()
-
-
-def test_a_lab_sample_matches_the_nearest_answer_of_its_sensor_within_the_window(mart, store):
-    collected = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-
-    def answer(sensor, minutes, probability):
-        return {"inference_id": str(uuid.uuid4()), "received_at": collected + timedelta(minutes=minutes),
-                "sensor_id": sensor, "model_version": f"v{minutes}", **{n.lower(): None for n in FEATURE_NAMES},
-                "probability": probability, "potable": probability >= 0.5, "threshold": 0.5}  # fmt: skip
-
-    store.write([
-        answer("p1", -50, 0.1), answer("p1", -7, 0.9), answer("p1", 9, 0.2), answer("p1", 30, 0.3),
-        answer("p2", -3, 0.1),  # another sensor, nearer in time: never a match for p1
-        answer("p3", 61, 0.8), answer("p3", -61, 0.8),  # outside the 60-minute window
-    ])  # fmt: skip
-    mart.insert_samples(
-        [{**lab_row("near", 1), "sensor_id": "p1", "collected_at": collected.isoformat()},
-         {**lab_row("none", 0), "sensor_id": "p3", "collected_at": collected.isoformat()},
-         {**lab_row("no-sensor", 1), "collected_at": collected.isoformat()}],
-        added_by="test",
-    )  # fmt: skip
-    matches = mart.lab_matches(60)
-    assert list(matches["sample_id"]) == ["near"]
-    assert matches.loc[0, "model_version"] == "v-7" and bool(matches.loc[0, "potable"])
 
 
 def test_tokens_are_stored_hashed_and_revocable(mart, clean_db):

@@ -81,7 +81,12 @@ def test_panels_after_traffic_and_lab_results(app, mart):
     assert agreement["matched"] == 10
 
     drift = client.get("/v1/stats/drift").get_json()
-    assert "ph" in drift["flagged"]
+    assert "ph" in drift["flagged"] and drift["rows"] == 60
+
+    # each panel says how fresh its rollup is: the newest answer / lab sample it covers
+    newest = mart.inferences()["received_at"].max()
+    assert datetime.fromisoformat(live["as_of"]) == newest == datetime.fromisoformat(drift["as_of"])
+    assert datetime.fromisoformat(agreement["as_of"]) == datetime.fromisoformat(now.isoformat())
 
     html = client.get("/").get_data(as_text=True)
     assert "plant-7" in html and "<svg" in html and "ph" in html
@@ -138,5 +143,33 @@ def test_the_page_lists_every_deployment_and_rollback(mart, tmp_path):
                            ("deploy", "test-rf-1", "pytest")]  # fmt: skip
         html = app.test_client().get("/").get_data(as_text=True)
         assert "v2 calls too many samples potable" in html and "operator-ann" in html
+    finally:
+        shutdown(app)
+
+
+def test_the_server_bins_the_answers_of_a_model_no_deploy_registered(mart, champion, tmp_path):
+    """Drift works for a served version whose bins are missing (deployed by an older release)."""
+    import psycopg2
+
+    with psycopg2.connect(mart.url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "DELETE FROM water.feature_edges WHERE model_version = %s", (champion.model_version,)
+        )
+    conn.close()
+    app = create_app({"DATABASE_URL": mart.url, **champion.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "s"),
+                      "START_BACKGROUND": False})  # fmt: skip
+    try:
+        sensor = mart.create_token("plant-9", "sensor")
+        client = app.test_client()
+        shifted = [{**SAMPLE, "ph": 12.5 + i / 1000} for i in range(40)]
+        response = client.post("/v1/predict", json={"samples": shifted}, headers=auth(sensor))
+        assert response.status_code == 200
+        app.extensions["potability.log"].flush()
+        assert client.get("/v1/stats/drift").get_json()["rows"] == 0  # no bins yet: not counted
+        app.extensions["potability.maintenance"].run_once()  # at start, hourly, and on a model swap
+        drift = client.get("/v1/stats/drift").get_json()
+        assert (
+            drift["rows"] == 40 and "ph" in drift["flagged"]
+        )  # answers already logged are counted
     finally:
         shutdown(app)

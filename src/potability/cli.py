@@ -6,6 +6,7 @@ import argparse
 import getpass
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from potability.errors import MartError
@@ -120,6 +121,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from flows.retrain import retrain, serve_on_schedule
 
     if args.serve:
+        if status := _flow_problems(deploying=False, work_pool=False):
+            return status
         serve_on_schedule()
         return 0
     result = retrain()
@@ -127,10 +130,96 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Answer a CSV of readings; exit 2 on bad rows or a refusal, 1 when the server stayed away."""
+    from potability.client import PotabilityClient
+    from potability.readings_csv import read_readings, send, write_answers
+
+    token = Path(args.token_file).read_text(encoding="utf-8").strip()
+    by_line, problems = read_readings(Path(args.csv))
+    for problem in problems:
+        print(f"{args.csv}: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{args.csv}: {len(problems)} bad row(s); nothing sent", file=sys.stderr)
+        return 2
+    with PotabilityClient(args.url, token, outbox=args.outbox, batch_size=args.batch) as client:
+        run = send(client, by_line)
+    for error in run.errors:
+        print(f"{args.csv}: {error}", file=sys.stderr)
+    with (
+        open(args.out, "w", newline="", encoding="utf-8")
+        if args.out
+        else nullcontext(sys.stdout) as out
+    ):
+        written = write_answers(run.answers, run.line_of, out)
+    waiting = f"; {run.waiting} waiting in the outbox {args.outbox}" if run.waiting else ""
+    print(f"{args.csv}: {written} answer(s) for {len(by_line)} row(s){waiting}", file=sys.stderr)
+    return run.status
+
+
+def _flow_problems(deploying: bool, work_pool: bool = True) -> int:
+    """Print what would make a scheduled run fail; 2 if anything, else 0."""
+    from flows import deployment
+
+    from potability.config import get_settings
+
+    problems = (
+        deployment.guard() if deploying else deployment.check_inputs(get_settings(), work_pool)
+    )
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+def cmd_flow_check(args: argparse.Namespace) -> int:
+    status = _flow_problems(args.deploying)
+    if status == 0 and not args.deploying:
+        print("ready: a scheduled retrain run would find everything it needs")
+    return status
+
+
+def cmd_flow_deploy(args: argparse.Namespace) -> int:
+    from flows import deployment
+
+    from potability.config import get_settings
+
+    try:
+        deployed = deployment.deploy(get_settings())
+    except deployment.DeployRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"deployed retrain-potability/{deployed.name} to work pool {deployed.work_pool!r}, "
+        f"schedule {deployed.cron!r} (UTC); start a worker: prefect worker start --pool {deployed.work_pool}"
+    )
+    return 0
+
+
+def cmd_log_maintain(args: argparse.Namespace) -> int:
+    from potability import log_maintenance
+    from potability.config import get_settings
+
+    settings = get_settings()
+    report = log_maintenance.maintain(settings)
+    days = settings.log_retention_days
+    retention = f"{days} days" if days > 0 else "keep forever"
+    print(f"retention (POTABILITY_LOG_RETENTION_DAYS): {retention}")
+    print(f"partitions ahead: {settings.log_partitions_ahead_days} days")
+    for line in report.lines():
+        print(line)
+    return 1 if report.skipped else 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from serve.run import run_gunicorn
 
     return run_gunicorn(host=args.host, port=args.port, workers=args.workers)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     dbp.add_parser("stop", help="stop the embedded Postgres of this project").set_defaults(
         func=cmd_db_stop
     )
+
+    logp = sub.add_parser("log", help="the inference log").add_subparsers(
+        dest="log_command", required=True
+    )
+    logp.add_parser(
+        "maintain", help="create partitions ahead, drop those past retention; prints what it did"
+    ).set_defaults(func=cmd_log_maintain)
 
     p = sub.add_parser("seed", help="insert synthetic lab rows shaped like the real data")
     p.add_argument("--rows", type=int, default=3300)
@@ -188,9 +284,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_deployments)
 
-    p = sub.add_parser("retrain", help="run the retrain flow once now (or --serve it daily)")
-    p.add_argument("--serve", action="store_true", help="serve the flow on its daily cron schedule")
+    p = sub.add_parser(
+        "retrain", help="run the retrain flow once now (or --serve it on its schedule)"
+    )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="check the inputs, then serve the flow on POTABILITY_RETRAIN_CRON",
+    )
     p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser(
+        "predict", help="send a CSV of readings to a server; write the answers as CSV"
+    )
+    p.add_argument("csv", help="the data set's columns; optional reading_id, read_at")
+    p.add_argument("--url", required=True, help="the server, e.g. http://plant:8000")
+    p.add_argument("--token-file", required=True, help="a file holding a sensor token")
+    p.add_argument("--out", help="answers CSV (default: standard output)")
+    p.add_argument(
+        "--batch", type=_positive, help="readings per request (default: the server's maximum)"
+    )
+    p.add_argument(
+        "--outbox", help="keep unsent readings in this directory; run again to send them"
+    )
+    p.set_defaults(func=cmd_predict)
+
+    flowp = sub.add_parser("flow", help="the retrain flow on a Prefect server").add_subparsers(
+        dest="flow_command", required=True
+    )
+    p = flowp.add_parser("deploy", help="check the inputs, then deploy flows/prefect.yaml")
+    p.set_defaults(func=cmd_flow_deploy)
+    p = flowp.add_parser("check", help="check what a scheduled run needs, without deploying")
+    p.add_argument(
+        "--deploying",
+        action="store_true",
+        help="prefect.yaml's build step: refuse a deploy not made by `flow deploy`",
+    )
+    p.set_defaults(func=cmd_flow_check)
 
     p = sub.add_parser("serve", help="start the inference server (gunicorn)")
     p.add_argument("--host", default="127.0.0.1")

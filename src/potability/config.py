@@ -116,6 +116,11 @@ class Settings:
         return _env_int("POTABILITY_MAX_BODY_BYTES", 1_000_000)
 
     @cached_property
+    def reading_max_skew_seconds(self) -> float:
+        """How far a sensor's ``read_at`` may lie after the server's clock before it is refused (400)."""
+        return _env_float("POTABILITY_READING_MAX_SKEW_SECONDS", 300.0)
+
+    @cached_property
     def token_cache_seconds(self) -> float:
         return _env_float("POTABILITY_TOKEN_CACHE_SECONDS", 5.0)
 
@@ -155,6 +160,32 @@ class Settings:
         """How long a server waits for the registry's database before serving its cache."""
         return _env_float("POTABILITY_REGISTRY_CONNECT_TIMEOUT", 3.0)
 
+    # The inference log at volume (issue 13): partitions, retention, maintenance, page reads.
+    @cached_property
+    def log_retention_days(self) -> int:
+        """Whole daily log partitions older than this are dropped (0 = keep forever); rollups stay."""
+        return _env_int("POTABILITY_LOG_RETENTION_DAYS", 0)
+
+    @cached_property
+    def log_partitions_ahead_days(self) -> int:
+        """Daily log partitions created ahead of today, so a day never starts in the default one."""
+        return _env_int("POTABILITY_LOG_PARTITIONS_AHEAD_DAYS", 7)
+
+    @cached_property
+    def log_maintenance_seconds(self) -> float:
+        """How often a server runs log maintenance (partitions ahead, retention, model edges)."""
+        return _env_float("POTABILITY_LOG_MAINTENANCE_SECONDS", 3600.0)
+
+    @cached_property
+    def log_maintenance_lock_timeout_seconds(self) -> float:
+        """How long maintenance waits for the log's lock: it retries next time, writers never wait long."""
+        return _env_float("POTABILITY_LOG_MAINTENANCE_LOCK_TIMEOUT_SECONDS", 5.0)
+
+    @cached_property
+    def rollups_pool_size(self) -> int:
+        """Connections a server keeps for the page's rollup reads (its own, never the log writer's)."""
+        return _env_int("POTABILITY_ROLLUPS_POOL_SIZE", 2)
+
     @cached_property
     def page_requires_token(self) -> bool:
         return os.environ.get("POTABILITY_PAGE_REQUIRES_TOKEN", "0").lower() in {"1", "true", "yes"}
@@ -167,6 +198,31 @@ class Settings:
     @cached_property
     def admin_token(self) -> str | None:
         return os.environ.get("POTABILITY_ADMIN_TOKEN") or None
+
+    # The sensors' client (potability.client, `potability predict`): how hard it tries.
+    @cached_property
+    def client_timeout_seconds(self) -> float:
+        """How long the client waits for one answer before it counts the try as failed."""
+        return _env_float("POTABILITY_CLIENT_TIMEOUT_SECONDS", 10.0)
+
+    @cached_property
+    def client_retries(self) -> int:
+        """Tries after the first on a 503 or a lost connection (a restart takes seconds)."""
+        return _env_int("POTABILITY_CLIENT_RETRIES", 8)
+
+    @cached_property
+    def client_backoff_seconds(self) -> float:
+        """The first wait between tries; it doubles each time, with jitter."""
+        return _env_float("POTABILITY_CLIENT_BACKOFF_SECONDS", 0.5)
+
+    @cached_property
+    def client_max_backoff_seconds(self) -> float:
+        return _env_float("POTABILITY_CLIENT_MAX_BACKOFF_SECONDS", 30.0)
+
+    @cached_property
+    def admin_token_block(self) -> str:
+        """The Prefect Secret block holding the admin token when POTABILITY_ADMIN_TOKEN is unset."""
+        return os.environ.get("POTABILITY_ADMIN_TOKEN_BLOCK") or "potability-admin-token"
 
     @cached_property
     def retrain_cron(self) -> str:

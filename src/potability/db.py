@@ -125,7 +125,11 @@ def migration_files() -> list[tuple[int, str, str]]:
 
 
 def migrate(settings: Settings | None = None, url: str | None = None) -> list[str]:
-    """Apply pending migrations under an advisory lock; return the names applied."""
+    """Apply pending migrations under an advisory lock; return the names applied.
+
+    Then, every time, the inference log's partitions are created ahead and the
+    lab-match window is set from params.yaml (``log_maintenance.prepare``).
+    """
     applied: list[str] = []
     with transaction(settings, url) as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
@@ -148,6 +152,11 @@ def migrate(settings: Settings | None = None, url: str | None = None) -> list[st
             )
             applied.append(f"{version:03d}_{name}")
             log.info("applied migration %03d_%s", version, name)
+        from potability import log_maintenance  # it builds on this module
+
+        prepared = log_maintenance.prepare(cur, settings or get_settings())
+        for line in prepared.lines():
+            log.info("inference log: %s", line)
     return applied
 
 

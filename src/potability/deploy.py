@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from potability import artifacts, deployments, tracking
+import psycopg2
+
+from potability import artifacts, db, deployments, rollups, tracking
 from potability.config import Settings
 from potability.deployments import Deployment
+from potability.errors import MartError
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,7 @@ def deploy_promoted(
         promoted_dir, name, meta.get("mlflow_run_id"), tags, meta["input_example"]
     )
     why = reason or meta.get("decision_reason") or "deployed from models/promoted"
+    _register_drift_bins(promoted.version, meta, settings)
     return _move_champion(registered, current, "deploy", deployed_by, why, settings)
 
 
@@ -131,11 +135,26 @@ def rollback(
                             f"version {target.version} ({target.model_version}) is already the champion")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="rollback-") as tmp:
         try:
-            fetch_version(target, Path(tmp) / "model")
+            fetched = fetch_version(target, Path(tmp) / "model")
         except artifacts.ArtifactError as exc:
             raise DeployError(f"version {version} cannot be served: {exc}") from exc
+    _register_drift_bins(target.model_version, fetched.meta, settings)
     why = reason or f"rollback to version {target.version}"
     return _move_champion(target, current, "rollback", deployed_by, why, settings)
+
+
+def _register_drift_bins(model_version: str, meta: dict[str, Any], settings: Settings) -> None:
+    """Bin this version's answers for the drift panel from its first one (rollups.register_edges).
+
+    A database that refuses is a warning, not a failed deploy: each server
+    registers the version it loads, too (serve/maintenance.py).
+    """
+    if not meta.get("reference"):
+        return
+    try:
+        rollups.register_edges(db.database_url(settings), model_version, meta["reference"])
+    except (MartError, psycopg2.Error) as exc:
+        log.warning("drift bins of %s not registered (servers will retry): %s", model_version, exc)
 
 
 def _move_champion(

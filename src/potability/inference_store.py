@@ -42,7 +42,7 @@ STAGE_TABLE = (
 COPY_STAGE = f"COPY inference_stage ({_COLUMN_LIST}) FROM STDIN WITH (FORMAT binary)"
 INSERT_FROM_STAGE = (
     "INSERT INTO water.water_inferences SELECT * FROM inference_stage "
-    "ON CONFLICT (inference_id) DO NOTHING"
+    "ON CONFLICT (inference_id, received_at) DO NOTHING"
 )
 
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # signature, flags, no extension
@@ -68,16 +68,33 @@ class AnsweredBatch:
     features: np.ndarray
     probabilities: np.ndarray
     threshold: float
+    # per row, when a sensor's own reading carries its time (serve/readings.py); else received_at
+    logged_at: Sequence[datetime | str] | None = None
 
     def __len__(self) -> int:
         return len(self.inference_ids)
 
+    def times(self) -> list[str]:
+        """Each row's ``received_at`` as stored, in ISO 8601."""
+        if self.logged_at is None:
+            return [self.received_at.isoformat()] * len(self)
+        return [t if isinstance(t, str) else t.isoformat() for t in self.logged_at]
+
+    def microseconds(self) -> np.ndarray:
+        """Each row's ``received_at`` on COPY's wire: microseconds since 2000-01-01 UTC."""
+        if self.logged_at is None:
+            return np.full(len(self), _timestamp(self.received_at), dtype=np.int64)
+        return np.array([_timestamp(t) for t in self.logged_at], dtype=np.int64)
+
     def rows(self) -> list[dict[str, Any]]:
         """One dict per answer, keyed by column (the spool's record); None for a missing value."""
-        received = self.received_at.isoformat()
         rows = []
-        for inference_id, features, probability in zip(
-            self.inference_ids, self.features.tolist(), self.probabilities.tolist(), strict=True
+        for inference_id, received, features, probability in zip(
+            self.inference_ids,
+            self.times(),
+            self.features.tolist(),
+            self.probabilities.tolist(),
+            strict=True,
         ):
             row = {"inference_id": inference_id, "received_at": received}
             row["sensor_id"], row["model_version"] = self.sensor_id, self.model_version
@@ -161,7 +178,7 @@ def _encode_group(sensor_id: str, model_version: str, group: list[AnsweredBatch]
     """
     lengths = [len(b) for b in group]
     ids = [i for b in group for i in b.inference_ids]
-    received = np.repeat([_timestamp(b.received_at) for b in group], lengths).astype(np.int64)
+    received = np.concatenate([b.microseconds() for b in group])
     features = np.concatenate([b.features for b in group])
     probabilities = np.concatenate([b.probabilities for b in group])
     thresholds = np.repeat([b.threshold for b in group], lengths).astype(np.float64)
@@ -200,7 +217,7 @@ def _encode_group(sensor_id: str, model_version: str, group: list[AnsweredBatch]
     return b"".join(parts)
 
 
-def encode(items: Iterable[AnsweredBatch | dict[str, Any]]) -> tuple[bytes, int]:
+def encode(items: Iterable[AnsweredBatch | dict[str, Any] | Sequence[Any]]) -> tuple[bytes, int]:
     """A whole binary COPY stream (header, rows, trailer) and its row count.
 
     Batches are grouped by sensor and model version (the only text columns),
@@ -212,8 +229,9 @@ def encode(items: Iterable[AnsweredBatch | dict[str, Any]]) -> tuple[bytes, int]
         if isinstance(item, AnsweredBatch):
             groups.setdefault((item.sensor_id, item.model_version), []).append(item)
             count += len(item)
-        else:
-            parts.append(encode_row([item.get(c) for c in INFERENCE_COLUMNS]))
+        else:  # a dict keyed by column (the spool) or a row in INFERENCE_COLUMNS order
+            row = [item.get(c) for c in INFERENCE_COLUMNS] if isinstance(item, dict) else item
+            parts.append(encode_row(row))
             count += 1
     for (sensor_id, model_version), group in groups.items():
         parts.append(_encode_group(sensor_id, model_version, group))
@@ -224,13 +242,17 @@ def encode(items: Iterable[AnsweredBatch | dict[str, Any]]) -> tuple[bytes, int]
 class InferenceStore(PgOwner):
     """Writes the inference log (its own connection: never behind a page read or a token lookup)."""
 
-    def write(self, items: Iterable[AnsweredBatch | dict[str, Any]], fresh: bool = False) -> int:
+    def write(
+        self, items: Iterable[AnsweredBatch | dict[str, Any] | Sequence[Any]], fresh: bool = False
+    ) -> int:
         """Store answered inferences by COPY; idempotent on the log's key (a replay never doubles).
 
-        ``items`` are ``AnsweredBatch``es (the server) or dicts keyed by column
-        (spool replay). ``fresh`` rows (just answered, never written) are copied
-        straight into the table, which halves Postgres' work; should one exist
-        after all, the batch is written again through the staging table.
+        ``items`` are ``AnsweredBatch``es (the server), dicts keyed by column
+        (spool replay) or rows in ``INFERENCE_COLUMNS`` order. ``fresh`` rows
+        (just answered, never written) are copied straight into the table,
+        which halves Postgres' work; should one exist after all (or a batch
+        name one reading twice), the batch is written again through the
+        staging table.
 
         Returns:
             How many rows were stored (fewer than given when some already were).

@@ -14,6 +14,12 @@ import pandas as pd
 from potability.schema import FEATURE_NAMES
 
 _EPS = 1e-4  # keeps empty bins out of log(0) in the PSI
+# The page's numbers when params.yaml (``page:``) does not set them (a server host without a checkout).
+PAGE_DEFAULTS = {
+    "drift_psi_threshold": 0.2,
+    "live_days": 7,
+    "lab_match_minutes": 60,
+}
 
 
 def reference_profile(frame: pd.DataFrame, bins: int) -> dict[str, Any]:
@@ -54,19 +60,39 @@ def drift(
     profile: dict[str, Any], live: pd.DataFrame, threshold: float, min_rows: int = 30
 ) -> dict[str, Any]:
     """PSI of live sensor inputs against the training profile, per feature, flagged past ``threshold``."""
-    if len(live) < min_rows:
-        return {"rows": len(live), "threshold": threshold, "features": [],
-                "note": f"drift needs at least {min_rows} live answers; {len(live)} so far"}  # fmt: skip
+    counts = {
+        name: _shares(live[name].to_numpy(dtype=float), np.asarray(ref["edges"])) * len(live)
+        for name, ref in profile.items()
+        if name in live and ref
+    }
+    return drift_from_counts(profile, counts, len(live), threshold, min_rows)
+
+
+def drift_from_counts(
+    profile: dict[str, Any],
+    counts: dict[str, np.ndarray],
+    rows: int,
+    threshold: float,
+    min_rows: int = 30,
+) -> dict[str, Any]:
+    """PSI per feature from live counts per bin (the profile's bins, then missing last).
+
+    The page's drift panel gets these counts from the hourly histogram rollup,
+    so it never reads raw answers.
+    """
+    if rows < min_rows:
+        return {"rows": rows, "threshold": threshold, "features": [],
+                "note": f"drift needs at least {min_rows} live answers; {rows} so far"}  # fmt: skip
     features = []
     for name in FEATURE_NAMES:
         ref = profile.get(name)
-        if not ref:
+        if not ref or name not in counts:
             continue
-        actual = _shares(live[name].to_numpy(dtype=float), np.asarray(ref["edges"]))
+        actual = np.asarray(counts[name], dtype=float) / rows
         value = psi(np.asarray(ref["shares"]), actual)
         features.append({"feature": name, "psi": round(value, 4), "flagged": value > threshold,
                          "live_missing": round(float(actual[-1]), 4), "train_missing": ref["shares"][-1]})  # fmt: skip
-    return {"rows": len(live), "threshold": threshold, "features": features,
+    return {"rows": rows, "threshold": threshold, "features": features,
             "flagged": [f["feature"] for f in features if f["flagged"]]}  # fmt: skip
 
 
@@ -108,53 +134,63 @@ def model_card(meta: dict[str, Any] | None, history: list[dict[str, Any]]) -> di
 
 
 def live_summary(hourly: pd.DataFrame) -> dict[str, Any]:
-    """Answers and potable share per sensor, from the hourly aggregate."""
+    """Answers and potable share per sensor, from the hourly aggregate (vectorised: a week of
+    a few hundred sensors is tens of thousands of hours)."""
     if hourly.empty:
         return {"answers": 0, "sensors": [], "hourly": []}
-    sensors = []
-    for sensor, group in hourly.groupby("sensor_id"):
-        answers = int(group["answers"].sum())
-        potable = float((group["answers"] * group["potable_share"]).sum() / answers)
-        sensors.append({"sensor_id": sensor, "answers": answers, "potable_share": round(potable, 4),
-                        "hours_active": int(len(group))})  # fmt: skip
+    answers = hourly["answers"].to_numpy(dtype=np.int64)
+    shares = hourly["potable_share"].to_numpy(dtype=float)
+    per_sensor = (
+        hourly.assign(potable=answers * shares)
+        .groupby("sensor_id")
+        .agg(answers=("answers", "sum"), potable=("potable", "sum"), hours=("answers", "size"))
+    )
+    sensors = [
+        {"sensor_id": sensor, "answers": int(n), "potable_share": round(float(p / n), 4),
+         "hours_active": int(h)}
+        for sensor, n, p, h in per_sensor.itertuples()
+    ]  # fmt: skip
+    hours = [h.isoformat() for h in hourly["hour"]]
     return {
-        "answers": int(hourly["answers"].sum()),
+        "answers": int(answers.sum()),
         "sensors": sensors,
         "hourly": [
-            {
-                "hour": h.isoformat(),
-                "sensor_id": s,
-                "answers": int(a),
-                "potable_share": round(float(p), 4),
-            }
-            for h, s, a, p in hourly.itertuples(index=False)
-        ],  # fmt: skip
+            {"hour": h, "sensor_id": s, "answers": int(a), "potable_share": round(float(p), 4)}
+            for h, s, a, p in zip(hours, hourly["sensor_id"], answers, shares, strict=True)
+        ],
     }
 
 
 def lab_agreement(matches: pd.DataFrame) -> dict[str, Any]:
-    """Realised precision of live "potable" answers, judged by matching lab samples."""
-    if matches.empty:
+    """Realised precision of live "potable" answers, judged by matching lab samples (one row each)."""
+    said_potable = matches["potable"].astype(bool)
+    truly = matches["potability"].astype(int) == 1
+    return agreement_from_confusion(
+        tp=int((said_potable & truly).sum()),
+        fp=int((said_potable & ~truly).sum()),
+        fn=int((~said_potable & truly).sum()),
+        tn=int((~said_potable & ~truly).sum()),
+    )
+
+
+def agreement_from_confusion(tp: int, fp: int, fn: int, tn: int) -> dict[str, Any]:
+    """Realised precision and recall from the matched samples' confusion counts.
+
+    The page gets the counts from the ``water.lab_matches`` rollup in one
+    aggregate, however many lab samples are matched.
+    """
+    matched = tp + fp + fn + tn
+    if not matched:
         return {
             "matched": 0,
             "potable_answers": 0,
             "realised_precision": None,
             "realised_recall": None,
         }
-    said_potable = matches["potable"].astype(bool)
-    truly = matches["potability"].astype(int) == 1
-    tp = int((said_potable & truly).sum())
     return {
-        "matched": int(len(matches)),
-        "potable_answers": int(said_potable.sum()),
-        "realised_precision": round(tp / int(said_potable.sum()), 4)
-        if said_potable.any()
-        else None,
-        "realised_recall": round(tp / int(truly.sum()), 4) if truly.any() else None,
-        "confusion": {
-            "tp": tp,
-            "fp": int((said_potable & ~truly).sum()),
-            "fn": int((~said_potable & truly).sum()),
-            "tn": int((~said_potable & ~truly).sum()),
-        },  # fmt: skip
+        "matched": matched,
+        "potable_answers": tp + fp,
+        "realised_precision": round(tp / (tp + fp), 4) if tp + fp else None,
+        "realised_recall": round(tp / (tp + fn), 4) if tp + fn else None,
+        "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
     }

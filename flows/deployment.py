@@ -1,0 +1,234 @@
+"""Deploy the retrain flow to a Prefect server, refusing at deploy time what would fail at 03:00.
+
+`potability flow deploy` is the one documented way: it checks the project
+root, the database, the inference server and its admin token, the Prefect API
+and the work pool; stores the admin token in a Prefect Secret block (never in
+the deployment's plain job variables); records the environment the runs get in
+a Prefect Variable that ``flows/prefect.yaml`` reads as its job variables; then
+runs ``prefect deploy`` on ``flows/prefect.yaml`` from the project root. A bare
+``prefect deploy`` of that file is refused by its build step (`potability flow
+check`), so no deployment exists that skipped the checks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+import yaml
+
+from potability import db
+from potability.config import Settings
+from potability.errors import DatabaseUnavailable
+
+PREFECT_FILE = Path("flows/prefect.yaml")
+ENV_VARIABLE = (
+    "potability_retrain_env"  # the Prefect Variable that prefect.yaml's job_variables.env reads
+)
+DEPLOY_MARKER = (
+    "POTABILITY_FLOW_DEPLOY"  # set by `potability flow deploy` for prefect.yaml's build step
+)
+# besides every POTABILITY_* variable: what the flow's settings read from the environment
+SETTINGS_ENV = ("DATABASE_URL", "MLFLOW_TRACKING_URI", "DASK_SCHEDULER_ADDRESS")
+SECRET_ENV = ("POTABILITY_ADMIN_TOKEN",)  # goes to the Secret block, never into job variables
+
+
+class DeployRefused(Exception):
+    """The deployment would fail when it runs; the message lists every missing or unreachable input."""
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """What `potability flow deploy` created: the deployment's name and its schedule."""
+
+    name: str
+    cron: str
+    work_pool: str
+    output: str
+
+
+def deployment_config(root: Path) -> dict:
+    """The single deployment of ``flows/prefect.yaml`` (name, work pool, schedule)."""
+    config = yaml.safe_load((root / PREFECT_FILE).read_text(encoding="utf-8"))
+    return config["deployments"][0]
+
+
+def admin_token(settings: Settings) -> tuple[str | None, str]:
+    """The admin token the runs will use, and where it comes from (env, or the Secret block)."""
+    if settings.admin_token:
+        return settings.admin_token, "POTABILITY_ADMIN_TOKEN"
+    from prefect.blocks.system import Secret
+
+    try:
+        return Secret.load(
+            settings.admin_token_block
+        ).get(), f"Secret block {settings.admin_token_block!r}"
+    except ValueError:  # Prefect: "Unable to find block document named ..."
+        return None, f"Secret block {settings.admin_token_block!r}"
+
+
+def check_inputs(settings: Settings, work_pool: bool = True) -> list[str]:
+    """Every problem that would make a scheduled run fail or skip its server reload; [] when none.
+
+    ``work_pool=False`` for `potability retrain --serve`, whose runs need no worker.
+    """
+    problems = _check_root(settings.root) + _check_database(settings)
+    server_ok = _check_server(settings, problems)
+    problems += _check_prefect(settings, server_ok, work_pool)
+    return problems
+
+
+def _check_root(root: Path) -> list[str]:
+    missing = [
+        p
+        for p in ("dvc.yaml", "params.yaml", "flows/retrain.py", str(PREFECT_FILE))
+        if not (root / p).is_file()
+    ]
+    if missing:
+        return [
+            f"project root {root} (POTABILITY_ROOT, else the working directory) has no "
+            f"{', '.join(missing)}: run from the checkout the worker will use"
+        ]
+    return []
+
+
+def _check_database(settings: Settings) -> list[str]:
+    if not settings.database_url:
+        return [
+            "DATABASE_URL is not set: a scheduled run must name its database "
+            "(for this workspace's embedded one: export DATABASE_URL=$(potability db url))"
+        ]
+    try:
+        db.connect(settings).close()
+    except DatabaseUnavailable as exc:
+        return [f"DATABASE_URL: {exc}"]
+    return []
+
+
+def _check_server(settings: Settings, problems: list[str]) -> bool:
+    """Append server problems to ``problems``; True when the server answered."""
+    if not settings.server_url:
+        problems.append(
+            "POTABILITY_SERVER_URL is not set: a promoted model would not be "
+            "reloaded at once (set it to the inference server's base URL)"
+        )
+        return False
+    url = f"{settings.server_url.rstrip('/')}/healthz"
+    try:
+        requests.get(url, timeout=settings.reload_timeout_seconds).raise_for_status()
+    except requests.RequestException as exc:
+        problems.append(f"POTABILITY_SERVER_URL={settings.server_url}: {url} unreachable ({exc})")
+        return False
+    return True
+
+
+def _check_prefect(settings: Settings, server_ok: bool, work_pool: bool) -> list[str]:
+    """The Prefect API, the work pool, and the admin token (env or Secret block, accepted by the server)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import get_current_settings
+
+    api_url = get_current_settings().api.url
+    if not api_url:
+        return [
+            "PREFECT_API_URL is not set: deploy to the Prefect server your worker polls "
+            "(e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api)"
+        ]
+    with get_client(sync_client=True) as client:
+        if (error := client.api_healthcheck()) is not None:
+            return [f"PREFECT_API_URL={api_url}: unreachable ({error})"]
+        problems = []
+        if work_pool and (settings.root / PREFECT_FILE).is_file():
+            pool = deployment_config(settings.root)["work_pool"]["name"]
+            try:
+                client.read_work_pool(pool)
+            except ObjectNotFound:
+                problems.append(
+                    f"work pool {pool!r} does not exist on {api_url}: "
+                    f"prefect work-pool create {pool} --type process"
+                )
+    token, source = admin_token(settings)
+    if token is None:
+        problems.append(
+            f"no admin token: set POTABILITY_ADMIN_TOKEN or create the {source} "
+            "(`potability token create --role admin --name retrain-flow`)"
+        )
+    elif server_ok:
+        response = requests.post(
+            f"{settings.server_url.rstrip('/')}/admin/reload",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=settings.reload_timeout_seconds,
+        )
+        if response.status_code in (401, 403):
+            problems.append(
+                f"the admin token from {source} is refused by {settings.server_url} "
+                f"({response.status_code}): create one with --role admin"
+            )
+    return problems
+
+
+def run_environment(settings: Settings) -> dict[str, str]:
+    """The environment every run gets (job variables), from the checked deploying shell."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (k.startswith("POTABILITY_") or k in SETTINGS_ENV) and k not in SECRET_ENV and v
+    }
+    env.pop(DEPLOY_MARKER, None)
+    env["POTABILITY_ROOT"] = str(settings.root)
+    return env
+
+
+def deploy(settings: Settings) -> Deployed:
+    """Check, store the token and the run environment, then `prefect deploy` flows/prefect.yaml."""
+    problems = check_inputs(settings)
+    if problems:
+        raise DeployRefused("refusing to deploy:\n" + "\n".join(f"- {p}" for p in problems))
+    from prefect.blocks.system import Secret
+    from prefect.variables import Variable
+
+    if settings.admin_token:
+        Secret(value=settings.admin_token).save(settings.admin_token_block, overwrite=True)
+    Variable.set(ENV_VARIABLE, run_environment(settings), overwrite=True)
+    config = deployment_config(settings.root)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        DEPLOY_MARKER: "1",
+        "POTABILITY_ROOT": str(settings.root),
+        "POTABILITY_RETRAIN_CRON": settings.retrain_cron,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "deploy",
+        "--no-prompt",
+        "--prefect-file",
+        str(PREFECT_FILE),
+        "--name",
+        config["name"],
+    ]
+    result = subprocess.run(command, cwd=settings.root, env=env, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise DeployRefused(
+            f"`prefect deploy` failed (exit {result.returncode}):\n{output[-3000:]}"
+        )
+    return Deployed(config["name"], settings.retrain_cron, config["work_pool"]["name"], output)
+
+
+def guard() -> list[str]:
+    """prefect.yaml's build step: a bare `prefect deploy` is refused, naming the command that checks."""
+    if os.environ.get(DEPLOY_MARKER) == "1":
+        return []
+    return [
+        "deploy flows/prefect.yaml with `potability flow deploy` from the project root: it checks "
+        "the root, DATABASE_URL, POTABILITY_SERVER_URL, the admin token and the work pool first, "
+        "and records the runs' environment (a bare `prefect deploy` would store unchecked templates)"
+    ]

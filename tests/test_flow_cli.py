@@ -1,0 +1,85 @@
+"""The flow's operator side without a Prefect server: deploy refusals, and the stage bar in a terminal."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+STAGES = "from flows.retrain import stage_progress\nwith stage_progress() as stage:\n    stage('dvc repro')\n"
+
+
+def test_flow_check_names_every_missing_input(tmp_path):
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, "-m", "potability.cli", "flow", "deploy"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    for named in (
+        f"project root {tmp_path}",
+        "DATABASE_URL is not set",
+        "POTABILITY_SERVER_URL is not set",
+        "PREFECT_API_URL is not set",
+    ):
+        assert named in result.stderr, result.stderr
+
+
+def test_flow_check_names_an_unreachable_database_and_server(tmp_path):
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "PYTHONWARNINGS": "ignore",
+        "POTABILITY_ROOT": str(REPO),
+        "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
+        "POTABILITY_SERVER_URL": "http://127.0.0.1:9",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "potability.cli", "flow", "check"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert (
+        "DATABASE_URL: cannot reach Postgres at postgresql://nobody@127.0.0.1:9/none"
+        in result.stderr
+    )
+    assert (
+        "POTABILITY_SERVER_URL=http://127.0.0.1:9: http://127.0.0.1:9/healthz unreachable"
+        in result.stderr
+    )
+    assert "project root" not in result.stderr
+
+
+def test_stage_bar_shows_in_a_terminal_and_stays_quiet_when_piped():
+    primary, secondary = pty.openpty()
+    shown = subprocess.run(
+        [sys.executable, "-c", STAGES],
+        cwd=REPO,
+        stderr=secondary,
+        stdout=subprocess.DEVNULL,
+        timeout=120,
+    )
+    os.close(secondary)
+    output = b""
+    try:
+        while chunk := os.read(primary, 65536):
+            output += chunk
+    except OSError:  # the terminal closed: everything was read
+        pass
+    os.close(primary)
+    assert shown.returncode == 0 and b"retrain" in output and b"5/5" in output
+    piped = subprocess.run(
+        [sys.executable, "-c", STAGES], cwd=REPO, capture_output=True, timeout=120
+    )
+    assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout == b""
