@@ -117,3 +117,15 @@ def test_a_copy_in_progress_never_holds_up_a_token_lookup(store, mart):
         reader.start()
         reader.join(timeout=5)
     assert found and found[0].name == "sensor-a"
+
+
+def test_rows_with_their_own_reading_time_are_stored_at_it(store, mart):
+    batch = answered(4, missing_every=3)
+    read_at = datetime(2026, 11, 30, 9, 15, 0, 250_000, tzinfo=UTC)
+    times = [read_at.isoformat(), batch.received_at, read_at, batch.received_at]
+    batch = AnsweredBatch(**{**batch.__dict__, "logged_at": times})
+    assert store.write([batch], fresh=True) == 4
+    rows = stored(mart)
+    expected = [read_at, batch.received_at, read_at, batch.received_at]
+    assert [rows[i]["received_at"] for i in batch.inference_ids] == expected
+    assert [r["received_at"] for r in batch.rows()] == [t.isoformat() for t in expected]
