@@ -53,6 +53,9 @@ def bodies(rows: int) -> tuple[str, str]:
 def cpu_seconds(roots: list[int]) -> float:
     """CPU time (user + system) used so far by these processes and all their children.
 
+    A child that exited (a Postgres backend whose connection closed) is counted
+    in its parent's ``children_*`` times, so the total never goes back.
+
     On a machine shared with other jobs, wall-clock throughput measures the
     scheduler as much as the server; CPU per request does not.
     """
@@ -66,8 +69,8 @@ def cpu_seconds(roots: list[int]) -> float:
             continue
         for proc in tree:
             try:
-                times = proc.cpu_times()
-                total += times.user + times.system
+                times = proc.cpu_times()  # children_*: those already exited and reaped
+                total += times.user + times.system + times.children_user + times.children_system
             except psutil.NoSuchProcess:
                 continue
     return total
