@@ -53,7 +53,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import free_port, machine, start, stop, wait_http, write_result, wrk  # noqa: E402
-from potability import db, tracking  # noqa: E402
+from potability import db, migrator, tracking  # noqa: E402
 from potability.config import get_settings, page_cache_dir  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
 from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES  # noqa: E402
@@ -333,7 +333,7 @@ def main() -> int:
         settings
     )  # the workspace's, before DATABASE_URL points elsewhere
     url = args.database_url or scratch_database(server_url, SCRATCH_DB)
-    db.migrate(url=url)
+    migrator.migrate(url=url)
     mart = WaterMart(url=url)
     token = mart.create_token("scale-bench-sensor", "sensor")
     mart.close()

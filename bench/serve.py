@@ -4,8 +4,10 @@ Takes the deployed champion (the MLflow alias our server follows) and its
 sklearn twin (the workspace's skops candidate of the same kind), saves that twin as an MLflow model and
 serves it with ``mlflow models serve``; starts ``potability serve`` with
 inference logging on (rows go to Postgres); drives both with wrk on loopback
-with one row and with 100-row batches at several concurrencies. Prints a table
-and writes ``bench/results/serve.json``.
+with one row, 100-row and 1,000-row batches at several concurrencies. Times
+raw ONNX Runtime (``InferenceSession.run`` on the served model.onnx, in this
+process, no HTTP) on the same 1,000 rows, the floor a 1,000-row request is
+measured against. Prints a table and writes ``bench/results/serve.json``.
 
 Usage: python bench/serve.py [--seconds 10]   (after `make run`, or `dvc repro` + `potability deploy`)
 """
@@ -29,7 +31,10 @@ from potability.schema import FEATURE_NAMES  # noqa: E402
 
 ROW = {"ph": 7.08, "Hardness": 196.4, "Solids": 22006.0, "Chloramines": 7.12, "Sulfate": 333.8,
        "Conductivity": 426.2, "Organic_carbon": 14.3, "Trihalomethanes": 66.4, "Turbidity": 3.97}  # fmt: skip
-SCENARIOS = [("1 row", 1, 1), ("1 row", 1, 8), ("1 row", 1, 32), ("100-row batch", 100, 8)]
+SCENARIOS = [("1 row", 1, 1), ("1 row", 1, 8), ("1 row", 1, 32), ("100-row batch", 100, 8),
+             ("1,000-row batch", 1000, 1)]  # fmt: skip
+RAW_ROWS = 1000  # the batch that is compared with raw ONNX Runtime
+RAW_REPEATS = 300
 
 
 def bodies(rows: int) -> tuple[str, str]:
@@ -43,6 +48,82 @@ def bodies(rows: int) -> tuple[str, str]:
         }
     )
     return ours, peer
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """CPU time (user + system) used so far by these processes and all their children.
+
+    A child that exited (a Postgres backend whose connection closed) is counted
+    in its parent's ``children_*`` times, so the total never goes back.
+
+    On a machine shared with other jobs, wall-clock throughput measures the
+    scheduler as much as the server; CPU per request does not.
+    """
+    import psutil
+
+    total = 0.0
+    for root in roots:
+        try:
+            tree = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in tree:
+            try:
+                times = proc.cpu_times()  # children_*: those already exited and reaped
+                total += times.user + times.system + times.children_user + times.children_system
+            except psutil.NoSuchProcess:
+                continue
+    return total
+
+
+def postmaster_pid(settings) -> int | None:
+    """The embedded Postgres that logs our answers (None with an external DATABASE_URL)."""
+    if settings.database_url:
+        return None
+    try:
+        return int((settings.pgdata / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def measured(url: str, body: str, connections: int, seconds: int, roots: list[int],
+             token: str | None = None) -> dict:  # fmt: skip
+    """A wrk run, plus the CPU milliseconds the server (and its database) spent per request."""
+    before = cpu_seconds(roots)
+    result = wrk(url, body, connections, seconds, token)
+    spent = cpu_seconds(roots) - before
+    result["cpu_ms_per_request"] = round(1000 * spent / max(result["requests"], 1), 3)
+    return result
+
+
+def raw_onnx(model_path: Path, rows: int, repeats: int) -> dict:
+    """Time ``InferenceSession.run`` on ``rows`` copies of ROW: the served model, no HTTP, no logging.
+
+    Same session options as the server (one intra-op thread), float32 input.
+    """
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    feed = {
+        session.get_inputs()[0].name: np.array(
+            [[ROW[n] for n in FEATURE_NAMES]] * rows, dtype=np.float32
+        )
+    }
+    for _ in range(20):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return {"rows": rows, "repeats": repeats, "p50_ms": round(times[len(times) // 2] * 1000, 3),
+            "min_ms": round(times[0] * 1000, 3)}  # fmt: skip
 
 
 def save_mlflow_model(kind_dir: Path, out: Path) -> None:
@@ -82,25 +163,25 @@ def main() -> int:
     peer = start([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", str(work / "mlflow-model"), "--env-manager",
                   "local", "-h", "127.0.0.1", "-p", str(peer_port), "-w", str(args.workers)], env, work / "mlflow.log")  # fmt: skip
     runs = []
+    # ours = the server and the Postgres it logs every answer to; mlflow logs nothing
+    our_roots = [ours.pid] + [pid for pid in [postmaster_pid(settings)] if pid]
     try:
         wait_http(f"http://127.0.0.1:{ours_port}/readyz")
         wait_http(f"http://127.0.0.1:{peer_port}/ping")
         for label, rows, connections in SCENARIOS:
             our_body, peer_body = bodies(rows)
-            result_ours = wrk(
-                f"http://127.0.0.1:{ours_port}/v1/predict",
-                our_body,
-                connections,
-                args.seconds,
-                token,
-            )
-            result_peer = wrk(
-                f"http://127.0.0.1:{peer_port}/invocations", peer_body, connections, args.seconds
-            )
+            url = f"http://127.0.0.1:{ours_port}/v1/predict"
+            result_ours = measured(url, our_body, connections, args.seconds, our_roots, token)
+            url = f"http://127.0.0.1:{peer_port}/invocations"
+            result_peer = measured(url, peer_body, connections, args.seconds, [peer.pid])
             for r in (result_ours, result_peer):
                 r["rows_per_s"] = round(r["rps"] * rows, 1)
             ratio = (
                 round(result_ours["rps"] / result_peer["rps"], 1) if result_peer["rps"] else None
+            )
+            # what the throughput ratio would be with the cores to themselves
+            cpu_ratio = round(
+                result_peer["cpu_ms_per_request"] / max(result_ours["cpu_ms_per_request"], 1e-9), 1
             )
             runs.append(
                 {
@@ -108,18 +189,29 @@ def main() -> int:
                     "ours": result_ours,
                     "mlflow": result_peer,
                     "ratio": ratio,
+                    "cpu_ratio": cpu_ratio,
                 }
             )
-            print(f"{label:>14}  c={connections:<3} ours {result_ours['rps']:>8} req/s p50 {result_ours['p50_ms']:>6} ms "
+            print(f"{label:>16}  c={connections:<3} ours {result_ours['rps']:>8} req/s p50 {result_ours['p50_ms']:>6} ms "
                   f"p99 {result_ours['p99_ms']:>6} ms | mlflow {result_peer['rps']:>7} req/s p50 {result_peer['p50_ms']:>7} ms "
-                  f"p99 {result_peer['p99_ms']:>7} ms | ratio {ratio}", flush=True)  # fmt: skip
+                  f"p99 {result_peer['p99_ms']:>7} ms | ratio {ratio} | CPU ms/request ours "
+                  f"{result_ours['cpu_ms_per_request']} mlflow {result_peer['cpu_ms_per_request']} "
+                  f"(ratio {cpu_ratio})", flush=True)  # fmt: skip
+        model_path = settings.model_cache_dir / f"v{champion.version}" / artifacts.MODEL_FILE
+        raw = raw_onnx(model_path, RAW_ROWS, RAW_REPEATS)  # servers idle: the cores are the bench's
+        batch = next(r for r in runs if r["scenario"].startswith("1,000-row batch"))
+        raw["ours_p50_over_raw"] = round(batch["ours"]["p50_ms"] / raw["p50_ms"], 2)
+        print(f"raw ONNX Runtime, {RAW_ROWS} rows: p50 {raw['p50_ms']} ms (min {raw['min_ms']} ms); "
+              f"our 1,000-row request p50 {batch['ours']['p50_ms']} ms = {raw['ours_p50_over_raw']}x raw",
+              flush=True)  # fmt: skip
     finally:
         stop(ours)
         stop(peer)
         WaterMart().revoke_tokens("bench-sensor")
         shutil.rmtree(work, ignore_errors=True)
     result = {"machine": machine(), "model": {"version": champion.model_version, "kind": kind},
-              "inference_logging": True, "seconds_per_run": args.seconds, "runs": runs}  # fmt: skip
+              "inference_logging": True, "seconds_per_run": args.seconds, "runs": runs,
+              "raw_onnx": raw}  # fmt: skip
     print(f"wrote {write_result('serve', result)}")
     return 0
 

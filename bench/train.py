@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import copy_project, machine, write_result  # noqa: E402
-from potability import db  # noqa: E402
+from potability import db, migrator  # noqa: E402
 from potability.config import load_params  # noqa: E402
 from potability.features import feature_matrix, labels  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
@@ -49,7 +49,7 @@ def bench_repro(work: Path, rows: int) -> dict:
     pgdata = work / "pg"
     url = db.embedded_server_url(pgdata)
     try:
-        db.migrate(url=url)
+        migrator.migrate(url=url)
         frame = generate(rows, seed=0)
         WaterMart(url=url).insert_samples(
             [{k: (None if v != v else v) for k, v in r.items()} for r in frame.to_dict("records")],

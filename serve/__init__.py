@@ -18,6 +18,7 @@ from typing import Any
 from flask import Flask, g, request
 
 from potability.config import get_settings, page_cache_dir
+from potability.inference_store import InferenceStore
 from potability.log_maintenance import lab_match_minutes
 from potability.mart import WaterMart
 from potability.rollups import Rollups
@@ -93,7 +94,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     holder.start()
     spool = Spool(Path(app.config["SPOOL_DIR"]), app.config["SPOOL_MAX_BYTES"], on_quarantine)
     inference_log = InferenceLog(
-        WaterMart(url=mart.url), spool, app.config["LOG_FLUSH_SECONDS"], app.config["LOG_BATCH_ROWS"],
+        InferenceStore(url=mart.url), spool, app.config["LOG_FLUSH_SECONDS"], app.config["LOG_BATCH_ROWS"],
         app.config["SPOOL_REPLAY_SECONDS"], on_depth=on_log_depth,
         max_queue_rows=app.config["LOG_QUEUE_MAX_ROWS"],
     )  # fmt: skip

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 from flask import Blueprint, current_app, g, request
 
 from potability.errors import DuplicateSampleError, MartError
+from potability.ids import uuid7_batch
+from potability.inference_store import AnsweredBatch
 from potability.schema import (
     FEATURE_NAMES,
     FieldError,
@@ -36,6 +38,10 @@ def json_body() -> Any:
             f"send Content-Type: application/json, not {request.mimetype or 'none'!r}",
         )
     raw = request.get_data(cache=False)  # MAX_CONTENT_LENGTH turns an oversized body into a 413
+    try:
+        return orjson.loads(raw)  # strict RFC 8259: several times faster on a 1,000-sample batch
+    except orjson.JSONDecodeError:
+        pass  # NaN, a lone surrogate, an integer past 64 bits...: the standard parser decides
     try:
         # NaN / Infinity literals stay strings, so validation names them instead of taking them as missing
         return json.loads(raw, parse_constant=str)
@@ -73,6 +79,23 @@ def field_error(exc: FieldError, batch: bool) -> ApiError:
     )
 
 
+def answers_of(answered: AnsweredBatch) -> list[dict[str, Any]]:
+    """The answer objects, in request order: built from whole columns, no numpy scalar per row."""
+    threshold, version = answered.threshold, answered.model_version
+    potable = (answered.probabilities >= threshold).tolist()
+    rounded = answered.probabilities.round(6).tolist()
+    return [
+        {
+            "potable": p,
+            "probability": q,
+            "threshold": threshold,
+            "inference_id": i,
+            "model_version": version,
+        }
+        for p, q, i in zip(potable, rounded, answered.inference_ids, strict=True)
+    ]
+
+
 @bp.post("/predict")
 @require("sensor", "admin")
 def predict():
@@ -100,32 +123,37 @@ def predict():
         raise ApiError(
             503, "no_model", "no model is loaded yet; run `dvc repro` and POST /admin/reload"
         )
-    probabilities = production.model.predict_proba(X).tolist()
+    probabilities = production.model.predict_proba(X)
     threshold, version = production.threshold, production.version
-    received_at = now.isoformat()  # formatted once per request, not per row
-    answers, rows = [], []
-    for i, (features, probability) in enumerate(zip(X.tolist(), probabilities, strict=True)):
-        reading = readings[i] if readings else None
-        inference_id, logged_at = reading or (str(uuid.uuid4()), received_at)
-        potable = probability >= threshold
-        answers.append({"potable": potable, "probability": round(probability, 6), "threshold": threshold,
-                        "inference_id": inference_id, "model_version": version})  # fmt: skip
-        # a tuple in INFERENCE_COLUMNS order: the log writer COPYs it as is
-        rows.append((inference_id, logged_at, sensor_id, version,
-                     *[None if v != v else v for v in features], probability, potable, threshold))  # fmt: skip
+    inference_ids: list[str] = uuid7_batch(len(X), now)
+    logged_at = None
+    if readings:  # a sensor's own reading is logged under its own id and time (serve/readings.py)
+        inference_ids = [r[0] if r else i for r, i in zip(readings, inference_ids, strict=True)]
+        logged_at = [r[1] if r else now for r in readings]
+    answered = AnsweredBatch(
+        inference_ids=inference_ids,
+        received_at=now,
+        sensor_id=sensor_id,
+        model_version=version,
+        features=X,
+        probabilities=probabilities,
+        threshold=threshold,
+        logged_at=logged_at,
+    )
     try:
-        current_app.extensions["potability.log"].submit(rows)
+        current_app.extensions["potability.log"].submit(answered)
     except LogUnavailable as exc:
         raise ApiError(
             503, "log_unavailable", f"no answer without a record: {exc}; retry later"
         ) from None
+    answers = answers_of(answered)
     potable_count = sum(a["potable"] for a in answers)
     if potable_count:
         PREDICTIONS.labels(answer="potable").inc(potable_count)
     if len(answers) - potable_count:
         PREDICTIONS.labels(answer="not_potable").inc(len(answers) - potable_count)
     body = {"model_version": version, "predictions": answers} if batch else answers[0]
-    return current_app.response_class(json.dumps(body), mimetype="application/json")
+    return current_app.response_class(orjson.dumps(body), mimetype="application/json")
 
 
 @bp.post("/samples")

@@ -1,8 +1,9 @@
 """Every answered prediction lands in ``water.water_inferences``: batched, off the request path.
 
-Requests only append to a bounded in-memory queue. A writer thread flushes it
-by COPY every ``log_flush_seconds`` (or at ``log_batch_rows``). When Postgres
-is down the batch goes to the fsync'd spool and is replayed once it is back;
+Requests only append their answers (one ``AnsweredBatch`` each: columns, not
+a tuple per row) to a bounded in-memory queue. A writer thread flushes it by
+COPY every ``log_flush_seconds`` (or at ``log_batch_rows``). When Postgres is
+down the batch goes to the fsync'd spool and is replayed once it is back;
 the writer probes Postgres every ``spool_replay_seconds`` whatever error it
 gave. ``submit`` refuses rows (``LogUnavailable``, a 503 to the client) when
 the queue is full, or when Postgres is down and the spool has no room: an
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from potability.errors import MartError
-from potability.mart import INFERENCE_COLUMNS, WaterMart
+from potability.inference_store import AnsweredBatch, InferenceStore
 from serve.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
@@ -34,17 +35,18 @@ class LogUnavailable(Exception):
 
 
 class InferenceLog:
-    def __init__(self, mart: WaterMart, spool: Spool, flush_seconds: float, batch_rows: int,
+    def __init__(self, store: InferenceStore, spool: Spool, flush_seconds: float, batch_rows: int,
                  replay_seconds: float, on_depth: Callable[[int, int], None] | None = None,
                  max_queue_rows: int = 50_000):  # fmt: skip
-        self._mart, self.spool = mart, spool
+        self._store, self.spool = store, spool
         self._flush_seconds, self._batch_rows, self._replay_seconds = (
             flush_seconds,
             batch_rows,
             replay_seconds,
         )
         self.max_queue_rows = max_queue_rows
-        self._queue: collections.deque[tuple] = collections.deque()
+        self._queue: collections.deque[AnsweredBatch] = collections.deque()
+        self._queued_rows = 0  # rows in the queue (it holds whole requests)
         self._submit_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -62,20 +64,21 @@ class InferenceLog:
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
 
-    def submit(self, rows: list[tuple]) -> None:
-        """Queue answered rows, or raise ``LogUnavailable`` if they could not be kept."""
+    def submit(self, batch: AnsweredBatch) -> None:
+        """Queue one request's answers, or raise ``LogUnavailable`` if they could not be kept."""
         with self._submit_lock:
-            queued = len(self._queue) + len(rows)
+            queued = self._queued_rows + len(batch)
             if queued > self.max_queue_rows:
                 raise LogUnavailable(
-                    f"the inference log is full ({len(self._queue)} rows waiting in memory)"
+                    f"the inference log is full ({self._queued_rows} rows waiting in memory)"
                 )
             if not self.db_ok and not self._spool_has_room(queued):
                 raise LogUnavailable(
                     "Postgres is down and the spool is full: an answer could not be logged"
                 )
-            self._queue.extend(rows)
-        if len(self._queue) >= self._batch_rows:
+            self._queue.append(batch)
+            self._queued_rows = queued
+        if queued >= self._batch_rows:
             self._wake.set()
 
     def _spool_has_room(self, rows: int) -> bool:
@@ -85,13 +88,13 @@ class InferenceLog:
     @property
     def accepting(self) -> bool:
         """Whether a new answer would be logged (readiness)."""
-        if len(self._queue) >= self.max_queue_rows:
+        if self._queued_rows >= self.max_queue_rows:
             return False
-        return self.db_ok or self._spool_has_room(len(self._queue) + 1)
+        return self.db_ok or self._spool_has_room(self._queued_rows + 1)
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._queued_rows
 
     @property
     def spooled(self) -> int:
@@ -119,27 +122,37 @@ class InferenceLog:
                 if self._spooled and time.monotonic() - self._last_replay >= self._replay_seconds:
                     self._replay()  # also the probe that notices Postgres is back
                 while self._queue:
-                    batch = [
-                        self._queue.popleft()
-                        for _ in range(min(len(self._queue), self._batch_rows))
-                    ]
+                    chunk = self._take()
                     try:
-                        self._write(batch)
+                        self._write(chunk)
                     except BaseException:
-                        # the spool failed too (full?): put the rows back, oldest first
-                        self._queue.extendleft(reversed(batch))
+                        # the spool failed too (full?): put the requests back, oldest first
+                        with self._submit_lock:
+                            self._queue.extendleft(reversed(chunk))
+                            self._queued_rows += sum(map(len, chunk))
                         raise
             finally:
                 self._spool_room = self.spool.room()
                 if self._on_depth:
-                    self._on_depth(len(self._queue), self._spooled)
+                    self._on_depth(self._queued_rows, self._spooled)
 
-    def _write(self, batch: list[tuple]) -> None:
+    def _take(self) -> list[AnsweredBatch]:
+        """Whole requests from the queue's head, up to ``batch_rows`` rows (at least one request)."""
+        chunk, rows = [], 0
+        with self._submit_lock:
+            while self._queue and (not chunk or rows + len(self._queue[0]) <= self._batch_rows):
+                batch = self._queue.popleft()
+                chunk.append(batch)
+                rows += len(batch)
+            self._queued_rows -= rows
+        return chunk
+
+    def _write(self, chunk: list[AnsweredBatch]) -> None:
         now = time.monotonic()
         if self.db_ok or now - self._last_probe >= self._replay_seconds:
             self._last_probe = now
             try:
-                self._mart.write_inferences(batch, fresh=True)
+                self._store.write(chunk, fresh=True)
                 if not self.db_ok:
                     log.info("inference log: Postgres is back")
                 self.db_ok, self.last_error = True, None
@@ -155,22 +168,18 @@ class InferenceLog:
                 )
                 self.db_ok, self.last_error = False, f"{type(exc).__name__}: {exc}"
         try:
-            self.spool.append(
-                [
-                    row if isinstance(row, dict) else dict(zip(INFERENCE_COLUMNS, row, strict=True))
-                    for row in batch
-                ]
-            )
+            rows = [row for batch in chunk for row in batch.rows()]
+            self.spool.append(rows)
         except SpoolFull:
             self._spool_room = 0
             raise
-        self._spooled += len(batch)
+        self._spooled += len(rows)
 
     def _replay(self) -> None:
         self._last_replay = time.monotonic()
         try:
             written, _ = self.spool.replay(
-                self._mart.write_inferences,
+                self._store.write,
                 chunk_rows=max(self._batch_rows, 1000),
                 budget_seconds=REPLAY_BUDGET_SECONDS,
             )

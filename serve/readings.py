@@ -4,7 +4,7 @@ A sample that carries them is logged as ``inference_id = uuid5(NAMESPACE,
 "{sensor_id}/{reading_id}")`` and ``received_at = read_at``, so a resend (a
 retry after a timeout, an outbox replayed after a crash) maps to the same
 ``(inference_id, received_at)``: the log's duplicate handling
-(``mart.write_inferences``) stores it once and the answer carries the same
+(``InferenceStore.write``) stores it once and the answer carries the same
 ``inference_id``. The sensor id is the token's name, so two sensors' reading
 ids never collide.
 """

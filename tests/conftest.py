@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from potability import db, migrator
+from potability.inference_store import InferenceStore
 from potability.mart import WaterMart
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +55,14 @@ def mart(clean_db) -> WaterMart:
     m = WaterMart(url=clean_db)
     yield m
     m.close()
+
+
+@pytest.fixture
+def store(clean_db) -> InferenceStore:
+    """The inference log's storage, on its own connection (as the server's log writer has it)."""
+    s = InferenceStore(url=clean_db)
+    yield s
+    s.close()
 
 
 def tracked_files() -> list[str]:

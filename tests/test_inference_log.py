@@ -1,23 +1,29 @@
 """The inference log's promises without a server: a bounded queue, no answer the spool has no room for."""
 
+from datetime import UTC, datetime
+
+import numpy as np
 import pytest
 from serve.inference_log import SPOOL_ROW_BYTES, InferenceLog, LogUnavailable
 from serve.spool import Spool
 
 from potability.errors import DatabaseUnavailable
-from potability.mart import INFERENCE_COLUMNS
-from tests.test_spool import row
+from potability.ids import uuid7_batch
+from potability.inference_store import AnsweredBatch
 
 
 class DownMart:
-    """A mart whose Postgres is down."""
+    """A store whose Postgres is down."""
 
-    def write_inferences(self, rows, fresh=False):
+    def write(self, rows, fresh=False):
         raise DatabaseUnavailable("lost the connection to Postgres: test")
 
 
 def rows(n):
-    return [tuple(row(i)[c] for c in INFERENCE_COLUMNS) for i in range(n)]
+    """One request's n answers, every measurement present (the spool's largest records)."""
+    features = np.tile(np.linspace(0.5, 9.5, 9) * 123.456789, (n, 1))
+    return AnsweredBatch(uuid7_batch(n), datetime.now(UTC), "sensor-1", "v1", features,
+                         np.full(n, 0.123456789), 0.4)  # fmt: skip
 
 
 def test_the_queue_is_bounded(tmp_path):

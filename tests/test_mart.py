@@ -1,6 +1,3 @@
-import uuid
-from datetime import UTC, datetime
-
 import psycopg2
 import psycopg2.errors
 import pytest
@@ -97,16 +94,6 @@ def test_a_lab_row_committed_late_is_never_behind_the_watermark(mart):
     reader.close()
 
 
-def test_inferences_copy_is_idempotent_on_inference_id(mart):
-    row = {"inference_id": str(uuid.uuid4()), "received_at": datetime.now(UTC), "sensor_id": "s\t1",
-           "model_version": "v1", **{n.lower(): None for n in FEATURE_NAMES}, "ph": 7.2,
-           "probability": 0.42, "potable": False, "threshold": 0.5}  # fmt: skip
-    assert mart.write_inferences([row]) == 1
-    assert mart.write_inferences([row]) == 0  # a replay never doubles a row
-    frame = mart.inferences()
-    assert len(frame) == 1 and frame.loc[0, "sensor_id"] == "s\t1" and frame.loc[0, "ph"] == 7.2
-
-
 def test_tokens_are_stored_hashed_and_revocable(mart, clean_db):
     import psycopg2
 
@@ -121,17 +108,6 @@ def test_tokens_are_stored_hashed_and_revocable(mart, clean_db):
     assert mart.lookup_token(token) is None
     with pytest.raises(ValidationError, match="role"):
         mart.create_token("x", "root")
-
-
-def test_fresh_copy_falls_back_when_a_row_is_already_stored(mart):
-    first = {"inference_id": str(uuid.uuid4()), "received_at": datetime.now(UTC), "sensor_id": "s",
-             "model_version": "v", "probability": 0.4, "potable": False, "threshold": 0.5}  # fmt: skip
-    second = {**first, "inference_id": str(uuid.uuid4())}
-    assert mart.write_inferences([first], fresh=True) == 1
-    assert (
-        mart.write_inferences([first, second], fresh=True) == 1
-    )  # the duplicate is skipped, the new row kept
-    assert len(mart.inferences()) == 2
 
 
 @pytest.mark.parametrize("error", [psycopg2.DatabaseError, psycopg2.OperationalError])

@@ -107,11 +107,11 @@ def test_page_can_require_a_token(mart, champion, tmp_path):
         shutdown(app)
 
 
-def test_old_answers_fall_out_of_the_live_window(app, mart):
+def test_old_answers_fall_out_of_the_live_window(app, store):
     import uuid
 
     old = datetime.now(UTC) - timedelta(days=30)
-    mart.write_inferences([{"inference_id": str(uuid.uuid4()), "received_at": old, "sensor_id": "s", "model_version": "v",
+    store.write([{"inference_id": str(uuid.uuid4()), "received_at": old, "sensor_id": "s", "model_version": "v",
                             "ph": 7.0, "probability": 0.3, "potable": False, "threshold": 0.5}])  # fmt: skip
     assert app.test_client().get("/v1/stats/live").get_json()["answers"] == 0
 

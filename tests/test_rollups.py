@@ -57,19 +57,17 @@ def live_features(n, seed):
             for row in frame[list(FEATURE_NAMES)].itertuples(index=False)]  # fmt: skip
 
 
-def test_rollups_equal_the_raw_log_after_copy_replay_two_statements_and_insert_select(mart):
+def test_rollups_equal_the_raw_log_after_copy_replay_two_statements_and_insert_select(mart, store):
     profile = reference_profile(generate(800, seed=5), 10)
     assert rollups.register_edges(mart.url, "v1", profile) is True
     assert rollups.register_edges(mart.url, "v1", profile) is False  # registered once
     rows = [answer(f"s{i % 3}", NOW - timedelta(minutes=7 * i), probability=(i % 10) / 10, **f)
             for i, f in enumerate(live_features(600, seed=6))]  # fmt: skip
     as_tuples = [mart_tuple(r) for r in rows]
-    assert mart.write_inferences(as_tuples[:250], fresh=True) == 250  # the server's COPY
-    assert (
-        mart.write_inferences(rows[200:400]) == 150
-    )  # a replay: 50 already stored, not counted twice
-    assert mart.write_inferences(rows[400:500]) == 100  # one batch in two statements, same hours
-    assert mart.write_inferences(rows[500:]) == 100
+    assert store.write(as_tuples[:250], fresh=True) == 250  # the server's COPY
+    assert store.write(rows[200:400]) == 150  # a replay: 50 already stored, not counted twice
+    assert store.write(rows[400:500]) == 100  # one batch in two statements, same hours
+    assert store.write(rows[500:]) == 100
     query(mart.url, "INSERT INTO water.water_inferences SELECT gen_random_uuid(), received_at, sensor_id, "
                     "model_version, ph, hardness, solids, chloramines, sulfate, conductivity, organic_carbon, "
                     "trihalomethanes, turbidity, probability, potable, threshold "
@@ -93,15 +91,15 @@ def test_rollups_equal_the_raw_log_after_copy_replay_two_statements_and_insert_s
 
 
 def mart_tuple(row):
-    from potability.mart import INFERENCE_COLUMNS
+    from potability.inference_store import INFERENCE_COLUMNS
 
     return tuple(row[c] for c in INFERENCE_COLUMNS)
 
 
-def test_a_version_registered_late_counts_its_answers_already_logged(mart):
+def test_a_version_registered_late_counts_its_answers_already_logged(mart, store):
     profile = reference_profile(generate(300, seed=7), 5)
     version = f"late-{uuid.uuid4().hex[:6]}"
-    mart.write_inferences([answer(version=version, **f) for f in live_features(40, seed=8)])
+    store.write([answer(version=version, **f) for f in live_features(40, seed=8)])
     assert rollups.register_edges(mart.url, version, profile)
     counts, total, _ = rollups.Rollups(mart.url, 1).feature_counts(
         version, {n: p["edges"] for n, p in profile.items()}, NOW - timedelta(hours=2)
@@ -109,13 +107,13 @@ def test_a_version_registered_late_counts_its_answers_already_logged(mart):
     assert total == 40 and all(c.sum() == 40 for c in counts.values())
 
 
-def test_a_lab_sample_matches_the_nearest_answer_of_its_sensor_within_the_window(mart):
+def test_a_lab_sample_matches_the_nearest_answer_of_its_sensor_within_the_window(mart, store):
     collected = NOW - timedelta(hours=5)
 
     def at(sensor, minutes, probability):
         return answer(sensor, collected + timedelta(minutes=minutes), f"v{minutes}", probability)
 
-    mart.write_inferences([
+    store.write([
         at("p1", -50, 0.1), at("p1", -7, 0.9), at("p1", 9, 0.2), at("p1", 30, 0.3),
         at("p2", -3, 0.1),  # another sensor, nearer in time: never a match for p1
         at("p3", 61, 0.8), at("p3", -61, 0.8),  # outside the 60-minute window
@@ -131,21 +129,19 @@ def test_a_lab_sample_matches_the_nearest_answer_of_its_sensor_within_the_window
     assert confusion == {"tp": 1, "fp": 0, "fn": 0, "tn": 0} and as_of == collected
 
 
-def test_a_lab_row_arriving_before_its_answer_is_matched_and_a_nearer_answer_wins(mart):
+def test_a_lab_row_arriving_before_its_answer_is_matched_and_a_nearer_answer_wins(mart, store):
     collected = NOW - timedelta(hours=3)
     mart.insert_samples(
         [{**lab_row("early-lab", 0), "sensor_id": "q1", "collected_at": collected.isoformat()}],
         added_by="test",
     )
     assert matched(mart.url) == {}  # no answer yet
-    mart.write_inferences([answer("q1", collected + timedelta(minutes=20), "far", 0.9)])
+    store.write([answer("q1", collected + timedelta(minutes=20), "far", 0.9)])
     assert matched(mart.url) == {"early-lab": "far"}
-    mart.write_inferences([answer("q1", collected - timedelta(minutes=2), "near", 0.1),
+    store.write([answer("q1", collected - timedelta(minutes=2), "near", 0.1),
                            answer("q1", collected + timedelta(minutes=40), "farther", 0.9)])  # fmt: skip
     assert matched(mart.url) == {"early-lab": "near"}
-    mart.write_inferences(
-        [answer("q1", collected + timedelta(minutes=2), "as-near-but-later", 0.9)]
-    )
+    store.write([answer("q1", collected + timedelta(minutes=2), "as-near-but-later", 0.9)])
     assert matched(mart.url) == {"early-lab": "near"}  # ties go to the earlier answer
 
 
@@ -167,9 +163,9 @@ def test_maintain_creates_partitions_ahead(mart, monkeypatch):
     assert log_maintenance.maintain(Settings(root=REPO), mart.url).created == []  # idempotent
 
 
-def test_a_row_far_in_the_past_or_future_is_kept_in_the_default_partition(mart):
+def test_a_row_far_in_the_past_or_future_is_kept_in_the_default_partition(mart, store):
     far = [answer(at=datetime(1999, 1, 1, tzinfo=UTC)), answer(at=datetime(2199, 1, 1, tzinfo=UTC))]
-    assert mart.write_inferences(far) == 2
+    assert store.write(far) == 2
     rows = query(mart.url, "SELECT tableoid::regclass::text FROM water.water_inferences")
     assert [r[0] for r in rows] == ["water.water_inferences_default"] * 2
     # a partition created later for such a day takes its rows over, counted once
@@ -185,11 +181,11 @@ def test_a_row_far_in_the_past_or_future_is_kept_in_the_default_partition(mart):
     query(mart.url, "DROP TABLE water.water_inferences_p21990101")
 
 
-def test_retention_drops_old_partitions_and_keeps_rollups_and_lab_matches(mart, monkeypatch):
+def test_retention_drops_old_partitions_and_keeps_rollups_and_lab_matches(mart, monkeypatch, store):
     old_day = (NOW - timedelta(days=20)).date()
     query(mart.url, "SELECT water.ensure_inference_partition(%s)", (old_day,))
     old = NOW - timedelta(days=20)
-    mart.write_inferences([answer("r1", old, probability=0.9), answer("r1", old, probability=0.2),
+    store.write([answer("r1", old, probability=0.9), answer("r1", old, probability=0.2),
                            answer("r1", NOW - timedelta(days=40)),  # no partition: default, then deleted
                            answer("r1", NOW)])  # fmt: skip
     mart.insert_samples([{**lab_row("old-lab", 1), "sensor_id": "r1", "collected_at": old.isoformat()}],
@@ -207,16 +203,16 @@ def test_retention_drops_old_partitions_and_keeps_rollups_and_lab_matches(mart, 
     assert matched(mart.url) == {"old-lab": "v1"}  # the match outlives its answer
 
 
-def test_retention_zero_keeps_everything(mart, monkeypatch):
+def test_retention_zero_keeps_everything(mart, monkeypatch, store):
     monkeypatch.setenv("POTABILITY_LOG_RETENTION_DAYS", "0")
-    mart.write_inferences([answer(at=NOW - timedelta(days=3000))])
+    store.write([answer(at=NOW - timedelta(days=3000))])
     assert log_maintenance.maintain(Settings(root=REPO), mart.url).dropped == []
     assert query(mart.url, "SELECT count(*) FROM water.water_inferences")[0][0] == 1
 
 
-def test_a_new_window_matches_every_lab_sample_again(mart):
+def test_a_new_window_matches_every_lab_sample_again(mart, store):
     collected = NOW - timedelta(hours=6)
-    mart.write_inferences([answer("w1", collected + timedelta(minutes=90), "late")])
+    store.write([answer("w1", collected + timedelta(minutes=90), "late")])
     mart.insert_samples([{**lab_row("w", 1), "sensor_id": "w1", "collected_at": collected.isoformat()}],
                         added_by="test")  # fmt: skip
     assert matched(mart.url) == {}  # 90 minutes: outside the 60-minute window
@@ -239,14 +235,14 @@ def test_log_maintain_command_says_what_it_did(clean_db, monkeypatch, capsys):
     assert "partitions created:" in out and "lab-match window: 60 min" in out
 
 
-def test_a_lab_row_and_its_answer_committed_together_are_matched_by_maintenance(mart):
+def test_a_lab_row_and_its_answer_committed_together_are_matched_by_maintenance(mart, store):
     """Two transactions in flight at once do not see each other's rows in their triggers."""
     collected = NOW - timedelta(minutes=30)
     lab = psycopg2.connect(mart.url)
     with lab.cursor() as cur:  # the lab's transaction: inserted, not committed yet
         cur.execute("INSERT INTO water.water_potability (sample_id, sensor_id, potability, collected_at, added_by) "
                     "VALUES ('racing', 'z1', 1, %s, 'test')", (collected,))  # fmt: skip
-    mart.write_inferences([answer("z1", collected + timedelta(minutes=1), "racing-answer")])
+    store.write([answer("z1", collected + timedelta(minutes=1), "racing-answer")])
     lab.commit()
     lab.close()
     assert matched(mart.url) == {}  # neither trigger saw the other's row

@@ -6,11 +6,14 @@ import json
 import os
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from potability.artifacts import ArtifactError
+from potability.ids import unix_ms
 from potability.schema import FEATURE_NAMES, FEATURES
 from serve import create_app, shutdown
 from tests.conftest import build_model_dir, deploy_dir
@@ -69,6 +72,46 @@ def test_batch_answers_in_order_and_missing_values_are_imputed(app, client, mart
     single = client.post("/v1/predict", json=samples[1], headers=auth(tokens["sensor"])).get_json()
     assert predictions[1]["probability"] == single["probability"]
     assert len(logged(app, mart)) == 4
+
+
+def test_a_full_batch_is_answered_as_the_model_says_and_every_answer_logged_once(
+    app, client, mart, tokens
+):
+    """1,000 samples (some with gaps): ids are time-ordered and stamped when received, each row
+    logged exactly once with what the sensor was told."""
+    samples = [{**SAMPLE, "ph": 6.0 + i / 500} for i in range(1000)]
+    for i in range(0, 1000, 7):
+        samples[i] = {**samples[i], "Sulfate": None}
+    for i in range(3, 1000, 11):
+        del samples[i]["Turbidity"]
+    before = unix_ms(datetime.now(UTC))
+    r = client.post("/v1/predict", json={"samples": samples}, headers=auth(tokens["sensor"]))
+    after = unix_ms(datetime.now(UTC))
+    assert r.status_code == 200 and r.mimetype == "application/json"
+    body = r.get_json()
+    assert set(body) == {"model_version", "predictions"} and body["model_version"] == "test-rf-1"
+    answers = body["predictions"]
+    assert len(answers) == 1000
+    ids = [uuid.UUID(a["inference_id"]) for a in answers]
+    assert {u.version for u in ids} == {7} and ids == sorted(ids) and len(set(ids)) == 1000
+    assert before <= ids[0].int >> 80 <= after
+    model = app.extensions["potability.model"].current
+    X = [[s.get(n, None) for n in FEATURE_NAMES] for s in samples]
+    expected = model.model.predict_proba(np.array(X, dtype=np.float64))
+    for answer, p in zip(answers, expected.tolist(), strict=True):
+        assert answer["probability"] == round(p, 6) and answer["potable"] is (p >= model.threshold)
+        assert answer["threshold"] == model.threshold
+    rows = logged(app, mart).set_index("inference_id")
+    assert len(rows) == 1000 and set(rows.index) == {a["inference_id"] for a in answers}
+    for answer in answers[:50]:
+        row = rows.loc[answer["inference_id"]]
+        assert round(row["probability"], 6) == answer["probability"]
+        assert bool(row["potable"]) is answer["potable"] and row["sensor_id"] == "sensor-1"
+        assert (
+            unix_ms(row["received_at"].to_pydatetime())
+            == uuid.UUID(answer["inference_id"]).int >> 80
+        )
+    assert rows["Sulfate"].isna().sum() == len(range(0, 1000, 7))
 
 
 @pytest.mark.parametrize(

@@ -29,17 +29,17 @@ def test_corrupt_record_in_the_middle_is_skipped():
     assert len(kept) == 2 and bad == 1
 
 
-def test_replay_writes_to_postgres_once_and_removes_the_file(mart, tmp_path):
+def test_replay_writes_to_postgres_once_and_removes_the_file(mart, store, tmp_path):
     spool = Spool(tmp_path)
     rows = [row(i) for i in range(5)]
     path = spool.append(rows)
     with open(path, "ab") as fh:
         fh.write(encode(row(9))[:20])  # a torn tail
     assert spool.depth() == 5
-    written, skipped = spool.replay(mart.write_inferences)
+    written, skipped = spool.replay(store.write)
     assert (written, skipped) == (5, 1) and spool.files() == []
     spool.append(rows)  # the same rows again (a replay after a crash): nothing doubles
-    assert spool.replay(mart.write_inferences) == (0, 0)
+    assert spool.replay(store.write) == (0, 0)
     assert len(mart.inferences()) == 5
 
 
@@ -61,7 +61,7 @@ def test_failed_replay_keeps_the_file_and_orphans_are_reclaimed(tmp_path):
     assert spool.replay(lambda rows: len(rows)) == (1, 0)
 
 
-def test_a_file_that_cannot_be_replayed_is_quarantined_and_the_rest_go_on(mart, tmp_path):
+def test_a_file_that_cannot_be_replayed_is_quarantined_and_the_rest_go_on(mart, store, tmp_path):
     spool = Spool(tmp_path)
     first = [row(i) for i in range(3)]
     spool.append(first)
@@ -74,7 +74,7 @@ def test_a_file_that_cannot_be_replayed_is_quarantined_and_the_rest_go_on(mart, 
     spool.append(last)
     quarantined = []
     spool._on_quarantine = lambda path, reason: quarantined.append(reason)
-    written, _ = spool.replay(mart.write_inferences)
+    written, _ = spool.replay(store.write)
     assert written == 7 and spool.files() == []
     assert spool.quarantined == 3 and len(quarantined) == 3
     assert len(list(spool.quarantine_dir.iterdir())) == 3

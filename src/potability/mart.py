@@ -7,13 +7,10 @@ errors of ``potability.errors`` so callers (CLI, stages, flow, server) can tell
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import logging
 import secrets
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -23,26 +20,18 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
-from potability import db
-from potability.config import Settings
 from potability.errors import (
-    DatabaseUnavailable,
     DuplicateSampleError,
-    SchemaError,
     ValidationError,
 )
+from potability.pgowner import PgOwner
 from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES, LABEL, LABEL_COLUMN, text_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROLES = ("sensor", "lab", "admin")
-CONNECT_TIMEOUT = 5  # seconds: a host that does not answer is "down", not a hung writer
 SAMPLE_COLUMNS = ("sample_id", "sensor_id", *FEATURE_COLUMNS, LABEL_COLUMN, "collected_at")
-INFERENCE_COLUMNS = (
-    "inference_id", "received_at", "sensor_id", "model_version", *FEATURE_COLUMNS,
-    "probability", "potable", "threshold",
-)  # fmt: skip
 
 
 @dataclass
@@ -65,79 +54,8 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-class WaterMart:
-    """Reads and writes lab samples, inferences, API tokens and the flow watermark."""
-
-    def __init__(self, settings: Settings | None = None, url: str | None = None):
-        self._url = url or db.database_url(settings)
-        self._conn: psycopg2.extensions.connection | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return self._url
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    # -- plumbing ---------------------------------------------------------
-    def _run(self, work: Callable[[Any], T]) -> T:
-        """Run ``work(cursor)`` in one transaction, mapping driver errors to mart errors.
-
-        After any driver error the connection is checked; one that is broken is
-        dropped so the next call reconnects (a crashed server reaches psycopg2 as
-        a bare ``DatabaseError`` on a connection that may not say ``closed`` yet).
-        """
-        with self._lock:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = db.connect(url=self._url, connect_timeout=CONNECT_TIMEOUT)
-                with self._conn, self._conn.cursor() as cur:
-                    return work(cur)
-            except (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSchemaName) as exc:
-                raise SchemaError(
-                    f"{exc.pgerror.strip().splitlines()[0] if exc.pgerror else exc}: "
-                    "the database is not migrated; run `potability db migrate`"
-                ) from exc
-            except DatabaseUnavailable:
-                self._drop_connection()
-                raise
-            except psycopg2.Error as exc:
-                if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) or (
-                    not self._connection_healthy()
-                ):
-                    self._drop_connection()
-                    raise DatabaseUnavailable(
-                        f"lost the connection to Postgres: {str(exc).strip() or exc!r}"
-                    ) from exc
-                raise
-
-    def _connection_healthy(self) -> bool:
-        """True when the connection still answers; a statement error leaves it usable."""
-        conn = self._conn
-        if conn is None or conn.closed:
-            return False
-        try:
-            if conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN:
-                return False
-            conn.rollback()
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1")
-            conn.rollback()
-            return True
-        except psycopg2.Error:
-            return False
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg2.Error:
-                pass
-        self._conn = None
+class WaterMart(PgOwner):
+    """Reads and writes lab samples, API tokens, the flow watermark and the page's queries."""
 
     # -- lab samples ------------------------------------------------------
     def insert_samples(
@@ -274,59 +192,7 @@ class WaterMart:
             )
         )
 
-    # -- inferences -------------------------------------------------------
-    def write_inferences(
-        self, rows: Iterable[Sequence[Any] | dict[str, Any]], fresh: bool = False
-    ) -> int:
-        """Store answered inferences by COPY; idempotent on ``inference_id`` (a replay never doubles).
-
-        Rows are tuples in ``INFERENCE_COLUMNS`` order (the server's hot path) or
-        dicts keyed by column (spool replay); None is NULL. ``fresh`` rows (just
-        answered, never written) are copied straight into the table, which
-        halves Postgres' work; should one exist after all, the batch is written
-        again through a staging table that skips what is already stored.
-        """
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        count = 0
-        for row in rows:
-            writer.writerow(row if isinstance(row, tuple) else _inference_tuple(row))
-            count += 1
-        if not count:
-            return 0
-        columns = ", ".join(INFERENCE_COLUMNS)
-
-        def direct(cur) -> int:
-            buffer.seek(0)
-            cur.copy_expert(
-                f"COPY water.water_inferences ({columns}) FROM STDIN WITH (FORMAT csv)", buffer
-            )
-            return count
-
-        def staged(cur) -> int:
-            buffer.seek(0)
-            cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS inference_stage "
-                "(LIKE water.water_inferences INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-            cur.copy_expert(
-                f"COPY inference_stage ({columns}) FROM STDIN WITH (FORMAT csv)", buffer
-            )
-            cur.execute(
-                "INSERT INTO water.water_inferences SELECT * FROM inference_stage "
-                "ON CONFLICT (inference_id, received_at) DO NOTHING"
-            )
-            return cur.rowcount
-
-        if fresh:
-            try:
-                return self._run(direct)
-            except psycopg2.errors.UniqueViolation:
-                log.warning(
-                    "inference batch already partly stored; writing it again without the duplicates"
-                )
-        return self._run(staged)
-
+    # -- inferences (written by potability.inference_store) -----------
     def inferences(self, since: datetime | None = None) -> pd.DataFrame:
         """Answered inferences (optionally since a time), oldest first, data-set names."""
 
@@ -412,11 +278,3 @@ def _same(stored: Sequence[Any] | None, mine: Sequence[Any]) -> bool:
         elif abs(float(a) - float(b)) > 1e-9 * max(1.0, abs(float(b))):
             return False
     return True
-
-
-def _inference_tuple(row: dict[str, Any]) -> tuple:
-    """A dict row in column order; NaN (a missing measurement) becomes NULL."""
-    return tuple(
-        None if isinstance(v, float) and v != v else v
-        for v in (row.get(c) for c in INFERENCE_COLUMNS)
-    )

@@ -8,9 +8,11 @@ bodies use the data set's own names (``Hardness``); SQL uses lower case.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -135,6 +137,8 @@ def validate_features(
 
 
 _FEATURE_SET = frozenset(FEATURE_NAMES)
+_ALL_FEATURES = operator.itemgetter(*FEATURE_NAMES)
+_PLAIN_NUMBERS = frozenset({float, int, type(None)})
 _LOW = np.array([f.low for f in FEATURES])
 _HIGH = np.array([f.high for f in FEATURES])
 
@@ -148,18 +152,21 @@ def fast_feature_matrix(items: list[Any]) -> np.ndarray | None:
     exactly the same valid inputs. JSON must be parsed with NaN/Infinity
     literals kept as strings, so a NaN here can only mean null or absent.
     """
-    rows = []
-    for item in items:
-        if type(item) is not dict or not item.keys() <= _FEATURE_SET:
-            return None
-        values = [item.get(name) for name in FEATURE_NAMES]
-        for value in values:
-            kind = type(value)
-            if kind is not float and kind is not int and value is not None:
-                return None
-        rows.append(values)
+    if set(map(type, items)) != {dict}:
+        return None
     try:
-        X = np.array(rows, dtype=np.float64).reshape(len(rows), len(FEATURE_NAMES))
+        # the usual sensor payload names all nine: nine keys, each found, is exactly the nine
+        if set(map(len, items)) != {len(FEATURE_NAMES)}:
+            raise KeyError("a sample leaves some measurements out")
+        values = list(chain.from_iterable(map(_ALL_FEATURES, items)))
+    except KeyError:
+        if not all(map(_FEATURE_SET.issuperset, items)):
+            return None
+        values = [item.get(name) for item in items for name in FEATURE_NAMES]
+    if not set(map(type, values)) <= _PLAIN_NUMBERS:  # bool, str, list...: the validator says which
+        return None
+    try:
+        X = np.array(values, dtype=np.float64).reshape(len(items), len(FEATURE_NAMES))
     except (OverflowError, ValueError):
         return None
     missing = np.isnan(X)

@@ -1,0 +1,131 @@
+"""The inference log's storage: what a sensor was told is what Postgres keeps, once."""
+
+import math
+import threading
+import uuid
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from potability.ids import uuid7_batch
+from potability.inference_store import AnsweredBatch, encode
+from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES
+
+
+def answered(n: int, sensor: str = "plant-7", missing_every: int = 0) -> AnsweredBatch:
+    rng = np.random.default_rng(n)
+    features = rng.uniform(0.1, 14.0, size=(n, len(FEATURE_NAMES))) * rng.uniform(1, 500, size=9)
+    if missing_every:
+        features[::missing_every, 4] = np.nan  # Sulfate missing, as in the data set
+        features[1::missing_every, [0, 8]] = np.nan
+    received = datetime(2026, 11, 30, 14, 30, 1, 123_456, tzinfo=UTC)
+    return AnsweredBatch(uuid7_batch(n, received), received, sensor, "nb-2026.11", features,
+                         rng.uniform(0, 1, size=n), 0.37)  # fmt: skip
+
+
+def stored(mart) -> dict:
+    frame = mart.inferences()
+    return {row["inference_id"]: row for _, row in frame.iterrows()}
+
+
+# every measurement present (one vectorised pass) or some NULL (row by row)
+@pytest.mark.parametrize("missing_every", [0, 3])
+def test_a_batch_is_stored_exactly_as_answered(store, mart, missing_every):
+    batch = answered(250, missing_every=missing_every)
+    assert store.write([batch], fresh=True) == 250
+    assert_stored_as_answered(mart, batch)
+
+
+def assert_stored_as_answered(mart, batch: AnsweredBatch) -> None:
+    rows = stored(mart)
+    assert set(batch.inference_ids) <= set(rows)
+    for i, inference_id in enumerate(batch.inference_ids):
+        row = rows[inference_id]
+        assert row["received_at"] == batch.received_at  # to the microsecond
+        assert row["sensor_id"] == batch.sensor_id and row["model_version"] == "nb-2026.11"
+        for name, value in zip(FEATURE_NAMES, batch.features[i], strict=True):
+            # bit-exact doubles; a missing measurement is NULL, never NaN
+            if value != value:
+                assert row[name] is None or math.isnan(row[name])  # pandas shows NULL as NaN
+            else:
+                assert row[name] == value
+        assert row["probability"] == batch.probabilities[i] and row["threshold"] == 0.37
+        assert bool(row["potable"]) == (batch.probabilities[i] >= 0.37)
+
+
+def test_many_small_requests_from_several_sensors_go_in_one_copy(store, mart):
+    batches = [
+        answered(1 + i % 3, sensor=f"sensor-{i % 4}", missing_every=2 * (i % 2)) for i in range(60)
+    ]
+    spooled = answered(1, sensor="sensor-9").rows()  # a replayed dict row in the same stream
+    assert store.write([*batches[:30], *spooled, *batches[30:]], fresh=True) == 121
+    assert len(mart.inferences()) == 121
+    for batch in batches:
+        assert_stored_as_answered(mart, batch)
+
+
+def test_missing_measurements_are_null_in_postgres(store, clean_db):
+    import psycopg2
+
+    store.write([answered(6, missing_every=3)], fresh=True)
+    with psycopg2.connect(clean_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FILTER (WHERE sulfate IS NULL), count(*) FILTER (WHERE 'NaN' "
+                    "IN (ph, sulfate, turbidity)) FROM water.water_inferences")  # fmt: skip
+        assert cur.fetchone() == (2, 0)
+
+
+def test_dict_rows_are_idempotent_on_inference_id(store, mart):
+    row = {"inference_id": str(uuid.uuid4()), "received_at": datetime.now(UTC), "sensor_id": "s\t1",
+           "model_version": "v1", **{c: None for c in FEATURE_COLUMNS}, "ph": 7.2,
+           "probability": 0.42, "potable": False, "threshold": 0.5}  # fmt: skip
+    assert store.write([row]) == 1
+    assert store.write([row]) == 0  # a replay never doubles a row
+    frame = mart.inferences()
+    assert len(frame) == 1 and frame.loc[0, "sensor_id"] == "s\t1" and frame.loc[0, "ph"] == 7.2
+
+
+def test_spooled_rows_of_a_batch_replay_to_the_same_rows(store, mart):
+    batch = answered(40, missing_every=5)
+    assert store.write(batch.rows()) == 40  # what the spool keeps and replays
+    assert_stored_as_answered(mart, batch)
+    assert store.write([batch], fresh=True) == 0  # the fresh COPY meets them, falls back, skips all
+    assert len(mart.inferences()) == 40
+
+
+def test_fresh_copy_falls_back_when_a_row_is_already_stored(store, mart):
+    first, second = answered(3), answered(5)
+    assert store.write([first], fresh=True) == 3
+    assert (
+        store.write([first, second], fresh=True) == 5
+    )  # the duplicates skipped, the new rows kept
+    assert len(mart.inferences()) == 8
+
+
+def test_the_stream_is_one_header_and_trailer_for_many_batches():
+    stream, count = encode([answered(10), answered(4, missing_every=2), answered(1)])
+    assert (
+        count == 15 and stream.startswith(b"PGCOPY\n\xff\r\n\x00") and stream.endswith(b"\xff\xff")
+    )
+
+
+def test_a_copy_in_progress_never_holds_up_a_token_lookup(store, mart):
+    token = mart.create_token("sensor-a", "sensor")
+    with store._lock:  # the log writer mid-COPY
+        found = []
+        reader = threading.Thread(target=lambda: found.append(mart.lookup_token(token)))
+        reader.start()
+        reader.join(timeout=5)
+    assert found and found[0].name == "sensor-a"
+
+
+def test_rows_with_their_own_reading_time_are_stored_at_it(store, mart):
+    batch = answered(4, missing_every=3)
+    read_at = datetime(2026, 11, 30, 9, 15, 0, 250_000, tzinfo=UTC)
+    times = [read_at.isoformat(), batch.received_at, read_at, batch.received_at]
+    batch = AnsweredBatch(**{**batch.__dict__, "logged_at": times})
+    assert store.write([batch], fresh=True) == 4
+    rows = stored(mart)
+    expected = [read_at, batch.received_at, read_at, batch.received_at]
+    assert [rows[i]["received_at"] for i in batch.inference_ids] == expected
+    assert [r["received_at"] for r in batch.rows()] == [t.isoformat() for t in expected]
