@@ -12,16 +12,15 @@ from tests.conftest import REPO
 STAGES = "from flows.retrain import stage_progress\nwith stage_progress() as stage:\n    stage('dvc repro')\n"
 
 
+def flow_cli(command: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess:
+    """`potability flow COMMAND` in a clean environment, as an operator's shell would run it."""
+    return subprocess.run([sys.executable, "-m", "potability.cli", "flow", command], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
 def test_flow_check_names_every_missing_input(tmp_path):
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(
-        [sys.executable, "-m", "potability.cli", "flow", "deploy"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = flow_cli("deploy", env, tmp_path)
     assert result.returncode == 2
     for named in (
         f"project root {tmp_path}",
@@ -41,14 +40,7 @@ def test_flow_check_names_an_unreachable_database_and_server(tmp_path):
         "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
         "POTABILITY_SERVER_URL": "http://127.0.0.1:9",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "potability.cli", "flow", "check"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = flow_cli("check", env, tmp_path)
     assert result.returncode == 2
     assert (
         "DATABASE_URL: cannot reach Postgres at postgresql://nobody@127.0.0.1:9/none"
