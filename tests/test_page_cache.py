@@ -40,7 +40,7 @@ def app(mart, champion, tmp_path):
     shutdown(app)
 
 
-def test_stats_come_from_the_cache_until_stale_with_validators(app, mart):
+def test_stats_come_from_the_cache_until_stale_with_validators(app, store):
     client = app.test_client()
     first = client.get("/v1/stats/live")
     assert first.status_code == 200 and first.get_json()["answers"] == 0
@@ -48,7 +48,7 @@ def test_stats_come_from_the_cache_until_stale_with_validators(app, mart):
     assert first.headers["Last-Modified"] and first.headers["Server-Timing"].startswith(
         "render;dur="
     )
-    mart.write_inferences([answer_row("cached-sensor")])
+    store.write([answer_row("cached-sensor")])
     cached = client.get("/v1/stats/live")
     assert cached.get_json()["answers"] == 0 and cached.headers["ETag"] == first.headers["ETag"]
     assert (
@@ -64,10 +64,10 @@ def test_the_page_says_how_fresh_its_numbers_are(app):
     assert 'id="freshness"' in html and "Numbers as of" in html and "re-rendered every 1 s" in html
 
 
-def test_one_render_at_a_time_others_get_the_stale_copy(app, mart):
+def test_one_render_at_a_time_others_get_the_stale_copy(app, store):
     client, cache = app.test_client(), app.extensions["potability.page_cache"]
     assert client.get("/v1/stats/live").get_json()["answers"] == 0
-    mart.write_inferences([answer_row("busy-sensor")])
+    store.write([answer_row("busy-sensor")])
     time.sleep(1.2)
     with cache.render_lock(wait=True):  # as if the renderer were mid-render
         stale = client.get("/v1/stats/live")
