@@ -132,7 +132,12 @@ def fill(url: str, args: argparse.Namespace, model_version: str) -> dict:
     conn.autocommit = True
     started = time.perf_counter()
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE water.water_inferences")  # the empty-table wrk run's rows
+        # the empty-table wrk run's rows, and what the rollups counted of them
+        cur.execute("TRUNCATE water.water_inferences, water.inference_hourly, "
+                    "water.feature_histogram_hourly, water.lab_matches")  # fmt: skip
+        # a partition per day of the window, or its rows would all land in the default one
+        cur.execute("SELECT count(*) FROM water.ensure_inference_partitions(1, %s)",
+                    (int(args.days) + 1,))  # fmt: skip
         for first in range(0, args.rows, args.chunk):
             last = min(first + args.chunk, args.rows) - 1
             cur.execute(INFERENCES_SQL, {**params, "first": first, "last": last})
@@ -145,8 +150,10 @@ def fill(url: str, args: argparse.Namespace, model_version: str) -> dict:
         lab_s = time.perf_counter() - started - inferences_s
         cur.execute("VACUUM ANALYZE water.water_inferences")
         cur.execute("VACUUM ANALYZE water.water_potability")
-        cur.execute("SELECT pg_table_size('water.water_inferences'), pg_indexes_size('water.water_inferences'), "
-                    "count(*) FROM water.water_inferences")  # fmt: skip
+        # a partitioned table holds no rows itself: sum over its partitions
+        cur.execute("SELECT sum(pg_table_size(relid)), sum(pg_indexes_size(relid)), "
+                    "(SELECT count(*) FROM water.water_inferences) "
+                    "FROM pg_partition_tree('water.water_inferences')")  # fmt: skip
         table, indexes, count = cur.fetchone()
     conn.close()
     millions = count / 1e6 if count else float("nan")
