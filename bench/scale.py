@@ -151,7 +151,7 @@ def fill(url: str, args: argparse.Namespace, model_version: str) -> dict:
         cur.execute("VACUUM ANALYZE water.water_inferences")
         cur.execute("VACUUM ANALYZE water.water_potability")
         # a partitioned table holds no rows itself: sum over its partitions
-        cur.execute("SELECT sum(pg_table_size(relid)), sum(pg_indexes_size(relid)), "
+        cur.execute("SELECT sum(pg_table_size(relid))::bigint, sum(pg_indexes_size(relid))::bigint, "
                     "(SELECT count(*) FROM water.water_inferences) "
                     "FROM pg_partition_tree('water.water_inferences')")  # fmt: skip
         table, indexes, count = cur.fetchone()
