@@ -23,6 +23,17 @@ def machine() -> dict:
             "processor": platform.processor() or platform.machine()}  # fmt: skip
 
 
+def deployed_champion(settings):
+    """The registered version the alias `champion` names, the one a server would load; exits if none."""
+    from potability import tracking
+
+    tracking.configure(settings)
+    champion = tracking.version_for_alias(settings.registered_model, settings.champion_alias)
+    if champion is None:
+        raise SystemExit("nothing deployed: run `dvc repro` and `potability deploy` first")
+    return champion
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

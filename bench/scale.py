@@ -52,8 +52,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port, machine, start, stop, wait_http, write_result, wrk  # noqa: E402
-from potability import db, migrator, tracking  # noqa: E402
+from common import deployed_champion, free_port, machine, start, stop, wait_http, write_result, wrk  # noqa: E402
+from potability import db, migrator  # noqa: E402
 from potability.config import get_settings, page_cache_dir  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
 from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES  # noqa: E402
@@ -330,10 +330,7 @@ def main() -> int:
     args = parser.parse_args()
 
     settings = get_settings()
-    tracking.configure(settings)
-    champion = tracking.version_for_alias(settings.registered_model, settings.champion_alias)
-    if champion is None:
-        raise SystemExit("nothing deployed: run `dvc repro` and `potability deploy` first")
+    champion = deployed_champion(settings)
     model_version = champion.model_version or f"registry-{champion.version}"
     server_url = db.database_url(settings)
     registry = db.mlflow_tracking_uri(

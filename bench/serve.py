@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port, machine, start, stop, wait_http, write_result, wrk  # noqa: E402
-from potability import artifacts, tracking  # noqa: E402
+from common import deployed_champion, free_port, machine, start, stop, wait_http, write_result, wrk  # noqa: E402
+from potability import artifacts  # noqa: E402
 from potability.config import get_settings  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
 from potability.schema import FEATURE_NAMES  # noqa: E402
@@ -147,10 +147,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     settings = get_settings()
-    tracking.configure(settings)
-    champion = tracking.version_for_alias(settings.registered_model, settings.champion_alias)
-    if champion is None:
-        raise SystemExit("nothing deployed: run `dvc repro` and `potability deploy` first")
+    champion = deployed_champion(settings)
     kind = champion.tags["kind"]
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
