@@ -40,6 +40,9 @@ WATERMARK = "retrain"
 RETRAIN_LOCK_KEY = 727_202  # advisory lock id shared by every retrain run
 LOG_TAIL_LINES = 30
 STAGES = 5  # count new rows, dvc repro, dvc push, deploy, report
+SERVED_DEPLOYMENT = (
+    "daily-retrain-here"  # `potability retrain --serve`; prefect.yaml's is daily-retrain
+)
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 15])
@@ -148,7 +151,9 @@ def stage_progress() -> Iterator[Callable[[str], None]]:
             started = True
 
         yield advance
-        bar.update(stage, description="done", completed=STAGES)
+        # a run that stops early (nothing new, lock held) shows the stages it ran, not a full bar
+        ran = bar.tasks[0].completed + (1 if started else 0)
+        bar.update(stage, description="done" if ran == STAGES else "stopped early", completed=ran)
 
 
 def report_markdown(
@@ -281,8 +286,12 @@ def retrain() -> dict[str, Any]:
 
 
 def serve_on_schedule() -> None:
-    """Serve the flow on this machine with its daily cron schedule (Ctrl-C stops)."""
-    retrain.serve(name="daily-retrain", cron=get_settings().retrain_cron)
+    """Serve the flow on this machine with its daily cron schedule (Ctrl-C stops).
+
+    Its own deployment name: serving under prefect.yaml's name would silently
+    replace the worker deployment an operator made with `potability flow deploy`.
+    """
+    retrain.serve(name=SERVED_DEPLOYMENT, cron=get_settings().retrain_cron)
 
 
 if __name__ == "__main__":

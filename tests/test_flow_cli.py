@@ -9,7 +9,8 @@ import sys
 
 from tests.conftest import REPO
 
-STAGES = "from flows.retrain import stage_progress\nwith stage_progress() as stage:\n    stage('dvc repro')\n"
+STAGES = "from flows.retrain import stage_progress\nwith stage_progress() as stage:\n    for name in {names!r}:\n        stage(name)\n"
+FULL_RUN = ("counting new lab rows", "dvc repro", "dvc push", "deploy", "report")
 
 
 def flow_cli(command: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess:
@@ -53,10 +54,11 @@ def test_flow_check_names_an_unreachable_database_and_server(tmp_path):
     assert "project root" not in result.stderr
 
 
-def test_stage_bar_shows_in_a_terminal_and_stays_quiet_when_piped():
+def in_a_terminal(script: str) -> bytes:
+    """What ``script`` shows on stderr when stderr is a terminal."""
     primary, secondary = pty.openpty()
     shown = subprocess.run(
-        [sys.executable, "-c", STAGES],
+        [sys.executable, "-c", script],
         cwd=REPO,
         stderr=secondary,
         stdout=subprocess.DEVNULL,
@@ -70,8 +72,20 @@ def test_stage_bar_shows_in_a_terminal_and_stays_quiet_when_piped():
     except OSError:  # the terminal closed: everything was read
         pass
     os.close(primary)
-    assert shown.returncode == 0 and b"retrain" in output and b"5/5" in output
+    assert shown.returncode == 0, output
+    return output
+
+
+def test_stage_bar_shows_in_a_terminal_and_stays_quiet_when_piped():
+    full = in_a_terminal(STAGES.format(names=FULL_RUN))
+    assert b"retrain" in full and b"5/5" in full and b"done" in full
+    # a run that stops after counting (nothing new) shows the one stage it ran, not a full bar
+    early = in_a_terminal(STAGES.format(names=FULL_RUN[:1]))
+    assert b"1/5" in early and b"stopped early" in early and b"5/5" not in early
     piped = subprocess.run(
-        [sys.executable, "-c", STAGES], cwd=REPO, capture_output=True, timeout=120
+        [sys.executable, "-c", STAGES.format(names=FULL_RUN)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
     )
     assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout == b""

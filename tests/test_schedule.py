@@ -180,7 +180,9 @@ def prefect_client(env: dict[str, str]):
     return SyncPrefectClient(env["PREFECT_API_URL"])
 
 
-def wait_for_scheduled_run(env: dict[str, str], expected: dt.datetime, watch: list) -> object:
+def wait_for_scheduled_run(
+    env: dict[str, str], expected: dt.datetime, watch: list, deployment: str = DEPLOYMENT
+) -> object:
     """Wait until the auto-scheduled run due at ``expected`` is final; return it.
 
     A run that has not started ``START_GRACE`` seconds after it was due fails
@@ -193,7 +195,7 @@ def wait_for_scheduled_run(env: dict[str, str], expected: dt.datetime, watch: li
     with prefect_client(env) as client:
         while time.monotonic() < deadline:
             runs = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[DEPLOYMENT]))
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
             )
             due = [r for r in runs if r.expected_start_time == expected]
             if due and due[0].state.is_final():
@@ -314,6 +316,8 @@ def test_the_worker_runs_the_deployment_on_its_own_schedule(stack, pg_url):
 
 
 def test_retrain_serve_runs_on_its_own_schedule(stack):
+    from flows.retrain import SERVED_DEPLOYMENT
+
     env = stack["env"]
     due = next_minute(lead=20)
     served = Process(
@@ -324,10 +328,16 @@ def test_retrain_serve_runs_on_its_own_schedule(stack):
         stack["tmp"],
     )
     stack["processes"].append(served)
-    flow_run = wait_for_scheduled_run(env, due, [served, stack["processes"][0]])
+    flow_run = wait_for_scheduled_run(
+        env, due, [served, stack["processes"][0]], deployment=SERVED_DEPLOYMENT
+    )
     assert flow_run.auto_scheduled and flow_run.state.is_completed(), served.tail()
     report_latency("retrain --serve", flow_run)
     assert "nothing new" in served.tail(20000)  # the worker's run consumed the rows
+    # serving here left the operator's worker deployment as `potability flow deploy` made it
+    with prefect_client(env) as client:
+        worker_deployment = client.read_deployment_by_name(f"{FLOW}/{DEPLOYMENT}")
+    assert worker_deployment.work_pool_name == "potability", worker_deployment
     served.stop()
 
 
