@@ -22,9 +22,8 @@ from tests.conftest import REPO
 from tests.test_gunicorn import Server
 
 SEED = 12
-# Hypothesis switches to derandomized generation when it sees one of these (its `is_in_ci`): CI then
-# drew 487 predict cases where a developer's shell drew 1,480 from the same seed. The run strips
-# them, so `make test` generates the same cases in CI as by hand.
+# Hypothesis switches to derandomized generation when it sees one of these (its `is_in_ci`); the
+# run strips them, so `make test` draws in CI what it draws by hand.
 CI_MARKERS = ("CI", "__TOX_ENVIRONMENT_VARIABLE_ORIGINAL_CI", "TF_BUILD", "bamboo.buildKey",
               "BUILDKITE", "CIRCLECI", "CIRRUS_CI", "CODEBUILD_BUILD_ID", "GITHUB_ACTIONS",
               "GITLAB_CI", "HEROKU_TEST_RUN_ID", "TEAMCITY_VERSION")  # fmt: skip
@@ -57,7 +56,12 @@ def contract_server(pg_url, champion, tmp_path_factory):
 
 
 def schemathesis(server: Server, token: str, tmp: Path, max_examples: int) -> dict:
-    """Run `st run` with every check; return the JSON report (cases per operation, failures)."""
+    """Run `st run` with every check; return the JSON report (cases per operation, failures).
+
+    One worker: with two, the fuzzing phase of predict and samples sometimes ended after a
+    handful of cases (480 + 7 of 1,480 for predict, coverage + fuzzing, at the same seed; seen in
+    CI and on a loaded machine, never alone), so a passing run proved less than it said.
+    """
     tmp = tmp / f"run-{max_examples}"  # each run in a fresh directory: nothing carried over
     tmp.mkdir()
     config = tmp / "schemathesis.toml"
@@ -66,7 +70,7 @@ def schemathesis(server: Server, token: str, tmp: Path, max_examples: int) -> di
     st = str(Path(sys.executable).with_name("st"))
     command = [st, "--config-file", str(config), "run", server.base + "/openapi.json",
                "--checks", "all", "--phases", "examples,coverage,fuzzing", "--seed", str(SEED),
-               "--max-examples", str(max_examples), "--workers", "2", "--request-timeout", "20",
+               "--max-examples", str(max_examples), "--workers", "1", "--request-timeout", "20",
                "--generation-database", "none", "--generation-allow-x00", "true",
                "-H", f"Authorization: Bearer {token}", "--suppress-health-check", "all",
                "--report", "json,ndjson", "--report-json-path", str(report),
