@@ -17,6 +17,7 @@ from potability.quality import reference_profile
 from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES
 from potability.synth import generate
 from tests.test_mart import lab_row
+from tests.test_rollups import query
 
 NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
 HOURLY = "SELECT * FROM water.inference_hourly ORDER BY hour, sensor_id, model_version"
@@ -24,14 +25,6 @@ HISTOGRAM = (
     "SELECT * FROM water.feature_histogram_hourly ORDER BY model_version, hour, feature, bucket"
 )
 MATCHES = "SELECT * FROM water.lab_matches ORDER BY sample_id"
-
-
-def query(url, sql, params=None):
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-        rows = cur.fetchall() if cur.description else []
-    conn.close()
-    return rows
 
 
 def rollup_tables(url) -> dict[str, list]:

@@ -368,8 +368,11 @@ class InferenceStore(PgOwner):
                 return count
             cur.execute(BEGIN_ROLLUPS, (sorted({b.model_version for b in items}),))
             edges = {row[0]: row[1:] for row in cur.fetchall()}
-            cur.copy_expert(COPY_DIRECT, io.BytesIO(stream))
+            # before the COPY, whose trigger then matches lab samples: every writer of the log
+            # locks rollup rows in the trigger's order (hourly, histogram, lab matches), so two
+            # writers never wait for each other crosswise (a deadlock)
             cur.execute(ADD_ROLLUPS, (*hourly, *histogram_deltas(items, edges)))
+            cur.copy_expert(COPY_DIRECT, io.BytesIO(stream))
             return count
 
         def staged(cur) -> int:
