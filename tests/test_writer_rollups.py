@@ -216,3 +216,33 @@ def test_migration_006_applies_to_a_filled_005_database_and_counts_nothing_twice
         histogram = query(probe, "SELECT feature, sum(answers) FROM water.feature_histogram_hourly "
                                  "GROUP BY 1")  # fmt: skip
         assert dict(histogram) == {c: 720 for c in FEATURE_COLUMNS}
+
+
+def test_registering_edges_waits_for_a_writer_holding_that_version_then_counts_its_rows(mart):
+    """The writer found no edges and bins nothing; the registration's backfill must see its rows."""
+    import threading
+
+    version = f"race-{uuid.uuid4().hex[:6]}"
+    writer = psycopg2.connect(mart.url)
+    with writer.cursor() as cur:  # the writer's transaction, as InferenceStore.write runs it
+        cur.execute("SELECT count(*) FROM water.begin_writer_rollups(%s)", ([version],))
+        assert cur.fetchone() == (0,)  # no edges yet
+        rows = [
+            tuple(r[c] for c in INFERENCE_COLUMNS)
+            for r in flushes(version, version, {})[0][0].rows()
+        ]
+        psycopg2.extras.execute_values(cur, f"INSERT INTO water.water_inferences ({', '.join(INFERENCE_COLUMNS)}) "  # noqa: S608
+                                            "VALUES %s", rows, page_size=len(rows))  # fmt: skip
+    registered = threading.Thread(
+        target=rollups.register_edges,
+        args=(mart.url, version, reference_profile(generate(300, seed=7), 5)),
+    )
+    registered.start()
+    registered.join(1.0)
+    assert registered.is_alive()  # waits for the writer's shared lock
+    writer.commit()
+    writer.close()
+    registered.join(10)
+    counted = query(mart.url, "SELECT feature, sum(answers) FROM water.feature_histogram_hourly "
+                              "WHERE model_version = %s GROUP BY 1", (version,))  # fmt: skip
+    assert dict(counted) == {c: len(rows) for c in FEATURE_COLUMNS}  # once each, by the backfill

@@ -359,7 +359,7 @@ class InferenceStore(PgOwner):
         # The server's batches: rolled up here, not by the trigger (only when all of them are, so
         # the trigger's setting covers exactly this COPY). The staged path leaves it to the
         # trigger, which counts only the rows the insert did not skip.
-        by_writer = all(isinstance(item, AnsweredBatch) for item in items)
+        by_writer = fresh and all(isinstance(item, AnsweredBatch) for item in items)
         hourly = hourly_deltas(items) if by_writer else None
 
         def direct(cur) -> int:
