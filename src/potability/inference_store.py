@@ -6,6 +6,11 @@ through one numpy structured array, with no Python object per value. Rows
 with a missing measurement (a NULL) and spooled rows (dicts) are encoded one
 by one. ``InferenceStore`` has its own connection and lock, so a COPY never
 makes a token lookup or a page read wait (they use ``WaterMart``).
+
+The server's fresh batches are rolled up here too (migration 006): the
+hourly and histogram deltas come from the same columns in numpy, in the
+COPY's transaction, so the rollup trigger only matches lab samples for them
+(binning every row and feature in SQL was most of its cost per statement).
 """
 
 from __future__ import annotations
@@ -51,6 +56,15 @@ _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # timestamptz on the wire: µs sin
 _MICROSECOND = timedelta(microseconds=1)
 _NULL = struct.pack(">i", -1)
 _FLOAT = struct.Struct(">id")  # length 8, then the big-endian double
+_HOUR = 3_600_000_000  # microseconds: an hour starts at a multiple of it since 2000-01-01 UTC
+# The writer's own rollups (migration 006): the trigger leaves hourly and histogram to it.
+_EDGE_COLUMNS = ", ".join(FEATURE_COLUMNS)
+BEGIN_ROLLUPS = f"SELECT model_version, {_EDGE_COLUMNS} FROM water.begin_writer_rollups(%s)"  # noqa: S608 (constant names)
+ADD_ROLLUPS = (
+    "SELECT water.add_hourly_deltas(%s::bigint[], %s::text[], %s::text[], %s::bigint[], "
+    "%s::bigint[], %s::float8[], %s::bigint[]); "
+    "SELECT water.add_histogram_deltas(%s::text[], %s::bigint[], %s::text[], %s::integer[], %s::bigint[])"
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,85 @@ class AnsweredBatch:
             row["threshold"] = self.threshold
             rows.append(row)
         return rows
+
+
+def hourly_deltas(batches: Sequence[AnsweredBatch]) -> tuple[list, ...]:
+    """What ``batches`` add to ``water.inference_hourly``, as the trigger would count them.
+
+    Returns:
+        Columns for ``water.add_hourly_deltas``: hour (microseconds since
+        2000-01-01 UTC), sensor, model version, answers, potable, sum of
+        probabilities, newest answer (microseconds), one entry per hour,
+        sensor and version.
+    """
+    groups: dict[tuple[str, str], list[AnsweredBatch]] = {}
+    for b in batches:
+        groups.setdefault((b.sensor_id, b.model_version), []).append(b)
+    columns: tuple[list, ...] = ([], [], [], [], [], [], [])
+    for (sensor_id, model_version), group in groups.items():
+        received = np.concatenate([b.microseconds() for b in group])
+        probabilities = np.concatenate([b.probabilities for b in group]).astype(np.float64)
+        thresholds = np.repeat([b.threshold for b in group], [len(b) for b in group])
+        hours, inverse = np.unique(received // _HOUR, return_inverse=True)
+        newest = np.full(len(hours), np.iinfo(np.int64).min)
+        np.maximum.at(newest, inverse, received)
+        potable = np.bincount(inverse, weights=probabilities >= thresholds, minlength=len(hours))
+        for column, values in zip(
+            columns,
+            (
+                (hours * _HOUR).tolist(),
+                [sensor_id] * len(hours),
+                [model_version] * len(hours),
+                np.bincount(inverse, minlength=len(hours)).tolist(),
+                potable.astype(np.int64).tolist(),
+                np.bincount(inverse, weights=probabilities, minlength=len(hours)).tolist(),
+                newest.tolist(),
+            ),
+            strict=True,
+        ):
+            column.extend(values)
+    return columns
+
+
+def histogram_deltas(
+    batches: Sequence[AnsweredBatch], edges: dict[str, Sequence[Sequence[float]]]
+) -> tuple[list, ...]:
+    """What ``batches`` add to ``water.feature_histogram_hourly``, as the trigger would count them.
+
+    ``edges`` maps a model version to its nine edge arrays (``FEATURE_COLUMNS``
+    order, as ``water.feature_edges`` holds them); a version without is not
+    counted. A value's bucket is ``searchsorted(edges, x, side="right")``: the
+    number of edges <= x, which is Postgres' ``width_bucket(x, edges)``, also
+    for no edges (0) and ±inf; a missing value (NaN, stored as NULL) is -1.
+
+    Returns:
+        Columns for ``water.add_histogram_deltas``: model version, hour
+        (microseconds since 2000-01-01 UTC), feature (column), bucket, answers.
+    """
+    groups: dict[str, list[AnsweredBatch]] = {}
+    for b in batches:
+        if b.model_version in edges:
+            groups.setdefault(b.model_version, []).append(b)
+    columns: tuple[list, ...] = ([], [], [], [], [])
+    for model_version, group in groups.items():
+        hours, inverse = np.unique(
+            np.concatenate([b.microseconds() for b in group]) // _HOUR, return_inverse=True
+        )
+        features = np.concatenate([b.features for b in group]).astype(np.float64)
+        for j, column in enumerate(FEATURE_COLUMNS):
+            bounds = np.asarray(edges[model_version][j], dtype=np.float64)
+            values = features[:, j]
+            buckets = np.searchsorted(bounds, values, side="right")
+            buckets[np.isnan(values)] = -1
+            slots = len(bounds) + 2  # buckets -1 .. len(bounds)
+            counts = np.bincount(inverse * slots + buckets + 1, minlength=len(hours) * slots)
+            found = np.flatnonzero(counts)
+            columns[0].extend([model_version] * len(found))
+            columns[1].extend((hours[found // slots] * _HOUR).tolist())
+            columns[2].extend([column] * len(found))
+            columns[3].extend((found % slots - 1).tolist())
+            columns[4].extend(counts[found].tolist())
+    return columns
 
 
 def _text(value: Any) -> bytes:
@@ -252,16 +345,33 @@ class InferenceStore(PgOwner):
         (just answered, never written) are copied straight into the table,
         which halves Postgres' work; should one exist after all (or a batch
         name one reading twice), the batch is written again through the
-        staging table.
+        staging table. Fresh ``AnsweredBatch``es are rolled up here, in the
+        COPY's transaction (``hourly_deltas``, ``histogram_deltas``); every
+        other write is rolled up by the log's trigger.
 
         Returns:
             How many rows were stored (fewer than given when some already were).
         """
+        items = list(items)
         stream, count = encode(items)
         if not count:
             return 0
+        # The server's batches: rolled up here, not by the trigger (only when all of them are, so
+        # the trigger's setting covers exactly this COPY). The staged path leaves it to the
+        # trigger, which counts only the rows the insert did not skip.
+        by_writer = fresh and all(isinstance(item, AnsweredBatch) for item in items)
+        hourly = hourly_deltas(items) if by_writer else None
 
         def direct(cur) -> int:
+            if not by_writer:
+                cur.copy_expert(COPY_DIRECT, io.BytesIO(stream))
+                return count
+            cur.execute(BEGIN_ROLLUPS, (sorted({b.model_version for b in items}),))
+            edges = {row[0]: row[1:] for row in cur.fetchall()}
+            # before the COPY, whose trigger then matches lab samples: every writer of the log
+            # locks rollup rows in the trigger's order (hourly, histogram, lab matches), so two
+            # writers never wait for each other crosswise (a deadlock)
+            cur.execute(ADD_ROLLUPS, (*hourly, *histogram_deltas(items, edges)))
             cur.copy_expert(COPY_DIRECT, io.BytesIO(stream))
             return count
 
