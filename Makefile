@@ -63,6 +63,7 @@ bench: install
 	python bench/serve.py
 	python bench/train.py
 	python bench/scale.py
+	python bench/write_rollups.py
 
 stop-db: install
 	potability db stop
