@@ -174,7 +174,12 @@ class InferenceLog:
         ):
             return
         self._last_adopt = now
-        if self.journal.adopt_orphans():
+        try:
+            adopted = self.journal.adopt_orphans()
+        except OSError:  # never keep the queue from Postgres: the files wait for the next try
+            log.exception("inference log: could not adopt dead workers' journals")
+            return
+        if adopted:
             self._spooled = self.spool.depth()
             self._last_replay = 0.0  # replay them now
 

@@ -104,9 +104,13 @@ class Journal:
             os.close(self._fd)
             self._fd = None
         path = self.directory / f"journal-{os.getpid()}-{time.time_ns()}.jsonl"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
+        _LIVE.add(path.name)  # before the file exists: the writer thread must never adopt it
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
+        except OSError:
+            _LIVE.discard(path.name)
+            raise
         self._segments.append(_Segment(path))
-        _LIVE.add(path.name)
         self._size = 0
         return self._fd
 
