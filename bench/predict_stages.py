@@ -12,6 +12,7 @@ import argparse
 import json
 import random
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from serve.api import answers_of  # noqa: E402
+from serve.journal import Journal  # noqa: E402
+from serve.spool import Spool  # noqa: E402
 
 from potability import artifacts  # noqa: E402
 from potability.ids import uuid7_batch  # noqa: E402
@@ -66,6 +69,11 @@ def main() -> int:
     timed("orjson.dumps", r, lambda: orjson.dumps(reply))
     timed("  json.dumps (before)", r, lambda: json.dumps(reply))
     timed("binary COPY encode", r, lambda: encode([batch]))
+    with tempfile.TemporaryDirectory() as tmp:  # the page cache, as a worker's journal writes
+        journal = Journal(Spool(Path(tmp)))
+        timed("journal append (no fsync)", r, lambda: journal.append(batch))
+        journal.fsync = True  # POTABILITY_LOG_JOURNAL_FSYNC=1: on this machine's disk
+        timed("  journal append + fdatasync", min(r, 300), lambda: journal.append(batch))
     return 0
 
 

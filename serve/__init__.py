@@ -31,6 +31,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from serve.auth import TokenCache
     from serve.errors import register_error_handlers
     from serve.inference_log import InferenceLog
+    from serve.journal import Journal
     from serve.maintenance import Maintenance
     from serve.metrics import LATENCY, REQUESTS, on_log_depth, on_model_swap, on_quarantine
     from serve.model_holder import ModelHolder
@@ -55,6 +56,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         SPOOL_REPLAY_SECONDS=settings.spool_replay_seconds,
         SPOOL_MAX_BYTES=settings.spool_max_bytes,
         LOG_QUEUE_MAX_ROWS=settings.log_queue_max_rows,
+        LOG_JOURNAL=settings.log_journal,
+        LOG_JOURNAL_FSYNC=settings.log_journal_fsync,
+        LOG_JOURNAL_SEGMENT_BYTES=settings.log_journal_segment_bytes,
         TOKEN_STALE_SECONDS=settings.token_stale_seconds,
         MODEL_POLL_SECONDS=settings.model_poll_seconds,
         REGISTRY_CONNECT_TIMEOUT=settings.registry_connect_timeout,
@@ -93,10 +97,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )  # fmt: skip
     holder.start()
     spool = Spool(Path(app.config["SPOOL_DIR"]), app.config["SPOOL_MAX_BYTES"], on_quarantine)
+    journal = (
+        Journal(spool, app.config["LOG_JOURNAL_FSYNC"], app.config["LOG_JOURNAL_SEGMENT_BYTES"])
+        if app.config["LOG_JOURNAL"] else None
+    )  # fmt: skip
     inference_log = InferenceLog(
         InferenceStore(url=mart.url), spool, app.config["LOG_FLUSH_SECONDS"], app.config["LOG_BATCH_ROWS"],
         app.config["SPOOL_REPLAY_SECONDS"], on_depth=on_log_depth,
         max_queue_rows=app.config["LOG_QUEUE_MAX_ROWS"],
+        journal=journal,
     )  # fmt: skip
     page_dir = page_cache_dir(app.config["SPOOL_DIR"])
     app.extensions.update({

@@ -9,6 +9,12 @@ gave. ``submit`` refuses rows (``LogUnavailable``, a 503 to the client) when
 the queue is full, or when Postgres is down and the spool has no room: an
 answer is only given once its row can reach Postgres or the disk. ``close()``
 (gunicorn's worker_exit) flushes what is left.
+
+A worker killed outright (SIGKILL: no ``close()``) would lose its queue, so
+``submit`` first writes the request to the worker's journal
+(``serve/journal.py``); the writer releases it once stored, and the journals of
+dead workers are adopted into the spool on start and with every replay check.
+A request that cannot be journalled (disk full) is refused like the others.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Callable
 
 from potability.errors import MartError
 from potability.inference_store import AnsweredBatch, InferenceStore
+from serve.journal import Journal, JournalUnavailable
 from serve.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
@@ -37,8 +44,8 @@ class LogUnavailable(Exception):
 class InferenceLog:
     def __init__(self, store: InferenceStore, spool: Spool, flush_seconds: float, batch_rows: int,
                  replay_seconds: float, on_depth: Callable[[int, int], None] | None = None,
-                 max_queue_rows: int = 50_000):  # fmt: skip
-        self._store, self.spool = store, spool
+                 max_queue_rows: int = 50_000, journal: Journal | None = None):  # fmt: skip
+        self._store, self.spool, self.journal = store, spool, journal
         self._flush_seconds, self._batch_rows, self._replay_seconds = (
             flush_seconds,
             batch_rows,
@@ -55,12 +62,16 @@ class InferenceLog:
         self._spooled = spool.depth()
         self._spool_room: int | None = spool.room()
         self._last_replay = 0.0
+        self._last_adopt: float | None = (
+            None  # None: adopt dead workers' journals at the next flush
+        )
         self._last_probe = 0.0
         self.db_ok = True
         self.last_error: str | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._wake.set()  # the first flush at once: it adopts the journals of dead workers
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
 
@@ -76,6 +87,11 @@ class InferenceLog:
                 raise LogUnavailable(
                     "Postgres is down and the spool is full: an answer could not be logged"
                 )
+            if self.journal is not None:
+                try:
+                    self.journal.append(batch)
+                except JournalUnavailable as exc:
+                    raise LogUnavailable(str(exc)) from None
             self._queue.append(batch)
             self._queued_rows = queued
         if queued >= self._batch_rows:
@@ -119,6 +135,7 @@ class InferenceLog:
         """Write everything queued (to Postgres, else to the spool); replay the spool when due."""
         with self._flush_lock:
             try:
+                self._adopt_orphans()
                 if self._spooled and time.monotonic() - self._last_replay >= self._replay_seconds:
                     self._replay()  # also the probe that notices Postgres is back
                 while self._queue:
@@ -131,6 +148,8 @@ class InferenceLog:
                             self._queue.extendleft(reversed(chunk))
                             self._queued_rows += sum(map(len, chunk))
                         raise
+                    if self.journal is not None:  # stored: their journal records are not needed
+                        self.journal.release(len(chunk))
             finally:
                 self._spool_room = self.spool.room()
                 if self._on_depth:
@@ -146,6 +165,23 @@ class InferenceLog:
                 rows += len(batch)
             self._queued_rows -= rows
         return chunk
+
+    def _adopt_orphans(self) -> None:
+        """Move dead workers' journals into the spool (on start, then every replay interval)."""
+        now = time.monotonic()
+        if self.journal is None or (
+            self._last_adopt is not None and now - self._last_adopt < self._replay_seconds
+        ):
+            return
+        self._last_adopt = now
+        try:
+            adopted = self.journal.adopt_orphans()
+        except OSError:  # never keep the queue from Postgres: the files wait for the next try
+            log.exception("inference log: could not adopt dead workers' journals")
+            return
+        if adopted:
+            self._spooled = self.spool.depth()
+            self._last_replay = 0.0  # replay them now
 
     def _write(self, chunk: list[AnsweredBatch]) -> None:
         now = time.monotonic()
@@ -207,3 +243,5 @@ class InferenceLog:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.flush()
+        if self.journal is not None:
+            self.journal.close()

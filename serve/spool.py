@@ -1,8 +1,14 @@
 """An fsync'd disk spool for inference rows that could not reach Postgres.
 
-One file per failed batch: ``<crc32 hex> <json>\\n`` per row. Replay claims a
+One file per failed batch: ``<crc32 hex> <json>\\n`` per record. A record is a
+row (a dict keyed by column: what the writer spools while Postgres is down) or
+a whole request (``{"rows": n, ...}``, an ``AnsweredBatch`` column by column:
+what a worker's write-ahead journal holds, ``serve/journal.py``, whose files
+a live worker moves in here once their writer died). JSON never holds a raw
+newline, so the newline ends a record and the crc proves it whole: a record
+cut short by a crash or a flipped byte is found, never replayed. Replay claims a
 file by renaming it (so two workers never replay the same file), inserts the
-rows (idempotent on ``inference_id``, so a replay after a crash never
+rows (idempotent on the log's key, so a replay after a crash never
 doubles), then deletes it. A torn or corrupt record is skipped and counted;
 the rest of the file is replayed and the file is quarantined. A file that cannot be replayed for any reason but
 the database being down (a name that does not parse, unreadable, rows Postgres
@@ -14,6 +20,7 @@ than answer unlogged.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -22,10 +29,15 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
+
 from potability.errors import DatabaseUnavailable
+from potability.inference_store import AnsweredBatch
 
 log = logging.getLogger(__name__)
 SUFFIX = ".jsonl"
@@ -39,14 +51,60 @@ class SpoolFull(OSError):
     """The spool reached its disk cap: rows cannot be kept until Postgres is back."""
 
 
-def encode(row: dict[str, Any]) -> bytes:
-    payload = json.dumps(row, separators=(",", ":"), default=str).encode("utf-8")
+Record = dict[str, Any] | AnsweredBatch
+# a request record starts with its row count, so depth() counts rows without parsing JSON
+_REQUEST = b'{"rows":'
+_REQUEST_ROWS = re.compile(rb'^[0-9a-f]{8} \{"rows":(\d+),', re.MULTILINE)
+
+
+def encode(record: Record) -> bytes:
+    """One record: a row dict, or a whole request (its arrays as raw doubles: no object per value)."""
+    if isinstance(record, AnsweredBatch):
+        payload = orjson.dumps(
+            {
+                "rows": len(record),
+                "inference_ids": list(record.inference_ids),
+                "received_at": record.received_at,
+                "sensor_id": record.sensor_id,
+                "model_version": record.model_version,
+                "features": _f8(record.features),
+                "probabilities": _f8(record.probabilities),
+                "threshold": record.threshold,
+                "logged_at": None if record.logged_at is None else list(record.logged_at),
+            }
+        )
+    else:
+        payload = json.dumps(record, separators=(",", ":"), default=str).encode("utf-8")
     return b"%08x " % zlib.crc32(payload) + payload + b"\n"
 
 
-def decode_lines(blob: bytes) -> tuple[list[dict[str, Any]], int]:
-    """Return the intact rows of a spool file and how many records were torn or corrupt."""
-    rows, bad = [], 0
+def _f8(values: np.ndarray) -> str:
+    """An array as base64 of its little-endian doubles: exact, NaN kept, 3x faster than numbers."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f8").tobytes()).decode("ascii")
+
+
+def _from_f8(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text, validate=True), dtype="<f8").astype(np.float64)
+
+
+def _request(data: dict[str, Any]) -> AnsweredBatch:
+    """A request record back into the batch the store writes (null features back to NaN)."""
+    n = data["rows"]
+    return AnsweredBatch(
+        inference_ids=data["inference_ids"],
+        received_at=datetime.fromisoformat(data["received_at"]),
+        sensor_id=data["sensor_id"],
+        model_version=data["model_version"],
+        features=_from_f8(data["features"]).reshape(n, -1),
+        probabilities=_from_f8(data["probabilities"]),
+        threshold=data["threshold"],
+        logged_at=data["logged_at"],
+    )
+
+
+def decode_lines(blob: bytes) -> tuple[list[Record], int]:
+    """Return the intact records of a spool file and how many were torn or corrupt."""
+    records, bad = [], 0
     lines = blob.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -57,10 +115,31 @@ def decode_lines(blob: bytes) -> tuple[list[dict[str, Any]], int]:
             crc, payload = line.split(b" ", 1)
             if int(crc, 16) != zlib.crc32(payload):
                 raise ValueError("checksum")
-            rows.append(json.loads(payload))
-        except ValueError:
+            data = orjson.loads(payload)
+            records.append(_request(data) if payload.startswith(_REQUEST) else data)
+        except (ValueError, KeyError, TypeError):
             bad += 1
-    return rows, bad
+    return records, bad
+
+
+def rows_in(blob: bytes) -> int:
+    """Answers in a spool file's bytes: one per row record, ``rows`` per request record."""
+    extra = sum(int(n) - 1 for n in _REQUEST_ROWS.findall(blob))
+    return blob.count(b"\n") + extra
+
+
+def _chunks(records: list[Record], chunk_rows: int) -> list[list[Record]]:
+    """Consecutive records, about ``chunk_rows`` answers each (a request is never split)."""
+    chunks: list[list[Record]] = []
+    rows = chunk_rows
+    for record in records:
+        size = len(record) if isinstance(record, AnsweredBatch) else 1
+        if rows + size > chunk_rows and rows:
+            chunks.append([])
+            rows = 0
+        chunks[-1].append(record)
+        rows += size
+    return chunks
 
 
 class Spool:
@@ -76,7 +155,7 @@ class Spool:
     def quarantine_dir(self) -> Path:
         return self.directory / QUARANTINE
 
-    def append(self, rows: list[dict[str, Any]]) -> Path:
+    def append(self, rows: list[Record]) -> Path:
         """Write rows durably (file and directory fsynced) before the caller forgets them.
 
         Raises ``SpoolFull`` when the rows would take the spool past ``max_bytes``.
@@ -122,20 +201,21 @@ class Spool:
         total = 0
         for path in self.files():
             try:
-                total += path.read_bytes().count(b"\n")
+                total += rows_in(path.read_bytes())
             except (FileNotFoundError, IsADirectoryError, PermissionError):
                 continue
         return total
 
     def replay(
         self,
-        write: Callable[[list[dict[str, Any]]], int],
+        write: Callable[[list[Record]], int],
         chunk_rows: int = 5000,
         budget_seconds: float | None = None,
     ) -> tuple[int, int]:
         """Send spooled files through ``write``; return (rows written, torn records skipped).
 
-        Each file goes in chunks of ``chunk_rows``. ``DatabaseUnavailable`` stops
+        Each file goes in chunks of about ``chunk_rows`` answers (a request record is
+        never split). ``DatabaseUnavailable`` stops
         the replay (the file stays for later); any other failure quarantines
         that file and goes on with the next. With ``budget_seconds`` it returns
         after that long, leaving the rest for the next call.
@@ -147,7 +227,7 @@ class Spool:
             if budget_seconds is not None and time.monotonic() - started > budget_seconds:
                 break
             if not NAME.match(path.name):
-                self._quarantine(path, "the file name does not parse")
+                self.quarantine(path, "the file name does not parse")
                 continue
             claimed = path.with_name(path.name + CLAIMED + str(os.getpid()))
             try:
@@ -155,26 +235,26 @@ class Spool:
             except FileNotFoundError:
                 continue  # another worker took it
             try:
-                rows, bad = decode_lines(claimed.read_bytes())
-                for i in range(0, len(rows), chunk_rows):
-                    written += write(rows[i : i + chunk_rows])
+                records, bad = decode_lines(claimed.read_bytes())
+                for chunk in _chunks(records, chunk_rows):
+                    written += write(chunk)
             except DatabaseUnavailable:
                 os.rename(claimed, path)
                 raise
             except Exception as exc:
-                self._quarantine(claimed, f"{type(exc).__name__}: {exc}")
+                self.quarantine(claimed, f"{type(exc).__name__}: {exc}")
                 continue
             skipped += bad
             if bad:  # files are renamed into place whole: a bad record is damage worth keeping
-                self._quarantine(
+                self.quarantine(
                     claimed,
-                    f"{bad} torn or corrupt record(s); its {len(rows)} good row(s) replayed",
+                    f"{bad} torn or corrupt record(s); its {len(records)} good record(s) replayed",
                 )
             else:
                 claimed.unlink()
         return written, skipped
 
-    def _quarantine(self, path: Path, reason: str) -> None:
+    def quarantine(self, path: Path, reason: str) -> None:
         """Move a file that cannot be replayed aside, so it never blocks the others."""
         self.quarantine_dir.mkdir(exist_ok=True)
         target = self.quarantine_dir / f"{path.name.split(CLAIMED)[0]}.{time.time_ns()}"
@@ -192,7 +272,7 @@ class Spool:
         for path in self.directory.glob(f"*{CLAIMED}*"):
             match = CLAIMED_NAME.match(path.name)
             if match is None:
-                self._quarantine(path, "the claimed file's name does not parse")
+                self.quarantine(path, "the claimed file's name does not parse")
             elif not _alive(int(match.group(2))):
                 try:
                     os.rename(path, path.with_name(match.group(1)))

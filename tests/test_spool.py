@@ -2,10 +2,13 @@ import os
 import uuid
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from serve.spool import Spool, SpoolFull, decode_lines, encode
 
 from potability.errors import DatabaseUnavailable
+from potability.ids import uuid7_batch
+from potability.inference_store import AnsweredBatch
 
 
 def row(i=0):
@@ -93,3 +96,33 @@ def test_the_disk_cap_refuses_rows_and_replay_goes_in_chunks(tmp_path):
     chunks = []
     assert spool.replay(lambda part: chunks.append(len(part)) or len(part), chunk_rows=4) == (20, 0)
     assert chunks == [4, 4, 2, 4, 4, 2] and spool.room() == size * 2
+
+
+def test_a_request_record_comes_back_exact_and_is_replayed_whole(mart, store, tmp_path):
+    """A whole request (what a journal holds) beside row records: exact values, NULLs, one depth."""
+    n = 7
+    features = np.tile(np.linspace(0.5, 9.5, 9) * 123.456789, (n, 1))
+    features[2, 4] = np.nan  # a missing measurement
+    request = AnsweredBatch(uuid7_batch(n), datetime.now(UTC), "s", "v", features,
+                            np.linspace(0.01, 0.99, n), 0.4)  # fmt: skip
+    [back], bad = decode_lines(encode(request))
+    assert bad == 0 and back.inference_ids == request.inference_ids
+    assert back.received_at == request.received_at and back.times() == request.times()
+    np.testing.assert_array_equal(back.features, request.features)  # NaN where NaN, bit for bit
+    np.testing.assert_array_equal(back.probabilities, request.probabilities)
+    spool = Spool(tmp_path)
+    spool.append([row(0), request, row(1)])
+    assert spool.depth() == n + 2
+    chunks = []
+
+    def write(chunk):
+        chunks.append([len(r) if isinstance(r, AnsweredBatch) else 1 for r in chunk])
+        return store.write(chunk)
+
+    assert spool.replay(write, chunk_rows=3) == (n + 2, 0)
+    assert chunks == [[1], [7], [1]]  # a request is never split across chunks
+    stored = mart.inferences().set_index("inference_id")
+    assert stored.loc[request.inference_ids, "probability"].tolist() == pytest.approx(
+        request.probabilities.tolist(), abs=0
+    )
+    assert stored.loc[request.inference_ids[2]].isna().sum() == 1

@@ -1,0 +1,266 @@
+"""No answered inference lost to a SIGKILL: the workers' write-ahead journal (serve/journal.py).
+
+Real gunicorn with a long flush interval, so every answered row still sits in
+a worker's memory when the worker is killed with SIGKILL (no worker_exit, no
+flush); with the journal the new workers replay them, each exactly once.
+Below, the journal itself against a real Postgres: a torn record, replays
+that meet stored rows, space released, a disk that refuses the write.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import numpy as np
+import psutil
+import psycopg2
+import pytest
+import requests
+from serve.inference_log import InferenceLog, LogUnavailable
+from serve.journal import Journal
+from serve.spool import Spool, decode_lines, encode
+
+from potability.ids import uuid7_batch
+from potability.inference_store import AnsweredBatch
+from tests.test_gunicorn import Server, hammer, stored_ids, wait_for
+from tests.test_server import SAMPLE
+
+DEAD_PID = 999_999_999  # above any pid_max: never alive
+HELD = {"POTABILITY_LOG_FLUSH_SECONDS": "600", "POTABILITY_LOG_BATCH_ROWS": "100000"}
+
+
+def copies(url: str) -> dict[str, int]:
+    """How many times each inference id is stored."""
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT inference_id::text, count(*) FROM water.water_inferences GROUP BY 1")
+        return dict(cur.fetchall())
+
+
+def workers(server: Server) -> list[psutil.Process]:
+    """The gunicorn workers (the master's children but the page renderer)."""
+    found = []
+    for child in psutil.Process(server.proc.pid).children():
+        try:
+            if "serve.renderer" not in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.Error:  # gone meanwhile (a killed worker being reaped)
+            continue
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Dead and reaped by the master (a zombie still answers kill(pid, 0))."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def kill_workers(server: Server) -> set[int]:
+    """SIGKILL every worker (no worker_exit, no flush); the master starts new ones."""
+    killed = {worker.pid for worker in workers(server)}
+    assert len(killed) == 2
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: all(gone(pid) for pid in killed))
+    return killed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("journal", ["1", "0"])
+def test_sigkilled_workers_lose_no_answered_inference(mart, champion, tmp_path, journal):
+    """Rows held in memory when both workers die by SIGKILL are stored exactly once (journal on).
+
+    The journal off is the control: the same run loses every one of them,
+    which is what the journal is for.
+    """
+    token = mart.create_token("kill-sensor", "sensor")
+    server = Server(tmp_path, mart.url, champion, POTABILITY_LOG_JOURNAL=journal, **HELD)
+    try:
+        answered, failures = hammer(server.base, token, 300, 4)
+        batch = requests.post(server.base + "/v1/predict", json={"samples": [SAMPLE] * 100},
+                              headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+        answered += [p["inference_id"] for p in batch.json()["predictions"]]
+        assert len(answered) == 400 and not failures
+        assert stored_ids(mart.url) == []  # every answer is still in a worker's memory
+        killed = kill_workers(server)
+        assert wait_for(lambda: set(p.pid for p in workers(server)) - killed, timeout=60)
+        if journal == "1":
+            assert wait_for(lambda: set(answered) <= set(stored_ids(mart.url)), timeout=60), (
+                f"{len(set(answered) - set(stored_ids(mart.url)))} answered inferences lost"
+            )
+            stored = copies(mart.url)
+            assert set(stored) == set(answered) and set(stored.values()) == {1}
+            print(f"\nSIGKILL, journal on: {len(answered)} answered, {len(stored)} stored once")
+        else:
+            assert wait_for(lambda: requests.get(server.base + "/readyz").status_code == 200)
+            time.sleep(3)  # well past the replay interval: nothing comes back
+            assert stored_ids(mart.url) == []
+    finally:
+        server.stop()
+    # nothing is left to replay: the journals were moved to the spool and the spool drained
+    assert not list((tmp_path / "spool").glob("spool-*"))
+    if journal == "1":
+        assert not (tmp_path / "spool" / "quarantine").exists()
+
+
+def predict_once(base: str, token: str) -> str | None:
+    """One single-sample predict: its inference id, or None when the kill cut it off."""
+    try:
+        r = requests.post(base + "/v1/predict", json=SAMPLE,
+                          headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+        return r.json()["inference_id"] if r.status_code == 200 else None
+    except requests.RequestException:  # refused, reset, or the answer's body cut short
+        return None
+
+
+@pytest.mark.slow
+def test_sigkill_mid_load_with_the_default_flush(mart, champion, tmp_path):
+    """The probe of the defect: one worker killed while four clients post; answered = stored."""
+    token = mart.create_token("probe-sensor", "sensor")
+    server = Server(tmp_path, mart.url, champion)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            first = list(pool.map(lambda _: predict_once(server.base, token), range(300)))
+            victim = workers(server)[0]
+            later = [pool.submit(predict_once, server.base, token) for _ in range(300)]
+            time.sleep(0.05)  # mid-load: requests in flight on both workers
+            victim.send_signal(signal.SIGKILL)
+            outcomes = first + [f.result() for f in later]
+        answered = [i for i in outcomes if i is not None]
+        assert len(answered) > 300
+        wait_for(lambda: set(answered) <= set(stored_ids(mart.url)), timeout=60)
+    finally:
+        server.stop()
+    stored = copies(mart.url)
+    kept = set(answered) & set(stored)
+    print(f"\nSIGKILL mid-load (flush 0.2 s): {len(answered)} answered, {len(kept)} of them stored "
+          f"({len(outcomes) - len(answered)} requests cut off by the kill)")  # fmt: skip
+    assert len(kept) == len(answered), f"{len(answered) - len(kept)} answered inferences lost"
+    assert set(stored.values()) == {1}
+
+
+@pytest.mark.slow
+def test_a_server_killed_whole_replays_at_its_next_start(mart, champion, tmp_path):
+    """Master and workers killed at once: the restarted server stores the journals first thing."""
+    token = mart.create_token("restart-sensor", "sensor")
+    server = Server(tmp_path, mart.url, champion, **HELD)
+    try:
+        answered, _ = hammer(server.base, token, 200, 4)
+    finally:
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(timeout=10)
+    assert stored_ids(mart.url) == [] and len(answered) == 200
+    server = Server(tmp_path, mart.url, champion, **HELD)
+    try:
+        assert wait_for(lambda: len(stored_ids(mart.url)) >= 200, timeout=30)
+        stored = copies(mart.url)
+        assert set(stored) == set(answered) and set(stored.values()) == {1}
+    finally:
+        server.stop()
+
+
+# the journal itself, against a real Postgres
+
+
+def request(n: int, missing: bool = False) -> AnsweredBatch:
+    features = np.tile(np.linspace(0.5, 9.5, 9) * 123.456789, (n, 1))
+    if missing:
+        features[0, 4] = np.nan  # a missing measurement: NULL in the table
+    return AnsweredBatch(uuid7_batch(n), datetime.now(UTC), "sensor-1", "v1", features,
+                         np.linspace(0.1, 0.9, n), 0.4)  # fmt: skip
+
+
+def as_dead(journal: Journal) -> None:
+    """Leave the journal as a SIGKILL would: its files, under a pid no process has."""
+    for path in journal.directory.glob("journal-*"):
+        pid, rest = path.name.removeprefix("journal-").split("-", 1)
+        path.rename(path.with_name(f"journal-{DEAD_PID}-{rest}"))
+
+
+def test_a_torn_record_keeps_the_good_ones_and_replays_never_double(mart, store, tmp_path):
+    spool = Spool(tmp_path)
+    dead = Journal(spool)
+    requests_ = [request(1), request(3, missing=True), request(1)]
+    for r in requests_:
+        dead.append(r)
+    [segment] = dead.directory.glob("journal-*")
+    with open(segment, "ab") as fh:
+        fh.write(encode(request(2))[:-40])  # killed mid-write: that request was never answered
+    store.write([requests_[0]], fresh=True)  # the writer stored this one before the kill
+    as_dead(dead)
+
+    live = Journal(spool)
+    assert live.adopt_orphans() == 1 and not list(live.directory.iterdir())
+    assert spool.depth() >= 5
+    written, torn = spool.replay(store.write)
+    assert (written, torn) == (4, 1)  # the one already stored is not stored again
+    stored = copies(mart.url)
+    assert set(stored) == {i for r in requests_ for i in r.inference_ids}
+    assert set(stored.values()) == {1}
+    missing = mart.inferences().set_index("inference_id").loc[requests_[1].inference_ids[0]]
+    assert missing.isna().sum() == 1  # the NaN came back as NULL, not as a number
+    # the file is kept in quarantine, never deleted: its good records and the torn one
+    [kept] = spool.quarantine_dir.iterdir()
+    records, bad = decode_lines(kept.read_bytes())
+    assert len(records) == 3 and bad == 1
+    kept.rename(tmp_path / "spool-1-1.jsonl")  # replayed again by hand: nothing doubles
+    assert spool.replay(store.write) == (0, 1)
+    assert set(copies(mart.url).values()) == {1}
+
+
+def test_a_live_workers_journal_is_left_alone(tmp_path):
+    spool = Spool(tmp_path)
+    mine, other = Journal(spool), Journal(spool)
+    mine.append(request(1))
+    assert other.adopt_orphans() == 0  # same process, still writing it
+    (mine.directory / f"journal-{os.getppid()}-1.jsonl").write_bytes(encode(request(1)))
+    assert other.adopt_orphans() == 0 and spool.files() == []  # a live process's journal
+    mine.close()  # closed with a request not yet stored: now it is an orphan
+    assert other.adopt_orphans() == 1 and len(spool.files()) == 1
+
+
+def test_stored_requests_release_the_journal_and_it_stays_bounded(mart, store, tmp_path):
+    spool = Spool(tmp_path)
+    journal = Journal(spool, segment_bytes=2_000)
+    log = InferenceLog(store, spool, 60.0, 50, 60.0, journal=journal)
+    for _ in range(40):  # about 13 kB of records: several segments
+        log.submit(request(1))
+    files = list(journal.directory.iterdir())
+    assert len(files) > 3 and journal.pending == 40
+    log.submit(request(1))
+    log.flush()
+    [left] = journal.directory.iterdir()  # older segments deleted, the open one emptied
+    assert left.stat().st_size == 0 and journal.pending == 0
+    log.submit(request(2))
+    assert journal.pending == 1 and left.stat().st_size > 0
+    log.close()  # stored, then the journal removed
+    assert list(journal.directory.iterdir()) == [] and len(mart.inferences()) == 43
+
+
+def test_a_request_the_disk_refuses_is_not_answered(store, tmp_path):
+    """A write the kernel refuses (here a file-size limit, as a full disk would) is a 503."""
+    spool = Spool(tmp_path)
+    journal = Journal(spool)
+    log = InferenceLog(store, spool, 60.0, 500, 60.0, journal=journal)
+    log.submit(request(1))
+    [segment] = journal.directory.iterdir()
+    good = segment.stat().st_size
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (good + 100, limit[1]))
+    try:
+        with pytest.raises(LogUnavailable, match="journal"):
+            log.submit(request(20))  # 100 bytes fit: a partial write, then the error
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert log.queued == 1 and segment.stat().st_size == good  # the partial record cut off
+    log.submit(request(2))
+    records, bad = decode_lines(segment.read_bytes())
+    assert len(records) == 2 and bad == 0
