@@ -75,26 +75,36 @@ def main() -> int:
 
 
 class Supervisor:
-    """Start the renderer as a child of the gunicorn master and start it again whenever it dies.
+    """Start a module (the renderer, the page listener) as a child of the gunicorn master, again whenever it dies.
 
     ``os.posix_spawn``, not ``subprocess``: the master forks workers from its
     main thread while this thread spawns, and a worker forked mid-``Popen``
     would inherit Popen's error pipe and hang it until that worker exits.
+    ``file_actions`` are posix_spawn's (the page listener's socket is dup'ed
+    into its child only).
     """
 
-    def __init__(self, restart_seconds: float):
-        self.restart_seconds = restart_seconds
+    def __init__(
+        self,
+        restart_seconds: float,
+        module: str = "serve.renderer",
+        args: tuple[str, ...] = (),
+        file_actions: list[tuple] | None = None,
+    ):
+        self.restart_seconds, self.module = restart_seconds, module
+        self.argv = [sys.executable, "-m", module, *args]
+        self.file_actions = file_actions or []
         self.pid: int | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="page-renderer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=module, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def _spawn(self) -> int:
-        # the renderer keeps no worker metrics: its files would outlive it in the multiprocess directory
+        # the children keep no worker metrics: their files would outlive them in the multiprocess directory
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        return os.posix_spawn(sys.executable, [sys.executable, "-m", "serve.renderer"], env)
+        return os.posix_spawn(sys.executable, self.argv, env, file_actions=self.file_actions)
 
     def alive(self) -> bool:
         """Whether the renderer runs; the master reaps every child (waitpid(-1)), so it may be gone already."""
@@ -112,8 +122,8 @@ class Supervisor:
             while self.alive() and not self._stop.wait(1.0):
                 pass
             if not self._stop.is_set():
-                log.warning("page renderer (pid %d) exited; starting another in %.0f s",
-                            self.pid, self.restart_seconds)  # fmt: skip
+                log.warning("%s (pid %d) exited; starting another in %g s",
+                            self.module, self.pid, self.restart_seconds)  # fmt: skip
                 self._stop.wait(self.restart_seconds)
 
     def stop(self, timeout: float = 10.0) -> None:
