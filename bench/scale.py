@@ -211,9 +211,15 @@ def read_latency(base: str, cache_dir: Path, repeats: int, timeout: float) -> di
 
 
 def page_client(
-    base: str, address: str, stop_event: threading.Event, timeout: float, seen: list
+    base: str, address: str, stop_event: threading.Event, timeout: float, seen: list, nice: int = 0
 ) -> None:
-    """Load / in a loop from ``address`` (a loopback alias), keep-alive, as one browser reloading would."""
+    """Load / in a loop from ``address`` (a loopback alias), keep-alive, as one browser reloading would.
+
+    ``nice``: this thread's niceness (Linux: per thread), so that clients which in production run
+    on other machines take less of the measured server's two cores here.
+    """
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     url = urlsplit(base)
     conn = http.client.HTTPConnection(
         url.hostname, url.port, timeout=timeout, source_address=(address, 0)
@@ -265,7 +271,7 @@ def with_page_load(
             except requests.RequestException as exc:
                 probe_failures.append(type(exc).__name__)
 
-    threads = [threading.Thread(target=page_client, args=(page_base, f"127.0.0.{10 + i}", stop_event, args.timeout, seen),
+    threads = [threading.Thread(target=page_client, args=(page_base, f"127.0.0.{10 + i}", stop_event, args.timeout, seen, args.page_client_nice),
                                 daemon=True) for i in range(args.page_clients)]  # fmt: skip
     prober = threading.Thread(target=sensor_probe, daemon=True)
     for t in (*threads, prober):
@@ -337,6 +343,9 @@ def main() -> int:
     parser.add_argument(
         "--page-clients", type=int, default=16, help="clients loading / during a sensor run"
     )
+    parser.add_argument("--page-client-nice", type=int, default=0,
+                        help="niceness of the page clients' threads (they share the server's cores here; "
+                             "in production they are browsers elsewhere)")  # fmt: skip
     parser.add_argument(
         "--repeats", type=int, default=3, help="warm requests per page or stats path"
     )

@@ -6,7 +6,10 @@ reloading the page in a loop tripled the sensors' p99 (bench/scale.py). With
 ``POTABILITY_PAGE_BIND`` (or ``potability serve --page-port``), the gunicorn
 master also listens there and hands that socket to this process, which it
 starts and restarts like the renderer (``serve.renderer.Supervisor``). It is
-niced (``POTABILITY_PAGE_LISTENER_NICE``), answers at most
+niced (``POTABILITY_PAGE_LISTENER_NICE``) and by default in Linux's idle
+scheduling class (``POTABILITY_PAGE_LISTENER_IDLE``: it runs on CPU time no
+sensor worker wants; measured, a nice of 10 alone left the sensors' p99 ~2x
+worse under 16 looping page clients), answers at most
 ``POTABILITY_PAGE_LISTENER_CONNECTIONS`` connections at once (the rest wait in
 the port's backlog, which the master keeps open across a restart, so a
 restart loses no connection), drops a silent client after
@@ -156,6 +159,7 @@ class PageServer(BaseWSGIServer):
 
 def main(argv: list[str] | None = None) -> int:
     from serve import shutdown
+    from serve.renderer import yield_cpu
 
     args = argparse.ArgumentParser(description="the page listener (started by the gunicorn master)")
     args.add_argument("--fd", type=int, required=True, help="the listening socket's descriptor")
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
     )
     settings = get_settings()
-    os.nice(settings.page_listener_nice)
+    yield_cpu(settings.page_listener_nice, idle=settings.page_listener_idle)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -218,6 +218,8 @@ class Settings(BaseSettings):
     """How long the page listener waits on a silent client before it drops the connection."""
     page_listener_nice: CountOrZero = _env("POTABILITY_PAGE_LISTENER_NICE", default=10)
     """The page listener's niceness increment: under load the CPU goes to the sensor workers first."""
+    page_listener_idle: bool = _env("POTABILITY_PAGE_LISTENER_IDLE", default=True)
+    """Run the page listener in Linux's idle scheduling class: only CPU no sensor worker wants (0: niced only)."""
     page_listener_restart_seconds: Seconds = _env(
         "POTABILITY_PAGE_LISTENER_RESTART_SECONDS", default=1.0
     )
