@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import psutil
 import pytest
@@ -143,6 +144,25 @@ def test_a_killed_listener_comes_back_and_keeps_waiting_clients(mart, champion, 
         assert (
             requests.get(server.base + "/", timeout=10).status_code == 200
         )  # the API port never stopped
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_silent_client_holds_the_listener_only_until_its_timeout(mart, champion, tmp_path):
+    server = PageServer(tmp_path, mart.url, champion, POTABILITY_PAGE_LISTENER_CONNECTIONS="1",
+                        POTABILITY_PAGE_LISTENER_TIMEOUT_SECONDS="2")  # fmt: skip
+    try:
+        with socket.create_connection(
+            ("127.0.0.1", server.page_port)
+        ) as silent:  # takes the one slot, says nothing
+            started = time.monotonic()
+            # waits in the backlog while the slot is taken, answered once the silent client is dropped
+            assert requests.get(server.page + "/", timeout=30).status_code == 200
+            waited = time.monotonic() - started
+            assert 1.5 < waited < 10, f"waited {waited:.1f} s"
+            silent.settimeout(5)
+            assert silent.recv(1024) == b"", "the silent client was not dropped"
     finally:
         server.stop()
 
