@@ -108,6 +108,10 @@ class _Handler(WSGIRequestHandler):
     def log_request(self, *args, **kwargs) -> None:
         """No access log, as on the API port."""
 
+    def version_string(self) -> str:
+        """The Server header names no library versions (gunicorn says only "gunicorn")."""
+        return "potability-page"
+
     def send_response(self, code: int, message: str | None = None) -> None:
         self._dated = False
         super().send_response(code, message)

@@ -124,7 +124,7 @@ class Supervisor:
         return os.posix_spawn(sys.executable, self.argv, env, file_actions=self.file_actions)
 
     def alive(self) -> bool:
-        """Whether the renderer runs; the master reaps every child (waitpid(-1)), so it may be gone already."""
+        """Whether the child runs; the master reaps every child (waitpid(-1)), so it may be gone already."""
         if self.pid is None:
             return False
         try:

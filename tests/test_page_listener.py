@@ -65,7 +65,10 @@ def test_the_listener_serves_the_open_endpoints_as_the_api_port_does(mart, champ
             page.headers["Server-Timing"].startswith("render;dur=")
             and page.headers["Last-Modified"]
         )
-        assert len(page.raw.headers.getlist("Date")) == 1
+        assert (
+            len(page.raw.headers.getlist("Date")) == 1
+            and page.headers["Server"] == "potability-page"
+        )
         again = requests.get(
             server.page + "/", headers={"If-None-Match": page.headers["ETag"]}, timeout=10
         )
@@ -106,13 +109,14 @@ def test_the_listener_shares_the_per_client_rate_limit(mart, champion, tmp_path)
     sensor = auth(mart.create_token("pl-rl-sensor", "sensor"))
     server = PageServer(tmp_path, mart.url, champion, POTABILITY_PAGE_RATE_BURST="8",
                         POTABILITY_PAGE_RATE_PER_SECOND="0.05")  # fmt: skip
-    try:  # the constructor spent one token on the listener; up to 8 pass, the first render may be 503
-        statuses = [
-            requests.get(server.page + "/v1/stats/model", timeout=10).status_code for _ in range(8)
-        ]
-        assert (
-            statuses[-1] == 429 and set(statuses[:-1]) <= {200, 503} and 429 not in statuses[:5]
-        ), statuses
+    try:  # the constructor spent a token or more (a 503 while the first copy renders is retried)
+        statuses: list[int] = []
+        while len(statuses) < 15 and 429 not in statuses:
+            statuses.append(requests.get(server.page + "/v1/stats/model", timeout=10).status_code)
+        # the burst of 8 (and a token or so refilled at 0.05/s meanwhile), then 429
+        assert statuses[-1] == 429 and set(statuses[:-1]) <= {200, 503} and len(statuses) <= 10, (
+            statuses
+        )
         limited = requests.get(server.page + "/", timeout=10)
         assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
         assert limited.json()["error"]["code"] == "rate_limited"
