@@ -25,8 +25,11 @@ kept at the workspace's MLflow database and the deployed champion served:
 5. sensors: wrk on ``/v1/predict`` alone, then again while ``--page-clients``
    clients load ``/`` in a loop, each from its own loopback address
    (127.0.0.10, .11, ...), so the per-client rate limit treats them as the
-   separate browsers they stand for. A probe sensor times single requests
-   too, since wrk drops requests still in flight when its run ends.
+   separate browsers they stand for: first on the API port (a one-port
+   install), then on the page listener's port (``--page-port``, issue 13:
+   open traffic in a process of its own). A probe sensor times single
+   requests too, since wrk drops requests still in flight when its run ends.
+   Each run records the load average (the cores may be shared).
 
 Prints a table and writes ``bench/results/scale.json``.
 
@@ -208,9 +211,15 @@ def read_latency(base: str, cache_dir: Path, repeats: int, timeout: float) -> di
 
 
 def page_client(
-    base: str, address: str, stop_event: threading.Event, timeout: float, seen: list
+    base: str, address: str, stop_event: threading.Event, timeout: float, seen: list, nice: int = 0
 ) -> None:
-    """Load / in a loop from ``address`` (a loopback alias), keep-alive, as one browser reloading would."""
+    """Load / in a loop from ``address`` (a loopback alias), keep-alive, as one browser reloading would.
+
+    ``nice``: this thread's niceness (Linux: per thread), so that clients which in production run
+    on other machines take less of the measured server's two cores here.
+    """
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     url = urlsplit(base)
     conn = http.client.HTTPConnection(
         url.hostname, url.port, timeout=timeout, source_address=(address, 0)
@@ -231,8 +240,16 @@ def page_client(
     conn.close()
 
 
-def with_page_load(base: str, token: str, args: argparse.Namespace) -> tuple[dict, dict]:
-    """wrk on /v1/predict while ``args.page_clients`` clients load / in a loop; both sides' figures."""
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages: how much else ran on the cores beside the bench."""
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def with_page_load(
+    base: str, token: str, args: argparse.Namespace, page_base: str | None = None
+) -> tuple[dict, dict]:
+    """wrk on /v1/predict while ``args.page_clients`` clients load / (on ``page_base``, else ``base``) in a loop."""
+    page_base = page_base or base
     stop_event = threading.Event()
     seen: list[tuple[int | str, float]] = []
     probe: list[float] = []
@@ -254,13 +271,14 @@ def with_page_load(base: str, token: str, args: argparse.Namespace) -> tuple[dic
             except requests.RequestException as exc:
                 probe_failures.append(type(exc).__name__)
 
-    threads = [threading.Thread(target=page_client, args=(base, f"127.0.0.{10 + i}", stop_event, args.timeout, seen),
+    threads = [threading.Thread(target=page_client, args=(page_base, f"127.0.0.{10 + i}", stop_event, args.timeout, seen, args.page_client_nice),
                                 daemon=True) for i in range(args.page_clients)]  # fmt: skip
     prober = threading.Thread(target=sensor_probe, daemon=True)
     for t in (*threads, prober):
         t.start()
     try:
         sensors = wrk(f"{base}/v1/predict", json.dumps(ROW), args.connections, args.seconds, token)
+        sensors["loadavg"] = loadavg()
     finally:
         wrk_done.set()
         stop_event.set()
@@ -281,12 +299,16 @@ def with_page_load(base: str, token: str, args: argparse.Namespace) -> tuple[dic
     return sensors, pages
 
 
-def serve(env: dict, args: argparse.Namespace, log: Path):
+def serve(env: dict, args: argparse.Namespace, log: Path, page_port: int | None = None):
+    """Start ``potability serve`` (with a page listener on ``page_port``); (process, API base URL)."""
     port = free_port()
+    page = ["--page-port", str(page_port)] if page_port else []
     proc = start([sys.executable, "-m", "potability.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                  "--workers", str(args.workers)], env, log)  # fmt: skip
+                  "--workers", str(args.workers), *page], env, log)  # fmt: skip
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz")
+        if page_port:
+            wait_http(f"http://127.0.0.1:{page_port}/healthz")
     except TimeoutError:
         stop(proc)
         raise SystemExit(f"server did not come up; see {log}:\n{log.read_text()[-2000:]}") from None
@@ -321,6 +343,9 @@ def main() -> int:
     parser.add_argument(
         "--page-clients", type=int, default=16, help="clients loading / during a sensor run"
     )
+    parser.add_argument("--page-client-nice", type=int, default=0,
+                        help="niceness of the page clients' threads (they share the server's cores here; "
+                             "in production they are browsers elsewhere)")  # fmt: skip
     parser.add_argument(
         "--repeats", type=int, default=3, help="warm requests per page or stats path"
     )
@@ -368,7 +393,9 @@ def main() -> int:
             "page and stats latency (warm from the cache, the renderer's time, a worker's after expiry)",
             flush=True,
         )
-        proc, base = serve(env, args, work / "serve-full.log")
+        page_port = free_port()
+        page_base = f"http://127.0.0.1:{page_port}"
+        proc, base = serve(env, args, work / "serve-full.log", page_port)
         try:
             result["first_copy_s"] = wait_for_cache(base, args.timeout)
             result["reads"] = read_latency(
@@ -377,6 +404,7 @@ def main() -> int:
             result["predict_full"] = wrk(
                 f"{base}/v1/predict", body, args.connections, args.seconds, token
             )
+            result["predict_full"]["loadavg"] = loadavg()
             print(f"  sensors alone: {result['predict_full']}", flush=True)
             sensors, pages = with_page_load(base, token, args)
             result["predict_with_page_load"] = sensors
@@ -385,6 +413,11 @@ def main() -> int:
                 f"  sensors with {args.page_clients} page clients: {sensors}; pages: {pages}",
                 flush=True,
             )
+            sensors, pages = with_page_load(base, token, args, page_base)
+            result["predict_with_page_listener_load"] = sensors
+            result["page_listener_load"] = pages
+            print(f"  sensors with {args.page_clients} clients on the page listener: {sensors}; "
+                  f"pages: {pages}", flush=True)  # fmt: skip
         finally:
             stop(proc)
     finally:
@@ -398,8 +431,20 @@ def main() -> int:
     return 0
 
 
+def _under_load(r: dict, sensors_key: str, pages_key: str, where: str) -> list[tuple[str, str]]:
+    """The table's rows for one run of sensors under ``args.page_clients`` page clients."""
+    sensors, load = r[sensors_key], r[pages_key]
+    return [(f"sensor p50 / p99, {load['clients']} page clients {where}",
+             f"{sensors['p50_ms']} / {sensors['p99_ms']} ms (load average {sensors['loadavg'][0]})"),
+            ("  failed sensor requests; predict req/s (wrk)", f"{sensors['errors']}; {sensors['rps']:,}"),
+            ("  probe sensor: answers, failures, p50 / max",
+             "{answers}, {failures}, {p50_ms} / {max_ms} ms".format(**sensors["probe"])),
+            ("  page requests (per s), by status", f"{load['requests']:,} ({load['per_second']}) {load['statuses']}"),
+            ("  page loads answered 200: p50 / max", f"{load['p50_ms']} / {load['max_ms']} ms")]  # fmt: skip
+
+
 def print_table(r: dict) -> None:
-    f, reads, load = r["fill"], r["reads"], r["page_load"]
+    f, reads = r["fill"], r["reads"]
     rows = [("answers / lab rows", f"{f['rows']:,} / {f['lab_rows']:,}"),
             ("fill time (answers)", f"{f['fill_s']} s ({f['rows_per_s']:,} rows/s)"),
             ("first page copy after server start", f"{r['first_copy_s']} s"),
@@ -407,16 +452,11 @@ def print_table(r: dict) -> None:
                f"{v['warm_ms']:,} / {v['renderer_ms']} / {v['after_expiry_ms']:,} ms") for p, v in reads.items()],
             ("predict req/s, empty table", f"{r['predict_empty']['rps']:,}"),
             ("predict req/s, full table", f"{r['predict_full']['rps']:,}"),
-            ("sensor p50 / p99, no page load", f"{r['predict_full']['p50_ms']} / {r['predict_full']['p99_ms']} ms"),
-            (f"sensor p50 / p99, {load['clients']} page clients",
-             f"{r['predict_with_page_load']['p50_ms']} / {r['predict_with_page_load']['p99_ms']} ms"),
-            ("failed sensor requests (alone / with pages)",
-             f"{r['predict_full']['errors']} / {r['predict_with_page_load']['errors']}"),
-            ("predict req/s with page load (wrk)", f"{r['predict_with_page_load']['rps']:,}"),
-            ("probe sensor with page load: answers, failures, p50 / max",
-             "{answers}, {failures}, {p50_ms} / {max_ms} ms".format(**r["predict_with_page_load"]["probe"])),
-            ("page requests during that run (per s), by status", f"{load['requests']:,} ({load['per_second']}) {load['statuses']}"),
-            ("page loads answered 200: p50 / max", f"{load['p50_ms']} / {load['max_ms']} ms"),
+            ("sensor p50 / p99, no page load", f"{r['predict_full']['p50_ms']} / {r['predict_full']['p99_ms']} ms "
+                                               f"(load average {r['predict_full']['loadavg'][0]})"),
+            ("  failed sensor requests", f"{r['predict_full']['errors']}"),
+            *_under_load(r, "predict_with_page_load", "page_load", "on the API port"),
+            *_under_load(r, "predict_with_page_listener_load", "page_listener_load", "on the page listener"),
             ("MB per million rows: table / indexes", f"{f['table_mb_per_million']} / {f['indexes_mb_per_million']}")]  # fmt: skip
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

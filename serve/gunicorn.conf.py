@@ -19,18 +19,32 @@ preload_app = False  # each worker builds its app (model session, log thread) af
 
 
 def when_ready(server):
-    """Start the page renderer beside the workers: page and stats never render on a sensor's worker."""
+    """Start the page renderer beside the workers: page and stats never render on a sensor's worker.
+
+    With POTABILITY_PAGE_BIND, also listen there and start the page listener on that socket: open
+    traffic then has a port, a process and a CPU share of its own. The master holds the socket, so
+    connections wait in its backlog while a dead listener is started again.
+    """
     from potability.config import get_settings
     from serve.renderer import Supervisor
 
-    server.page_renderer = Supervisor(restart_seconds=get_settings().page_refresh_seconds)
+    settings = get_settings()
+    if settings.page_bind:
+        from serve.page_listener import listen, supervise
+
+        server.page_socket = listen(settings.page_bind)  # a RuntimeError stops the server, named
+        server.page_listener = supervise(server.page_socket, settings)
+        server.page_listener.start()
+        server.log.info("page listener at %s", settings.page_bind)
+    server.page_renderer = Supervisor(restart_seconds=settings.page_refresh_seconds)
     server.page_renderer.start()
 
 
 def on_exit(server):
-    renderer = getattr(server, "page_renderer", None)
-    if renderer is not None:
-        renderer.stop()
+    for child in ("page_listener", "page_renderer"):
+        supervisor = getattr(server, child, None)
+        if supervisor is not None:
+            supervisor.stop()
 
 
 def worker_exit(server, worker):

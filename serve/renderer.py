@@ -38,6 +38,23 @@ def render_once(app) -> float:
     return time.perf_counter() - started
 
 
+def yield_cpu(increment: int, idle: bool = False) -> None:
+    """Nice every thread of this process by ``increment`` (and put it in the idle class with ``idle``).
+
+    Linux schedules threads, ``os.nice`` sets only the calling one, and libraries start some
+    at import (before ``main`` runs): each is set here, and the ones started later inherit it.
+    """
+    niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + increment)
+    task_dir = f"/proc/{os.getpid()}/task"
+    for tid in [int(t) for t in os.listdir(task_dir)] if os.path.isdir(task_dir) else [0]:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, niceness)
+            if idle and hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except ProcessLookupError:
+            continue  # a thread that ended meanwhile
+
+
 def main() -> int:
     from serve import create_app, shutdown
 
@@ -45,7 +62,7 @@ def main() -> int:
         level=logging.INFO, format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
     )
     settings = get_settings()
-    os.nice(settings.page_renderer_nice)
+    yield_cpu(settings.page_renderer_nice)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -75,29 +92,39 @@ def main() -> int:
 
 
 class Supervisor:
-    """Start the renderer as a child of the gunicorn master and start it again whenever it dies.
+    """Start a module (the renderer, the page listener) as a child of the gunicorn master, again whenever it dies.
 
     ``os.posix_spawn``, not ``subprocess``: the master forks workers from its
     main thread while this thread spawns, and a worker forked mid-``Popen``
     would inherit Popen's error pipe and hang it until that worker exits.
+    ``file_actions`` are posix_spawn's (the page listener's socket is dup'ed
+    into its child only).
     """
 
-    def __init__(self, restart_seconds: float):
-        self.restart_seconds = restart_seconds
+    def __init__(
+        self,
+        restart_seconds: float,
+        module: str = "serve.renderer",
+        args: tuple[str, ...] = (),
+        file_actions: list[tuple] | None = None,
+    ):
+        self.restart_seconds, self.module = restart_seconds, module
+        self.argv = [sys.executable, "-m", module, *args]
+        self.file_actions = file_actions or []
         self.pid: int | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="page-renderer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=module, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def _spawn(self) -> int:
-        # the renderer keeps no worker metrics: its files would outlive it in the multiprocess directory
+        # the children keep no worker metrics: their files would outlive them in the multiprocess directory
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        return os.posix_spawn(sys.executable, [sys.executable, "-m", "serve.renderer"], env)
+        return os.posix_spawn(sys.executable, self.argv, env, file_actions=self.file_actions)
 
     def alive(self) -> bool:
-        """Whether the renderer runs; the master reaps every child (waitpid(-1)), so it may be gone already."""
+        """Whether the child runs; the master reaps every child (waitpid(-1)), so it may be gone already."""
         if self.pid is None:
             return False
         try:
@@ -112,8 +139,8 @@ class Supervisor:
             while self.alive() and not self._stop.wait(1.0):
                 pass
             if not self._stop.is_set():
-                log.warning("page renderer (pid %d) exited; starting another in %.0f s",
-                            self.pid, self.restart_seconds)  # fmt: skip
+                log.warning("%s (pid %d) exited; starting another in %g s",
+                            self.module, self.pid, self.restart_seconds)  # fmt: skip
                 self._stop.wait(self.restart_seconds)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -10,8 +10,16 @@ from pathlib import Path
 from potability.config import get_settings, page_cache_dir
 
 
-def run_gunicorn(host: str, port: int, workers: int) -> int:
-    """Replace this process with gunicorn (so signals reach its master directly)."""
+def run_gunicorn(host: str, port: int, workers: int, page_port: int | None = None) -> int:
+    """Replace this process with gunicorn (so signals reach its master directly).
+
+    ``page_port``: serve the open page there too, apart from the sensors (POTABILITY_PAGE_BIND on
+    ``host``); None keeps the setting as it is.
+    """
+    if page_port is not None:
+        os.environ["POTABILITY_PAGE_BIND"] = (
+            f"[{host}]:{page_port}" if ":" in host else f"{host}:{page_port}"
+        )
     metrics_dir = get_settings().spool_dir / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters of a previous run must not leak in
     # nor a previous run's pages (perhaps of another database) or rate-limit buckets

@@ -231,12 +231,20 @@ def cmd_log_maintain(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from serve.run import run_gunicorn
 
-    return run_gunicorn(host=args.host, port=args.port, workers=args.workers)
+    return run_gunicorn(
+        host=args.host, port=args.port, workers=args.workers, page_port=args.page_port
+    )
 
 
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"must be a port number, 1 to 65535, got {text!r}")
     return int(text)
 
 
@@ -344,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--page-port",
+        type=_port,
+        default=None,
+        help="also serve the open page and stats on this port (same host), in a process of their "
+        "own, so they never take a sensor's worker (default: POTABILITY_PAGE_BIND, else off)",
+    )
     p.set_defaults(func=cmd_serve)
     return parser
 

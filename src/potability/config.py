@@ -66,6 +66,16 @@ def _text(value: str) -> str:
     return value
 
 
+def _bind(value: str | None) -> str | None:
+    """A listening address, host:port (a name, an IPv4 address or a bracketed IPv6 one)."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})", value)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ValueError("expected host:port to listen on, like 0.0.0.0:8001")
+    return value
+
+
 def _host_port(value: str | None) -> str | None:
     if value is not None and not re.fullmatch(r"[a-z]+://\S+|[^\s:/]+:\d+", value):
         raise ValueError("expected host:port, like tcp://10.0.0.5:8786")
@@ -203,6 +213,25 @@ class Settings(BaseSettings):
     """Client buckets the rate limit keeps (shared by all workers); the longest idle is reused."""
     trust_forwarded_for: bool = _env("POTABILITY_TRUST_FORWARDED_FOR", default=False)
     """Take the client from X-Forwarded-For (its last hop): only behind a proxy that sets it."""
+    # Open traffic on a port of its own (serve/page_listener.py): it never takes a sensor's worker.
+    page_bind: Annotated[str | None, AfterValidator(_bind), Kind("host:port")] = _env(
+        "POTABILITY_PAGE_BIND", default=None
+    )
+    """Where a page listener serves `/`, `/model`, `/v1/stats` and `/static` apart from the sensors; unset: none."""
+    page_listener_connections: Count = _env("POTABILITY_PAGE_LISTENER_CONNECTIONS", default=8)
+    """Connections the page listener answers at once; the rest wait in the port's backlog."""
+    page_listener_timeout_seconds: Seconds = _env(
+        "POTABILITY_PAGE_LISTENER_TIMEOUT_SECONDS", default=10.0
+    )
+    """How long the page listener waits on a silent client before it drops the connection."""
+    page_listener_nice: CountOrZero = _env("POTABILITY_PAGE_LISTENER_NICE", default=10)
+    """The page listener's niceness increment: under load the CPU goes to the sensor workers first."""
+    page_listener_idle: bool = _env("POTABILITY_PAGE_LISTENER_IDLE", default=True)
+    """Run the page listener in Linux's idle scheduling class: only CPU no sensor worker wants (0: niced only)."""
+    page_listener_restart_seconds: Seconds = _env(
+        "POTABILITY_PAGE_LISTENER_RESTART_SECONDS", default=1.0
+    )
+    """How long the master waits before starting a page listener again after it died."""
     worker_class: Annotated[str, AfterValidator(_text), Kind("gunicorn worker class")] = _env(
         "POTABILITY_WORKER_CLASS", default="sync"
     )
