@@ -62,19 +62,22 @@ def test_mlflow_uri_names_the_driver_and_its_database(pg_url):
     assert "/mlflow?" in uri
 
 
+def migrate_by_hand(cur, up_to: int) -> None:
+    """Bring an empty database to migration ``up_to`` as that release's migrate did: a filled old database."""
+    cur.execute("CREATE SCHEMA water")
+    cur.execute("CREATE TABLE water.schema_migrations (version integer PRIMARY KEY, "
+                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+    for version, name, sql in migrator.migration_files():
+        if version <= up_to:
+            cur.execute(sql)
+            cur.execute("INSERT INTO water.schema_migrations VALUES (%s, %s)", (version, name))
+
+
 def test_a_filled_version_2_database_keeps_rows_and_the_flows_place(pg_url):
     """Migration 003 numbers existing lab rows in the order they came and moves the watermark over."""
     with scratch_database(pg_url, "migrate_v2") as probe:
         with psycopg2.connect(probe) as conn, conn.cursor() as cur:
-            cur.execute("CREATE SCHEMA water")
-            cur.execute("CREATE TABLE water.schema_migrations (version integer PRIMARY KEY, "
-                        "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
-            for version, name, sql in migrator.migration_files():
-                if version <= 2:
-                    cur.execute(sql)
-                    cur.execute(
-                        "INSERT INTO water.schema_migrations VALUES (%s, %s)", (version, name)
-                    )
+            migrate_by_hand(cur, up_to=2)
             for i, day in enumerate((3, 1, 2)):  # inserted out of time order
                 cur.execute("INSERT INTO water.water_potability (sample_id, ph, potability, added_at, added_by) "
                             "VALUES (%s, 7.0, %s, %s, 'v2')", (f"old-{i}", i % 2, f"2026-01-0{day}T00:00Z"))  # fmt: skip
@@ -99,12 +102,7 @@ def test_a_filled_version_1_database_migrates_with_every_row_kept_and_rollups_ba
                 (i % 10) / 10, i % 10 >= 5) for i in range(60)]  # fmt: skip
     with scratch_database(pg_url, "migrate_v1") as probe:
         with psycopg2.connect(probe) as conn, conn.cursor() as cur:
-            cur.execute("CREATE SCHEMA water")
-            cur.execute("CREATE TABLE water.schema_migrations (version integer PRIMARY KEY, "
-                        "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
-            version, name, sql = migrator.migration_files()[0]
-            cur.execute(sql)
-            cur.execute("INSERT INTO water.schema_migrations VALUES (%s, %s)", (version, name))
+            migrate_by_hand(cur, up_to=1)
             cur.executemany("INSERT INTO water.water_inferences (inference_id, received_at, sensor_id, model_version, "
                             "ph, probability, potable, threshold) VALUES (%s, %s, %s, %s, %s, %s, %s, 0.5)",
                             answers)  # fmt: skip

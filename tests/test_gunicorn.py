@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import psycopg2
 import pytest
 import requests
@@ -57,6 +58,16 @@ class Server:
             time.sleep(0.2)
         self.stop()
         raise AssertionError(f"server not ready: {self.log.read_text()[-2000:]}")
+
+    def child_pid(self, module: str) -> int | None:
+        """The pid of the master's child running ``python -m module`` (renderer, page listener)."""
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                if module in child.cmdline():
+                    return child.pid
+            except psutil.NoSuchProcess:
+                continue
+        return None
 
     def stop(self, timeout: float = 30) -> None:
         if self.proc.poll() is None:

@@ -79,13 +79,7 @@ def test_one_render_at_a_time_others_get_the_stale_copy(app, store):
 
 
 def renderer_pid(server: Server) -> int | None:
-    for child in psutil.Process(server.proc.pid).children():
-        try:
-            if "serve.renderer" in child.cmdline():
-                return child.pid
-        except psutil.NoSuchProcess:
-            continue
-    return None
+    return server.child_pid("serve.renderer")
 
 
 def sensor_and_server(mart, champion, tmp_path, name: str, **env) -> tuple[dict, Server]:

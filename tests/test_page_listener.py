@@ -33,13 +33,7 @@ class PageServer(Server):
         assert ready, f"page listener not answering: {self.log.read_text()[-2000:]}"
 
     def listener_pid(self) -> int | None:
-        for child in psutil.Process(self.proc.pid).children():
-            try:
-                if "serve.page_listener" in child.cmdline():
-                    return child.pid
-            except psutil.NoSuchProcess:
-                continue
-        return None
+        return self.child_pid("serve.page_listener")
 
 
 def _answers(url: str) -> bool:

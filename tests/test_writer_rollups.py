@@ -182,19 +182,11 @@ def test_histogram_deltas_bin_like_width_bucket(mart):
 def test_migration_006_applies_to_a_filled_005_database_and_counts_nothing_twice(pg_url):
     from potability import migrator
     from potability.inference_store import InferenceStore
-    from tests.test_db import scratch_database
+    from tests.test_db import migrate_by_hand, scratch_database
 
     with scratch_database(pg_url, "migrate_v5") as probe:
         with psycopg2.connect(probe) as conn, conn.cursor() as cur:
-            cur.execute("CREATE SCHEMA water")
-            cur.execute("CREATE TABLE water.schema_migrations (version integer PRIMARY KEY, "
-                        "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
-            for version, name, sql in migrator.migration_files():
-                if version <= 5:
-                    cur.execute(sql)
-                    cur.execute(
-                        "INSERT INTO water.schema_migrations VALUES (%s, %s)", (version, name)
-                    )
+            migrate_by_hand(cur, up_to=5)
         version = f"filled-{uuid.uuid4().hex[:6]}"
         profile = reference_profile(generate(300, seed=7), 5)
         assert rollups.register_edges(probe, version, profile)
