@@ -82,7 +82,7 @@ def field_error(exc: FieldError, batch: bool) -> ApiError:
 def answers_of(answered: AnsweredBatch) -> list[dict[str, Any]]:
     """The answer objects, in request order: built from whole columns, no numpy scalar per row."""
     threshold, version = answered.threshold, answered.model_version
-    potable = (answered.probabilities >= threshold).tolist()
+    potable = answered.potable.tolist()
     rounded = answered.probabilities.round(6).tolist()
     return [
         {

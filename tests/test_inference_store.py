@@ -129,3 +129,21 @@ def test_rows_with_their_own_reading_time_are_stored_at_it(store, mart):
     expected = [read_at, batch.received_at, read_at, batch.received_at]
     assert [rows[i]["received_at"] for i in batch.inference_ids] == expected
     assert [r["received_at"] for r in batch.rows()] == [t.isoformat() for t in expected]
+
+
+def test_an_answer_at_the_threshold_is_potable_in_the_answer_the_log_and_the_rollup(store, mart):
+    """One decision rule (``AnsweredBatch.potable``): the client, the row and the hourly count agree."""
+    import dataclasses
+
+    from potability.inference_store import hourly_deltas
+    from serve.api import answers_of
+
+    base = answered(4, missing_every=2)  # rows 0 and 2 have a NULL: the row-by-row path too
+    at = base.threshold
+    batch = dataclasses.replace(base, probabilities=np.array([at, np.nextafter(at, 0), at, 0.9]))
+    told = [answer["potable"] for answer in answers_of(batch)]
+    assert told == [True, False, True, True]
+    assert store.write([batch], fresh=True) == 4
+    rows = stored(mart)
+    assert [bool(rows[i]["potable"]) for i in batch.inference_ids] == told
+    assert hourly_deltas([batch])[4] == [sum(told)]  # the potable answers of that hour

@@ -88,6 +88,11 @@ class AnsweredBatch:
     def __len__(self) -> int:
         return len(self.inference_ids)
 
+    @property
+    def potable(self) -> np.ndarray:
+        """Each answer's decision as the client was told it; the log and its rollups store this."""
+        return self.probabilities >= self.threshold
+
     def times(self) -> list[str]:
         """Each row's ``received_at`` as stored, in ISO 8601."""
         if self.logged_at is None:
@@ -103,18 +108,19 @@ class AnsweredBatch:
     def rows(self) -> list[dict[str, Any]]:
         """One dict per answer, keyed by column (the spool's record); None for a missing value."""
         rows = []
-        for inference_id, received, features, probability in zip(
+        for inference_id, received, features, probability, potable in zip(
             self.inference_ids,
             self.times(),
             self.features.tolist(),
             self.probabilities.tolist(),
+            self.potable.tolist(),
             strict=True,
         ):
             row = {"inference_id": inference_id, "received_at": received}
             row["sensor_id"], row["model_version"] = self.sensor_id, self.model_version
             pairs = zip(FEATURE_COLUMNS, features, strict=True)
             row.update((column, None if v != v else v) for column, v in pairs)
-            row["probability"], row["potable"] = probability, probability >= self.threshold
+            row["probability"], row["potable"] = probability, potable
             row["threshold"] = self.threshold
             rows.append(row)
         return rows
@@ -136,11 +142,11 @@ def hourly_deltas(batches: Sequence[AnsweredBatch]) -> tuple[list, ...]:
     for (sensor_id, model_version), group in groups.items():
         received = np.concatenate([b.microseconds() for b in group])
         probabilities = np.concatenate([b.probabilities for b in group]).astype(np.float64)
-        thresholds = np.repeat([b.threshold for b in group], [len(b) for b in group])
         hours, inverse = np.unique(received // _HOUR, return_inverse=True)
         newest = np.full(len(hours), np.iinfo(np.int64).min)
         np.maximum.at(newest, inverse, received)
-        potable = np.bincount(inverse, weights=probabilities >= thresholds, minlength=len(hours))
+        answered_potable = np.concatenate([b.potable for b in group])
+        potable = np.bincount(inverse, weights=answered_potable, minlength=len(hours))
         for column, values in zip(
             columns,
             (
@@ -275,19 +281,19 @@ def _encode_group(sensor_id: str, model_version: str, group: list[AnsweredBatch]
     features = np.concatenate([b.features for b in group])
     probabilities = np.concatenate([b.probabilities for b in group])
     thresholds = np.repeat([b.threshold for b in group], lengths).astype(np.float64)
+    potable = np.concatenate([b.potable for b in group])
     complete = ~np.isnan(features).any(axis=1)
     parts = []
     for i in np.flatnonzero(~complete).tolist():
-        p, t = float(probabilities[i]), float(thresholds[i])
         row = (
             ids[i],
             int(received[i]),
             sensor_id,
             model_version,
             *features[i].tolist(),
-            p,
-            p >= t,
-            t,
+            float(probabilities[i]),
+            bool(potable[i]),
+            float(thresholds[i]),
         )
         parts.append(encode_row(row))
     if complete.all():
@@ -296,6 +302,7 @@ def _encode_group(sensor_id: str, model_version: str, group: list[AnsweredBatch]
         kept = [i for i, keep in zip(ids, complete.tolist(), strict=True) if keep]
         received, features = received[complete], features[complete]
         probabilities, thresholds = probabilities[complete], thresholds[complete]
+        potable = potable[complete]
     constant = _text(sensor_id) + _text(model_version)
     out = np.empty(len(kept), dtype=_layout(len(constant)))
     out["columns"], out["id_len"], out["received_len"] = len(INFERENCE_COLUMNS), 16, 8
@@ -304,7 +311,7 @@ def _encode_group(sensor_id: str, model_version: str, group: list[AnsweredBatch]
     out["constant"] = np.frombuffer(constant, dtype=f"V{len(constant)}")[0]
     out["features"]["len"], out["features"]["value"] = 8, features
     out["p_len"], out["p"] = 8, probabilities
-    out["potable_len"], out["potable"] = 1, probabilities >= thresholds
+    out["potable_len"], out["potable"] = 1, potable
     out["t_len"], out["t"] = 8, thresholds
     parts.append(out.tobytes())
     return b"".join(parts)
