@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -153,16 +154,24 @@ def fill(url: str, args: argparse.Namespace, model_version: str) -> dict:
         lab_s = time.perf_counter() - started - inferences_s
         cur.execute("VACUUM ANALYZE water.water_inferences")
         cur.execute("VACUUM ANALYZE water.water_potability")
+    conn.close()
+    sizes = table_sizes(url)
+    return {**sizes, "fill_s": round(inferences_s, 1), "lab_fill_s": round(lab_s, 1),
+            "rows_per_s": round(sizes["rows"] / inferences_s) if inferences_s else None}  # fmt: skip
+
+
+def table_sizes(url: str) -> dict:
+    """Rows of the inference log and lab table, and the log's table and index size (total, per million)."""
+    conn = db.connect(url=url)
+    with conn.cursor() as cur:
         # a partitioned table holds no rows itself: sum over its partitions
         cur.execute("SELECT sum(pg_table_size(relid))::bigint, sum(pg_indexes_size(relid))::bigint, "
-                    "(SELECT count(*) FROM water.water_inferences) "
+                    "(SELECT count(*) FROM water.water_inferences), (SELECT count(*) FROM water.water_potability) "
                     "FROM pg_partition_tree('water.water_inferences')")  # fmt: skip
-        table, indexes, count = cur.fetchone()
+        table, indexes, count, lab_rows = cur.fetchone()
     conn.close()
     millions = count / 1e6 if count else float("nan")
-    return {"rows": count, "lab_rows": args.lab_rows, "fill_s": round(inferences_s, 1),
-            "lab_fill_s": round(lab_s, 1), "rows_per_s": round(count / inferences_s) if inferences_s else None,
-            "table_mb": round(table / MB, 1), "indexes_mb": round(indexes / MB, 1),
+    return {"rows": count, "lab_rows": lab_rows, "table_mb": round(table / MB, 1), "indexes_mb": round(indexes / MB, 1),
             "table_mb_per_million": round(table / MB / millions, 1),
             "indexes_mb_per_million": round(indexes / MB / millions, 1)}  # fmt: skip
 
@@ -211,15 +220,9 @@ def read_latency(base: str, cache_dir: Path, repeats: int, timeout: float) -> di
 
 
 def page_client(
-    base: str, address: str, stop_event: threading.Event, timeout: float, seen: list, nice: int = 0
+    base: str, address: str, stop_event: threading.Event, timeout: float, seen: list
 ) -> None:
-    """Load / in a loop from ``address`` (a loopback alias), keep-alive, as one browser reloading would.
-
-    ``nice``: this thread's niceness (Linux: per thread), so that clients which in production run
-    on other machines take less of the measured server's two cores here.
-    """
-    if nice:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    """Load / in a loop from ``address`` (a loopback alias), keep-alive, as one browser reloading would."""
     url = urlsplit(base)
     conn = http.client.HTTPConnection(
         url.hostname, url.port, timeout=timeout, source_address=(address, 0)
@@ -240,29 +243,56 @@ def page_client(
     conn.close()
 
 
+def page_clients(base: str, clients: int, nice: int, timeout: float, stop_event, results) -> None:
+    """``clients`` looping page clients, each from its own loopback address, in this (child) process.
+
+    A process of their own, so their threads never hold the GIL the sensor probe needs to time its
+    answers, and ``nice`` applies to all of them (threads inherit the niceness of their creator).
+    """
+    if nice:
+        os.nice(nice)
+    local_stop = threading.Event()
+    seen: list[tuple[int | str, float]] = []
+    threads = [threading.Thread(target=page_client, args=(base, f"127.0.0.{10 + i}", local_stop, timeout, seen),
+                                daemon=True) for i in range(clients)]  # fmt: skip
+    for t in threads:
+        t.start()
+    stop_event.wait()
+    local_stop.set()
+    for t in threads:
+        t.join(timeout=timeout + 5)
+    results.put(seen)
+
+
 def loadavg() -> list[float]:
     """The 1, 5 and 15 minute load averages: how much else ran on the cores beside the bench."""
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def with_page_load(
+def sensor_run(
     base: str, token: str, args: argparse.Namespace, page_base: str | None = None
-) -> tuple[dict, dict]:
-    """wrk on /v1/predict while ``args.page_clients`` clients load / (on ``page_base``, else ``base``) in a loop."""
-    page_base = page_base or base
-    stop_event = threading.Event()
-    seen: list[tuple[int | str, float]] = []
+) -> tuple[dict, dict | None]:
+    """wrk on /v1/predict beside a paced probe sensor, and (given ``page_base``) looping page clients.
+
+    The probe is one more sensor, reporting ``args.probe_per_second`` times a second (not a ninth
+    connection at full speed), in every run alike: wrk forgets requests still unanswered when its
+    run ends, a sensor timing each answer does not.
+    """
+    wrk_done = threading.Event()
     probe: list[float] = []
     probe_failures: list[str] = []
-    wrk_done = threading.Event()
 
     def sensor_probe() -> None:
-        # wrk forgets requests still unanswered when its run ends; one sensor timing each answer does not
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        interval = 1.0 / args.probe_per_second
+        next_at = time.perf_counter()
         while not wrk_done.is_set():
             started = time.perf_counter()
             try:
-                status = requests.post(f"{base}/v1/predict", json=ROW, timeout=args.timeout,
-                                       headers={"Authorization": f"Bearer {token}"}).status_code  # fmt: skip
+                status = session.post(
+                    f"{base}/v1/predict", json=ROW, timeout=args.timeout
+                ).status_code
                 (
                     probe.append((time.perf_counter() - started) * 1000)
                     if status == 200
@@ -270,23 +300,34 @@ def with_page_load(
                 )
             except requests.RequestException as exc:
                 probe_failures.append(type(exc).__name__)
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.perf_counter()))
 
-    threads = [threading.Thread(target=page_client, args=(page_base, f"127.0.0.{10 + i}", stop_event, args.timeout, seen, args.page_client_nice),
-                                daemon=True) for i in range(args.page_clients)]  # fmt: skip
+    context = multiprocessing.get_context("fork")
+    pages_stop, pages_results = context.Event(), context.Queue()
+    clients = None
+    if page_base:
+        clients = context.Process(target=page_clients, daemon=True, args=(
+            page_base, args.page_clients, args.page_client_nice, args.timeout, pages_stop, pages_results))  # fmt: skip
+        clients.start()
     prober = threading.Thread(target=sensor_probe, daemon=True)
-    for t in (*threads, prober):
-        t.start()
+    prober.start()
+    seen: list[tuple[int | str, float]] = []
     try:
         sensors = wrk(f"{base}/v1/predict", json.dumps(ROW), args.connections, args.seconds, token)
         sensors["loadavg"] = loadavg()
     finally:
         wrk_done.set()
-        stop_event.set()
-        for t in (prober, *threads):
-            t.join(timeout=args.timeout + 5)
+        pages_stop.set()
+        prober.join(timeout=args.timeout + 5)
+        if clients is not None:
+            seen = pages_results.get(timeout=args.timeout + 10)
+            clients.join(timeout=10)
     sensors["probe"] = {"answers": len(probe), "failures": len(probe_failures), "failure_kinds": sorted(set(probe_failures)),
                         "p50_ms": round(statistics.median(probe), 1) if probe else None,
                         "max_ms": round(max(probe), 1) if probe else None}  # fmt: skip
+    if clients is None:
+        return sensors, None
     loads = [ms for status, ms in seen if status == 200]
     statuses: dict[str, int] = {}
     for status, _ in seen:
@@ -337,6 +378,17 @@ def main() -> int:
                         help=f"fill this database instead (kept); default: a scratch `{SCRATCH_DB}` "
                              "on the workspace's Postgres, recreated and dropped")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the scratch database afterwards")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="measure the scratch database a `--keep` run left, as it is: no empty-table run, no fill",
+    )
+    parser.add_argument(
+        "--probe-per-second",
+        type=float,
+        default=20.0,
+        help="requests a second of the probe sensor beside wrk, in every sensor run",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=8, help="wrk connections on /v1/predict")
     parser.add_argument("--seconds", type=int, default=20, help="wrk duration per sensor run")
@@ -361,7 +413,10 @@ def main() -> int:
     registry = db.mlflow_tracking_uri(
         settings
     )  # the workspace's, before DATABASE_URL points elsewhere
-    url = args.database_url or scratch_database(server_url, SCRATCH_DB)
+    if args.reuse:
+        url = args.database_url or urlunsplit(urlsplit(server_url)._replace(path=f"/{SCRATCH_DB}"))
+    else:
+        url = args.database_url or scratch_database(server_url, SCRATCH_DB)
     migrator.migrate(url=url)
     mart = WaterMart(url=url)
     token = mart.create_token("scale-bench-sensor", "sensor")
@@ -373,22 +428,23 @@ def main() -> int:
     env["POTABILITY_SPOOL_DIR"] = str(
         work / "spool"
     )  # so this script knows where the page cache is
-    body = json.dumps(ROW)
     result: dict = {"machine": machine(), "model": {"version": champion.model_version, "kind": champion.tags.get("kind")},
                     "args": {k: v for k, v in vars(args).items() if k != "database_url"}}  # fmt: skip
     try:
-        print("predict on an empty inference table", flush=True)
-        proc, base = serve(env, args, work / "serve-empty.log")
-        try:
-            result["predict_empty"] = wrk(
-                f"{base}/v1/predict", body, args.connections, args.seconds, token
-            )
-        finally:
-            stop(proc)
-        print(f"  {result['predict_empty']}", flush=True)
-        print(f"filling {args.rows:,} answers and {args.lab_rows:,} lab rows", flush=True)
-        result["fill"] = fill(url, args, model_version)
-        print(f"  {result['fill']}", flush=True)
+        if args.reuse:
+            result["fill"] = table_sizes(url)
+            print(f"reusing {result['fill']}", flush=True)
+        else:
+            print("predict on an empty inference table", flush=True)
+            proc, base = serve(env, args, work / "serve-empty.log")
+            try:
+                result["predict_empty"], _ = sensor_run(base, token, args)
+            finally:
+                stop(proc)
+            print(f"  {result['predict_empty']}", flush=True)
+            print(f"filling {args.rows:,} answers and {args.lab_rows:,} lab rows", flush=True)
+            result["fill"] = fill(url, args, model_version)
+            print(f"  {result['fill']}", flush=True)
         print(
             "page and stats latency (warm from the cache, the renderer's time, a worker's after expiry)",
             flush=True,
@@ -401,28 +457,23 @@ def main() -> int:
             result["reads"] = read_latency(
                 base, page_cache_dir(work / "spool"), args.repeats, args.timeout
             )
-            result["predict_full"] = wrk(
-                f"{base}/v1/predict", body, args.connections, args.seconds, token
-            )
-            result["predict_full"]["loadavg"] = loadavg()
+            result["predict_full"], _ = sensor_run(base, token, args)
             print(f"  sensors alone: {result['predict_full']}", flush=True)
-            sensors, pages = with_page_load(base, token, args)
-            result["predict_with_page_load"] = sensors
-            result["page_load"] = pages
-            print(
-                f"  sensors with {args.page_clients} page clients: {sensors}; pages: {pages}",
-                flush=True,
-            )
-            sensors, pages = with_page_load(base, token, args, page_base)
-            result["predict_with_page_listener_load"] = sensors
-            result["page_listener_load"] = pages
-            print(f"  sensors with {args.page_clients} clients on the page listener: {sensors}; "
-                  f"pages: {pages}", flush=True)  # fmt: skip
+            for key, where, on in (
+                ("page", "the API port", base),
+                ("page_listener", "the page listener", page_base),
+            ):
+                sensors, pages = sensor_run(base, token, args, on)
+                result[f"predict_with_{key}_load"], result[f"{key}_load"] = sensors, pages
+                print(
+                    f"  sensors with {args.page_clients} clients on {where}: {sensors}; pages: {pages}",
+                    flush=True,
+                )
         finally:
             stop(proc)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if args.database_url is None and not args.keep:
+        if args.database_url is None and not (args.keep or args.reuse):
             drop_database(server_url, SCRATCH_DB)
         else:
             WaterMart(url=url).revoke_tokens("scale-bench-sensor")
@@ -431,30 +482,35 @@ def main() -> int:
     return 0
 
 
-def _under_load(r: dict, sensors_key: str, pages_key: str, where: str) -> list[tuple[str, str]]:
-    """The table's rows for one run of sensors under ``args.page_clients`` page clients."""
-    sensors, load = r[sensors_key], r[pages_key]
-    return [(f"sensor p50 / p99, {load['clients']} page clients {where}",
+def _sensor_rows(sensors: dict, where: str) -> list[tuple[str, str]]:
+    """The table's rows for one sensor run: wrk's percentiles and errors, and the probe sensor's answers."""
+    return [(f"sensor p50 / p99, {where}",
              f"{sensors['p50_ms']} / {sensors['p99_ms']} ms (load average {sensors['loadavg'][0]})"),
             ("  failed sensor requests; predict req/s (wrk)", f"{sensors['errors']}; {sensors['rps']:,}"),
             ("  probe sensor: answers, failures, p50 / max",
-             "{answers}, {failures}, {p50_ms} / {max_ms} ms".format(**sensors["probe"])),
+             "{answers}, {failures}, {p50_ms} / {max_ms} ms".format(**sensors["probe"]))]  # fmt: skip
+
+
+def _under_load(r: dict, sensors_key: str, pages_key: str, where: str) -> list[tuple[str, str]]:
+    """The table's rows for one run of sensors under ``args.page_clients`` page clients."""
+    load = r[pages_key]
+    return [*_sensor_rows(r[sensors_key], f"{load['clients']} page clients {where}"),
             ("  page requests (per s), by status", f"{load['requests']:,} ({load['per_second']}) {load['statuses']}"),
             ("  page loads answered 200: p50 / max", f"{load['p50_ms']} / {load['max_ms']} ms")]  # fmt: skip
 
 
 def print_table(r: dict) -> None:
     f, reads = r["fill"], r["reads"]
+    filled = ([("fill time (answers)", f"{f['fill_s']} s ({f['rows_per_s']:,} rows/s)"),
+               ("predict req/s, empty table", f"{r['predict_empty']['rps']:,}")]
+              if "predict_empty" in r else [("fill", "reused (--reuse): no fill, no empty-table run")])  # fmt: skip
     rows = [("answers / lab rows", f"{f['rows']:,} / {f['lab_rows']:,}"),
-            ("fill time (answers)", f"{f['fill_s']} s ({f['rows_per_s']:,} rows/s)"),
+            *filled,
             ("first page copy after server start", f"{r['first_copy_s']} s"),
             *[(f"GET {p} warm / renderer / after expiry",
                f"{v['warm_ms']:,} / {v['renderer_ms']} / {v['after_expiry_ms']:,} ms") for p, v in reads.items()],
-            ("predict req/s, empty table", f"{r['predict_empty']['rps']:,}"),
             ("predict req/s, full table", f"{r['predict_full']['rps']:,}"),
-            ("sensor p50 / p99, no page load", f"{r['predict_full']['p50_ms']} / {r['predict_full']['p99_ms']} ms "
-                                               f"(load average {r['predict_full']['loadavg'][0]})"),
-            ("  failed sensor requests", f"{r['predict_full']['errors']}"),
+            *_sensor_rows(r["predict_full"], "no page load"),
             *_under_load(r, "predict_with_page_load", "page_load", "on the API port"),
             *_under_load(r, "predict_with_page_listener_load", "page_listener_load", "on the page listener"),
             ("MB per million rows: table / indexes", f"{f['table_mb_per_million']} / {f['indexes_mb_per_million']}")]  # fmt: skip
