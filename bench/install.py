@@ -44,6 +44,7 @@ TRAINING_PACKAGES = (
     "dask",
     "skl2onnx",
     "pgserver",
+    "matplotlib",
 )
 PROFILES = {
     "server only": [["-c", "requirements.txt", ".[serve]"]],

@@ -1,7 +1,7 @@
 """The server needs only `potability[serve]`: answering sensors never imports training code.
 
 pyproject's `serve` extra leaves out scikit-learn, SciPy, DVC, Prefect, Dask,
-pgserver and pyarrow (bench/install.py measures what that saves). This holds
+pgserver, pyarrow and matplotlib (the page's charts are written as SVG by hand; bench/install.py measures what that saves). This holds
 only while the server's code paths need none of them. The test makes them
 uninstalled for a fresh interpreter (any import of them fails, as on a
 server-only host; libraries that merely try them, as pandas tries pyarrow, go
@@ -15,7 +15,7 @@ import sys
 from tests.conftest import REPO, project_env, run
 
 TRAINING_MODULES = ("sklearn", "scipy", "dvc", "prefect", "dask", "distributed", "skl2onnx",
-                    "skops", "pgserver", "pyarrow", "onnx")  # fmt: skip
+                    "skops", "pgserver", "pyarrow", "onnx", "matplotlib")  # fmt: skip
 
 SERVER_SESSION = """
 import importlib.abc, json, sys
