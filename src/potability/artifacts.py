@@ -213,11 +213,28 @@ def package_candidate(
     return blob, complete, parity_gap(model, blob, X_test)
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` in one rename, from a temporary file of this writer's own.
+
+    Several processes write one file at once: every gunicorn worker, the page renderer and the
+    page listener record the champion they loaded in the model cache as the server starts. With
+    one shared temporary name, one process's rename took the file from under another's and that
+    worker failed to boot, taking the server down (seen at 10 M rows, ``bench/scale.py``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(_json_bytes(value))
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # as an ordinary file would be, not mkstemp's 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    write_bytes_atomic(path, _json_bytes(value))
 
 
 def _json_bytes(value: Any) -> bytes:

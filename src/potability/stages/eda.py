@@ -26,10 +26,7 @@ def report(
                          psi_threshold=params["page"]["drift_psi_threshold"])  # fmt: skip
     balance = eda.label_balance(frame, params["eda"]["balance_slices"])
     page = eda.render(frame, verdict, balance, eda.per_class(frame), eda.figures(frame, balance))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    artifacts.write_bytes_atomic(out, page.encode("utf-8"))
     write_csv_atomic(balance, plot)
     artifacts.write_json_atomic(metrics, verdict)
     log.info(
