@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from potability.inference_store import AnsweredBatch
-from serve.spool import Spool, _alive, encode
+from serve.spool import Spool, encode, pid_alive
 
 log = logging.getLogger(__name__)
 SUBDIR = "journal"
@@ -173,7 +173,7 @@ class Journal:
                 self.spool.quarantine(path, "the journal's name does not parse")
                 continue
             pid = int(match.group(1))
-            if path.name in _LIVE or (pid != os.getpid() and _alive(pid)):
+            if path.name in _LIVE or (pid != os.getpid() and pid_alive(pid)):
                 continue
             try:
                 if path.stat().st_size == 0:  # everything in it was committed

@@ -273,14 +273,23 @@ class Spool:
             match = CLAIMED_NAME.match(path.name)
             if match is None:
                 self.quarantine(path, "the claimed file's name does not parse")
-            elif not _alive(int(match.group(2))):
+            elif not pid_alive(int(match.group(2))):
                 try:
                     os.rename(path, path.with_name(match.group(1)))
                 except FileNotFoundError:
                     continue
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists now (one of another user's counts: EPERM).
+
+    The spool (a file claimed by a replaying worker) and the journal (a worker's
+    journal file) name their owner by pid, and leave a live owner's file alone. A pid
+    is reused once its process is gone, so True may mean a stranger that got the
+    number: the file then waits (never replayed twice at once; it is taken when that
+    process ends too), and the journal tells this process's own files from those of
+    an earlier process with the same pid by name (``serve/journal.py``).
+    """
     try:
         os.kill(pid, 0)
         return True
