@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from potability.inference_store import AnsweredBatch
-from serve.spool import Spool, encode, pid_alive
+from serve.spool import Spool, disk_bytes, encode, pid_alive
 
 log = logging.getLogger(__name__)
 SUBDIR = "journal"
@@ -99,13 +99,7 @@ class Journal:
 
     def size(self) -> int:
         """Bytes in the journal directory's files: every worker's, and orphans not yet adopted."""
-        total = 0
-        for path in self.directory.glob("journal-*"):
-            try:
-                total += path.stat().st_size
-            except FileNotFoundError:
-                continue  # released or adopted meanwhile
-        return total
+        return disk_bytes(self.directory, "journal-*")
 
     def check(self) -> str | None:
         """Why a request could not be journalled now, or None if it could (readiness).

@@ -184,13 +184,7 @@ class Spool:
 
     def size(self) -> int:
         """Bytes the spool holds on disk (files waiting or being replayed)."""
-        total = 0
-        for path in self.directory.glob("spool-*"):
-            try:
-                total += path.stat().st_size
-            except FileNotFoundError:
-                continue
-        return total
+        return disk_bytes(self.directory, "spool-*")
 
     def room(self) -> int | None:
         """Bytes left under the cap (None: no cap)."""
@@ -278,6 +272,17 @@ class Spool:
                     os.rename(path, path.with_name(match.group(1)))
                 except FileNotFoundError:
                     continue
+
+
+def disk_bytes(directory: Path, pattern: str) -> int:
+    """Bytes in the files of ``directory`` matching ``pattern``; a file that went meanwhile counts 0."""
+    total = 0
+    for path in directory.glob(pattern):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            continue  # replayed, released or adopted by another worker as we counted
+    return total
 
 
 def pid_alive(pid: int) -> bool:
