@@ -37,11 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from potability.inference_store import AnsweredBatch
-from serve.spool import Spool, _alive, encode
+from serve.spool import Spool, disk_bytes, encode, pid_alive
 
 log = logging.getLogger(__name__)
 SUBDIR = "journal"
 NAME = re.compile(r"^journal-(\d+)-(\d+)\.jsonl$")
+PROBE = ".probe-"  # readiness's test file (never a journal's name: adopt_orphans leaves it)
 # the segments this process's journals write: any other file with this pid is an earlier process's
 _LIVE: set[str] = set()
 
@@ -95,6 +96,49 @@ class Journal:
                 ) from exc
             self._size += len(blob)
             self._segments[-1].pending += 1
+
+    def size(self) -> int:
+        """Bytes in the journal directory's files: every worker's, and orphans not yet adopted."""
+        return disk_bytes(self.directory, "journal-*")
+
+    def check(self) -> str | None:
+        """Why a request could not be journalled now, or None if it could (readiness).
+
+        A refused append fails only its own request, and a worker the load balancer has
+        taken out gets none to find out it healed: so this writes for itself, a byte into
+        a new file in the directory (what a new segment needs: the directory, room on
+        the disk). A directory removed is made again. The open segment must still be at
+        its path too: once the directory was removed, moved or replaced, appends would
+        land in a file no one can adopt after a kill, so it is dropped, and the next
+        append starts a segment where it can be found (refused until it can).
+        """
+        with self._lock:
+            if self._fd is not None and self._moved():
+                gone = self._segments[-1].path
+                log.warning("journal: %s left its path; the next request starts a new file", gone)
+                os.close(self._fd)
+                self._fd = None
+        probe = self.directory / f"{PROBE}{os.getpid()}-{threading.get_ident()}"
+        try:
+            self.directory.mkdir(exist_ok=True)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, b"\n")
+            finally:
+                os.close(fd)
+                probe.unlink(missing_ok=True)
+        except OSError as exc:
+            return f"the journal {self.directory} cannot be written: {exc}"
+        return None
+
+    def _moved(self) -> bool:
+        """Whether the open segment is no longer the file at its path (removed, or its directory moved)."""
+        try:
+            there = os.stat(self._segments[-1].path)
+        except OSError:
+            return True
+        held = os.fstat(self._fd)
+        return (there.st_dev, there.st_ino) != (held.st_dev, held.st_ino)
 
     def _open(self) -> int:
         """The open segment's descriptor: a new segment when there is none or it is full."""
@@ -173,7 +217,7 @@ class Journal:
                 self.spool.quarantine(path, "the journal's name does not parse")
                 continue
             pid = int(match.group(1))
-            if path.name in _LIVE or (pid != os.getpid() and _alive(pid)):
+            if path.name in _LIVE or (pid != os.getpid() and pid_alive(pid)):
                 continue
             try:
                 if path.stat().st_size == 0:  # everything in it was committed

@@ -30,6 +30,12 @@ SPOOL_QUARANTINED = Counter(
     "potability_spool_quarantined_files_total",
     "Spool files moved aside to quarantine/ because they could not be replayed",
 )
+# set by the worker answering the scrape, from the directory all workers share: the latest is right
+JOURNAL_BYTES = Gauge(
+    "potability_inference_journal_bytes",
+    "Bytes in the workers' write-ahead journals on disk (POTABILITY_LOG_JOURNAL)",
+    multiprocess_mode="mostrecent",
+)
 MODEL_INFO = Gauge("potability_model_info", "The model version served (1 = serving)", ["version"],
                    multiprocess_mode="max")  # fmt: skip
 
@@ -60,3 +66,8 @@ def on_log_depth(queued: int, spooled: int) -> None:
 
 def on_quarantine(path, reason) -> None:
     SPOOL_QUARANTINED.inc()
+
+
+def on_journal_size(size: int) -> None:
+    """The journal's size, measured at each scrape (nothing on the request path)."""
+    JOURNAL_BYTES.set(size)

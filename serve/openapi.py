@@ -138,10 +138,19 @@ def document(max_batch: int, panels: tuple[str, ...]) -> dict[str, Any]:
     )
     readiness = {
         "type": "object",
-        "required": ["ready", "model_loaded", "database"],
-        "properties": {"ready": {"type": "boolean"}, "model_loaded": {"type": "boolean"},
-                       "database": {"type": "boolean"}},
-    }  # fmt: skip
+        "required": ["ready", "model_loaded", "database", "journal_ok"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "model_loaded": {"type": "boolean"},
+            "database": {"type": "boolean"},
+            "journal_ok": {
+                "type": ["boolean", "null"],
+                "description": "a request can be written to this worker's journal (false: not "
+                "ready, journal_error says why); null with POTABILITY_LOG_JOURNAL=0",
+            },
+            "journal_error": {"type": ["string", "null"]},
+        },
+    }
     bearer = [{"bearer": []}]
     return {
         "openapi": "3.1.0",

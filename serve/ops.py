@@ -9,7 +9,7 @@ from flask import Blueprint, current_app
 from potability.artifacts import ArtifactError
 from serve.auth import require
 from serve.errors import ApiError
-from serve.metrics import exposition
+from serve.metrics import exposition, on_journal_size
 from serve.openapi import document
 from serve.page import PANELS
 
@@ -26,24 +26,37 @@ def readyz():
     holder = current_app.extensions["potability.model"]
     log = current_app.extensions["potability.log"]
     spool_writable = os.access(log.spool.directory, os.W_OK)
+    # a worker that refuses every request for want of its journal must leave the load balancer
+    journal_error = log.journal.check() if log.journal is not None else None
     status = {
         "model_loaded": holder.current is not None,
         "model_version": holder.current.version if holder.current else None,
         "database": log.db_ok,
         "spool_writable": spool_writable,
         "log_accepting": log.accepting,
+        "journal_ok": None if log.journal is None else journal_error is None,  # None: journal off
+        "journal_error": journal_error,
         "queued_rows": log.queued,
         "spooled_rows": log.spooled,
         "last_log_error": log.last_error,
         "last_model_error": holder.last_error,
     }
     # ready = an answer would be given and logged (to Postgres, or to a spool with room)
-    ready = status["model_loaded"] and (log.db_ok or spool_writable) and log.accepting
+    # and, with the journal on, journalled first
+    ready = (
+        status["model_loaded"]
+        and (log.db_ok or spool_writable)
+        and log.accepting
+        and journal_error is None
+    )
     return {"ready": ready, **status}, (200 if ready else 503)
 
 
 @bp.get("/metrics")
 def metrics():
+    log = current_app.extensions["potability.log"]
+    if log.journal is not None:
+        on_journal_size(log.journal.size())
     body, content_type = exposition()
     return current_app.response_class(
         body, mimetype=content_type.split(";")[0], content_type=content_type

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -163,20 +162,13 @@ class PageServer(BaseWSGIServer):
 
 def main(argv: list[str] | None = None) -> int:
     from serve import shutdown
-    from serve.renderer import yield_cpu
+    from serve.renderer import start_child
 
     args = argparse.ArgumentParser(description="the page listener (started by the gunicorn master)")
     args.add_argument("--fd", type=int, required=True, help="the listening socket's descriptor")
     fd = args.parse_args(argv).fd
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
-    )
     settings = get_settings()
-    yield_cpu(settings.page_listener_nice, idle=settings.page_listener_idle)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    parent = os.getppid()
+    child = start_child(settings.page_listener_nice, idle=settings.page_listener_idle)
     app = create_page_app()
     server = PageServer(
         fd, app, settings.page_listener_connections, settings.page_listener_timeout_seconds
@@ -186,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("page listener up on %s:%s, %d connections at once",
              server.host, server.port, settings.page_listener_connections)  # fmt: skip
     try:
-        while not stop.wait(1.0) and os.getppid() == parent:  # the master gone: so are we
+        while child.wait(1.0):  # until SIGTERM, or the master is gone
             pass
     finally:
         server.close()

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 from potability.config import get_settings
 
@@ -55,24 +56,54 @@ def yield_cpu(increment: int, idle: bool = False) -> None:
             continue  # a thread that ended meanwhile
 
 
-def main() -> int:
-    from serve import create_app, shutdown
+@dataclass
+class Child:
+    """A process the gunicorn master supervises: asked to stop by a signal, or orphaned."""
 
+    stop: threading.Event  # set by SIGTERM (the master's stop) or SIGINT (by hand)
+    parent: int  # the master's pid when the child started
+
+    def running(self) -> bool:
+        """Whether no signal asked it to stop and the master is still its parent.
+
+        A master killed outright sends no SIGTERM: the child, reparented, ends by itself.
+        """
+        return not self.stop.is_set() and os.getppid() == self.parent
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` (a signal ends it early); then whether to go on running."""
+        self.stop.wait(seconds)
+        return self.running()
+
+
+def start_child(nice: int, idle: bool = False) -> Child:
+    """Set up a child of the gunicorn master (the renderer, the page listener), one way for both.
+
+    The master's log format with this process's pid, the CPU yielded to the workers
+    (``yield_cpu``), and SIGTERM/SIGINT turned into the returned ``Child``'s stop event so
+    its loop ends and its ``finally`` closes what it holds.
+    """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
     )
-    settings = get_settings()
-    yield_cpu(settings.page_renderer_nice)
+    yield_cpu(nice, idle=idle)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    parent = os.getppid()
+    return Child(stop, os.getppid())
+
+
+def main() -> int:
+    from serve import create_app, shutdown
+
+    settings = get_settings()
+    child = start_child(settings.page_renderer_nice)
     app = create_app({"START_BACKGROUND": False})  # takes no traffic: no inference-log writer
     app.extensions["potability.model"].start_watching()
     log.info("page renderer up: every %.0f s into %s", settings.page_refresh_seconds,
              app.extensions["potability.page_cache"].directory)  # fmt: skip
     try:
-        while not stop.is_set() and os.getppid() == parent:
+        while child.running():
             try:
                 took = render_once(app)
                 if (
@@ -85,7 +116,7 @@ def main() -> int:
             ):  # a bad cycle (Postgres away) must not end the renderer: retry next cycle
                 log.exception("page render failed; the last copy keeps being served")
                 took = 0.0
-            stop.wait(max(0.0, settings.page_refresh_seconds - took))
+            child.stop.wait(max(0.0, settings.page_refresh_seconds - took))
     finally:
         shutdown(app)
     return 0

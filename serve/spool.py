@@ -184,13 +184,7 @@ class Spool:
 
     def size(self) -> int:
         """Bytes the spool holds on disk (files waiting or being replayed)."""
-        total = 0
-        for path in self.directory.glob("spool-*"):
-            try:
-                total += path.stat().st_size
-            except FileNotFoundError:
-                continue
-        return total
+        return disk_bytes(self.directory, "spool-*")
 
     def room(self) -> int | None:
         """Bytes left under the cap (None: no cap)."""
@@ -273,14 +267,34 @@ class Spool:
             match = CLAIMED_NAME.match(path.name)
             if match is None:
                 self.quarantine(path, "the claimed file's name does not parse")
-            elif not _alive(int(match.group(2))):
+            elif not pid_alive(int(match.group(2))):
                 try:
                     os.rename(path, path.with_name(match.group(1)))
                 except FileNotFoundError:
                     continue
 
 
-def _alive(pid: int) -> bool:
+def disk_bytes(directory: Path, pattern: str) -> int:
+    """Bytes in the files of ``directory`` matching ``pattern``; a file that went meanwhile counts 0."""
+    total = 0
+    for path in directory.glob(pattern):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            continue  # replayed, released or adopted by another worker as we counted
+    return total
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists now (one of another user's counts: EPERM).
+
+    The spool (a file claimed by a replaying worker) and the journal (a worker's
+    journal file) name their owner by pid, and leave a live owner's file alone. A pid
+    is reused once its process is gone, so True may mean a stranger that got the
+    number: the file then waits (never replayed twice at once; it is taken when that
+    process ends too), and the journal tells this process's own files from those of
+    an earlier process with the same pid by name (``serve/journal.py``).
+    """
     try:
         os.kill(pid, 0)
         return True

@@ -10,6 +10,7 @@ that meet stored rows, space released, a disk that refuses the write.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import time
@@ -22,7 +23,7 @@ import psycopg2
 import pytest
 import requests
 from serve.inference_log import InferenceLog, LogUnavailable
-from serve.journal import Journal
+from serve.journal import Journal, JournalUnavailable
 from serve.spool import Spool, decode_lines, encode
 
 from potability.ids import uuid7_batch
@@ -99,6 +100,7 @@ def test_sigkilled_workers_lose_no_answered_inference(mart, champion, tmp_path, 
             print(f"\nSIGKILL, journal on: {len(answered)} answered, {len(stored)} stored once")
         else:
             assert wait_for(lambda: requests.get(server.base + "/readyz").status_code == 200)
+            assert requests.get(server.base + "/readyz").json()["journal_ok"] is None  # off
             time.sleep(3)  # well past the replay interval: nothing comes back
             assert stored_ids(mart.url) == []
     finally:
@@ -107,6 +109,56 @@ def test_sigkilled_workers_lose_no_answered_inference(mart, champion, tmp_path, 
     assert not list((tmp_path / "spool").glob("spool-*"))
     if journal == "1":
         assert not (tmp_path / "spool" / "quarantine").exists()
+
+
+def journal_bytes(base: str) -> float:
+    """The journal's size as /metrics reports it."""
+    text = requests.get(base + "/metrics", timeout=10).text
+    [value] = re.findall(r"^potability_inference_journal_bytes(?:\{[^}]*\})? (\S+)$", text, re.M)
+    return float(value)
+
+
+def on_disk(directory) -> int:
+    return sum(path.stat().st_size for path in directory.glob("journal-*"))
+
+
+@pytest.mark.slow
+def test_readyz_follows_the_journal_out_and_back_unattended(mart, champion, tmp_path):
+    """A worker whose journal cannot be written leaves readiness, naming it, and comes back alone.
+
+    The journal's directory is moved aside and a regular file put in its place (root
+    ignores chmod): /readyz says 503 with ``journal_ok`` false, and requests are refused,
+    not written into the moved file no new worker would find. The file removed, /readyz
+    is 200 with no restart and requests are journalled again. /metrics has the bytes on disk.
+    """
+    token = mart.create_token("journal-ready", "sensor")
+    auth = {"Authorization": f"Bearer {token}"}
+    server = Server(tmp_path, mart.url, champion, workers=1, **HELD)
+    directory = tmp_path / "spool" / "journal"
+
+    def predict() -> requests.Response:
+        return requests.post(server.base + "/v1/predict", json=SAMPLE, headers=auth, timeout=10)
+
+    try:
+        assert [predict().status_code for _ in range(3)] == [200] * 3
+        before = journal_bytes(server.base), on_disk(directory)
+        directory.rename(tmp_path / "journal-aside")
+        directory.write_text("a file where the journal's directory was\n")
+        broken = requests.get(server.base + "/readyz", timeout=10)
+        refused = predict()
+        directory.unlink()
+        healed = requests.get(server.base + "/readyz", timeout=10)
+        answered = predict()
+        after = journal_bytes(server.base), on_disk(directory)
+    finally:
+        server.stop()
+    assert before[0] == before[1] > 0  # three requests held in the journal (flush 600 s)
+    assert broken.status_code == 503 and broken.json()["ready"] is False
+    assert broken.json()["journal_ok"] is False and str(directory) in broken.json()["journal_error"]
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "log_unavailable"
+    assert healed.status_code == 200 and healed.json()["journal_ok"] is True
+    assert healed.json()["journal_error"] is None
+    assert answered.status_code == 200 and after[0] == after[1] > 0
 
 
 def predict_once(base: str, token: str) -> str | None:
@@ -264,3 +316,25 @@ def test_a_request_the_disk_refuses_is_not_answered(store, tmp_path):
     log.submit(request(2))
     records, bad = decode_lines(segment.read_bytes())
     assert len(records) == 2 and bad == 0
+
+
+def test_a_journal_whose_directory_is_replaced_is_not_ready_until_it_is_back(tmp_path):
+    """``check`` (readiness) names the journal, and the open file moved aside is not written on."""
+    journal = Journal(Spool(tmp_path))
+    journal.append(request(1))
+    assert journal.check() is None
+    aside = tmp_path / "journal-aside"
+    journal.directory.rename(aside)
+    journal.directory.write_text("not a directory")
+    assert str(journal.directory) in journal.check()
+    with pytest.raises(JournalUnavailable, match="journal"):
+        journal.append(request(1))  # not into the file moved aside: no new worker would adopt it
+    [moved] = aside.iterdir()
+    assert len(decode_lines(moved.read_bytes())[0]) == 1
+    journal.directory.unlink()  # gone altogether: made again
+    assert journal.check() is None and journal.directory.is_dir()
+    journal.append(request(1))
+    [segment] = journal.directory.iterdir()  # the probe's file is not left behind
+    assert journal.size() == segment.stat().st_size > 0 and journal.pending == 2
+    journal.release(2)
+    assert journal.pending == 0 and journal.size() == 0
