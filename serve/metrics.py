@@ -24,8 +24,9 @@ QUEUE_ROWS = Gauge(
     "Inference rows waiting in memory",
     multiprocess_mode="livesum",
 )
+# every worker spools into and replays from one directory: counted at each scrape, the latest is right
 SPOOL_ROWS = Gauge("potability_inference_spool_rows", "Inference rows spooled on disk, waiting for Postgres",
-                   multiprocess_mode="livesum")  # fmt: skip
+                   multiprocess_mode="mostrecent")  # fmt: skip
 SPOOL_QUARANTINED = Counter(
     "potability_spool_quarantined_files_total",
     "Spool files moved aside to quarantine/ because they could not be replayed",
@@ -60,14 +61,16 @@ def on_model_swap(old, new) -> None:
 
 
 def on_log_depth(queued: int, spooled: int) -> None:
+    """This worker's queue (summed over the live workers); the spool is counted at scrape time."""
     QUEUE_ROWS.set(queued)
-    SPOOL_ROWS.set(spooled)
+
+
+def on_scrape(spooled_rows: int, journal_bytes: int | None) -> None:
+    """What all workers share on disk, measured by the worker answering the scrape (nothing on the request path)."""
+    SPOOL_ROWS.set(spooled_rows)
+    if journal_bytes is not None:
+        JOURNAL_BYTES.set(journal_bytes)
 
 
 def on_quarantine(path, reason) -> None:
     SPOOL_QUARANTINED.inc()
-
-
-def on_journal_size(size: int) -> None:
-    """The journal's size, measured at each scrape (nothing on the request path)."""
-    JOURNAL_BYTES.set(size)

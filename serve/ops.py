@@ -9,7 +9,7 @@ from flask import Blueprint, current_app
 from potability.artifacts import ArtifactError
 from serve.auth import require
 from serve.errors import ApiError
-from serve.metrics import exposition, on_journal_size
+from serve.metrics import exposition, on_scrape
 from serve.openapi import document
 from serve.page import PANELS
 
@@ -55,8 +55,7 @@ def readyz():
 @bp.get("/metrics")
 def metrics():
     log = current_app.extensions["potability.log"]
-    if log.journal is not None:
-        on_journal_size(log.journal.size())
+    on_scrape(log.spool.depth(), log.journal.size() if log.journal is not None else None)
     body, content_type = exposition()
     return current_app.response_class(
         body, mimetype=content_type.split(";")[0], content_type=content_type

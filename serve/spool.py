@@ -149,6 +149,7 @@ class Spool:
         self.max_bytes = max_bytes
         self.quarantined = 0  # files this process moved aside
         self._on_quarantine = on_quarantine
+        self._rows_of: dict[tuple[str, int, int], int] = {}  # depth()'s count of each file
         directory.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -191,14 +192,22 @@ class Spool:
         return None if self.max_bytes is None else max(0, self.max_bytes - self.size())
 
     def depth(self) -> int:
-        """Rows waiting on disk (counted by lines; cheap enough for a gauge)."""
-        total = 0
+        """Rows waiting on disk, every process's (counted by lines).
+
+        A spool file never changes once it has its name, so each is read once (known by name,
+        size and mtime): cheap enough to measure at every ``/metrics`` scrape.
+        """
+        counted: dict[tuple[str, int, int], int] = {}
         for path in self.files():
             try:
-                total += rows_in(path.read_bytes())
+                stat = path.stat()
+                key = (path.name, stat.st_size, stat.st_mtime_ns)
+                rows = self._rows_of.get(key)
+                counted[key] = rows_in(path.read_bytes()) if rows is None else rows
             except (FileNotFoundError, IsADirectoryError, PermissionError):
-                continue
-        return total
+                continue  # replayed or quarantined as we counted
+        self._rows_of = counted  # one assignment: the writer and a scrape may both count
+        return sum(counted.values())
 
     def replay(
         self,

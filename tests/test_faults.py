@@ -329,3 +329,44 @@ def test_sensors_get_no_5xx_during_an_outage_and_lab_admin_need_the_database(
         assert during[who].status_code == 503, who
         assert during[who].json()["error"]["code"] == "database_unavailable", who
     assert stale.status_code == 503 and stale.json()["error"]["code"] == "database_unavailable"
+
+
+def _spool_gauge(base: str) -> float:
+    text = requests.get(base + "/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith("potability_inference_spool_rows"))
+    return float(line.split()[-1])
+
+
+def test_spooled_rows_gauge_counts_the_spool_once_with_several_workers(
+    own_postgres, champion, tmp_path
+):
+    """Every worker spools into one directory; the gauge says its rows, not a sum of each worker's view."""
+    pgdata, url = own_postgres
+    token = WaterMart(url=url).create_token("gauge-sensor", "sensor")
+    server = started(Server(tmp_path, url, champion, workers=2, POTABILITY_LOG_FLUSH_SECONDS="0.05",
+                            POTABILITY_SPOOL_REPLAY_SECONDS="600"))  # fmt: skip
+    h = {"Authorization": f"Bearer {token}"}
+    spool = Spool(tmp_path / "spool")
+    try:
+        for _ in range(40):  # both workers verify the token while Postgres is up
+            assert (
+                requests.post(server.base + "/v1/predict", json=SAMPLE, headers=h).status_code
+                == 200
+            )
+        db.stop_embedded_server(pgdata, mode="fast")
+        for _ in range(200):  # one connection each (sync workers): both workers answer some
+            r = requests.post(server.base + "/v1/predict", json=SAMPLE, headers=h, timeout=30)
+            assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 30
+        while spool.depth() < 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # past every worker's next flush, which published its own view before
+        gauges = {_spool_gauge(server.base) for _ in range(6)}  # scrapes land on either worker
+        spooled_by = {path.name.split("-")[1] for path in spool.files()}
+        on_disk = spool.depth()
+    finally:
+        server.stop()
+        db.embedded_server_url(pgdata)
+    assert on_disk >= 200  # and warm-up rows not yet written when Postgres stopped
+    assert len(spooled_by) == 2  # both workers spooled: each knows its own files best
+    assert gauges == {float(on_disk)}, f"the spool holds {on_disk} rows; /metrics said {gauges}"
