@@ -224,13 +224,21 @@ def postmaster_pid(settings) -> int | None:
         return None
 
 
-def measured(url: str, body: str, connections: int, seconds: int, roots: list[int],
+def measured(url: str, body: str, connections: int, seconds: int, roots: dict[str, int],
              token: str | None = None) -> dict:  # fmt: skip
-    """A wrk run, plus the CPU milliseconds the server (and its database) spent per request."""
-    before = cpu_seconds(roots)
+    """A wrk run, plus the CPU milliseconds the server (and its database) spent per request.
+
+    ``roots`` names each process tree (our server, the Postgres it logs to), so
+    a request's cost splits into the server's and the log's.
+    """
+    before = {name: cpu_seconds([pid]) for name, pid in roots.items()}
     result = wrk(url, body, connections, seconds, token)
-    spent = cpu_seconds(roots) - before
-    result["cpu_ms_per_request"] = round(1000 * spent / max(result["requests"], 1), 3)
+    per_request = {
+        name: round(1000 * (cpu_seconds([pid]) - before[name]) / max(result["requests"], 1), 3)
+        for name, pid in roots.items()
+    }
+    result["cpu_ms_per_request"] = round(sum(per_request.values()), 3)
+    result["cpu_ms_per_request_by_process"] = per_request
     return result
 
 
@@ -355,7 +363,7 @@ def main() -> int:
 def bench(
     target: Target, env: dict, work: Path, args, settings: Settings, token: str
 ) -> tuple[list, dict]:
-    """Start both servers, run every scenario against each, then time raw ONNX Runtime; stop them."""
+    """Start both servers, run every scenario against each, stop them; then time raw ONNX Runtime."""
     bin_dir = Path(sys.executable).parent
     ours_port, peer_port = free_port(), free_port()
     ours = start([sys.executable, "-m", "potability.cli", "serve", "--host", "127.0.0.1", "--port", str(ours_port),
@@ -364,7 +372,9 @@ def bench(
                   "local", "-h", "127.0.0.1", "-p", str(peer_port), "-w", str(args.workers)], env, work / "mlflow.log")  # fmt: skip
     runs = []
     # ours = the server and the Postgres it logs every answer to; mlflow logs nothing
-    our_roots = [ours.pid] + [pid for pid in [postmaster_pid(settings)] if pid]
+    our_roots = {"server": ours.pid}
+    if (postmaster := postmaster_pid(settings)) is not None:
+        our_roots["postgres"] = postmaster
     try:
         wait_http(f"http://127.0.0.1:{ours_port}/readyz")
         wait_http(f"http://127.0.0.1:{peer_port}/ping")
@@ -382,7 +392,7 @@ def bench(
             url = f"http://127.0.0.1:{ours_port}/v1/predict"
             result_ours = measured(url, our_body, connections, args.seconds, our_roots, token)
             url = f"http://127.0.0.1:{peer_port}/invocations"
-            result_peer = measured(url, peer_body, connections, args.seconds, [peer.pid])
+            result_peer = measured(url, peer_body, connections, args.seconds, {"mlflow": peer.pid})
             for r in (result_ours, result_peer):
                 r["rows_per_s"] = round(r["rps"] * rows, 1)
             ratio = (
@@ -404,34 +414,37 @@ def bench(
             print(f"{label:>16}  c={connections:<3} ours {result_ours['rps']:>8} req/s p50 {result_ours['p50_ms']:>6} ms "
                   f"p99 {result_ours['p99_ms']:>6} ms | mlflow {result_peer['rps']:>7} req/s p50 {result_peer['p50_ms']:>7} ms "
                   f"p99 {result_peer['p99_ms']:>7} ms | ratio {ratio} | CPU ms/request ours "
-                  f"{result_ours['cpu_ms_per_request']} mlflow {result_peer['cpu_ms_per_request']} "
+                  f"{result_ours['cpu_ms_per_request']} {result_ours['cpu_ms_per_request_by_process']} "
+                  f"mlflow {result_peer['cpu_ms_per_request']} "
                   f"(ratio {cpu_ratio})", flush=True)  # fmt: skip
-        # servers idle: the cores are the bench's
-        raw = raw_onnx(target.model_path, RAW_ROWS, RAW_REPEATS)
-        batch = next(r for r in runs if r["scenario"].startswith("1,000-row batch"))
-        raw["ours_p50_over_raw"] = round(batch["ours"]["p50_ms"] / raw["p50_ms"], 2)
-        floor = raw["parse_and_run"]["p50_ms"]
-        raw["ours_p50_over_parse_and_run"] = round(batch["ours"]["p50_ms"] / floor, 2)
-        print(f"raw ONNX Runtime, {RAW_ROWS} rows: p50 {raw['p50_ms']} ms (min {raw['min_ms']} ms); "
-              f"our 1,000-row request p50 {batch['ours']['p50_ms']} ms = {raw['ours_p50_over_raw']}x raw; "
-              f"parsing the same {raw['body_bytes']:,}-byte body and running: p50 {floor} ms, "
-              f"ours = {raw['ours_p50_over_parse_and_run']}x that", flush=True)  # fmt: skip
     finally:
         stop(ours)
         stop(peer)
+    # after both servers (and our log writer's backlog) are gone: the cores are the bench's
+    raw = raw_onnx(target.model_path, RAW_ROWS, RAW_REPEATS)
+    batch = next(r for r in runs if r["scenario"].startswith("1,000-row batch"))
+    raw["ours_p50_over_raw"] = round(batch["ours"]["p50_ms"] / raw["p50_ms"], 2)
+    # the harsher reading: a heavier model's p50 on shared cores is inflated more than its best run
+    raw["ours_p50_over_raw_min"] = round(batch["ours"]["p50_ms"] / raw["min_ms"], 2)
+    floor = raw["parse_and_run"]["p50_ms"]
+    raw["ours_p50_over_parse_and_run"] = round(batch["ours"]["p50_ms"] / floor, 2)
+    print(f"raw ONNX Runtime, {RAW_ROWS} rows: p50 {raw['p50_ms']} ms (min {raw['min_ms']} ms); "
+          f"our 1,000-row request p50 {batch['ours']['p50_ms']} ms = {raw['ours_p50_over_raw']}x raw "
+          f"({raw['ours_p50_over_raw_min']}x its min); parsing the same {raw['body_bytes']:,}-byte body "
+          f"and running: p50 {floor} ms, ours = {raw['ours_p50_over_parse_and_run']}x that", flush=True)  # fmt: skip
     return runs, raw
 
 
 def verdict(runs: list[dict], raw: dict) -> dict:
     """Issue 13's two batch targets against these figures, printed as one line."""
     batch = next(r for r in runs if r["scenario"] == "100-row batch, 8 connections")["ratio"]
-    over_raw = raw["ours_p50_over_raw"]
+    over_raw = raw["ours_p50_over_raw_min"]  # the harsher of the two readings
     checks = {
         f"100-row batch ours/MLflow req/s (want >= {BATCH_OVER_MLFLOW}x)": (
             batch,
             batch is not None and batch >= BATCH_OVER_MLFLOW,
         ),
-        f"1,000-row batch ours p50 / raw ONNX (want <= {BATCH_OVER_RAW}x)": (
+        f"1,000-row batch ours p50 / raw ONNX min (want <= {BATCH_OVER_RAW}x)": (
             over_raw,
             over_raw <= BATCH_OVER_RAW,
         ),
