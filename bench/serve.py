@@ -20,7 +20,7 @@ database on the workspace's Postgres for the inference log and the bench's
 token (dropped at the end), and a model cache and spool in the temp directory.
 Results go to ``bench/results/serve-<kind>.json``.
 
-Usage: python bench/serve.py [--seconds 10] [--kind svm]
+Usage: python bench/serve.py [--seconds 10] [--kind svm [--keep-model DIR]]
        (after `make run`, or `dvc repro` + `potability deploy`; POTABILITY_ROOT names the workspace)
 """
 
@@ -32,6 +32,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,9 @@ def champion_target(settings: Settings) -> Target:
     )
 
 
-def candidate_target(settings: Settings, kind: str, work: Path, cleanup: ExitStack) -> Target:
+def candidate_target(
+    settings: Settings, kind: str, work: Path, cleanup: ExitStack, keep: Path | None = None
+) -> Target:
     """The workspace's ``kind`` candidate, packaged as promote would, served from scratch stores.
 
     Nothing the workspace serves from is read or written: the candidate is
@@ -95,7 +98,8 @@ def candidate_target(settings: Settings, kind: str, work: Path, cleanup: ExitSta
     alias ``champion`` is never touched, and a server's cache of its version 1
     is not overwritten: the cache is under ``work`` too), and our server logs
     into a scratch database on the same Postgres (so its CPU is counted as the
-    champion's is), dropped on ``cleanup``.
+    champion's is), dropped on ``cleanup``. ``keep``: a copy of the model
+    directory that outlives the bench, to profile it stage by stage.
     """
     from potability.stages import promote
 
@@ -118,6 +122,8 @@ def candidate_target(settings: Settings, kind: str, work: Path, cleanup: ExitSta
             f"--kind {kind}: ONNX differs from scikit-learn by {gap:.2e}; not the same model"
         )
     artifacts.write_model_dir(model_dir, blob, meta, {artifacts.HISTORY_FILE: []})
+    if keep is not None:
+        artifacts.write_model_dir(keep, blob, meta, {artifacts.HISTORY_FILE: []})
 
     scratch = settings.model_copy(
         update={
@@ -286,6 +292,30 @@ def raw_onnx(model_path: Path, rows: int, repeats: int) -> dict:
             "parse_and_run": _timed(parse_and_run, repeats)}  # fmt: skip
 
 
+def model_alone(model_path: Path, kind_dir: Path, repeats: int) -> dict:
+    """p50 ms of each side's model call alone, at each batch size: ONNX Runtime (ours) and scikit-learn.
+
+    scikit-learn's ``predict`` on the twin is what ``mlflow models serve``
+    spends on the model in each request. With a heavy model (the SVM) it, not
+    HTTP, is most of MLflow's time, and our ratio can be no better than MLflow's
+    request over our own model time plus our fixed cost per request.
+    """
+    import numpy as np
+    import pandas as pd
+
+    onnx = artifacts.OnnxModel(model_path.read_bytes())
+    twin = artifacts.load_candidate(kind_dir)
+    times: dict = {"onnx": {}, "sklearn": {}}
+    for rows in sorted({r for _, r, _ in SCENARIOS if r > 1}):
+        frame = pd.DataFrame([[ROW[n] for n in FEATURE_NAMES]] * rows, columns=list(FEATURE_NAMES))
+        matrix = frame.to_numpy(dtype=np.float32)
+        times["onnx"][rows] = _timed(lambda m=matrix: onnx.predict_proba(m), repeats)["p50_ms"]
+        with warnings.catch_warnings():  # fitted on arrays, given a frame, as MLflow gives it
+            warnings.simplefilter("ignore", UserWarning)
+            times["sklearn"][rows] = _timed(lambda f=frame: twin.predict(f), repeats)["p50_ms"]
+    return times
+
+
 def save_mlflow_model(kind_dir: Path, out: Path) -> None:
     import mlflow.sklearn
     import pandas as pd
@@ -306,11 +336,19 @@ def main() -> int:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
+        "--keep-model",
+        type=Path,
+        help="with --kind: also write the packaged candidate's model directory here "
+        "(for bench/predict_stages.py --model-dir)",
+    )
+    parser.add_argument(
         "--kind",
         help="bench the workspace's candidate of this kind (e.g. svm) "
         "instead of the deployed champion; the champion and its alias are not touched",
     )
     args = parser.parse_args()
+    if args.keep_model is not None and args.kind is None:
+        parser.error("--keep-model goes with --kind (the champion is already in the model cache)")
     settings = get_settings()
     if args.kind is not None:
         kinds = sorted(
@@ -329,7 +367,7 @@ def main() -> int:
         if args.kind is None:
             target = champion_target(settings)
         else:
-            target = candidate_target(settings, args.kind, work, cleanup)
+            target = candidate_target(settings, args.kind, work, cleanup, args.keep_model)
         env = {
             **os.environ,
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -432,6 +470,11 @@ def bench(
           f"our 1,000-row request p50 {batch['ours']['p50_ms']} ms = {raw['ours_p50_over_raw']}x raw "
           f"({raw['ours_p50_over_raw_min']}x its min); parsing the same {raw['body_bytes']:,}-byte body "
           f"and running: p50 {floor} ms, ours = {raw['ours_p50_over_parse_and_run']}x that", flush=True)  # fmt: skip
+    raw["model_alone_p50_ms"] = model_alone(
+        target.model_path, settings.root / CANDIDATES / target.kind, 30
+    )
+    print(f"the model alone, p50 ms by rows: ONNX Runtime (ours) {raw['model_alone_p50_ms']['onnx']}, "
+          f"scikit-learn (MLflow's) {raw['model_alone_p50_ms']['sklearn']}", flush=True)  # fmt: skip
     return runs, raw
 
 
