@@ -33,6 +33,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask, request
@@ -129,7 +130,7 @@ class PageServer(BaseWSGIServer):
 
     multithread = True
 
-    def __init__(self, fd: int, app: Flask, connections: int, timeout: float):
+    def __init__(self, fd: int, app: Flask, connections: int, timeout: float, per_second: int = 0):
         with socket.socket(fileno=os.dup(fd)) as probe:
             host, port = probe.getsockname()[:2]
         super().__init__(host, port, app, handler=_Handler, fd=fd)  # werkzeug uses a dup of fd
@@ -137,12 +138,30 @@ class PageServer(BaseWSGIServer):
         self.timeout_seconds = timeout
         self._slots = threading.BoundedSemaphore(connections)
         self._pool = ThreadPoolExecutor(connections, thread_name_prefix="page")
+        self._interval = 1.0 / per_second if per_second else 0.0
+        self._next_at = time.monotonic()
 
     def process_request(self, request, client_address) -> None:
         # on serve_forever's thread: with every slot busy it stops accepting, and new
         # connections wait in the kernel's backlog (bounded work, bounded memory)
+        self._pace()
         self._slots.acquire()
         self._pool.submit(self._serve_one, request, client_address)
+
+    def _pace(self) -> None:
+        """Take at most ``per_second`` connections a second, evenly spaced.
+
+        The idle scheduling class gives open traffic only CPU the sensors leave, but at 8
+        connections the sensors leave gaps, and whatever runs in them (the listener, the
+        kernel's work for each page connection) still delays the sensor request that arrives
+        next. A rate bounds that work whatever the clients do; waiting clients cost nothing.
+        """
+        if not self._interval:
+            return
+        now = time.monotonic()
+        if self._next_at > now:
+            time.sleep(self._next_at - now)
+        self._next_at = max(now, self._next_at) + self._interval
 
     def _serve_one(self, request, client_address) -> None:
         try:
@@ -170,9 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     child = start_child(settings.page_listener_nice, idle=settings.page_listener_idle)
     app = create_page_app()
-    server = PageServer(
-        fd, app, settings.page_listener_connections, settings.page_listener_timeout_seconds
-    )
+    server = PageServer(fd, app, settings.page_listener_connections,
+                        settings.page_listener_timeout_seconds, settings.page_listener_per_second)  # fmt: skip
     thread = threading.Thread(target=server.serve_forever, name="page-accept", daemon=True)
     thread.start()
     log.info("page listener up on %s:%s, %d connections at once",

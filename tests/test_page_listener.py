@@ -197,6 +197,41 @@ def test_sensors_are_answered_while_clients_hammer_the_listener(mart, champion, 
 
 
 @pytest.mark.slow
+def test_the_listener_takes_at_most_its_rate_whatever_the_clients_do(mart, champion, tmp_path):
+    """POTABILITY_PAGE_LISTENER_PER_SECOND bounds open traffic's work; waiting clients are answered, not dropped."""
+    per_second, seconds = 20, 3.0
+    server = PageServer(tmp_path, mart.url, champion, POTABILITY_PAGE_LISTENER_PER_SECOND=str(per_second),
+                        POTABILITY_PAGE_RATE_BURST="100000", POTABILITY_PAGE_RATE_PER_SECOND="100000")  # fmt: skip
+    stop, answered, lock = threading.Event(), [], threading.Lock()
+
+    def page_client():
+        while not stop.is_set():
+            try:
+                status = requests.get(server.page + "/v1/stats/model", timeout=30).status_code
+            except requests.RequestException as exc:
+                status = type(exc).__name__
+            with lock:
+                answered.append((time.monotonic(), status))
+
+    clients = [threading.Thread(target=page_client) for _ in range(16)]
+    try:
+        started = time.monotonic()
+        for t in clients:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in clients:
+            t.join(timeout=40)
+    finally:
+        stop.set()
+        server.stop()
+    in_window = [s for at, s in answered if at - started <= seconds]
+    assert {s for _, s in answered} == {200}  # the clients that waited were answered
+    # one connection a 1/20 s, plus the first one at once (16 looping clients ask for hundreds)
+    assert per_second * seconds * 0.6 <= len(in_window) <= per_second * seconds + 2, len(in_window)
+
+
+@pytest.mark.slow
 def test_a_page_port_in_use_stops_the_server_naming_the_setting(clean_db, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

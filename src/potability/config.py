@@ -220,6 +220,8 @@ class Settings(BaseSettings):
     """Where a page listener serves `/`, `/model`, `/v1/stats` and `/static` apart from the sensors; unset: none."""
     page_listener_connections: Count = _env("POTABILITY_PAGE_LISTENER_CONNECTIONS", default=8)
     """Connections the page listener answers at once; the rest wait in the port's backlog."""
+    page_listener_per_second: CountOrZero = _env("POTABILITY_PAGE_LISTENER_PER_SECOND", default=100)
+    """Most connections the page listener takes from its backlog a second, 429s included (0: no cap): a CPU bound whatever the clients do."""
     page_listener_timeout_seconds: Seconds = _env(
         "POTABILITY_PAGE_LISTENER_TIMEOUT_SECONDS", default=10.0
     )
