@@ -27,9 +27,13 @@ kept at the workspace's MLflow database and the deployed champion served:
    (127.0.0.10, .11, ...), so the per-client rate limit treats them as the
    separate browsers they stand for: first on the API port (a one-port
    install), then on the page listener's port (``--page-port``, issue 13:
-   open traffic in a process of its own). A probe sensor times single
-   requests too, since wrk drops requests still in flight when its run ends.
+   open traffic in a process of its own). The page clients run in a child
+   process (no GIL shared with the probe). In every run, alone included, a
+   probe sensor posts ``--probe-per-second`` times a second and times each
+   answer, since wrk drops requests still in flight when its run ends.
    Each run records the load average (the cores may be shared).
+
+``--keep`` keeps the filled database; ``--reuse`` measures it again (steps 4-5).
 
 Prints a table and writes ``bench/results/scale.json``.
 
