@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from potability import artifacts
 from potability.schema import FEATURE_NAMES, LABEL
 
 _HASH_BUCKETS = 10_000
@@ -56,6 +55,7 @@ def read_samples(path: Path) -> pd.DataFrame:
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write a CSV byte-for-byte deterministically, replacing the old file in one rename."""
-    artifacts.write_bytes_atomic(
-        path, frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
-    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False, lineterminator="\n")
+    tmp.replace(path)
