@@ -173,7 +173,7 @@ class Settings(BaseSettings):
     """How long a verified token is trusted without asking Postgres (0: ask every request)."""
     log_flush_seconds: Seconds = _env("POTABILITY_LOG_FLUSH_SECONDS", default=0.2)
     """Longest an answered row waits before its batch is written to Postgres."""
-    log_batch_rows: Count = _env("POTABILITY_LOG_BATCH_ROWS", default=500)
+    log_batch_rows: Count = _env("POTABILITY_LOG_BATCH_ROWS", default=5000)
     """Answered rows written to Postgres in one batch."""
     spool_replay_seconds: Seconds = _env("POTABILITY_SPOOL_REPLAY_SECONDS", default=2.0)
     """How often spooled rows are retried into Postgres."""
