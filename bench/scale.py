@@ -55,12 +55,24 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import deployed_champion, free_port, machine, start, stop, wait_http, write_result, wrk  # noqa: E402
+from common import (  # noqa: E402
+    create_database,
+    database_url,
+    deployed_champion,
+    drop_database,
+    free_port,
+    machine,
+    start,
+    stop,
+    wait_http,
+    write_result,
+    wrk,
+)
 from potability import db, migrator  # noqa: E402
 from potability.config import get_settings, page_cache_dir  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
@@ -108,25 +120,6 @@ LAB_SQL = (
     "%(start)s + (random() * %(span)s) * interval '1 second', 'bench:scale' "
     "FROM generate_series(1, %(lab_rows)s) AS g"
 )
-
-
-def scratch_database(server_url: str, name: str) -> str:
-    """Drop and create database ``name`` on the server of ``server_url``; return its URL."""
-    conn = db.connect(url=server_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-
-
-def drop_database(server_url: str, name: str) -> None:
-    conn = db.connect(url=server_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
 
 
 def fill(url: str, args: argparse.Namespace, model_version: str) -> dict:
@@ -418,9 +411,9 @@ def main() -> int:
         settings
     )  # the workspace's, before DATABASE_URL points elsewhere
     if args.reuse:
-        url = args.database_url or urlunsplit(urlsplit(server_url)._replace(path=f"/{SCRATCH_DB}"))
+        url = args.database_url or database_url(server_url, SCRATCH_DB)
     else:
-        url = args.database_url or scratch_database(server_url, SCRATCH_DB)
+        url = args.database_url or create_database(server_url, SCRATCH_DB)
     migrator.migrate(url=url)
     mart = WaterMart(url=url)
     token = mart.create_token("scale-bench-sensor", "sensor")

@@ -36,12 +36,23 @@ import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import deployed_champion, free_port, machine, start, stop, wait_http, write_result, wrk  # noqa: E402
+from common import (  # noqa: E402
+    create_database,
+    deployed_champion,
+    drop_database,
+    free_port,
+    machine,
+    start,
+    stop,
+    wait_http,
+    write_result,
+    wrk,
+)
 from potability import artifacts, db, migrator, tracking  # noqa: E402
 from potability.config import Settings, get_settings, load_params  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
@@ -163,22 +174,9 @@ def candidate_target(
 
 def scratch_database(server_url: str, name: str, cleanup: ExitStack) -> str:
     """Create database ``name`` on the server at ``server_url``; drop it (and its sessions) on ``cleanup``."""
-    from psycopg2 import sql
-
-    def execute(statement: sql.Composable) -> None:
-        conn = db.connect(url=server_url)
-        conn.autocommit = True  # CREATE / DROP DATABASE cannot run in a transaction
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement)
-        finally:
-            conn.close()
-
-    execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    cleanup.callback(
-        execute, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-    )
-    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    url = create_database(server_url, name)
+    cleanup.callback(drop_database, server_url, name)
+    return url
 
 
 def bodies(rows: int) -> tuple[str, str]:

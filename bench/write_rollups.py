@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_result  # noqa: E402
+from common import create_database, drop_database, machine, write_result  # noqa: E402  # noqa: E402
 from potability import db, inference_store, migrator, rollups  # noqa: E402
 from potability.config import get_settings  # noqa: E402
 from potability.ids import uuid7_batch  # noqa: E402
@@ -40,7 +40,7 @@ from potability.inference_store import AnsweredBatch, InferenceStore  # noqa: E4
 from potability.quality import reference_profile  # noqa: E402
 from potability.schema import FEATURE_NAMES  # noqa: E402
 from potability.synth import POTABLE_SHARE, generate  # noqa: E402
-from scale import LAB_SQL, _feature_params, drop_database, scratch_database  # noqa: E402
+from scale import LAB_SQL, _feature_params  # noqa: E402
 
 SCRATCH_DB = "write_bench"
 VERSION = "bench-v1"
@@ -119,7 +119,7 @@ def main() -> int:
     args = parser.parse_args()
 
     server_url = db.database_url(get_settings())
-    url = args.database_url or scratch_database(server_url, SCRATCH_DB)
+    url = args.database_url or create_database(server_url, SCRATCH_DB)
     try:
         migrator.migrate(url=url)
         profile = reference_profile(generate(3300, seed=1), 10)
