@@ -43,7 +43,7 @@ class LogUnavailable(Exception):
 
 class InferenceLog:
     def __init__(self, store: InferenceStore, spool: Spool, flush_seconds: float, batch_rows: int,
-                 replay_seconds: float, on_depth: Callable[[int, int], None] | None = None,
+                 replay_seconds: float, on_depth: Callable[[int], None] | None = None,
                  max_queue_rows: int = 50_000, journal: Journal | None = None):  # fmt: skip
         self._store, self.spool, self.journal = store, spool, journal
         self._flush_seconds, self._batch_rows, self._replay_seconds = (
@@ -153,7 +153,7 @@ class InferenceLog:
             finally:
                 self._spool_room = self.spool.room()
                 if self._on_depth:
-                    self._on_depth(self._queued_rows, self._spooled)
+                    self._on_depth(self._queued_rows)
 
     def _take(self) -> list[AnsweredBatch]:
         """Whole requests from the queue's head, up to ``batch_rows`` rows (at least one request)."""

@@ -60,7 +60,7 @@ def on_model_swap(old, new) -> None:
     MODEL_INFO.labels(version=new.version).set(1)
 
 
-def on_log_depth(queued: int, spooled: int) -> None:
+def on_log_depth(queued: int) -> None:
     """This worker's queue (summed over the live workers); the spool is counted at scrape time."""
     QUEUE_ROWS.set(queued)
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+
+from potability.artifacts import write_bytes_atomic
 
 LOCK_NAME = ".render.lock"
 
@@ -108,14 +108,7 @@ class PageCache:
 
     def write(self, key: str, entry: Entry) -> None:
         """Replace the entry atomically (a cache: no fsync, a crash only loses a refresh)."""
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(entry.to_bytes())
-            os.replace(tmp, self._path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(self._path(key), entry.to_bytes())
 
     @contextmanager
     def render_lock(self, wait: bool) -> Iterator[bool]:
