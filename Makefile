@@ -52,12 +52,12 @@ test-fast: install
 	pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	ruff check src serve flows tests bench
-	ruff format --check src serve flows tests bench
+	ruff check src tests bench
+	ruff format --check src tests bench
 
 format: install
-	ruff format src serve flows tests bench
-	ruff check --fix src serve flows tests bench
+	ruff format src tests bench
+	ruff check --fix src tests bench
 
 bench: install
 	python bench/serve.py

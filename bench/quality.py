@@ -25,10 +25,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_result  # noqa: E402
 from potability.config import load_params  # noqa: E402
-from potability.modeling import classification_metrics, operating_points, search_zoo  # noqa: E402
-from potability.promotion import decide  # noqa: E402
+from potability.pipeline.modeling import classification_metrics, operating_points, search_zoo  # noqa: E402
+from potability.pipeline.promotion import decide  # noqa: E402
+from potability.pipeline.stages.train import search_settings  # noqa: E402
 from potability.schema import FEATURE_NAMES, LABEL  # noqa: E402
-from potability.stages.train import search_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_CSV = ROOT.parent / "shared/data/water_potability_dev.csv"

@@ -112,7 +112,7 @@ def candidate_target(
     champion's is), dropped on ``cleanup``. ``keep``: a copy of the model
     directory that outlives the bench, to profile it stage by stage.
     """
-    from potability.stages import promote
+    from potability.pipeline.stages import promote
 
     model_dir = work / "candidate"
     root = settings.root

@@ -25,8 +25,8 @@ from potability import db, migrator  # noqa: E402
 from potability.config import load_params  # noqa: E402
 from potability.features import feature_matrix, labels  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
-from potability.modeling import search_zoo  # noqa: E402
-from potability.stages.train import search_settings  # noqa: E402
+from potability.pipeline.modeling import search_zoo  # noqa: E402
+from potability.pipeline.stages.train import search_settings  # noqa: E402
 from potability.synth import generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def profile(project: Path, env: dict) -> dict:
     """Where a full repro's time goes: each stage module's import start-up, and the train stage alone."""
     imports = {}
     for stage in ("export", "split", "eda", "train", "evaluate", "promote"):
-        imports[stage], _ = timed(subprocess.run, [sys.executable, "-c", f"import potability.stages.{stage}"],
+        imports[stage], _ = timed(subprocess.run, [sys.executable, "-c", f"import potability.pipeline.stages.{stage}"],
                                   cwd=project, env=env, check=True)  # fmt: skip
     train, _ = timed(subprocess.run, ["dvc", "repro", "--force", "--single-item", "train"],
                      cwd=project, env=env, check=True, capture_output=True)  # fmt: skip

@@ -148,7 +148,7 @@ def build_model_dir(
     """A real promoted model directory (small forest, ONNX) built by the library, without DVC."""
     from potability import artifacts
     from potability.features import feature_matrix, labels
-    from potability.modeling import (
+    from potability.pipeline.modeling import (
         build_pipeline,
         choose_threshold,
         classification_metrics,
@@ -222,7 +222,7 @@ def champion(pg_url, tmp_path_factory) -> Champion:
 @pytest.fixture
 def app_without_model(mart, tmp_path):
     """The server app started before anything was deployed."""
-    from serve import create_app, shutdown
+    from potability.serve import create_app, shutdown
 
     app = create_app(
         {

@@ -7,7 +7,7 @@ import time
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
-from serve import charts
+from potability.serve import charts
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg2
 import pytest
-from serve.readings import reading_inference_id
 
-from potability.client import PotabilityClient, Refused
-from potability.readings_csv import ANSWER_COLUMNS
+from potability.sensor.client import PotabilityClient, Refused
+from potability.sensor.readings_csv import ANSWER_COLUMNS
+from potability.serve.readings import reading_inference_id
 from tests.conftest import HEADER_HINT, REPO, run
 from tests.test_gunicorn import Server, free_port
 from tests.test_server import SAMPLE

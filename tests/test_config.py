@@ -113,7 +113,7 @@ def test_cli_and_server_refuse_to_start(tmp_path, pg_url, monkeypatch):
         assert result.returncode == 2, result.stderr
         assert "POTABILITY_LOG_BATCH_ROWS='-3': Input should be greater than 0" in result.stderr
         assert "Traceback" not in result.stderr
-    from serve import create_app
+    from potability.serve import create_app
 
     monkeypatch.setenv("POTABILITY_ROOT", str(tmp_path))
     with pytest.raises(SettingsError, match="POTABILITY_LOG_BATCH_ROWS"):

@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from potability.curves import calibration_table, roc_table
-from potability.stages.promote import write_curves
+from potability.pipeline.curves import calibration_table, roc_table
+from potability.pipeline.stages.promote import write_curves
 from potability.synth import generate
 from tests.conftest import build_model_dir
 

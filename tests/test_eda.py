@@ -5,7 +5,7 @@ import json
 import pandas as pd
 
 from potability.config import load_params
-from potability.stages.eda import report
+from potability.pipeline.stages.eda import report
 from potability.synth import generate
 from tests.conftest import REPO
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 import requests
-from serve.spool import Spool
 
 from potability import db, migrator
 from potability.mart import WaterMart
+from potability.serve.spool import Spool
 from tests.test_gunicorn import Server, stored_ids
 from tests.test_server import SAMPLE
 from tests.test_spool import row
@@ -96,7 +96,7 @@ def drain_seconds(url: str, answered: set[str], timeout: float) -> float:
 def started(server: Server, workers: int = 2, timeout: float = 60) -> Server:
     """Wait until every worker serves the model: one that boots during the outage never saw a token."""
     deadline = time.monotonic() + timeout
-    while server.log.read_text().count("INFO serve.model_holder: serving") < workers:
+    while server.log.read_text().count("INFO potability.serve.model_holder: serving") < workers:
         assert time.monotonic() < deadline, server.log.read_text()[-2000:]
         time.sleep(0.1)
     return server

@@ -65,7 +65,7 @@ def champion():
 
 
 def test_first_run_trains_promotes_and_reports(flow_project, pg_url):
-    from flows.retrain import retrain
+    from potability.retrain.flow import retrain
 
     assert champion() is None
     result = retrain()
@@ -98,7 +98,7 @@ def test_markdown_artifact_is_published(flow_project):
 
 
 def test_no_new_rows_means_no_repro(flow_project):
-    from flows.retrain import retrain
+    from potability.retrain.flow import retrain
 
     lock = sha(flow_project / "dvc.lock")
     result = retrain()
@@ -108,7 +108,7 @@ def test_no_new_rows_means_no_repro(flow_project):
 
 
 def test_a_second_run_skips_while_one_holds_the_lock(flow_project, pg_url):
-    from flows.retrain import RETRAIN_LOCK_KEY, retrain
+    from potability.retrain.flow import RETRAIN_LOCK_KEY, retrain
 
     seed_rows(pg_url, 50, seed=42)
     with db.advisory_lock(RETRAIN_LOCK_KEY, url=pg_url) as held:
@@ -121,7 +121,7 @@ def test_a_second_run_skips_while_one_holds_the_lock(flow_project, pg_url):
 
 
 def test_broken_stage_fails_the_flow_and_keeps_champion_and_watermark(flow_project, pg_url):
-    from flows.retrain import retrain
+    from potability.retrain.flow import retrain
 
     mart = WaterMart(url=pg_url)
     watermark = mart.watermark("retrain")
@@ -142,7 +142,7 @@ def test_broken_stage_fails_the_flow_and_keeps_champion_and_watermark(flow_proje
 
 
 def test_new_rows_retrain_and_advance_the_watermark(flow_project, pg_url):
-    from flows.retrain import retrain
+    from potability.retrain.flow import retrain
 
     mart = WaterMart(url=pg_url)
     lock = sha(flow_project / "dvc.lock")

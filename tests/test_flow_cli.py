@@ -9,7 +9,7 @@ import sys
 
 from tests.conftest import REPO
 
-STAGES = "from flows.retrain import stage_progress\nwith stage_progress() as stage:\n    for name in {names!r}:\n        stage(name)\n"
+STAGES = "from potability.retrain.flow import stage_progress\nwith stage_progress() as stage:\n    for name in {names!r}:\n        stage(name)\n"
 FULL_RUN = ("counting new lab rows", "dvc repro", "dvc push", "deploy", "report")
 
 

@@ -4,12 +4,12 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from serve.inference_log import SPOOL_ROW_BYTES, InferenceLog, LogUnavailable
-from serve.spool import Spool
 
 from potability.errors import DatabaseUnavailable
 from potability.ids import uuid7_batch
 from potability.inference_store import AnsweredBatch
+from potability.serve.inference_log import SPOOL_ROW_BYTES, InferenceLog, LogUnavailable
+from potability.serve.spool import Spool
 
 
 class DownMart:

@@ -135,9 +135,8 @@ def test_an_answer_at_the_threshold_is_potable_in_the_answer_the_log_and_the_rol
     """One decision rule (``AnsweredBatch.potable``): the client, the row and the hourly count agree."""
     import dataclasses
 
-    from serve.api import answers_of
-
     from potability.inference_store import hourly_deltas
+    from potability.serve.api import answers_of
 
     base = answered(4, missing_every=2)  # rows 0 and 2 have a NULL: the row-by-row path too
     at = base.threshold

@@ -26,7 +26,7 @@ class NotInstalled(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r} (not in potability[serve])")
 
 sys.meta_path.insert(0, NotInstalled())
-from serve import create_app, shutdown
+from potability.serve import create_app, shutdown
 from potability.mart import WaterMart
 
 app = create_app({"TESTING": True})

@@ -22,12 +22,12 @@ import psutil
 import psycopg2
 import pytest
 import requests
-from serve.inference_log import InferenceLog, LogUnavailable
-from serve.journal import Journal, JournalUnavailable
-from serve.spool import Spool, decode_lines, encode
 
 from potability.ids import uuid7_batch
 from potability.inference_store import AnsweredBatch
+from potability.serve.inference_log import InferenceLog, LogUnavailable
+from potability.serve.journal import Journal, JournalUnavailable
+from potability.serve.spool import Spool, decode_lines, encode
 from tests.test_gunicorn import Server, hammer, stored_ids, wait_for
 from tests.test_server import SAMPLE
 
@@ -47,7 +47,10 @@ def workers(server: Server) -> list[psutil.Process]:
     found = []
     for child in psutil.Process(server.proc.pid).children():
         try:
-            if "serve.renderer" not in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+            if (
+                "potability.serve.renderer" not in child.cmdline()
+                and child.status() != psutil.STATUS_ZOMBIE
+            ):
                 found.append(child)
         except psutil.Error:  # gone meanwhile (a killed worker being reaped)
             continue

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from potability.modeling import (
+from potability.pipeline.modeling import (
     MODEL_KINDS,
     VOTE,
     SearchSettings,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from serve import create_app, shutdown
+from potability.serve import create_app, shutdown
 from tests.conftest import SERVED_MODEL
 from tests.test_server import SAMPLE, auth
 

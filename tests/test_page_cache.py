@@ -22,7 +22,7 @@ import psycopg2
 import pytest
 import requests
 
-from serve import create_app, shutdown
+from potability.serve import create_app, shutdown
 from tests.test_gunicorn import Server, wait_for
 from tests.test_server import SAMPLE, auth
 
@@ -79,7 +79,7 @@ def test_one_render_at_a_time_others_get_the_stale_copy(app, store):
 
 
 def renderer_pid(server: Server) -> int | None:
-    return server.child_pid("serve.renderer")
+    return server.child_pid("potability.serve.renderer")
 
 
 def sensor_and_server(mart, champion, tmp_path, name: str, **env) -> tuple[dict, Server]:

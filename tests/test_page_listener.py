@@ -33,7 +33,7 @@ class PageServer(Server):
         assert ready, f"page listener not answering: {self.log.read_text()[-2000:]}"
 
     def listener_pid(self) -> int | None:
-        return self.child_pid("serve.page_listener")
+        return self.child_pid("potability.serve.page_listener")
 
 
 def _answers(url: str) -> bool:

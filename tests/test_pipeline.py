@@ -18,7 +18,7 @@ from potability import artifacts, db, deployments, tracking
 from potability.config import load_params
 from potability.features import feature_matrix, labels, read_samples
 from potability.mart import WaterMart
-from potability.modeling import VOTE, candidate_kinds
+from potability.pipeline.modeling import VOTE, candidate_kinds
 from potability.synth import generate
 from tests.conftest import REPO, SERVED_MODEL, copy_project, project_env, run
 
@@ -81,7 +81,7 @@ def values_of(tree, key: str):
 
 def serving_app(project, registry, tmp_path):
     """A server that follows the project's champion (no background poll: reload is explicit)."""
-    from serve import create_app
+    from potability.serve import create_app
 
     _, env, _ = project
     return create_app({"DATABASE_URL": env["DATABASE_URL"], "REGISTERED_MODEL": registry[0],
@@ -94,7 +94,7 @@ def promote_with(project, registry, tmp_path, candidate_metrics: dict) -> dict:
     import os
 
     from potability.config import Settings, load_params
-    from potability.stages.promote import Paths, current_champion, promote
+    from potability.pipeline.stages.promote import Paths, current_champion, promote
 
     root, _, _ = project
     metrics_path = root / "metrics/made-up.json"
@@ -159,7 +159,11 @@ def test_repro_decides_but_ships_nothing(project, registry):
 def test_export_is_byte_identical_for_identical_rows(project):
     root, env, _ = project
     before = (root / "data/raw/samples.csv").read_bytes()
-    run(["python", "-m", "potability.stages.export", "--out", "data/raw/samples.csv"], root, env)
+    run(
+        ["python", "-m", "potability.pipeline.stages.export", "--out", "data/raw/samples.csv"],
+        root,
+        env,
+    )
     assert (root / "data/raw/samples.csv").read_bytes() == before
 
 
@@ -322,7 +326,7 @@ def test_mlflow_models_serve_and_our_server_agree_on_1000_rows(project, registry
 
 def test_an_experiment_leaves_production_alone(project, registry, tmp_path):
     root, env, _ = project
-    from serve import shutdown
+    from potability.serve import shutdown
 
     before = champion_of(registry)
     shipped_before = deployed(registry)
@@ -351,7 +355,7 @@ def test_an_experiment_leaves_production_alone(project, registry, tmp_path):
 def test_deploy_then_rollback_moves_the_server(project, registry, tmp_path, monkeypatch):
     """A challenger promoted in the workspace reaches the server only through deploy; rollback undoes it."""
     from potability.intervals import PairedComparison
-    from serve import shutdown
+    from potability.serve import shutdown
 
     root, env, _ = project
     first = champion_of(registry)
@@ -362,7 +366,9 @@ def test_deploy_then_rollback_moves_the_server(project, registry, tmp_path, monk
                          oof={"oof_precision": 1.0, "oof_feasible": 1.0})  # fmt: skip
     # the rule's own tests judge the bootstrap; here the comparison says "better" for sure
     shown = PairedComparison(difference=0.3, low=0.2, high=0.4, p_better=1.0)
-    monkeypatch.setattr("potability.stages.promote.paired_bootstrap", lambda *a, **k: shown)
+    monkeypatch.setattr(
+        "potability.pipeline.stages.promote.paired_bootstrap", lambda *a, **k: shown
+    )
     record = promote_with(project, registry, tmp_path, better)
     assert record["promote"] and record["challenger"] == other
     assert "precision difference +0.300 (95 % CI +0.200 to +0.400)" in record["reason"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from potability.intervals import PairedComparison, paired_bootstrap
-from potability.promotion import choose_challenger, decide
+from potability.pipeline.promotion import choose_challenger, decide
 
 
 def m(precision, recall, positives=50, oof=0.6, feasible=True):

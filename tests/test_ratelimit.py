@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from serve import create_app, shutdown
+from potability.serve import create_app, shutdown
 from tests.test_page_cache import sensor_and_server
 from tests.test_server import SAMPLE, auth
 

@@ -6,9 +6,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from serve.readings import NAMESPACE, reading_inference_id
 
-from serve import create_app, shutdown
+from potability.serve import create_app, shutdown
+from potability.serve.readings import NAMESPACE, reading_inference_id
 from tests.test_server import SAMPLE, auth, logged
 
 HOUR_AGO = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)

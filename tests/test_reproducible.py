@@ -10,7 +10,7 @@ import pytest
 from potability import artifacts, db
 from potability.config import load_params
 from potability.features import feature_matrix, read_samples
-from potability.modeling import candidate_kinds
+from potability.pipeline.modeling import candidate_kinds
 from tests.conftest import REPO, copy_project, project_env, run
 from tests.test_pipeline import seed_rows
 

@@ -236,7 +236,7 @@ def test_a_bare_prefect_deploy_is_refused_at_deploy_time(stack):
             "--no-prompt",
             "--all",
             "--prefect-file",
-            "flows/prefect.yaml",
+            "src/potability/retrain/prefect.yaml",
         ],
         stack["root"],
         stack["env"],
@@ -316,7 +316,7 @@ def test_the_worker_runs_the_deployment_on_its_own_schedule(stack, pg_url):
 
 
 def test_retrain_serve_runs_on_its_own_schedule(stack):
-    from flows.retrain import SERVED_DEPLOYMENT
+    from potability.retrain.flow import SERVED_DEPLOYMENT
 
     env = stack["env"]
     due = next_minute(lead=20)
@@ -342,10 +342,10 @@ def test_retrain_serve_runs_on_its_own_schedule(stack):
 
 
 def test_a_missing_server_or_token_is_a_warning_in_the_run_and_the_report(stack, monkeypatch):
-    from flows.retrain import reload_target, report_markdown
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from potability.config import Settings
+    from potability.retrain.flow import reload_target, report_markdown
 
     monkeypatch.setenv("POTABILITY_ADMIN_TOKEN_BLOCK", "no-such-block")
     for name in ("POTABILITY_SERVER_URL", "POTABILITY_ADMIN_TOKEN"):

@@ -15,7 +15,7 @@ import pytest
 from potability.artifacts import ArtifactError
 from potability.ids import unix_ms
 from potability.schema import FEATURE_NAMES, FEATURES
-from serve import create_app, shutdown
+from potability.serve import create_app, shutdown
 from tests.conftest import build_model_dir, deploy_dir
 
 SAMPLE = {"ph": 7.1, "Hardness": 204.9, "Solids": 20791.0, "Chloramines": 7.3, "Sulfate": 368.5,

@@ -4,11 +4,11 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from serve.spool import Spool, SpoolFull, decode_lines, encode
 
 from potability.errors import DatabaseUnavailable
 from potability.ids import uuid7_batch
 from potability.inference_store import AnsweredBatch
+from potability.serve.spool import Spool, SpoolFull, decode_lines, encode
 
 
 def row(i=0):

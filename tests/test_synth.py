@@ -4,7 +4,7 @@ import pytest
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from potability.features import feature_matrix, labels
-from potability.modeling import build_pipeline, choose_threshold
+from potability.pipeline.modeling import build_pipeline, choose_threshold
 from potability.synth import REAL_STATS, generate
 
 

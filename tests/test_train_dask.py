@@ -4,7 +4,7 @@ import pytest
 
 from potability.config import Settings, load_params
 from potability.features import write_csv_atomic
-from potability.stages.train import train
+from potability.pipeline.stages.train import train
 from potability.synth import generate
 from tests.conftest import REPO
 

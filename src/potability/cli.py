@@ -136,7 +136,7 @@ def cmd_deployments(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from flows.retrain import retrain, serve_on_schedule
+    from potability.retrain.flow import retrain, serve_on_schedule
 
     if args.serve:
         if status := _flow_problems(deploying=False, work_pool=False):
@@ -150,8 +150,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Answer a CSV of readings; exit 2 on bad rows or a refusal, 1 when the server stayed away."""
-    from potability.client import PotabilityClient
-    from potability.readings_csv import read_readings, send, write_answers
+    from potability.sensor.client import PotabilityClient
+    from potability.sensor.readings_csv import read_readings, send, write_answers
 
     token = Path(args.token_file).read_text(encoding="utf-8").strip()
     by_line, problems = read_readings(Path(args.csv))
@@ -177,9 +177,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _flow_problems(deploying: bool, work_pool: bool = True) -> int:
     """Print what would make a scheduled run fail; 2 if anything, else 0."""
-    from flows import deployment
-
     from potability.config import get_settings
+    from potability.retrain import deployment
 
     problems = (
         deployment.guard() if deploying else deployment.check_inputs(get_settings(), work_pool)
@@ -197,9 +196,8 @@ def cmd_flow_check(args: argparse.Namespace) -> int:
 
 
 def cmd_flow_deploy(args: argparse.Namespace) -> int:
-    from flows import deployment
-
     from potability.config import get_settings
+    from potability.retrain import deployment
 
     try:
         deployed = deployment.deploy(get_settings())
@@ -229,7 +227,7 @@ def cmd_log_maintain(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from serve.run import run_gunicorn
+    from potability.serve.run import run_gunicorn
 
     return run_gunicorn(
         host=args.host, port=args.port, workers=args.workers, page_port=args.page_port
@@ -338,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     flowp = sub.add_parser("flow", help="the retrain flow on a Prefect server").add_subparsers(
         dest="flow_command", required=True
     )
-    p = flowp.add_parser("deploy", help="check the inputs, then deploy flows/prefect.yaml")
+    p = flowp.add_parser(
+        "deploy", help="check the inputs, then deploy src/potability/retrain/prefect.yaml"
+    )
     p.set_defaults(func=cmd_flow_deploy)
     p = flowp.add_parser("check", help="check what a scheduled run needs, without deploying")
     p.add_argument(

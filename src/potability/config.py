@@ -213,7 +213,7 @@ class Settings(BaseSettings):
     """Client buckets the rate limit keeps (shared by all workers); the longest idle is reused."""
     trust_forwarded_for: bool = _env("POTABILITY_TRUST_FORWARDED_FOR", default=False)
     """Take the client from X-Forwarded-For (its last hop): only behind a proxy that sets it."""
-    # Open traffic on a port of its own (serve/page_listener.py): it never takes a sensor's worker.
+    # Open traffic on a port of its own (potability/serve/page_listener.py): it never takes a sensor's worker.
     page_bind: Annotated[str | None, AfterValidator(_bind), Kind("host:port")] = _env(
         "POTABILITY_PAGE_BIND", default=None
     )
@@ -258,7 +258,7 @@ class Settings(BaseSettings):
     rollups_pool_size: Count = _env("POTABILITY_ROLLUPS_POOL_SIZE", default=2)
     """Connections a server keeps for the page's rollup reads (its own, never the log writer's)."""
 
-    # The sensors' client (potability.client, `potability predict`): how hard it tries.
+    # The sensors' client (potability.sensor.client, `potability predict`): how hard it tries.
     client_timeout_seconds: Seconds = _env("POTABILITY_CLIENT_TIMEOUT_SECONDS", default=10.0)
     """How long the client waits for one answer before it counts the try as failed."""
     client_retries: CountOrZero = _env("POTABILITY_CLIENT_RETRIES", default=8)

@@ -4,13 +4,12 @@
 ``deploy_promoted`` registers that directory in MLflow as a new version of the
 registered model, moves the alias ``champion`` to it and records who did it and
 why; ``rollback`` moves the alias back to any earlier version. Servers follow
-the alias (``fetch_version`` is how they, and the promote stage, read a version).
+the alias (``tracking.fetch_version`` is how they, and the promote stage, read a version).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,36 +36,6 @@ class DeployResult:
     previous_version: str | None
     changed: bool
     message: str
-
-
-def fetch_version(
-    found: tracking.RegisteredVersion, dest: Path, client: Any = None
-) -> artifacts.ServedModel:
-    """Download one registered version into ``dest`` and check it fully (sha256, features, a probe).
-
-    The version's ``sha256`` tag, set at deploy, must match its meta.json too, so
-    an artifact changed in the store after registration is refused.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        tracking.download_version(found.name, found.version, staging, client)
-        served = artifacts.load_model_dir(staging)
-        expected = found.tags.get("sha256")
-        if expected and expected != served.meta["sha256"]:
-            raise artifacts.ArtifactError(
-                f"{found.name} version {found.version}: model.onnx sha256 "
-                f"{served.meta['sha256'][:12]}… differs from the registered {expected[:12]}…"
-            )
-        shutil.rmtree(dest, ignore_errors=True)
-        try:
-            staging.rename(dest)
-        except OSError:  # another worker cached the same version a moment ago: theirs is as good
-            if not (dest / artifacts.META_FILE).exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return artifacts.ServedModel(served.model, {**served.meta, "registered_version": found.version})
 
 
 def deploy_promoted(
@@ -135,7 +104,7 @@ def rollback(
                             f"version {target.version} ({target.model_version}) is already the champion")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="rollback-") as tmp:
         try:
-            fetched = fetch_version(target, Path(tmp) / "model")
+            fetched = tracking.fetch_version(target, Path(tmp) / "model")
         except artifacts.ArtifactError as exc:
             raise DeployError(f"version {version} cannot be served: {exc}") from exc
     _register_drift_bins(target.model_version, fetched.meta, settings)
@@ -147,7 +116,7 @@ def _register_drift_bins(model_version: str, meta: dict[str, Any], settings: Set
     """Bin this version's answers for the drift panel from its first one (rollups.register_edges).
 
     A database that refuses is a warning, not a failed deploy: each server
-    registers the version it loads, too (serve/maintenance.py).
+    registers the version it loads, too (potability/serve/maintenance.py).
     """
     if not meta.get("reference"):
         return

@@ -268,7 +268,7 @@ def _parse_timestamp(value: Any, index: int | None, strict: bool, field: str) ->
 
 
 # A sensor's own reading: its id (unique per sensor) and when it was read. With them a
-# resent reading is the same record (serve/readings.py), so a sensor may always send again.
+# resent reading is the same record (potability/serve/readings.py), so a sensor may always send again.
 READING_FIELDS = ("reading_id", "read_at")
 READING_ID_PATTERN = f"^[ -~]{{1,{MAX_ID_LENGTH}}}$"  # printable ASCII, used byte for byte
 _READING_ID = re.compile(READING_ID_PATTERN, re.ASCII)

@@ -7,14 +7,16 @@ know nothing about MLflow.
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from potability import db
+from potability import artifacts, db
 from potability.config import Settings
 from potability.schema import FEATURE_NAMES
 
@@ -220,3 +222,33 @@ def download_version(name: str, version: str, dest: Path, client: Any = None) ->
             if shipped.exists():
                 (dest / filename).write_bytes(shipped.read_bytes())
     return dest
+
+
+def fetch_version(
+    found: RegisteredVersion, dest: Path, client: Any = None
+) -> artifacts.ServedModel:
+    """Download one registered version into ``dest`` and check it fully (sha256, features, a probe).
+
+    The version's ``sha256`` tag, set at deploy, must match its meta.json too, so
+    an artifact changed in the store after registration is refused.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        download_version(found.name, found.version, staging, client)
+        served = artifacts.load_model_dir(staging)
+        expected = found.tags.get("sha256")
+        if expected and expected != served.meta["sha256"]:
+            raise artifacts.ArtifactError(
+                f"{found.name} version {found.version}: model.onnx sha256 "
+                f"{served.meta['sha256'][:12]}… differs from the registered {expected[:12]}…"
+            )
+        shutil.rmtree(dest, ignore_errors=True)
+        try:
+            staging.rename(dest)
+        except OSError:  # another worker cached the same version a moment ago: theirs is as good
+            if not (dest / artifacts.META_FILE).exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return artifacts.ServedModel(served.model, {**served.meta, "registered_version": found.version})

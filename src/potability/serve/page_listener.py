@@ -5,7 +5,7 @@ sync workers sensors need, and waits with them in one accept queue: 16 clients
 reloading the page in a loop tripled the sensors' p99 (bench/scale.py). With
 ``POTABILITY_PAGE_BIND`` (or ``potability serve --page-port``), the gunicorn
 master also listens there and hands that socket to this process, which it
-starts and restarts like the renderer (``serve.renderer.Supervisor``). It is
+starts and restarts like the renderer (``potability.serve.renderer.Supervisor``). It is
 niced (``POTABILITY_PAGE_LISTENER_NICE``) and by default in Linux's idle
 scheduling class (``POTABILITY_PAGE_LISTENER_IDLE``: it runs on CPU time no
 sensor worker wants; measured, a nice of 10 alone left the sensors' p99 ~2x
@@ -22,7 +22,7 @@ endpoints: ``/``, ``/model``, ``/v1/stats/{name}``, ``/static/*`` and
 ``/healthz``; anything else is 404, so no sensor traffic lands here. The API
 port keeps answering the open endpoints as before (one-port installs).
 
-Run by the master only (it needs the socket): ``python -m serve.page_listener --fd N``.
+Run by the master only (it needs the socket): ``python -m potability.serve.page_listener --fd N``.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from flask import Flask, request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
 from potability.config import Settings, get_settings
-from serve.errors import ApiError
-from serve.ratelimit import LIMITED_ENDPOINTS
+from potability.serve.errors import ApiError
+from potability.serve.ratelimit import LIMITED_ENDPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def listen(bind: str) -> socket.socket:
 
 def supervise(sock: socket.socket, settings: Settings):
     """A Supervisor that runs this module on ``sock`` (dup'ed to fd 3 in the child only)."""
-    from serve.renderer import Supervisor
+    from potability.serve.renderer import Supervisor
 
     target = CHILD_FD if sock.fileno() != CHILD_FD else CHILD_FD + 1
     return Supervisor(
@@ -78,7 +78,7 @@ def supervise(sock: socket.socket, settings: Settings):
 
 def create_page_app() -> Flask:
     """The workers' app, answering only the open endpoints; it follows the champion for its fallback renders."""
-    from serve import create_app
+    from potability.serve import create_app
 
     app = create_app(
         {"START_BACKGROUND": False}
@@ -180,8 +180,8 @@ class PageServer(BaseWSGIServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from serve import shutdown
-    from serve.renderer import start_child
+    from potability.serve import shutdown
+    from potability.serve.renderer import start_child
 
     args = argparse.ArgumentParser(description="the page listener (started by the gunicorn master)")
     args.add_argument("--fd", type=int, required=True, help="the listening socket's descriptor")

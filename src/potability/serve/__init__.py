@@ -27,16 +27,22 @@ log = logging.getLogger(__name__)
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    from serve import api, ops, page, ratelimit
-    from serve.auth import TokenCache
-    from serve.errors import register_error_handlers
-    from serve.inference_log import InferenceLog
-    from serve.journal import Journal
-    from serve.maintenance import Maintenance
-    from serve.metrics import LATENCY, REQUESTS, on_log_depth, on_model_swap, on_quarantine
-    from serve.model_holder import ModelHolder
-    from serve.page_cache import PageCache
-    from serve.spool import Spool
+    from potability.serve import api, ops, page, ratelimit
+    from potability.serve.auth import TokenCache
+    from potability.serve.errors import register_error_handlers
+    from potability.serve.inference_log import InferenceLog
+    from potability.serve.journal import Journal
+    from potability.serve.maintenance import Maintenance
+    from potability.serve.metrics import (
+        LATENCY,
+        REQUESTS,
+        on_log_depth,
+        on_model_swap,
+        on_quarantine,
+    )
+    from potability.serve.model_holder import ModelHolder
+    from potability.serve.page_cache import PageCache
+    from potability.serve.spool import Spool
 
     settings = get_settings()
     app = Flask(__name__)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from flask import Flask, current_app, request
 
-from serve.errors import ApiError
+from potability.serve.errors import ApiError
 
 SLOT = struct.Struct(
     "<Qdd"

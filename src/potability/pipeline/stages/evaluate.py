@@ -20,8 +20,8 @@ from sklearn.metrics import precision_recall_curve
 from potability import artifacts, tracking
 from potability.config import get_settings, load_params
 from potability.features import feature_matrix, labels, read_samples, write_csv_atomic
-from potability.modeling import candidate_kinds, classification_metrics, operating_points
-from potability.stages.train import read_train_info
+from potability.pipeline.modeling import candidate_kinds, classification_metrics, operating_points
+from potability.pipeline.stages.train import read_train_info
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from potability import artifacts, eda
+from potability import artifacts
 from potability.config import load_params
 from potability.features import read_samples, write_csv_atomic
+from potability.pipeline import eda
 
 log = logging.getLogger(__name__)
 

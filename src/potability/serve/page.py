@@ -18,8 +18,8 @@ from flask import Blueprint, current_app, render_template, request
 from potability import deployments, quality
 from potability.config import load_params
 from potability.errors import MartError
-from serve.errors import ApiError
-from serve.page_cache import Entry, PageCache, RenderBusy, rendered
+from potability.serve.errors import ApiError
+from potability.serve.page_cache import Entry, PageCache, RenderBusy, rendered
 
 bp = Blueprint("page", __name__)
 PAGE_KEY = "page"  # `/` and `/model` are one page
@@ -43,7 +43,7 @@ def page_params() -> dict[str, Any]:
 
 def _check_access() -> None:
     if current_app.config["PAGE_REQUIRES_TOKEN"]:
-        from serve.auth import require
+        from potability.serve.auth import require
 
         require("sensor", "lab", "admin")(lambda: None)()
 
@@ -151,7 +151,7 @@ def _stamp(when: datetime) -> str:
 
 
 def _page_entry(panels: dict[str, dict[str, Any]]) -> tuple[bytes, str, int]:
-    from serve import charts
+    from potability.serve import charts
 
     now = datetime.now(UTC)
     live, drift = panels["live"], panels["drift"]

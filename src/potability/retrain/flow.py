@@ -9,7 +9,7 @@ asked to reload at once. Two runs never retrain at once: a Postgres advisory
 lock makes the second one skip.
 
 Run once: `potability retrain`; on a schedule: `potability retrain --serve`
-(``flow.serve``) or `potability flow deploy` (``flows/prefect.yaml`` on a worker).
+(``flow.serve``) or `potability flow deploy` (``src/potability/retrain/prefect.yaml`` on a worker).
 A missing server URL or admin token is a warning in the run's log and report:
 the server then picks the new champion up on its next poll.
 """
@@ -29,11 +29,11 @@ import requests
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.deployment import admin_token
 from potability import db, deploy
 from potability.config import get_settings
 from potability.features import file_sha256
 from potability.mart import WaterMart
+from potability.retrain.deployment import admin_token
 
 FLOW_NAME = "retrain-potability"
 WATERMARK = "retrain"

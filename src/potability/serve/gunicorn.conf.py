@@ -26,11 +26,11 @@ def when_ready(server):
     connections wait in its backlog while a dead listener is started again.
     """
     from potability.config import get_settings
-    from serve.renderer import Supervisor
+    from potability.serve.renderer import Supervisor
 
     settings = get_settings()
     if settings.page_bind:
-        from serve.page_listener import listen, supervise
+        from potability.serve.page_listener import listen, supervise
 
         server.page_socket = listen(settings.page_bind)  # a RuntimeError stops the server, named
         server.page_listener = supervise(server.page_socket, settings)
@@ -49,7 +49,7 @@ def on_exit(server):
 
 def worker_exit(server, worker):
     """Flush the worker's inference queue on graceful shutdown: nothing answered is lost."""
-    from serve import shutdown
+    from potability.serve import shutdown
 
     app = getattr(worker, "wsgi", None)
     if app is not None and hasattr(app, "extensions"):

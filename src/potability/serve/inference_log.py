@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 from potability.errors import MartError
 from potability.inference_store import AnsweredBatch, InferenceStore
-from serve.journal import Journal, JournalUnavailable
-from serve.spool import Spool, SpoolFull
+from potability.serve.journal import Journal, JournalUnavailable
+from potability.serve.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 # a spooled row on disk (crc + JSON of 16 columns: ~510 B), for room estimates

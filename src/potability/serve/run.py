@@ -31,6 +31,6 @@ def run_gunicorn(host: str, port: int, workers: int, page_port: int | None = Non
         "--config", str(Path(__file__).with_name("gunicorn.conf.py")),
         "--bind", f"{host}:{port}",
         "--workers", str(workers),
-        "serve:create_app()",
+        "potability.serve:create_app()",
     ])  # fmt: skip
     return 0  # not reached

@@ -118,7 +118,7 @@ class ModelHolder:
 
     def _fetch(self, found: tracking.RegisteredVersion) -> ServedModel:
         """The version from the local cache if it is there and intact, else from the artifact store."""
-        from potability.deploy import fetch_version
+        from potability.tracking import fetch_version
 
         directory = self.cache_dir / f"v{found.version}"
         if (directory / artifacts.META_FILE).exists():

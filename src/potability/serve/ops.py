@@ -7,11 +7,11 @@ import os
 from flask import Blueprint, current_app
 
 from potability.artifacts import ArtifactError
-from serve.auth import require
-from serve.errors import ApiError
-from serve.metrics import exposition, on_scrape
-from serve.openapi import document
-from serve.page import PANELS
+from potability.serve.auth import require
+from potability.serve.errors import ApiError
+from potability.serve.metrics import exposition, on_scrape
+from potability.serve.openapi import document
+from potability.serve.page import PANELS
 
 bp = Blueprint("ops", __name__)
 

@@ -9,7 +9,7 @@ takes no traffic. ``Supervisor`` runs it from the gunicorn master
 answer the last copy, and render themselves once it is ``page_stale_seconds``
 old. It exits when its parent (the master) is gone.
 
-Run by hand: ``python -m serve.renderer`` (same environment as the server).
+Run by hand: ``python -m potability.serve.renderer`` (same environment as the server).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def render_once(app) -> float:
     """Render every entry into the app's page cache; return the seconds it took."""
-    from serve import page
+    from potability.serve import page
 
     cache = app.extensions["potability.page_cache"]
     started = time.perf_counter()
@@ -94,7 +94,7 @@ def start_child(nice: int, idle: bool = False) -> Child:
 
 
 def main() -> int:
-    from serve import create_app, shutdown
+    from potability.serve import create_app, shutdown
 
     settings = get_settings()
     child = start_child(settings.page_renderer_nice)
@@ -135,7 +135,7 @@ class Supervisor:
     def __init__(
         self,
         restart_seconds: float,
-        module: str = "serve.renderer",
+        module: str = "potability.serve.renderer",
         args: tuple[str, ...] = (),
         file_actions: list[tuple] | None = None,
     ):

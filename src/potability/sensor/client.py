@@ -2,7 +2,7 @@
 
 A reading gets its own id and time once, when it is made (``client.reading``),
 so however often it is sent the server logs it once and answers with the same
-``inference_id`` (serve/readings.py). That makes every retry safe: ``predict``
+``inference_id`` (potability/serve/readings.py). That makes every retry safe: ``predict``
 sends readings in batches of the server's maximum and tries again, with
 exponential back-off and jitter, on a 503 (502/504 from a proxy) or a lost
 connection or timeout — never on a 4xx, where sending the same thing again
@@ -85,7 +85,7 @@ class Refused(ClientError):
     """
 
     def __init__(self, status: int, error: Mapping[str, Any]):
-        """``error`` is the body's ``{"code", "message", "field", "index"}`` (serve/errors.py)."""
+        """``error`` is the body's ``{"code", "message", "field", "index"}`` (potability/serve/errors.py)."""
         self.status, self.code = status, error.get("code", "error")
         self.field, self.index = error.get("field"), error.get("index")
         self.reading: Reading | None = None
@@ -186,7 +186,7 @@ class PotabilityClient:
         self.stats = Stats()
         self.outbox = None
         if outbox is not None:
-            from potability.outbox import Outbox
+            from potability.sensor.outbox import Outbox
 
             self.outbox = Outbox(Path(outbox))
 

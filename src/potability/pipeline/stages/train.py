@@ -13,7 +13,7 @@ from typing import Any
 from potability import artifacts, tracking
 from potability.config import Settings, get_settings, load_params
 from potability.features import feature_matrix, file_sha256, labels, read_samples
-from potability.modeling import MODEL_NAMES, SearchSettings, search_zoo
+from potability.pipeline.modeling import MODEL_NAMES, SearchSettings, search_zoo
 
 log = logging.getLogger(__name__)
 TRAIN_INFO = "train.json"

@@ -4,8 +4,8 @@
 root, the database, the inference server and its admin token, the Prefect API
 and the work pool; stores the admin token in a Prefect Secret block (never in
 the deployment's plain job variables); records the environment the runs get in
-a Prefect Variable that ``flows/prefect.yaml`` reads as its job variables; then
-runs ``prefect deploy`` on ``flows/prefect.yaml`` from the project root. A bare
+a Prefect Variable that ``src/potability/retrain/prefect.yaml`` reads as its job variables; then
+runs ``prefect deploy`` on ``src/potability/retrain/prefect.yaml`` from the project root. A bare
 ``prefect deploy`` of that file is refused by its build step (`potability flow
 check`), so no deployment exists that skipped the checks.
 """
@@ -25,7 +25,7 @@ from potability import db
 from potability.config import Settings
 from potability.errors import DatabaseUnavailable
 
-PREFECT_FILE = Path("flows/prefect.yaml")
+PREFECT_FILE = Path("src/potability/retrain/prefect.yaml")
 ENV_VARIABLE = (
     "potability_retrain_env"  # the Prefect Variable that prefect.yaml's job_variables.env reads
 )
@@ -52,7 +52,7 @@ class Deployed:
 
 
 def deployment_config(root: Path) -> dict:
-    """The single deployment of ``flows/prefect.yaml`` (name, work pool, schedule)."""
+    """The single deployment of ``src/potability/retrain/prefect.yaml`` (name, work pool, schedule)."""
     config = yaml.safe_load((root / PREFECT_FILE).read_text(encoding="utf-8"))
     return config["deployments"][0]
 
@@ -85,7 +85,7 @@ def check_inputs(settings: Settings, work_pool: bool = True) -> list[str]:
 def _check_root(root: Path) -> list[str]:
     missing = [
         p
-        for p in ("dvc.yaml", "params.yaml", "flows/retrain.py", str(PREFECT_FILE))
+        for p in ("dvc.yaml", "params.yaml", "src/potability/retrain/flow.py", str(PREFECT_FILE))
         if not (root / p).is_file()
     ]
     if missing:
@@ -184,7 +184,7 @@ def run_environment(settings: Settings) -> dict[str, str]:
 
 
 def deploy(settings: Settings) -> Deployed:
-    """Check, store the token and the run environment, then `prefect deploy` flows/prefect.yaml."""
+    """Check, store the token and the run environment, then `prefect deploy` src/potability/retrain/prefect.yaml."""
     problems = check_inputs(settings)
     if problems:
         raise DeployRefused("refusing to deploy:\n" + "\n".join(f"- {p}" for p in problems))
@@ -228,7 +228,7 @@ def guard() -> list[str]:
     if os.environ.get(DEPLOY_MARKER) == "1":
         return []
     return [
-        "deploy flows/prefect.yaml with `potability flow deploy` from the project root: it checks "
+        "deploy src/potability/retrain/prefect.yaml with `potability flow deploy` from the project root: it checks "
         "the root, DATABASE_URL, POTABILITY_SERVER_URL, the admin token and the work pool first, "
         "and records the runs' environment (a bare `prefect deploy` would store unchecked templates)"
     ]

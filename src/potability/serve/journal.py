@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from potability.inference_store import AnsweredBatch
-from serve.spool import Spool, disk_bytes, encode, pid_alive
+from potability.serve.spool import Spool, disk_bytes, encode, pid_alive
 
 log = logging.getLogger(__name__)
 SUBDIR = "journal"

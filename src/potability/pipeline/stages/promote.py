@@ -24,8 +24,6 @@ import numpy as np
 
 from potability import artifacts, tracking
 from potability.config import Settings, get_settings, load_params
-from potability.curves import calibration_table, roc_table
-from potability.deploy import fetch_version
 from potability.features import (
     feature_matrix,
     file_sha256,
@@ -34,10 +32,12 @@ from potability.features import (
     write_csv_atomic,
 )
 from potability.intervals import PairedComparison, paired_bootstrap
-from potability.modeling import classification_metrics
-from potability.promotion import choose_challenger, decide
+from potability.pipeline.curves import calibration_table, roc_table
+from potability.pipeline.modeling import classification_metrics
+from potability.pipeline.promotion import choose_challenger, decide
+from potability.pipeline.stages.train import read_train_info
 from potability.quality import reference_profile
-from potability.stages.train import read_train_info
+from potability.tracking import fetch_version
 
 log = logging.getLogger(__name__)
 INPUT_EXAMPLE_ROWS = 3  # complete training rows stored as the registered model's input example

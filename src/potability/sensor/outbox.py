@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from potability.client import Reading
+from potability.sensor.client import Reading
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (

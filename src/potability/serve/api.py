@@ -20,11 +20,11 @@ from potability.schema import (
     validate_features,
     validate_lab_row,
 )
-from serve.auth import require
-from serve.errors import ApiError
-from serve.inference_log import LogUnavailable
-from serve.metrics import PREDICTIONS
-from serve.readings import split_readings
+from potability.serve.auth import require
+from potability.serve.errors import ApiError
+from potability.serve.inference_log import LogUnavailable
+from potability.serve.metrics import PREDICTIONS
+from potability.serve.readings import split_readings
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -127,7 +127,9 @@ def predict():
     threshold, version = production.threshold, production.version
     inference_ids: list[str] = uuid7_batch(len(X), now)
     logged_at = None
-    if readings:  # a sensor's own reading is logged under its own id and time (serve/readings.py)
+    if (
+        readings
+    ):  # a sensor's own reading is logged under its own id and time (potability/serve/readings.py)
         inference_ids = [r[0] if r else i for r, i in zip(readings, inference_ids, strict=True)]
         logged_at = [r[1] if r else now for r in readings]
     answered = AnsweredBatch(

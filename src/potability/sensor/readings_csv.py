@@ -18,9 +18,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from potability.client import Answer, ClientError, PotabilityClient, Reading, Refused, new_reading
 from potability.errors import ValidationError
 from potability.schema import FEATURE_NAMES, LABEL, READING_FIELDS, SAMPLE_FIELDS, FieldError
+from potability.sensor.client import (
+    Answer,
+    ClientError,
+    PotabilityClient,
+    Reading,
+    Refused,
+    new_reading,
+)
 
 NOT_SENT = (LABEL, *SAMPLE_FIELDS)
 ANSWER_COLUMNS = (

@@ -17,7 +17,7 @@ from flask import current_app, g, request
 
 from potability.errors import MartError
 from potability.mart import TokenInfo, WaterMart
-from serve.errors import ApiError
+from potability.serve.errors import ApiError
 
 
 class TokenCache:

@@ -1,0 +1,1 @@
+"""The sensors' side: the Python client, its outbox, and readings CSV files."""
