@@ -30,8 +30,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from potability.serve import api, ops, page, ratelimit
     from potability.serve.auth import TokenCache
     from potability.serve.errors import register_error_handlers
-    from potability.serve.inference_log import InferenceLog
-    from potability.serve.journal import Journal
+    from potability.serve.inference_log import open_log
     from potability.serve.maintenance import Maintenance
     from potability.serve.metrics import (
         LATENCY,
@@ -42,7 +41,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     from potability.serve.model_holder import ModelHolder
     from potability.serve.page_cache import PageCache
-    from potability.serve.spool import Spool
 
     settings = get_settings()
     app = Flask(__name__)
@@ -102,17 +100,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config["REGISTRY_CONNECT_TIMEOUT"], on_swap=swapped,
     )  # fmt: skip
     holder.start()
-    spool = Spool(Path(app.config["SPOOL_DIR"]), app.config["SPOOL_MAX_BYTES"], on_quarantine)
-    journal = (
-        Journal(spool, app.config["LOG_JOURNAL_FSYNC"], app.config["LOG_JOURNAL_SEGMENT_BYTES"])
-        if app.config["LOG_JOURNAL"] else None
-    )  # fmt: skip
-    inference_log = InferenceLog(
-        InferenceStore(url=mart.url), spool, app.config["LOG_FLUSH_SECONDS"], app.config["LOG_BATCH_ROWS"],
-        app.config["SPOOL_REPLAY_SECONDS"], on_depth=on_log_depth,
-        max_queue_rows=app.config["LOG_QUEUE_MAX_ROWS"],
-        journal=journal,
-    )  # fmt: skip
+    inference_log = open_log(
+        InferenceStore(url=mart.url),
+        Path(app.config["SPOOL_DIR"]),
+        settings,
+        on_log_depth,
+        on_quarantine,
+    )
     page_dir = page_cache_dir(app.config["SPOOL_DIR"])
     app.extensions.update({
         "potability.page_cache": PageCache(page_dir, app.config["PAGE_STALE_SECONDS"]),

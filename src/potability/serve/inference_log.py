@@ -24,7 +24,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from potability.config import Settings
 from potability.errors import MartError
 from potability.inference_store import AnsweredBatch, InferenceStore
 from potability.serve.journal import Journal, JournalUnavailable
@@ -245,3 +247,30 @@ class InferenceLog:
         self.flush()
         if self.journal is not None:
             self.journal.close()
+
+
+def open_log(
+    store: InferenceStore,
+    directory: Path,
+    settings: Settings,
+    on_depth: Callable[[int], None] | None = None,
+    on_quarantine: Callable[[str], None] | None = None,
+) -> InferenceLog:
+    """The worker's inference log, with its durable files under ``directory`` (the one path the
+    server's app factory takes to build it)."""
+    spool = Spool(directory, settings.spool_max_bytes, on_quarantine)
+    journal = (
+        Journal(spool, settings.log_journal_fsync, settings.log_journal_segment_bytes)
+        if settings.log_journal
+        else None
+    )
+    return InferenceLog(
+        store,
+        spool,
+        settings.log_flush_seconds,
+        settings.log_batch_rows,
+        settings.spool_replay_seconds,
+        on_depth=on_depth,
+        max_queue_rows=settings.log_queue_max_rows,
+        journal=journal,
+    )
