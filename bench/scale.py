@@ -74,7 +74,7 @@ from common import (  # noqa: E402
     wrk,
 )
 from potability import db, migrator  # noqa: E402
-from potability.config import get_settings, page_cache_dir  # noqa: E402
+from potability.config import Settings, get_settings  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
 from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES  # noqa: E402
 from potability.synth import POTABLE_SHARE, REAL_STATS  # noqa: E402
@@ -422,9 +422,8 @@ def main() -> int:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DATABASE_URL": url,
            "MLFLOW_TRACKING_URI": registry, "POTABILITY_ROOT": str(settings.root)}  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="potability-scale-"))
-    env["POTABILITY_SPOOL_DIR"] = str(
-        work / "spool"
-    )  # so this script knows where the page cache is
+    env["POTABILITY_SPOOL_DIR"] = str(work / "spool")
+    env["POTABILITY_RUN_DIR"] = str(work / "run")  # so this script knows where the page cache is
     result: dict = {"machine": machine(), "model": {"version": champion.model_version, "kind": champion.tags.get("kind")},
                     "args": {k: v for k, v in vars(args).items() if k != "database_url"}}  # fmt: skip
     try:
@@ -452,7 +451,10 @@ def main() -> int:
         try:
             result["first_copy_s"] = wait_for_cache(base, args.timeout)
             result["reads"] = read_latency(
-                base, page_cache_dir(work / "spool"), args.repeats, args.timeout
+                base,
+                Settings(root=settings.root, run_dir=work / "run").page_cache_dir,
+                args.repeats,
+                args.timeout,
             )
             result["predict_full"], _ = sensor_run(base, token, args)
             print(f"  sensors alone: {result['predict_full']}", flush=True)

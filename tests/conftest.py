@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,9 +188,13 @@ class Champion:
     tracking_uri: str
     directory: Path
 
-    def app_config(self, tmp: Path) -> dict[str, str]:
-        return {"REGISTERED_MODEL": self.name, "MLFLOW_TRACKING_URI": self.tracking_uri,
-                "MODEL_CACHE_DIR": str(tmp / "model-cache")}  # fmt: skip
+    def app_config(self, tmp: Path) -> dict[str, Any]:
+        """The ``Settings`` fields of a server that follows this model, with its cache under ``tmp``."""
+        return {
+            "registered_model": self.name,
+            "mlflow_tracking_uri": self.tracking_uri,
+            "model_cache_dir": tmp / "model-cache",
+        }
 
     def server_env(self, tmp: Path) -> dict[str, str]:
         return {"POTABILITY_REGISTERED_MODEL": self.name, "MLFLOW_TRACKING_URI": self.tracking_uri,
@@ -220,17 +225,32 @@ def champion(pg_url, tmp_path_factory) -> Champion:
 
 
 @pytest.fixture
-def app_without_model(mart, tmp_path):
+def server_settings(tmp_path, mart):
+    """Build the ``Settings`` of an in-process server: our database, its own directories.
+
+    ``server_settings(**fields)``; ``tmp=`` puts its spool, run directory and model
+    cache elsewhere than the test's ``tmp_path`` (two hosts in one test).
+    """
+    from potability.config import Settings
+
+    def build(tmp: Path | None = None, **fields: Any) -> Settings:
+        home = tmp or tmp_path
+        defaults = {
+            "database_url": mart.url,
+            "spool_dir": home / "spool",
+            "run_dir": home / "run",
+            "model_cache_dir": home / "model-cache",
+        }
+        return Settings(root=REPO, **{**defaults, **fields})
+
+    return build
+
+
+@pytest.fixture
+def app_without_model(server_settings):
     """The server app started before anything was deployed."""
     from potability.serve import create_app, shutdown
 
-    app = create_app(
-        {
-            "DATABASE_URL": mart.url,
-            "REGISTERED_MODEL": "never-deployed",
-            "MODEL_CACHE_DIR": str(tmp_path / "cache"),
-            "SPOOL_DIR": str(tmp_path / "s"),
-        }
-    )
+    app = create_app(server_settings(registered_model="never-deployed"))
     yield app
     shutdown(app)

@@ -117,4 +117,4 @@ def test_cli_and_server_refuse_to_start(tmp_path, pg_url, monkeypatch):
 
     monkeypatch.setenv("POTABILITY_ROOT", str(tmp_path))
     with pytest.raises(SettingsError, match="POTABILITY_LOG_BATCH_ROWS"):
-        create_app({"DATABASE_URL": pg_url})
+        create_app()

@@ -29,7 +29,7 @@ sys.meta_path.insert(0, NotInstalled())
 from potability.serve import create_app, shutdown
 from potability.mart import WaterMart
 
-app = create_app({"TESTING": True})
+app = create_app()
 token = WaterMart().create_token("install-probe", "sensor")
 client = app.test_client()
 sample = {"ph": 7.1, "Hardness": 204.9, "Solids": 20791, "Chloramines": 7.3, "Sulfate": 368.5,

@@ -14,15 +14,8 @@ from tests.test_server import SAMPLE, auth
 
 
 @pytest.fixture
-def app(mart, champion, tmp_path):
-    app = create_app(
-        {
-            "DATABASE_URL": mart.url,
-            **champion.app_config(tmp_path),
-            "SPOOL_DIR": str(tmp_path / "spool"),
-            "TESTING": True,
-        }
-    )
+def app(server_settings, champion, tmp_path):
+    app = create_app(server_settings(**champion.app_config(tmp_path)))
     yield app
     shutdown(app)
 
@@ -94,9 +87,8 @@ def test_panels_after_traffic_and_lab_results(app, mart):
     assert "No data yet" not in html
 
 
-def test_page_can_require_a_token(mart, champion, tmp_path):
-    app = create_app({"DATABASE_URL": mart.url, **champion.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "s"),
-                      "PAGE_REQUIRES_TOKEN": True})  # fmt: skip
+def test_page_can_require_a_token(mart, champion, tmp_path, server_settings):
+    app = create_app(server_settings(**champion.app_config(tmp_path), page_requires_token=True))
     try:
         client = app.test_client()
         assert client.get("/").status_code == 401
@@ -116,7 +108,7 @@ def test_old_answers_fall_out_of_the_live_window(app, store):
     assert app.test_client().get("/v1/stats/live").get_json()["answers"] == 0
 
 
-def test_the_page_lists_every_deployment_and_rollback(mart, tmp_path):
+def test_the_page_lists_every_deployment_and_rollback(mart, tmp_path, server_settings):
     """Regulators see who shipped which version, when and why, rollbacks included."""
     from potability import deploy
     from potability.config import Settings
@@ -132,9 +124,7 @@ def test_the_page_lists_every_deployment_and_rollback(mart, tmp_path):
         )
     finally:
         os.environ["POTABILITY_REGISTERED_MODEL"] = SERVED_MODEL
-    app = create_app(
-        {"DATABASE_URL": mart.url, **first.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "s")}
-    )
+    app = create_app(server_settings(**first.app_config(tmp_path)))
     try:
         card = app.test_client().get("/v1/stats/model").get_json()
         assert card["version"] == "test-rf-1"  # the rollback is what is served
@@ -147,7 +137,9 @@ def test_the_page_lists_every_deployment_and_rollback(mart, tmp_path):
         shutdown(app)
 
 
-def test_the_server_bins_the_answers_of_a_model_no_deploy_registered(mart, champion, tmp_path):
+def test_the_server_bins_the_answers_of_a_model_no_deploy_registered(
+    mart, champion, tmp_path, server_settings
+):
     """Drift works for a served version whose bins are missing (deployed by an older release)."""
     import psycopg2
 
@@ -156,15 +148,10 @@ def test_the_server_bins_the_answers_of_a_model_no_deploy_registered(mart, champ
             "DELETE FROM water.feature_edges WHERE model_version = %s", (champion.model_version,)
         )
     conn.close()
-    app = create_app(
-        {
-            "DATABASE_URL": mart.url,
-            **champion.app_config(tmp_path),
-            "SPOOL_DIR": str(tmp_path / "s"),
-            "START_BACKGROUND": False,
-            "PAGE_STALE_SECONDS": 0.0,
-        }
-    )  # fmt: skip  (no cached copy)
+    app = create_app(  # no cached copy: every page load renders
+        server_settings(**champion.app_config(tmp_path), page_stale_seconds=0.001),
+        start_background=False,
+    )
     try:
         sensor = mart.create_token("plant-9", "sensor")
         client = app.test_client()

@@ -33,9 +33,11 @@ def answer_row(sensor: str) -> dict:
 
 
 @pytest.fixture
-def app(mart, champion, tmp_path):
-    app = create_app({"DATABASE_URL": mart.url, **champion.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "spool"),
-                      "PAGE_STALE_SECONDS": 1.0, "PAGE_REFRESH_SECONDS": 1.0})  # fmt: skip
+def app(server_settings, champion, tmp_path):
+    settings = server_settings(
+        **champion.app_config(tmp_path), page_stale_seconds=1.0, page_refresh_seconds=1.0
+    )
+    app = create_app(settings)
     yield app
     shutdown(app)
 

@@ -81,12 +81,19 @@ def values_of(tree, key: str):
 
 def serving_app(project, registry, tmp_path):
     """A server that follows the project's champion (no background poll: reload is explicit)."""
+    from potability.config import Settings
     from potability.serve import create_app
 
     _, env, _ = project
-    return create_app({"DATABASE_URL": env["DATABASE_URL"], "REGISTERED_MODEL": registry[0],
-                       "MODEL_CACHE_DIR": str(tmp_path / "cache"), "SPOOL_DIR": str(tmp_path / "spool"),
-                       "START_BACKGROUND": False})  # fmt: skip
+    settings = Settings(
+        root=REPO,
+        database_url=env["DATABASE_URL"],
+        registered_model=registry[0],
+        model_cache_dir=tmp_path / "cache",
+        spool_dir=tmp_path / "spool",
+        run_dir=tmp_path / "run",
+    )
+    return create_app(settings, start_background=False)
 
 
 def promote_with(project, registry, tmp_path, candidate_metrics: dict) -> dict:

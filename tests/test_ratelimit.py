@@ -11,11 +11,10 @@ from tests.test_server import SAMPLE, auth
 
 
 @pytest.fixture
-def limited_app(mart, champion, tmp_path):
-    def build(**config):
-        app = create_app({"DATABASE_URL": mart.url, **champion.app_config(tmp_path),
-                          "SPOOL_DIR": str(tmp_path / "spool"), "PAGE_RATE_BURST": 3,
-                          "PAGE_RATE_PER_SECOND": 0.01, **config})  # fmt: skip
+def limited_app(server_settings, champion, tmp_path):
+    def build(**fields):
+        settings = {"page_rate_burst": 3, "page_rate_per_second": 0.01, **fields}
+        app = create_app(server_settings(**champion.app_config(tmp_path), **settings))
         apps.append(app)
         return app
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from potability.serve import create_app, shutdown
+from potability.serve import context, create_app, shutdown
 from potability.serve.readings import NAMESPACE, reading_inference_id
 from tests.test_server import SAMPLE, auth, logged
 
@@ -15,10 +15,9 @@ HOUR_AGO = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
 
 
 @pytest.fixture
-def served(mart, champion, tmp_path):
+def served(mart, champion, tmp_path, server_settings):
     """The app, its test client and sensor-1's auth header; the log is written when a test says."""
-    config = {**champion.app_config(tmp_path), "DATABASE_URL": mart.url, "LOG_FLUSH_SECONDS": 3600}
-    app = create_app({**config, "SPOOL_DIR": str(tmp_path / "spool")})
+    app = create_app(server_settings(**champion.app_config(tmp_path), log_flush_seconds=3600))
     try:
         yield app, app.test_client(), auth(mart.create_token("sensor-1", "sensor"))
     finally:
@@ -98,7 +97,8 @@ def test_a_batch_naming_one_reading_twice_answers_both_and_stores_it_once(served
 
 def test_the_clock_skew_allowed_is_a_setting(served):
     app, client, h = served
-    app.config["READING_MAX_SKEW_SECONDS"] = 7200
+    wider = context.settings(app).model_copy(update={"reading_max_skew_seconds": 7200})
+    app.extensions[context.SETTINGS] = wider
     r = client.post(
         "/v1/predict",
         json=reading("late", datetime.now(UTC) + timedelta(hours=1)),

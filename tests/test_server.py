@@ -23,9 +23,11 @@ SAMPLE = {"ph": 7.1, "Hardness": 204.9, "Solids": 20791.0, "Chloramines": 7.3, "
 
 
 @pytest.fixture
-def app(mart, champion, tmp_path):
-    app = create_app({"DATABASE_URL": mart.url, **champion.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "spool"),
-                      "TOKEN_CACHE_SECONDS": 0.3, "MODEL_POLL_SECONDS": 3600, "TESTING": True})  # fmt: skip
+def app(server_settings, champion, tmp_path):
+    settings = server_settings(
+        **champion.app_config(tmp_path), token_cache_seconds=0.3, model_poll_seconds=3600
+    )
+    app = create_app(settings)
     yield app
     shutdown(app)
 
@@ -228,12 +230,11 @@ def test_ops_endpoints(client, tokens):
 
 
 @pytest.fixture
-def own_champion(mart, tmp_path):
+def own_champion(server_settings, tmp_path):
     """A registered model of this test alone (the session's champion is never moved)."""
     name = f"reload-{uuid.uuid4().hex[:8]}"
     first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
-    app = create_app({"DATABASE_URL": mart.url, **first.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "spool"),
-                      "MODEL_POLL_SECONDS": 3600, "TESTING": True})  # fmt: skip
+    app = create_app(server_settings(**first.app_config(tmp_path), model_poll_seconds=3600))
     yield app, first
     shutdown(app)
 
@@ -276,13 +277,15 @@ def test_reload_follows_the_alias_to_a_new_deployment(own_champion, mart, tmp_pa
     assert meta["registered_version"] == second.version
 
 
-def test_replicas_follow_the_alias_without_being_asked(mart, tmp_path):
+def test_replicas_follow_the_alias_without_being_asked(server_settings, tmp_path):
     """Two servers with their own caches (two hosts) move to a new deployment by themselves."""
     name = f"watch-{uuid.uuid4().hex[:8]}"
     first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
-    replicas = [create_app({"DATABASE_URL": mart.url, **first.app_config(tmp_path / f"host-{i}"),
-                            "SPOOL_DIR": str(tmp_path / f"spool-{i}"), "MODEL_POLL_SECONDS": 0.2})
-                for i in range(2)]  # fmt: skip
+    hosts = [tmp_path / f"host-{i}" for i in range(2)]
+    replicas = [
+        create_app(server_settings(tmp=host, **first.app_config(host), model_poll_seconds=0.2))
+        for host in hosts
+    ]
     try:
         holders = [app.extensions["potability.model"] for app in replicas]
         assert [h.current.version for h in holders] == ["test-rf-1", "test-rf-1"]
@@ -296,14 +299,15 @@ def test_replicas_follow_the_alias_without_being_asked(mart, tmp_path):
             shutdown(app)
 
 
-def test_a_restart_while_the_registry_is_down_serves_the_cached_champion(champion, mart, tmp_path):
-    config = {"DATABASE_URL": mart.url, **champion.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "spool"),
-              "MODEL_POLL_SECONDS": 3600}  # fmt: skip
-    first = create_app(config)
+def test_a_restart_while_the_registry_is_down_serves_the_cached_champion(
+    champion, mart, tmp_path, server_settings
+):
+    config = {**champion.app_config(tmp_path), "model_poll_seconds": 3600}
+    first = create_app(server_settings(**config))
     shutdown(first)
     # the same server restarted while the registry's database refuses connections
     dead = "postgresql+psycopg2://nobody@127.0.0.1:9/mlflow?connect_timeout=2"
-    second = create_app({**config, "MLFLOW_TRACKING_URI": dead})
+    second = create_app(server_settings(**{**config, "mlflow_tracking_uri": dead}))
     try:
         holder = second.extensions["potability.model"]
         assert holder.current is not None and holder.current.version == champion.model_version

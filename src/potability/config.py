@@ -160,7 +160,9 @@ class Settings(BaseSettings):
     model_cache_dir: Path = _env("POTABILITY_MODEL_CACHE", default=Path(".model-cache"))
     """Where a server keeps the versions it loaded, to start from during a registry outage."""
     spool_dir: Path = _env("POTABILITY_SPOOL_DIR", default=Path(".spool"))
-    """Where a server spools answered rows while Postgres is down (and its metrics files)."""
+    """The inference log's own files: answered rows on disk until Postgres has them."""
+    run_dir: Path = _env("POTABILITY_RUN_DIR", default=Path(".run"))
+    """A server's state for one run, emptied at each start: `prometheus/`, `page-cache/`, `ratelimit`."""
     params_path: Path = _env("POTABILITY_PARAMS", default=Path("params.yaml"))
     """The experiment parameters file (the quality page reads its `page` section)."""
 
@@ -300,11 +302,26 @@ class Settings(BaseSettings):
         root = info.data.get("root")
         return value if value.is_absolute() or root is None else workspace_of(root) / value
 
-    @field_validator("promoted_dir", "model_cache_dir", "spool_dir", "params_path")
+    @field_validator("promoted_dir", "model_cache_dir", "spool_dir", "run_dir", "params_path")
     @classmethod
     def _under_root(cls, value: Path, info: ValidationInfo) -> Path:
         root = info.data.get("root")
         return value if value.is_absolute() or root is None else root / value
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Prometheus' multi-process files (owned by ``potability.serve.metrics``)."""
+        return self.run_dir / "prometheus"
+
+    @property
+    def page_cache_dir(self) -> Path:
+        """The rendered page and stats (owned by ``potability.serve.page_cache``)."""
+        return self.run_dir / "page-cache"
+
+    @property
+    def ratelimit_path(self) -> Path:
+        """The open pages' shared rate-limit map (owned by ``potability.serve.ratelimit``)."""
+        return self.run_dir / "ratelimit"
 
     @cached_property
     def workspace(self) -> Path:
@@ -363,11 +380,6 @@ def settings_table() -> str:
             f"| `{env_name(name)}` | {_type_text(field)} | {_default_text(name, field)} | {meaning} |"
         )
     return "\n".join(rows) + "\n"
-
-
-def page_cache_dir(spool_dir: str | Path) -> Path:
-    """Where a server keeps its rendered page and rate-limit buckets: beside its spool, one per server."""
-    return Path(spool_dir) / "page-cache"
 
 
 def load_params(path: Path) -> dict[str, Any]:

@@ -1,136 +1,132 @@
-"""The inference server: Flask app factory. Nothing happens at import time.
+"""The inference server: Flask app factories, one per kind of process. Nothing happens at import.
 
-``create_app(config)`` builds defaults from the environment (``Settings``),
-then applies ``config`` overrides (tests). It loads the champion from the MLflow
-registry (or its local cache), starts the inference-log writer and the alias
-watcher, opens the page cache and the open pages' rate limit, and registers the
-blueprints. The page renderer (``serve/renderer.py``) builds this same app, takes
-no traffic, and keeps the page cache fresh.
+``create_app(settings)`` is a gunicorn worker's app: the sensors' API, the
+open page and ops endpoints, the inference-log writer, the token cache, the
+alias watcher and the hourly log maintenance. ``create_page_app(settings)`` is
+the page's app for the renderer and the page listener: the page, its cache and
+its reads, following the champion, with no inference log, token writer or
+maintenance (the listener adds a token cache only when the page needs a
+token). Both read the one ``Settings`` object they are given
+(``potability.serve.context``); tests build their own.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 from flask import Flask, g, request
 
-from potability.config import get_settings, page_cache_dir
+from potability import db
+from potability.config import Settings, get_settings
 from potability.inference_store import InferenceStore
 from potability.log_maintenance import lab_match_minutes
 from potability.mart import WaterMart
 from potability.rollups import Rollups
+from potability.serve import context
+from potability.serve.model_holder import ModelHolder
 
 log = logging.getLogger(__name__)
 
 
-def create_app(config: dict[str, Any] | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, start_background: bool = True) -> Flask:
+    """A worker's app; ``start_background=False`` leaves its threads off (tests drive them)."""
     from potability.serve import api, ops, page, ratelimit
     from potability.serve.auth import TokenCache
-    from potability.serve.errors import register_error_handlers
     from potability.serve.inference_log import open_log
     from potability.serve.maintenance import Maintenance
-    from potability.serve.metrics import (
-        LATENCY,
-        REQUESTS,
-        on_log_depth,
-        on_model_swap,
-        on_quarantine,
-    )
-    from potability.serve.model_holder import ModelHolder
-    from potability.serve.page_cache import PageCache
+    from potability.serve.metrics import on_log_depth, on_quarantine
 
-    settings = get_settings()
-    app = Flask(__name__)
-    app.config.from_mapping(
-        DATABASE_URL=None,
-        MLFLOW_TRACKING_URI=None,  # None: MLFLOW_TRACKING_URI, else the mlflow database beside ours
-        REGISTERED_MODEL=settings.registered_model,
-        CHAMPION_ALIAS=settings.champion_alias,
-        MODEL_CACHE_DIR=str(settings.model_cache_dir),
-        SPOOL_DIR=str(settings.spool_dir),
-        MAX_BATCH=settings.max_batch,
-        MAX_CONTENT_LENGTH=settings.max_body_bytes,
-        READING_MAX_SKEW_SECONDS=settings.reading_max_skew_seconds,
-        TOKEN_CACHE_SECONDS=settings.token_cache_seconds,
-        LOG_FLUSH_SECONDS=settings.log_flush_seconds,
-        LOG_BATCH_ROWS=settings.log_batch_rows,
-        SPOOL_REPLAY_SECONDS=settings.spool_replay_seconds,
-        SPOOL_MAX_BYTES=settings.spool_max_bytes,
-        LOG_QUEUE_MAX_ROWS=settings.log_queue_max_rows,
-        LOG_JOURNAL=settings.log_journal,
-        LOG_JOURNAL_FSYNC=settings.log_journal_fsync,
-        LOG_JOURNAL_SEGMENT_BYTES=settings.log_journal_segment_bytes,
-        TOKEN_STALE_SECONDS=settings.token_stale_seconds,
-        MODEL_POLL_SECONDS=settings.model_poll_seconds,
-        REGISTRY_CONNECT_TIMEOUT=settings.registry_connect_timeout,
-        PAGE_REQUIRES_TOKEN=settings.page_requires_token,
-        PAGE_REFRESH_SECONDS=settings.page_refresh_seconds,
-        PAGE_STALE_SECONDS=settings.page_stale_seconds,
-        PAGE_RATE_PER_SECOND=settings.page_rate_per_second,
-        PAGE_RATE_BURST=settings.page_rate_burst,
-        PAGE_RATE_CLIENTS=settings.page_rate_clients,
-        TRUST_FORWARDED_FOR=settings.trust_forwarded_for,
-        PARAMS_PATH=str(settings.params_path),
-        ROLLUPS_POOL_SIZE=settings.rollups_pool_size,
-        LOG_MAINTENANCE_SECONDS=settings.log_maintenance_seconds,
-        START_BACKGROUND=True,
-    )
-    app.config.from_mapping(config or {})
-    app.json.sort_keys = False
-
-    mart = WaterMart(url=app.config["DATABASE_URL"]) if app.config["DATABASE_URL"] else WaterMart()
+    settings = settings or get_settings()
+    mart = _mart(settings)
     maintenance = Maintenance(
         mart.url,
         settings,
-        lab_match_minutes(Path(app.config["PARAMS_PATH"])),
+        lab_match_minutes(settings.params_path),
         lambda: holder.current,
-        app.config["LOG_MAINTENANCE_SECONDS"],
+        settings.log_maintenance_seconds,
     )
-
-    def swapped(old, new) -> None:
-        on_model_swap(old, new)
-        maintenance.model_changed()
-
-    holder = ModelHolder(
-        app.config["REGISTERED_MODEL"], app.config["CHAMPION_ALIAS"], Path(app.config["MODEL_CACHE_DIR"]),
-        app.config["MODEL_POLL_SECONDS"], _tracking_uri(app.config["MLFLOW_TRACKING_URI"], mart.url),
-        app.config["REGISTRY_CONNECT_TIMEOUT"], on_swap=swapped,
-    )  # fmt: skip
-    holder.start()
+    app, holder = _base_app(settings, mart, on_swap=maintenance.model_changed)
     inference_log = open_log(
-        InferenceStore(url=mart.url),
-        Path(app.config["SPOOL_DIR"]),
-        settings,
-        on_log_depth,
-        on_quarantine,
+        InferenceStore(url=mart.url), settings.spool_dir, settings, on_log_depth, on_quarantine
     )
-    page_dir = page_cache_dir(app.config["SPOOL_DIR"])
-    app.extensions.update({
-        "potability.page_cache": PageCache(page_dir, app.config["PAGE_STALE_SECONDS"]),
-        "potability.mart": mart,
-        "potability.model": holder,
-        "potability.log": inference_log,
-        "potability.rollups": Rollups(mart.url, app.config["ROLLUPS_POOL_SIZE"]),
-        "potability.maintenance": maintenance,
-        "potability.tokens": TokenCache(mart, app.config["TOKEN_CACHE_SECONDS"],
-                                        app.config["TOKEN_STALE_SECONDS"]),
-    })  # fmt: skip
-    if app.config["START_BACKGROUND"]:
+    app.extensions[context.LOG] = inference_log
+    app.extensions[context.MAINTENANCE] = maintenance
+    app.extensions[context.TOKENS] = TokenCache(
+        mart, settings.token_cache_seconds, settings.token_stale_seconds
+    )
+    if start_background:
         inference_log.start()
         holder.start_watching()
         maintenance.start()
-
-    register_error_handlers(app)
-    ratelimit.init_app(app, ratelimit.RateLimiter(
-        page_dir / "ratelimit", app.config["PAGE_RATE_PER_SECOND"], app.config["PAGE_RATE_BURST"],
-        app.config["PAGE_RATE_CLIENTS"],
-    ))  # fmt: skip
+    ratelimit.init_app(app, ratelimit.RateLimiter.from_settings(settings))
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(page.bp)
+    return app
+
+
+def create_page_app(settings: Settings | None = None) -> Flask:
+    """The page's app (renderer, page listener): the page and its reads, following the champion."""
+    from potability.serve import page
+    from potability.serve.auth import TokenCache
+
+    settings = settings or get_settings()
+    mart = _mart(settings)
+    app, holder = _base_app(settings, mart)
+    if settings.page_requires_token:
+        app.extensions[context.TOKENS] = TokenCache(
+            mart, settings.token_cache_seconds, settings.token_stale_seconds
+        )
+    holder.start_watching()
+    app.register_blueprint(page.bp)
+    return app
+
+
+def _mart(settings: Settings) -> WaterMart:
+    return WaterMart(url=settings.database_url) if settings.database_url else WaterMart(settings)
+
+
+def _base_app(
+    settings: Settings, mart: WaterMart, on_swap: Callable[[], None] | None = None
+) -> tuple[Flask, ModelHolder]:
+    """What every process's app has: settings, error shape, the champion, the page's reads.
+
+    ``on_swap`` runs after each model swap, beside the metrics' own hook.
+    """
+    from potability.serve.errors import register_error_handlers
+    from potability.serve.metrics import LATENCY, REQUESTS, on_model_swap
+    from potability.serve.page_cache import PageCache
+
+    def swapped(old, new) -> None:
+        on_model_swap(old, new)
+        if on_swap is not None:
+            on_swap()
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    holder = ModelHolder(
+        settings.registered_model,
+        settings.champion_alias,
+        settings.model_cache_dir,
+        settings.model_poll_seconds,
+        _tracking_uri(settings, mart.url),
+        settings.registry_connect_timeout,
+        on_swap=swapped,
+    )
+    holder.start()
+    app.extensions.update(
+        {
+            context.SETTINGS: settings,
+            context.MART: mart,
+            context.MODEL: holder,
+            context.ROLLUPS: Rollups(mart.url, settings.rollups_pool_size),
+            context.PAGE_CACHE: PageCache(settings.page_cache_dir, settings.page_stale_seconds),
+        }
+    )
+    register_error_handlers(app)
 
     @app.before_request
     def start_timer():
@@ -145,27 +141,29 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         )
         return response
 
-    return app
+    return app, holder
 
 
-def _tracking_uri(explicit: str | None, database_url: str):
+def _tracking_uri(settings: Settings, database_url: str):
     """The registry's address, resolved when first needed (Postgres may be down at start)."""
 
     def resolve() -> str:
-        if explicit:
-            return explicit
-        from potability import db
-        from potability.config import get_settings
-
-        return db.mlflow_tracking_uri(get_settings(), url=database_url)
+        return db.mlflow_tracking_uri(settings, url=database_url)
 
     return resolve
 
 
 def shutdown(app: Flask) -> None:
-    """Flush the inference log and stop background threads (gunicorn worker_exit, tests)."""
-    app.extensions["potability.model"].stop()
-    app.extensions["potability.maintenance"].stop()
-    app.extensions["potability.log"].close()
-    app.extensions["potability.rollups"].close()
-    app.extensions["potability.ratelimit"].close()
+    """Flush the inference log and stop background threads (gunicorn worker_exit, tests).
+
+    Each app has only the parts its process uses; what it lacks is skipped.
+    """
+    parts = app.extensions
+    parts[context.MODEL].stop()
+    if context.MAINTENANCE in parts:
+        parts[context.MAINTENANCE].stop()
+    if context.LOG in parts:
+        parts[context.LOG].close()
+    parts[context.ROLLUPS].close()
+    if context.RATELIMIT in parts:
+        parts[context.RATELIMIT].close()

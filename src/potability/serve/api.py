@@ -20,6 +20,7 @@ from potability.schema import (
     validate_features,
     validate_lab_row,
 )
+from potability.serve import context
 from potability.serve.auth import require
 from potability.serve.errors import ApiError
 from potability.serve.inference_log import LogUnavailable
@@ -99,11 +100,11 @@ def answers_of(answered: AnsweredBatch) -> list[dict[str, Any]]:
 @bp.post("/predict")
 @require("sensor", "admin")
 def predict():
-    config = current_app.config
-    items, batch = as_items(json_body(), config["MAX_BATCH"])
+    settings = context.settings()
+    items, batch = as_items(json_body(), settings.max_batch)
     now, sensor_id = datetime.now(UTC), g.token.name
     try:
-        items, readings = split_readings(items, sensor_id, now, config["READING_MAX_SKEW_SECONDS"])
+        items, readings = split_readings(items, sensor_id, now, settings.reading_max_skew_seconds)
     except FieldError as exc:
         raise field_error(exc, batch) from None
     X = fast_feature_matrix(items)
@@ -118,7 +119,7 @@ def predict():
             [[np.nan if s[n] is None else s[n] for n in FEATURE_NAMES] for s in samples],
             dtype=np.float64,
         )
-    production = current_app.extensions["potability.model"].current
+    production = context.part(context.MODEL).current
     if production is None:
         raise ApiError(
             503, "no_model", "no model is loaded yet; run `dvc repro` and POST /admin/reload"
@@ -143,7 +144,7 @@ def predict():
         logged_at=logged_at,
     )
     try:
-        current_app.extensions["potability.log"].submit(answered)
+        context.part(context.LOG).submit(answered)
     except LogUnavailable as exc:
         raise ApiError(
             503, "log_unavailable", f"no answer without a record: {exc}; retry later"
@@ -161,12 +162,12 @@ def predict():
 @bp.post("/samples")
 @require("lab", "admin")
 def add_samples():
-    items, batch = as_items(json_body(), current_app.config["MAX_BATCH"])
+    items, batch = as_items(json_body(), context.settings().max_batch)
     try:
         rows = [validate_lab_row(item, index=i, strict=True) for i, item in enumerate(items)]
     except FieldError as exc:
         raise field_error(exc, batch) from None
-    mart = current_app.extensions["potability.mart"]
+    mart = context.part(context.MART)
     try:
         report = mart.insert_samples(rows, added_by=g.token.name, strict=True)
     except DuplicateSampleError as exc:
@@ -182,7 +183,7 @@ def add_samples():
 @bp.get("/model")
 @require("sensor", "lab", "admin")
 def model_meta():
-    production = current_app.extensions["potability.model"].current
+    production = context.part(context.MODEL).current
     if production is None:
         raise ApiError(503, "no_model", "no model is loaded yet")
     return production.meta

@@ -13,10 +13,11 @@ import functools
 import threading
 import time
 
-from flask import current_app, g, request
+from flask import g, request
 
 from potability.errors import MartError
 from potability.mart import TokenInfo, WaterMart
+from potability.serve import context
 from potability.serve.errors import ApiError
 
 
@@ -64,7 +65,7 @@ def require(*roles: str):
                     "send 'Authorization: Bearer <token>'",
                     field="Authorization",
                 )
-            info = current_app.extensions["potability.tokens"].lookup(token.strip())
+            info = context.part(context.TOKENS).lookup(token.strip())
             if info is None:
                 raise ApiError(
                     401, "unauthorized", "unknown or revoked token", field="Authorization"

@@ -7,6 +7,7 @@ import os
 from flask import Blueprint, current_app
 
 from potability.artifacts import ArtifactError
+from potability.serve import context
 from potability.serve.auth import require
 from potability.serve.errors import ApiError
 from potability.serve.metrics import exposition, on_scrape
@@ -23,8 +24,8 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    holder = current_app.extensions["potability.model"]
-    log = current_app.extensions["potability.log"]
+    holder = context.part(context.MODEL)
+    log = context.part(context.LOG)
     spool_writable = os.access(log.spool.directory, os.W_OK)
     # a worker that refuses every request for want of its journal must leave the load balancer
     journal_error = log.journal.check() if log.journal is not None else None
@@ -54,7 +55,7 @@ def readyz():
 
 @bp.get("/metrics")
 def metrics():
-    log = current_app.extensions["potability.log"]
+    log = context.part(context.LOG)
     on_scrape(log.spool.depth(), log.journal.size() if log.journal is not None else None)
     body, content_type = exposition()
     return current_app.response_class(
@@ -64,13 +65,13 @@ def metrics():
 
 @bp.get("/openapi.json")
 def openapi():
-    return document(current_app.config["MAX_BATCH"], tuple(PANELS))
+    return document(context.settings().max_batch, tuple(PANELS))
 
 
 @bp.post("/admin/reload")
 @require("admin")
 def reload_model():
-    holder = current_app.extensions["potability.model"]
+    holder = context.part(context.MODEL)
     before = holder.current.version if holder.current else None
     try:
         production = holder.reload()

@@ -10,7 +10,6 @@ cycle, ``render_entry`` a worker's fallback.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, current_app, render_template, request
@@ -18,6 +17,7 @@ from flask import Blueprint, current_app, render_template, request
 from potability import deployments, quality
 from potability.config import load_params
 from potability.errors import MartError
+from potability.serve import context
 from potability.serve.errors import ApiError
 from potability.serve.page_cache import Entry, PageCache, RenderBusy, rendered
 
@@ -33,7 +33,7 @@ def page_params() -> dict[str, Any]:
         try:
             cached = {
                 **PAGE_DEFAULTS,
-                **load_params(Path(current_app.config["PARAMS_PATH"])).get("page", {}),
+                **load_params(context.settings().params_path).get("page", {}),
             }
         except FileNotFoundError:
             cached = dict(PAGE_DEFAULTS)
@@ -42,22 +42,22 @@ def page_params() -> dict[str, Any]:
 
 
 def _check_access() -> None:
-    if current_app.config["PAGE_REQUIRES_TOKEN"]:
+    if context.settings().page_requires_token:
         from potability.serve.auth import require
 
         require("sensor", "lab", "admin")(lambda: None)()
 
 
 def _production():
-    return current_app.extensions["potability.model"].current
+    return context.part(context.MODEL).current
 
 
 def model_panel() -> dict[str, Any]:
-    holder = current_app.extensions["potability.model"]
+    holder = context.part(context.MODEL)
     production = holder.current
     card = quality.model_card(production.meta if production else None, holder.history())
     try:
-        shipped = deployments.history(current_app.config["REGISTERED_MODEL"], url=_mart().url)
+        shipped = deployments.history(context.settings().registered_model, url=_mart().url)
         card["deployments"] = [d.as_dict() for d in shipped]
     except MartError as exc:
         card["deployments_error"] = f"the database is unavailable: {exc}"
@@ -65,11 +65,11 @@ def model_panel() -> dict[str, Any]:
 
 
 def _mart():
-    return current_app.extensions["potability.mart"]
+    return context.part(context.MART)
 
 
 def _rollups():
-    return current_app.extensions["potability.rollups"]
+    return context.part(context.ROLLUPS)
 
 
 def _as_of(newest: datetime | None) -> str | None:
@@ -161,7 +161,7 @@ def _page_entry(panels: dict[str, dict[str, Any]]) -> tuple[bytes, str, int]:
         live_chart=charts.answers_per_hour(live.get("hourly", [])),
         drift_chart=charts.drift_bars(drift.get("features", []), drift.get("threshold", 0.2)),
         as_of=_page_as_of(panels, now), generated_at=_stamp(now),
-        refresh_seconds=current_app.config["PAGE_REFRESH_SECONDS"],
+        refresh_seconds=context.settings().page_refresh_seconds,
     )  # fmt: skip
     return html.encode(), "text/html; charset=utf-8", 200
 
@@ -194,7 +194,7 @@ def render_all() -> dict[str, Entry]:
 
 def _cached(key: str):
     """Answer ``key`` from the page cache, with validators so browsers and proxies can help."""
-    cache: PageCache = current_app.extensions["potability.page_cache"]
+    cache: PageCache = context.part(context.PAGE_CACHE)
     try:
         entry = cache.get(key, lambda: render_entry(key))
     except RenderBusy:
@@ -205,8 +205,9 @@ def _cached(key: str):
     )
     response.set_etag(entry.etag)
     response.last_modified = datetime.fromtimestamp(entry.rendered_at, UTC)
-    max_age = max(0, round(current_app.config["PAGE_REFRESH_SECONDS"] - entry.age()))
-    scope = "private" if current_app.config["PAGE_REQUIRES_TOKEN"] else "public"
+    settings = context.settings()
+    max_age = max(0, round(settings.page_refresh_seconds - entry.age()))
+    scope = "private" if settings.page_requires_token else "public"
     response.headers["Cache-Control"] = f"{scope}, max-age={max_age}"
     response.headers["Server-Timing"] = f"render;dur={entry.render_ms}"
     return response.make_conditional(request)

@@ -78,12 +78,12 @@ def supervise(sock: socket.socket, settings: Settings):
 
 def create_page_app() -> Flask:
     """The workers' app, answering only the open endpoints; it follows the champion for its fallback renders."""
-    from potability.serve import create_app
+    from potability.serve import create_page_app, ops, ratelimit
 
-    app = create_app(
-        {"START_BACKGROUND": False}
-    )  # takes no sensor traffic: no inference-log writer
-    app.extensions["potability.model"].start_watching()
+    settings = get_settings()
+    app = create_page_app(settings)  # takes no sensor traffic: no inference log, no maintenance
+    ratelimit.init_app(app, ratelimit.RateLimiter.from_settings(settings))
+    app.register_blueprint(ops.bp)  # for /healthz; open_only refuses its other endpoints
 
     def open_only():
         if request.endpoint not in OPEN_ENDPOINTS:

@@ -21,8 +21,10 @@ import threading
 import time
 from pathlib import Path
 
-from flask import Flask, current_app, request
+from flask import Flask, request
 
+from potability.config import Settings
+from potability.serve import context
 from potability.serve.errors import ApiError
 
 SLOT = struct.Struct(
@@ -33,6 +35,16 @@ LIMITED_ENDPOINTS = frozenset({"page.page", "page.stats", "static"})
 
 
 class RateLimiter:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimiter:
+        """The limiter every process of one server shares (its map under the run directory)."""
+        return cls(
+            settings.ratelimit_path,
+            settings.page_rate_per_second,
+            settings.page_rate_burst,
+            settings.page_rate_clients,
+        )
+
     def __init__(self, path: Path, per_second: float, burst: int, clients: int):
         if per_second <= 0 or burst < 1 or clients < PROBES:
             raise ValueError(
@@ -104,13 +116,13 @@ def client_address(trust_forwarded_for: bool) -> str:
 
 def init_app(app: Flask, limiter: RateLimiter) -> None:
     """Check the bucket before any open page, stats or static request; 429 with Retry-After past it."""
-    app.extensions["potability.ratelimit"] = limiter
+    app.extensions[context.RATELIMIT] = limiter
 
     @app.before_request
     def limit_open_reads():
         if request.endpoint not in LIMITED_ENDPOINTS:
             return None
-        wait = limiter.take(client_address(current_app.config["TRUST_FORWARDED_FOR"]))
+        wait = limiter.take(client_address(context.settings().trust_forwarded_for))
         if wait > 0:
             retry = max(1, math.ceil(wait))
             raise ApiError(

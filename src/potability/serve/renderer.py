@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from potability.config import get_settings
+from potability.serve import context
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def render_once(app) -> float:
     """Render every entry into the app's page cache; return the seconds it took."""
     from potability.serve import page
 
-    cache = app.extensions["potability.page_cache"]
+    cache = context.part(context.PAGE_CACHE, app)
     started = time.perf_counter()
     with app.test_request_context("/"), cache.render_lock(wait=True):
         for key, entry in page.render_all().items():
@@ -94,14 +95,13 @@ def start_child(nice: int, idle: bool = False) -> Child:
 
 
 def main() -> int:
-    from potability.serve import create_app, shutdown
+    from potability.serve import create_page_app, shutdown
 
     settings = get_settings()
     child = start_child(settings.page_renderer_nice)
-    app = create_app({"START_BACKGROUND": False})  # takes no traffic: no inference-log writer
-    app.extensions["potability.model"].start_watching()
+    app = create_page_app(settings)  # takes no traffic: the page, its reads and the champion only
     log.info("page renderer up: every %.0f s into %s", settings.page_refresh_seconds,
-             app.extensions["potability.page_cache"].directory)  # fmt: skip
+             context.part(context.PAGE_CACHE, app).directory)  # fmt: skip
     try:
         while child.running():
             try:

@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from potability.config import get_settings, page_cache_dir
+from potability.config import get_settings
 
 
 def run_gunicorn(host: str, port: int, workers: int, page_port: int | None = None) -> int:
@@ -20,12 +20,12 @@ def run_gunicorn(host: str, port: int, workers: int, page_port: int | None = Non
         os.environ["POTABILITY_PAGE_BIND"] = (
             f"[{host}]:{page_port}" if ":" in host else f"{host}:{page_port}"
         )
-    metrics_dir = get_settings().spool_dir / "prometheus"
-    shutil.rmtree(metrics_dir, ignore_errors=True)  # counters of a previous run must not leak in
-    # nor a previous run's pages (perhaps of another database) or rate-limit buckets
-    shutil.rmtree(page_cache_dir(get_settings().spool_dir), ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # the run directory holds one run's state only: a previous run's counters (perhaps of another
+    # database), pages and rate-limit buckets must not leak in
+    settings = get_settings()
+    shutil.rmtree(settings.run_dir, ignore_errors=True)
+    settings.metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
     os.execv(sys.executable, [
         sys.executable, "-m", "gunicorn",
         "--config", str(Path(__file__).with_name("gunicorn.conf.py")),
