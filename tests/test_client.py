@@ -11,8 +11,8 @@ import psycopg2
 import pytest
 
 from potability.sensor.client import PotabilityClient, Refused
+from potability.sensor.readings import reading_inference_id
 from potability.sensor.readings_csv import ANSWER_COLUMNS
-from potability.serve.readings import reading_inference_id
 from tests.conftest import HEADER_HINT, REPO, run
 from tests.test_gunicorn import Server, free_port
 from tests.test_server import SAMPLE

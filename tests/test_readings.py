@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from potability.sensor.readings import NAMESPACE, reading_inference_id
 from potability.serve import context, create_app, shutdown
-from potability.serve.readings import NAMESPACE, reading_inference_id
 from tests.test_server import SAMPLE, auth, logged
 
 HOUR_AGO = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)

@@ -82,7 +82,7 @@ class AnsweredBatch:
     features: np.ndarray
     probabilities: np.ndarray
     threshold: float
-    # per row, when a sensor's own reading carries its time (potability/serve/readings.py); else received_at
+    # per row, when a sensor's own reading carries its time (potability/sensor/readings.py); else received_at
     logged_at: Sequence[datetime | str] | None = None
 
     def __len__(self) -> int:

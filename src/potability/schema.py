@@ -247,11 +247,11 @@ _RFC3339 = re.compile(
 
 def _timestamp(value: Any, index: int | None, strict: bool = False) -> str | None:
     """An ISO 8601 timestamp (RFC 3339 with ``strict``), normalised to UTC when it has an offset."""
-    parsed = _parse_timestamp(value, index, strict, "collected_at")
+    parsed = parse_timestamp(value, index, strict, "collected_at")
     return None if parsed is None else parsed.isoformat()
 
 
-def _parse_timestamp(value: Any, index: int | None, strict: bool, field: str) -> datetime | None:
+def parse_timestamp(value: Any, index: int | None, strict: bool, field: str) -> datetime | None:
     if value is None or (value == "" and not strict):
         return None
     if not isinstance(value, str):
@@ -265,75 +265,6 @@ def _parse_timestamp(value: Any, index: int | None, strict: bool, field: str) ->
     except (ValueError, OverflowError):
         raise FieldError(field, f"is not an ISO 8601 timestamp: {value[:40]!r}", index) from None
     return parsed
-
-
-# A sensor's own reading: its id (unique per sensor) and when it was read. With them a
-# resent reading is the same record (potability/serve/readings.py), so a sensor may always send again.
-READING_FIELDS = ("reading_id", "read_at")
-READING_ID_PATTERN = f"^[ -~]{{1,{MAX_ID_LENGTH}}}$"  # printable ASCII, used byte for byte
-_READING_ID = re.compile(READING_ID_PATTERN, re.ASCII)
-
-
-@dataclass(frozen=True)
-class ReadingKey:
-    reading_id: str
-    read_at: datetime  # UTC
-
-
-def validate_reading(
-    obj: dict[str, Any], index: int | None, now: datetime, max_skew_seconds: float
-) -> ReadingKey | None:
-    """Check a sample's ``reading_id`` and ``read_at`` (both or neither); None when neither.
-
-    ``read_at`` must be an RFC 3339 date-time with an offset, at most
-    ``max_skew_seconds`` after ``now`` (a clock that far ahead is wrong, and
-    its readings would sort after everything real).
-    """
-    reading_id, read_at = obj.get("reading_id"), obj.get("read_at")
-    if reading_id is None and read_at is None:
-        return None
-    if reading_id is None:
-        raise FieldError("reading_id", "is required with read_at", index)
-    if not isinstance(reading_id, str) or not _READING_ID.fullmatch(reading_id):
-        shown = reading_id[:40] if isinstance(reading_id, str) else type(reading_id).__name__
-        raise FieldError(
-            "reading_id",
-            f"must be 1–{MAX_ID_LENGTH} printable ASCII characters, got {shown!r}",
-            index,
-        )
-    if read_at is None:
-        raise FieldError("read_at", "is required with reading_id (RFC 3339, with offset)", index)
-    parsed = _parse_timestamp(read_at, index, strict=True, field="read_at")
-    ahead = (parsed - now).total_seconds()
-    if ahead > max_skew_seconds:
-        raise FieldError(
-            "read_at",
-            f"is {ahead:.0f} s after the server's clock (at most {max_skew_seconds:g} s); "
-            "check the sensor's clock",
-            index,
-        )
-    return ReadingKey(reading_id, parsed)
-
-
-def json_schema_reading() -> dict[str, Any]:
-    """The reading fields of a sensor sample (for OpenAPI): properties and their pairing."""
-    return {
-        "properties": {
-            "reading_id": {
-                "type": "string",
-                "pattern": READING_ID_PATTERN,
-                "description": "the sensor's own id for this reading; sending it again stores "
-                "it once and answers with the same inference_id",
-            },
-            "read_at": {
-                "type": "string",
-                "format": "date-time",
-                "description": "when the sensor read it (RFC 3339); logged as received_at; "
-                "400 when too far after the server's clock",
-            },
-        },
-        "dependentRequired": {"reading_id": ["read_at"], "read_at": ["reading_id"]},
-    }
 
 
 # What validate_text accepts, as a JSON Schema pattern: no NUL; an id also needs a visible character.

@@ -2,7 +2,7 @@
 
 A reading gets its own id and time once, when it is made (``client.reading``),
 so however often it is sent the server logs it once and answers with the same
-``inference_id`` (potability/serve/readings.py). That makes every retry safe: ``predict``
+``inference_id`` (potability/sensor/readings.py). That makes every retry safe: ``predict``
 sends readings in batches of the server's maximum and tries again, with
 exponential back-off and jitter, on a 503 (502/504 from a proxy) or a lost
 connection or timeout — never on a 4xx, where sending the same thing again
@@ -33,7 +33,8 @@ from typing import Any
 import requests
 
 from potability.config import get_settings
-from potability.schema import validate_features, validate_reading
+from potability.schema import validate_features
+from potability.sensor.readings import validate_reading
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from potability.errors import ValidationError
-from potability.schema import FEATURE_NAMES, LABEL, READING_FIELDS, SAMPLE_FIELDS, FieldError
+from potability.schema import FEATURE_NAMES, LABEL, SAMPLE_FIELDS, FieldError
 from potability.sensor.client import (
     Answer,
     ClientError,
@@ -28,6 +28,7 @@ from potability.sensor.client import (
     Refused,
     new_reading,
 )
+from potability.sensor.readings import READING_FIELDS
 
 NOT_SENT = (LABEL, *SAMPLE_FIELDS)
 ANSWER_COLUMNS = (

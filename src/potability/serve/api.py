@@ -20,12 +20,12 @@ from potability.schema import (
     validate_features,
     validate_lab_row,
 )
+from potability.sensor.readings import split_readings
 from potability.serve import context
 from potability.serve.auth import require
 from potability.serve.errors import ApiError
 from potability.serve.inference_log import LogUnavailable
 from potability.serve.metrics import PREDICTIONS
-from potability.serve.readings import split_readings
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -130,7 +130,7 @@ def predict():
     logged_at = None
     if (
         readings
-    ):  # a sensor's own reading is logged under its own id and time (potability/serve/readings.py)
+    ):  # a sensor's own reading is logged under its own id and time (potability/sensor/readings.py)
         inference_ids = [r[0] if r else i for r, i in zip(readings, inference_ids, strict=True)]
         logged_at = [r[1] if r else now for r in readings]
     answered = AnsweredBatch(

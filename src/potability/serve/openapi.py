@@ -14,9 +14,9 @@ from potability.schema import (
     ID_PATTERN,
     MAX_ID_LENGTH,
     TEXT_PATTERN,
-    json_schema_reading,
     json_schema_sample,
 )
+from potability.sensor.readings import json_schema_reading
 
 # what any authenticated JSON route may answer besides its success
 BODY_ERRORS = (400, 401, 403, 413, 415, 422, 503)

@@ -1,0 +1,124 @@
+"""A sensor's readings: its own ``(reading_id, read_at)`` names one log row, however often sent.
+
+The one place for the concept: the fields and their check (used by the client before it sends
+and by the server when it answers), their OpenAPI schema, and the inference id a reading gets.
+
+A sample that carries them is logged as ``inference_id = uuid5(NAMESPACE,
+"{sensor_id}/{reading_id}")`` and ``received_at = read_at``, so a resend (a
+retry after a timeout, an outbox replayed after a crash) maps to the same
+``(inference_id, received_at)``: the log's duplicate handling
+(``InferenceStore.write``) stores it once and the answer carries the same
+``inference_id``. The sensor id is the token's name, so two sensors' reading
+ids never collide.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from potability.schema import MAX_ID_LENGTH, FieldError, parse_timestamp
+
+READING_FIELDS = ("reading_id", "read_at")
+READING_ID_PATTERN = f"^[ -~]{{1,{MAX_ID_LENGTH}}}$"  # printable ASCII, used byte for byte
+_READING_ID = re.compile(READING_ID_PATTERN, re.ASCII)
+
+
+@dataclass(frozen=True)
+class ReadingKey:
+    reading_id: str
+    read_at: datetime  # UTC
+
+
+def validate_reading(
+    obj: dict[str, Any], index: int | None, now: datetime, max_skew_seconds: float
+) -> ReadingKey | None:
+    """Check a sample's ``reading_id`` and ``read_at`` (both or neither); None when neither.
+
+    ``read_at`` must be an RFC 3339 date-time with an offset, at most
+    ``max_skew_seconds`` after ``now`` (a clock that far ahead is wrong, and
+    its readings would sort after everything real).
+    """
+    reading_id, read_at = obj.get("reading_id"), obj.get("read_at")
+    if reading_id is None and read_at is None:
+        return None
+    if reading_id is None:
+        raise FieldError("reading_id", "is required with read_at", index)
+    if not isinstance(reading_id, str) or not _READING_ID.fullmatch(reading_id):
+        shown = reading_id[:40] if isinstance(reading_id, str) else type(reading_id).__name__
+        raise FieldError(
+            "reading_id",
+            f"must be 1–{MAX_ID_LENGTH} printable ASCII characters, got {shown!r}",
+            index,
+        )
+    if read_at is None:
+        raise FieldError("read_at", "is required with reading_id (RFC 3339, with offset)", index)
+    parsed = parse_timestamp(read_at, index, strict=True, field="read_at")
+    ahead = (parsed - now).total_seconds()
+    if ahead > max_skew_seconds:
+        raise FieldError(
+            "read_at",
+            f"is {ahead:.0f} s after the server's clock (at most {max_skew_seconds:g} s); "
+            "check the sensor's clock",
+            index,
+        )
+    return ReadingKey(reading_id, parsed)
+
+
+def json_schema_reading() -> dict[str, Any]:
+    """The reading fields of a sensor sample (for OpenAPI): properties and their pairing."""
+    return {
+        "properties": {
+            "reading_id": {
+                "type": "string",
+                "pattern": READING_ID_PATTERN,
+                "description": "the sensor's own id for this reading; sending it again stores "
+                "it once and answers with the same inference_id",
+            },
+            "read_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "when the sensor read it (RFC 3339); logged as received_at; "
+                "400 when too far after the server's clock",
+            },
+        },
+        "dependentRequired": {"reading_id": ["read_at"], "read_at": ["reading_id"]},
+    }
+
+
+# Never change it: the inference ids already stored for readings were derived from it.
+NAMESPACE = uuid.UUID("d604b975-df82-4282-9f5d-e98e17be2d97")
+
+
+def reading_inference_id(sensor_id: str, reading_id: str) -> str:
+    """The inference id a reading is logged under, whichever request carried it."""
+    return str(uuid.uuid5(NAMESPACE, f"{sensor_id}/{reading_id}"))
+
+
+def split_readings(
+    items: list[Any], sensor_id: str, now: datetime, max_skew_seconds: float
+) -> tuple[list[Any], list[tuple[str, str] | None] | None]:
+    """Take the reading fields off each sample.
+
+    Returns:
+        The samples with only their measurements left, and per sample its
+        ``(inference_id, received_at)`` or None (no reading id: a fresh id and
+        the server's clock); the second is None when no sample has reading fields.
+    """
+    if not any(type(item) is dict and not item.keys().isdisjoint(READING_FIELDS) for item in items):
+        return items, None
+    samples: list[Any] = []
+    keys: list[tuple[str, str] | None] = []
+    for index, item in enumerate(items):
+        # a batch may name one reading twice (a resend joined to new readings): same id, stored once
+        key = validate_reading(item, index, now, max_skew_seconds) if type(item) is dict else None
+        if key is None:
+            samples.append(item)
+            keys.append(None)
+            continue
+        samples.append({k: v for k, v in item.items() if k not in READING_FIELDS})
+        keys.append((reading_inference_id(sensor_id, key.reading_id), key.read_at.isoformat()))
+    return samples, keys
