@@ -12,7 +12,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
@@ -124,39 +123,3 @@ def copy_project(root: Path, dest: Path) -> Path:
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench copy"]):
         subprocess.run([*git, *args], cwd=dest, check=True)
     return dest
-
-
-def database_url(server_url: str, name: str) -> str:
-    """The URL of database ``name`` on the server of ``server_url``."""
-    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-
-
-def _administer(server_url: str, *statements) -> None:
-    from potability import db
-
-    conn = db.connect(url=server_url)
-    conn.autocommit = True  # CREATE / DROP DATABASE cannot run in a transaction
-    try:
-        with conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-    finally:
-        conn.close()
-
-
-def create_database(server_url: str, name: str) -> str:
-    """Drop (with its sessions) and create database ``name`` on the server of ``server_url``; its URL."""
-    from psycopg2 import sql
-
-    _administer(server_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)),
-                sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))  # fmt: skip
-    return database_url(server_url, name)
-
-
-def drop_database(server_url: str, name: str) -> None:
-    """Drop database ``name`` and end its sessions (a bench killed mid-run leaves some)."""
-    from psycopg2 import sql
-
-    _administer(
-        server_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-    )

@@ -61,10 +61,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    create_database,
-    database_url,
     deployed_champion,
-    drop_database,
     free_port,
     machine,
     start,
@@ -411,9 +408,9 @@ def main() -> int:
         settings
     )  # the workspace's, before DATABASE_URL points elsewhere
     if args.reuse:
-        url = args.database_url or database_url(server_url, SCRATCH_DB)
+        url = args.database_url or db.database_on(server_url, SCRATCH_DB)
     else:
-        url = args.database_url or create_database(server_url, SCRATCH_DB)
+        url = args.database_url or db.create_database(server_url, SCRATCH_DB)
     migrator.migrate(url=url)
     mart = WaterMart(url=url)
     token = mart.create_token("scale-bench-sensor", "sensor")
@@ -473,7 +470,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if args.database_url is None and not (args.keep or args.reuse):
-            drop_database(server_url, SCRATCH_DB)
+            db.drop_database(server_url, SCRATCH_DB)
         else:
             WaterMart(url=url).revoke_tokens("scale-bench-sensor")
     print_table(result)

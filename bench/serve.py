@@ -42,9 +42,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    create_database,
     deployed_champion,
-    drop_database,
     free_port,
     machine,
     start,
@@ -174,8 +172,8 @@ def candidate_target(
 
 def scratch_database(server_url: str, name: str, cleanup: ExitStack) -> str:
     """Create database ``name`` on the server at ``server_url``; drop it (and its sessions) on ``cleanup``."""
-    url = create_database(server_url, name)
-    cleanup.callback(drop_database, server_url, name)
+    url = db.create_database(server_url, name)
+    cleanup.callback(db.drop_database, server_url, name)
     return url
 
 

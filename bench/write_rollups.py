@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import create_database, drop_database, machine, write_result  # noqa: E402  # noqa: E402
+from common import machine, write_result  # noqa: E402
 from potability import db, inference_store, migrator, rollups  # noqa: E402
 from potability.config import get_settings  # noqa: E402
 from potability.ids import uuid7_batch  # noqa: E402
@@ -119,7 +119,7 @@ def main() -> int:
     args = parser.parse_args()
 
     server_url = db.database_url(get_settings())
-    url = args.database_url or create_database(server_url, SCRATCH_DB)
+    url = args.database_url or db.create_database(server_url, SCRATCH_DB)
     try:
         migrator.migrate(url=url)
         profile = reference_profile(generate(3300, seed=1), 10)
@@ -161,7 +161,7 @@ def main() -> int:
         conn.close()
     finally:
         if not args.database_url:
-            drop_database(server_url, SCRATCH_DB)
+            db.drop_database(server_url, SCRATCH_DB)
     write_result("write_rollups", {"machine": machine(), "code": inference_store.__file__,
                                    "lab_rows": args.lab_rows, "results": results})  # fmt: skip
     return 0

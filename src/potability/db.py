@@ -148,3 +148,38 @@ def mlflow_tracking_uri(settings: Settings | None = None, url: str | None = None
     return target.replace("postgresql://", "postgresql+psycopg2://", 1).replace(
         "postgres://", "postgresql+psycopg2://", 1
     )
+
+
+# Scratch databases (benchmarks, tests): bound identifiers, sessions ended on drop.
+def database_on(server_url: str, name: str) -> str:
+    """The URL of database ``name`` on the server of ``server_url``."""
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+def _administer(server_url: str, *statements) -> None:
+    conn = connect(url=server_url)
+    conn.autocommit = True  # CREATE / DROP DATABASE cannot run in a transaction
+    try:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def create_database(server_url: str, name: str) -> str:
+    """Drop (with its sessions) and create database ``name`` on the server of ``server_url``; its URL."""
+    from psycopg2 import sql
+
+    drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    _administer(server_url, drop, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return database_on(server_url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop database ``name`` and end its sessions (a bench killed mid-run leaves some)."""
+    from psycopg2 import sql
+
+    _administer(
+        server_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    )
