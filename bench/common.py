@@ -19,8 +19,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine()}  # fmt: skip
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 def deployed_champion(settings):
@@ -91,17 +95,37 @@ def wrk(url: str, body: str, connections: int, seconds: int, token: str | None =
         script = fh.name
     try:
         out = subprocess.run(
-            ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
-             "-s", script, url],
-            capture_output=True, text=True, check=True, timeout=seconds + 60,
-        ).stdout  # fmt: skip
+            [
+                "wrk",
+                "-t",
+                str(min(connections, 2)),
+                "-c",
+                str(connections),
+                "-d",
+                f"{seconds}s",
+                "--timeout",
+                "10s",
+                "-s",
+                script,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
+        ).stdout
     finally:
         os.unlink(script)
     line = next(line for line in out.splitlines() if line.startswith("RESULT "))
     r = json.loads(line[len("RESULT ") :])
     ok = r["requests"] - r["non2xx"]
-    return {"rps": round(ok / r["seconds"], 1), "p50_ms": round(r["p50_us"] / 1000, 2),
-            "p99_ms": round(r["p99_us"] / 1000, 2), "requests": r["requests"], "errors": r["errors"] + r["non2xx"]}  # fmt: skip
+    return {
+        "rps": round(ok / r["seconds"], 1),
+        "p50_ms": round(r["p50_us"] / 1000, 2),
+        "p99_ms": round(r["p99_us"] / 1000, 2),
+        "requests": r["requests"],
+        "errors": r["errors"] + r["non2xx"],
+    }
 
 
 def write_result(name: str, result: dict) -> Path:
@@ -113,8 +137,13 @@ def write_result(name: str, result: dict) -> Path:
 
 def copy_project(root: Path, dest: Path) -> Path:
     """Copy the project's files (as git sees them) into ``dest`` and make it a git repo, as a clone would be."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True,
-                           text=True, check=True).stdout.split()  # fmt: skip
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for rel in files:
         if (root / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)

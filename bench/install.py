@@ -72,8 +72,12 @@ def size_mb(path: Path) -> float:
 
 def present(venv: Path, modules: tuple[str, ...]) -> list[str]:
     probe = "import importlib.util as u, sys; print(' '.join(m for m in sys.argv[1:] if u.find_spec(m)))"
-    out = subprocess.run([str(venv / "bin/python"), "-c", probe, *modules], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [str(venv / "bin/python"), "-c", probe, *modules],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return out.split()
 
 
@@ -81,8 +85,12 @@ def champion(work: Path) -> dict[str, str]:
     """One Postgres with one deployed champion; the environment a server needs to follow it."""
     url = db.embedded_server_url(work / "pgdata")
     migrator.migrate(url=url)
-    env = {"DATABASE_URL": url, "POTABILITY_ROOT": str(work), "POTABILITY_REGISTERED_MODEL": MODEL,
-           "POTABILITY_MLFLOW_ARTIFACTS": str(work / "mlartifacts")}  # fmt: skip
+    env = {
+        "DATABASE_URL": url,
+        "POTABILITY_ROOT": str(work),
+        "POTABILITY_REGISTERED_MODEL": MODEL,
+        "POTABILITY_MLFLOW_ARTIFACTS": str(work / "mlartifacts"),
+    }
     os.environ.update(env)
     settings = Settings(root=work)
     deploy.deploy_promoted(
@@ -95,11 +103,18 @@ def cold_start(venv: Path, env: dict[str, str], work: Path, run: int) -> float:
     """Seconds from `potability serve` to the first 200 from /readyz, with an empty model cache."""
     port = free_port()
     cache = work / f"cache-{venv.name}-{run}"
-    env = {**env, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
-           "POTABILITY_MODEL_CACHE": str(cache), "POTABILITY_SPOOL_DIR": str(work / f"spool-{venv.name}")}  # fmt: skip
+    env = {
+        **env,
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "POTABILITY_MODEL_CACHE": str(cache),
+        "POTABILITY_SPOOL_DIR": str(work / f"spool-{venv.name}"),
+    }
     started = time.monotonic()
-    proc = start([str(venv / "bin/potability"), "serve", "--port", str(port), "--workers", "1"],
-                 env, work / f"{venv.name}-{run}.log")  # fmt: skip
+    proc = start(
+        [str(venv / "bin/potability"), "serve", "--port", str(port), "--workers", "1"],
+        env,
+        work / f"{venv.name}-{run}.log",
+    )
     try:
         while time.monotonic() - started < 120:
             try:
@@ -120,8 +135,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--starts", type=int, default=3, help="cold starts per install (median)")
     args = parser.parse_args()
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("POTABILITY_", "MLFLOW_")) and k not in {"DATABASE_URL", "VIRTUAL_ENV"}}  # fmt: skip
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("POTABILITY_", "MLFLOW_")) and k not in {"DATABASE_URL", "VIRTUAL_ENV"}
+    }
     with tempfile.TemporaryDirectory(prefix="potability-install-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)  # as root, pgserver runs Postgres as its own user, who must reach pgdata
@@ -131,8 +149,11 @@ def main() -> int:
         for i, (name, steps) in enumerate(PROFILES.items()):
             venvs[name] = work / f"venv{i}"
             seconds = build_venv(venvs[name], steps, project)
-            results[name] = {"install_s": round(seconds, 1), "venv_mb": size_mb(venvs[name]),
-                             "training_packages": present(venvs[name], TRAINING_PACKAGES)}  # fmt: skip
+            results[name] = {
+                "install_s": round(seconds, 1),
+                "venv_mb": size_mb(venvs[name]),
+                "training_packages": present(venvs[name], TRAINING_PACKAGES),
+            }
         env = {**clean, **champion(work)}
         starts: dict[str, list[float]] = {name: [] for name in PROFILES}
         for run in range(args.starts):  # alternate, so neither install gets the warmer machine
@@ -147,10 +168,14 @@ def main() -> int:
         f"{'install':26} {'venv MB':>8} {'install s':>10} {'cold start s':>13}  training packages"
     )
     for name, r in results.items():
-        print(f"{name:26} {r['venv_mb']:8.0f} {r['install_s']:10.0f} {r['cold_start_s']:13.2f}  "
-              f"{' '.join(r['training_packages']) or '-'}")  # fmt: skip
-    print(f"server only / full: size {server['venv_mb'] / full['venv_mb']:.2f}, "
-          f"cold start {server['cold_start_s'] / full['cold_start_s']:.2f}")  # fmt: skip
+        print(
+            f"{name:26} {r['venv_mb']:8.0f} {r['install_s']:10.0f} {r['cold_start_s']:13.2f}  "
+            f"{' '.join(r['training_packages']) or '-'}"
+        )
+    print(
+        f"server only / full: size {server['venv_mb'] / full['venv_mb']:.2f}, "
+        f"cold start {server['cold_start_s'] / full['cold_start_s']:.2f}"
+    )
     write_result("install", {"machine": machine(), "results": results})
     return 0
 

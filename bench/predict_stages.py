@@ -29,8 +29,17 @@ from potability.serve.api import answers_of  # noqa: E402
 from potability.serve.journal import Journal  # noqa: E402
 from potability.serve.spool import Spool  # noqa: E402
 
-ROW = {"ph": 7.08, "Hardness": 196.4, "Solids": 22006.0, "Chloramines": 7.12, "Sulfate": 333.8,
-       "Conductivity": 426.2, "Organic_carbon": 14.3, "Trihalomethanes": 66.4, "Turbidity": 3.97}  # fmt: skip
+ROW = {
+    "ph": 7.08,
+    "Hardness": 196.4,
+    "Solids": 22006.0,
+    "Chloramines": 7.12,
+    "Sulfate": 333.8,
+    "Conductivity": 426.2,
+    "Organic_carbon": 14.3,
+    "Trihalomethanes": 66.4,
+    "Turbidity": 3.97,
+}
 
 
 def timed(name: str, repeats: int, fn):

@@ -77,24 +77,41 @@ from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES  # noqa: E402
 from potability.synth import POTABLE_SHARE, REAL_STATS  # noqa: E402
 
 SCRATCH_DB = "scale_bench"
-ROW = {"ph": 7.08, "Hardness": 196.4, "Solids": 22006.0, "Chloramines": 7.12, "Sulfate": 333.8,
-       "Conductivity": 426.2, "Organic_carbon": 14.3, "Trihalomethanes": 66.4, "Turbidity": 3.97}  # fmt: skip
+ROW = {
+    "ph": 7.08,
+    "Hardness": 196.4,
+    "Solids": 22006.0,
+    "Chloramines": 7.12,
+    "Sulfate": 333.8,
+    "Conductivity": 426.2,
+    "Organic_carbon": 14.3,
+    "Trihalomethanes": 66.4,
+    "Turbidity": 3.97,
+}
 PANELS = ("model", "live", "agreement", "drift")
 MB = 1024 * 1024
 
 
 def _normal(i: int) -> str:
     """SQL for one draw around bound parameters mean_i / std_i, clipped to low_i / high_i (Box-Muller)."""
-    return (f"least(greatest(%(mean_{i})s + %(std_{i})s * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()), "
-            f"%(low_{i})s), %(high_{i})s)")  # fmt: skip
+    return (
+        f"least(greatest(%(mean_{i})s + %(std_{i})s * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()), "
+        f"%(low_{i})s), %(high_{i})s)"
+    )
 
 
 def _feature_params() -> dict:
     params = {}
     for i, name in enumerate(FEATURE_NAMES):
         s = REAL_STATS[name]
-        params.update({f"mean_{i}": s.mean, f"std_{i}": (s.std_not_potable + s.std_potable) / 2,
-                       f"low_{i}": s.low, f"high_{i}": s.high})  # fmt: skip
+        params.update(
+            {
+                f"mean_{i}": s.mean,
+                f"std_{i}": (s.std_not_potable + s.std_potable) / 2,
+                f"low_{i}": s.low,
+                f"high_{i}": s.high,
+            }
+        )
     return params
 
 
@@ -123,19 +140,30 @@ def fill(url: str, args: argparse.Namespace, model_version: str) -> dict:
     """Insert ``args.rows`` answers and ``args.lab_rows`` lab samples; return timings and sizes."""
     end = datetime.now(UTC)
     span = args.days * 86400.0
-    params = {**_feature_params(), "start": end - timedelta(days=args.days), "span": span,
-              "step": span / max(args.rows, 1), "sensors": args.sensors, "model_version": model_version,
-              "threshold": args.threshold, "potable_share": POTABLE_SHARE, "lab_rows": args.lab_rows}  # fmt: skip
+    params = {
+        **_feature_params(),
+        "start": end - timedelta(days=args.days),
+        "span": span,
+        "step": span / max(args.rows, 1),
+        "sensors": args.sensors,
+        "model_version": model_version,
+        "threshold": args.threshold,
+        "potable_share": POTABLE_SHARE,
+        "lab_rows": args.lab_rows,
+    }
     conn = db.connect(url=url)
     conn.autocommit = True
     started = time.perf_counter()
     with conn.cursor() as cur:
         # the empty-table wrk run's rows, and what the rollups counted of them
-        cur.execute("TRUNCATE water.water_inferences, water.inference_hourly, "
-                    "water.feature_histogram_hourly, water.lab_matches")  # fmt: skip
+        cur.execute(
+            "TRUNCATE water.water_inferences, water.inference_hourly, "
+            "water.feature_histogram_hourly, water.lab_matches"
+        )
         # a partition per day of the window, or its rows would all land in the default one
-        cur.execute("SELECT count(*) FROM water.ensure_inference_partitions(1, %s)",
-                    (int(args.days) + 1,))  # fmt: skip
+        cur.execute(
+            "SELECT count(*) FROM water.ensure_inference_partitions(1, %s)", (int(args.days) + 1,)
+        )
         for first in range(0, args.rows, args.chunk):
             last = min(first + args.chunk, args.rows) - 1
             cur.execute(INFERENCES_SQL, {**params, "first": first, "last": last})
@@ -150,8 +178,12 @@ def fill(url: str, args: argparse.Namespace, model_version: str) -> dict:
         cur.execute("VACUUM ANALYZE water.water_potability")
     conn.close()
     sizes = table_sizes(url)
-    return {**sizes, "fill_s": round(inferences_s, 1), "lab_fill_s": round(lab_s, 1),
-            "rows_per_s": round(sizes["rows"] / inferences_s) if inferences_s else None}  # fmt: skip
+    return {
+        **sizes,
+        "fill_s": round(inferences_s, 1),
+        "lab_fill_s": round(lab_s, 1),
+        "rows_per_s": round(sizes["rows"] / inferences_s) if inferences_s else None,
+    }
 
 
 def table_sizes(url: str) -> dict:
@@ -159,15 +191,22 @@ def table_sizes(url: str) -> dict:
     conn = db.connect(url=url)
     with conn.cursor() as cur:
         # a partitioned table holds no rows itself: sum over its partitions
-        cur.execute("SELECT sum(pg_table_size(relid))::bigint, sum(pg_indexes_size(relid))::bigint, "
-                    "(SELECT count(*) FROM water.water_inferences), (SELECT count(*) FROM water.water_potability) "
-                    "FROM pg_partition_tree('water.water_inferences')")  # fmt: skip
+        cur.execute(
+            "SELECT sum(pg_table_size(relid))::bigint, sum(pg_indexes_size(relid))::bigint, "
+            "(SELECT count(*) FROM water.water_inferences), (SELECT count(*) FROM water.water_potability) "
+            "FROM pg_partition_tree('water.water_inferences')"
+        )
         table, indexes, count, lab_rows = cur.fetchone()
     conn.close()
     millions = count / 1e6 if count else float("nan")
-    return {"rows": count, "lab_rows": lab_rows, "table_mb": round(table / MB, 1), "indexes_mb": round(indexes / MB, 1),
-            "table_mb_per_million": round(table / MB / millions, 1),
-            "indexes_mb_per_million": round(indexes / MB / millions, 1)}  # fmt: skip
+    return {
+        "rows": count,
+        "lab_rows": lab_rows,
+        "table_mb": round(table / MB, 1),
+        "indexes_mb": round(indexes / MB, 1),
+        "table_mb_per_million": round(table / MB / millions, 1),
+        "indexes_mb_per_million": round(indexes / MB / millions, 1),
+    }
 
 
 def timed_get(url: str, timeout: float) -> tuple[float, int, float | None]:
@@ -196,15 +235,22 @@ def read_latency(base: str, cache_dir: Path, repeats: int, timeout: float) -> di
     out = {}
     for path in paths:
         warm = [timed_get(base + path, timeout) for _ in range(repeats)]
-        for entry in cache_dir.glob(
-            "*.entry"
-        ):  # serve/page_cache.py's files: expired, no fresh copy yet
+        # the page cache's files: expired, no fresh copy yet
+        for entry in cache_dir.glob("*.entry"):
             entry.unlink(missing_ok=True)
         expired_ms, status, _ = timed_get(base + path, timeout)
-        out[path] = {"warm_ms": round(statistics.median(w[0] for w in warm), 1), "warm_max_ms": max(w[0] for w in warm),
-                     "renderer_ms": warm[-1][2], "after_expiry_ms": expired_ms, "status": status}  # fmt: skip
-        print(f"  {path:<22} warm {out[path]['warm_ms']:>7} ms  renderer {out[path]['renderer_ms']} ms  "
-              f"after expiry {expired_ms:>8} ms (status {status})", flush=True)  # fmt: skip
+        out[path] = {
+            "warm_ms": round(statistics.median(w[0] for w in warm), 1),
+            "warm_max_ms": max(w[0] for w in warm),
+            "renderer_ms": warm[-1][2],
+            "after_expiry_ms": expired_ms,
+            "status": status,
+        }
+        print(
+            f"  {path:<22} warm {out[path]['warm_ms']:>7} ms  renderer {out[path]['renderer_ms']} ms  "
+            f"after expiry {expired_ms:>8} ms (status {status})",
+            flush=True,
+        )
         deadline = time.monotonic() + timeout  # every entry rendered again before the next path
         while (
             len(list(cache_dir.glob("*.entry"))) < len(PANELS) + 1 and time.monotonic() < deadline
@@ -247,8 +293,14 @@ def page_clients(base: str, clients: int, nice: int, timeout: float, stop_event,
         os.nice(nice)
     local_stop = threading.Event()
     seen: list[tuple[int | str, float]] = []
-    threads = [threading.Thread(target=page_client, args=(base, f"127.0.0.{10 + i}", local_stop, timeout, seen),
-                                daemon=True) for i in range(clients)]  # fmt: skip
+    threads = [
+        threading.Thread(
+            target=page_client,
+            args=(base, f"127.0.0.{10 + i}", local_stop, timeout, seen),
+            daemon=True,
+        )
+        for i in range(clients)
+    ]
     for t in threads:
         t.start()
     stop_event.wait()
@@ -301,8 +353,18 @@ def sensor_run(
     pages_stop, pages_results = context.Event(), context.Queue()
     clients = None
     if page_base:
-        clients = context.Process(target=page_clients, daemon=True, args=(
-            page_base, args.page_clients, args.page_client_nice, args.timeout, pages_stop, pages_results))  # fmt: skip
+        clients = context.Process(
+            target=page_clients,
+            daemon=True,
+            args=(
+                page_base,
+                args.page_clients,
+                args.page_client_nice,
+                args.timeout,
+                pages_stop,
+                pages_results,
+            ),
+        )
         clients.start()
     prober = threading.Thread(target=sensor_probe, daemon=True)
     prober.start()
@@ -317,20 +379,29 @@ def sensor_run(
         if clients is not None:
             seen = pages_results.get(timeout=args.timeout + 10)
             clients.join(timeout=10)
-    sensors["probe"] = {"answers": len(probe), "failures": len(probe_failures), "failure_kinds": sorted(set(probe_failures)),
-                        "p50_ms": round(statistics.median(probe), 1) if probe else None,
-                        "max_ms": round(max(probe), 1) if probe else None}  # fmt: skip
+    sensors["probe"] = {
+        "answers": len(probe),
+        "failures": len(probe_failures),
+        "failure_kinds": sorted(set(probe_failures)),
+        "p50_ms": round(statistics.median(probe), 1) if probe else None,
+        "max_ms": round(max(probe), 1) if probe else None,
+    }
     if clients is None:
         return sensors, None
     loads = [ms for status, ms in seen if status == 200]
     statuses: dict[str, int] = {}
     for status, _ in seen:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
-    pages = {"clients": args.page_clients, "requests": len(seen), "statuses": statuses,
-             "per_second": round(len(seen) / args.seconds, 1), "loads": len(loads),
-             "failures": len([s for s, _ in seen if s not in (200, 429)]),
-             "p50_ms": round(statistics.median(loads), 1) if loads else None,
-             "max_ms": round(max(loads), 1) if loads else None}  # fmt: skip
+    pages = {
+        "clients": args.page_clients,
+        "requests": len(seen),
+        "statuses": statuses,
+        "per_second": round(len(seen) / args.seconds, 1),
+        "loads": len(loads),
+        "failures": len([s for s, _ in seen if s not in (200, 429)]),
+        "p50_ms": round(statistics.median(loads), 1) if loads else None,
+        "max_ms": round(max(loads), 1) if loads else None,
+    }
     return sensors, pages
 
 
@@ -338,8 +409,23 @@ def serve(env: dict, args: argparse.Namespace, log: Path, page_port: int | None 
     """Start ``potability serve`` (with a page listener on ``page_port``); (process, API base URL)."""
     port = free_port()
     page = ["--page-port", str(page_port)] if page_port else []
-    proc = start([sys.executable, "-m", "potability.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                  "--workers", str(args.workers), *page], env, log)  # fmt: skip
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "potability.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            *page,
+        ],
+        env,
+        log,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz")
         if page_port:
@@ -368,9 +454,12 @@ def main() -> int:
         "--threshold", type=float, default=0.5, help="the answers' decision threshold"
     )
     parser.add_argument("--chunk", type=int, default=1_000_000, help="rows per INSERT statement")
-    parser.add_argument("--database-url", default=None,
-                        help=f"fill this database instead (kept); default: a scratch `{SCRATCH_DB}` "
-                             "on the workspace's Postgres, recreated and dropped")  # fmt: skip
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help=f"fill this database instead (kept); default: a scratch `{SCRATCH_DB}` "
+        "on the workspace's Postgres, recreated and dropped",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch database afterwards")
     parser.add_argument(
         "--reuse",
@@ -389,9 +478,13 @@ def main() -> int:
     parser.add_argument(
         "--page-clients", type=int, default=16, help="clients loading / during a sensor run"
     )
-    parser.add_argument("--page-client-nice", type=int, default=0,
-                        help="niceness of the page clients' threads (they share the server's cores here; "
-                             "in production they are browsers elsewhere)")  # fmt: skip
+    parser.add_argument(
+        "--page-client-nice",
+        type=int,
+        default=0,
+        help="niceness of the page clients' threads (they share the server's cores here; "
+        "in production they are browsers elsewhere)",
+    )
     parser.add_argument(
         "--repeats", type=int, default=3, help="warm requests per page or stats path"
     )
@@ -404,9 +497,8 @@ def main() -> int:
     champion = deployed_champion(settings)
     model_version = champion.model_version or f"registry-{champion.version}"
     server_url = db.database_url(settings)
-    registry = db.mlflow_tracking_uri(
-        settings
-    )  # the workspace's, before DATABASE_URL points elsewhere
+    # the workspace's registry, before DATABASE_URL points elsewhere
+    registry = db.mlflow_tracking_uri(settings)
     if args.reuse:
         url = args.database_url or db.database_on(server_url, SCRATCH_DB)
     else:
@@ -416,13 +508,21 @@ def main() -> int:
     token = mart.create_token("scale-bench-sensor", "sensor")
     mart.close()
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DATABASE_URL": url,
-           "MLFLOW_TRACKING_URI": registry, "POTABILITY_ROOT": str(settings.root)}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DATABASE_URL": url,
+        "MLFLOW_TRACKING_URI": registry,
+        "POTABILITY_ROOT": str(settings.root),
+    }
     work = Path(tempfile.mkdtemp(prefix="potability-scale-"))
     env["POTABILITY_SPOOL_DIR"] = str(work / "spool")
     env["POTABILITY_RUN_DIR"] = str(work / "run")  # so this script knows where the page cache is
-    result: dict = {"machine": machine(), "model": {"version": champion.model_version, "kind": champion.tags.get("kind")},
-                    "args": {k: v for k, v in vars(args).items() if k != "database_url"}}  # fmt: skip
+    result: dict = {
+        "machine": machine(),
+        "model": {"version": champion.model_version, "kind": champion.tags.get("kind")},
+        "args": {k: v for k, v in vars(args).items() if k != "database_url"},
+    }
     try:
         if args.reuse:
             result["fill"] = table_sizes(url)
@@ -480,36 +580,67 @@ def main() -> int:
 
 def _sensor_rows(sensors: dict, where: str) -> list[tuple[str, str]]:
     """The table's rows for one sensor run: wrk's percentiles and errors, and the probe sensor's answers."""
-    return [(f"sensor p50 / p99, {where}",
-             f"{sensors['p50_ms']} / {sensors['p99_ms']} ms (load average {sensors['loadavg'][0]})"),
-            ("  failed sensor requests; predict req/s (wrk)", f"{sensors['errors']}; {sensors['rps']:,}"),
-            ("  probe sensor: answers, failures, p50 / max",
-             "{answers}, {failures}, {p50_ms} / {max_ms} ms".format(**sensors["probe"]))]  # fmt: skip
+    return [
+        (
+            f"sensor p50 / p99, {where}",
+            f"{sensors['p50_ms']} / {sensors['p99_ms']} ms (load average {sensors['loadavg'][0]})",
+        ),
+        (
+            "  failed sensor requests; predict req/s (wrk)",
+            f"{sensors['errors']}; {sensors['rps']:,}",
+        ),
+        (
+            "  probe sensor: answers, failures, p50 / max",
+            "{answers}, {failures}, {p50_ms} / {max_ms} ms".format(**sensors["probe"]),
+        ),
+    ]
 
 
 def _under_load(r: dict, sensors_key: str, pages_key: str, where: str) -> list[tuple[str, str]]:
     """The table's rows for one run of sensors under ``args.page_clients`` page clients."""
     load = r[pages_key]
-    return [*_sensor_rows(r[sensors_key], f"{load['clients']} page clients {where}"),
-            ("  page requests (per s), by status", f"{load['requests']:,} ({load['per_second']}) {load['statuses']}"),
-            ("  page loads answered 200: p50 / max", f"{load['p50_ms']} / {load['max_ms']} ms")]  # fmt: skip
+    return [
+        *_sensor_rows(r[sensors_key], f"{load['clients']} page clients {where}"),
+        (
+            "  page requests (per s), by status",
+            f"{load['requests']:,} ({load['per_second']}) {load['statuses']}",
+        ),
+        ("  page loads answered 200: p50 / max", f"{load['p50_ms']} / {load['max_ms']} ms"),
+    ]
 
 
 def print_table(r: dict) -> None:
     f, reads = r["fill"], r["reads"]
-    filled = ([("fill time (answers)", f"{f['fill_s']} s ({f['rows_per_s']:,} rows/s)"),
-               ("predict req/s, empty table", f"{r['predict_empty']['rps']:,}")]
-              if "predict_empty" in r else [("fill", "reused (--reuse): no fill, no empty-table run")])  # fmt: skip
-    rows = [("answers / lab rows", f"{f['rows']:,} / {f['lab_rows']:,}"),
-            *filled,
-            ("first page copy after server start", f"{r['first_copy_s']} s"),
-            *[(f"GET {p} warm / renderer / after expiry",
-               f"{v['warm_ms']:,} / {v['renderer_ms']} / {v['after_expiry_ms']:,} ms") for p, v in reads.items()],
-            ("predict req/s, full table", f"{r['predict_full']['rps']:,}"),
-            *_sensor_rows(r["predict_full"], "no page load"),
-            *_under_load(r, "predict_with_page_load", "page_load", "on the API port"),
-            *_under_load(r, "predict_with_page_listener_load", "page_listener_load", "on the page listener"),
-            ("MB per million rows: table / indexes", f"{f['table_mb_per_million']} / {f['indexes_mb_per_million']}")]  # fmt: skip
+    filled = (
+        [
+            ("fill time (answers)", f"{f['fill_s']} s ({f['rows_per_s']:,} rows/s)"),
+            ("predict req/s, empty table", f"{r['predict_empty']['rps']:,}"),
+        ]
+        if "predict_empty" in r
+        else [("fill", "reused (--reuse): no fill, no empty-table run")]
+    )
+    rows = [
+        ("answers / lab rows", f"{f['rows']:,} / {f['lab_rows']:,}"),
+        *filled,
+        ("first page copy after server start", f"{r['first_copy_s']} s"),
+        *[
+            (
+                f"GET {p} warm / renderer / after expiry",
+                f"{v['warm_ms']:,} / {v['renderer_ms']} / {v['after_expiry_ms']:,} ms",
+            )
+            for p, v in reads.items()
+        ],
+        ("predict req/s, full table", f"{r['predict_full']['rps']:,}"),
+        *_sensor_rows(r["predict_full"], "no page load"),
+        *_under_load(r, "predict_with_page_load", "page_load", "on the API port"),
+        *_under_load(
+            r, "predict_with_page_listener_load", "page_listener_load", "on the page listener"
+        ),
+        (
+            "MB per million rows: table / indexes",
+            f"{f['table_mb_per_million']} / {f['indexes_mb_per_million']}",
+        ),
+    ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

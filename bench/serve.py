@@ -56,10 +56,24 @@ from potability.config import Settings, get_settings, load_params  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
 from potability.schema import FEATURE_NAMES  # noqa: E402
 
-ROW = {"ph": 7.08, "Hardness": 196.4, "Solids": 22006.0, "Chloramines": 7.12, "Sulfate": 333.8,
-       "Conductivity": 426.2, "Organic_carbon": 14.3, "Trihalomethanes": 66.4, "Turbidity": 3.97}  # fmt: skip
-SCENARIOS = [("1 row", 1, 1), ("1 row", 1, 8), ("1 row", 1, 32), ("100-row batch", 100, 8),
-             ("1,000-row batch", 1000, 1)]  # fmt: skip
+ROW = {
+    "ph": 7.08,
+    "Hardness": 196.4,
+    "Solids": 22006.0,
+    "Chloramines": 7.12,
+    "Sulfate": 333.8,
+    "Conductivity": 426.2,
+    "Organic_carbon": 14.3,
+    "Trihalomethanes": 66.4,
+    "Turbidity": 3.97,
+}
+SCENARIOS = [
+    ("1 row", 1, 1),
+    ("1 row", 1, 8),
+    ("1 row", 1, 32),
+    ("100-row batch", 100, 8),
+    ("1,000-row batch", 1000, 1),
+]
 RAW_ROWS = 1000  # the batch that is compared with raw ONNX Runtime
 RAW_REPEATS = 300
 CANDIDATES = Path("models/candidates")  # under the workspace root, as in dvc.yaml
@@ -226,8 +240,14 @@ def postmaster_pid(settings) -> int | None:
         return None
 
 
-def measured(url: str, body: str, connections: int, seconds: int, roots: dict[str, int],
-             token: str | None = None) -> dict:  # fmt: skip
+def measured(
+    url: str,
+    body: str,
+    connections: int,
+    seconds: int,
+    roots: dict[str, int],
+    token: str | None = None,
+) -> dict:
     """A wrk run, plus the CPU milliseconds the server (and its database) spent per request.
 
     ``roots`` names each process tree (our server, the Postgres it logs to), so
@@ -284,8 +304,13 @@ def raw_onnx(model_path: Path, rows: int, repeats: int) -> dict:
         session.run(None, {name: features})
 
     run = _timed(lambda: session.run(None, {name: matrix}), repeats)
-    return {"rows": rows, "repeats": repeats, **run, "body_bytes": len(body),
-            "parse_and_run": _timed(parse_and_run, repeats)}  # fmt: skip
+    return {
+        "rows": rows,
+        "repeats": repeats,
+        **run,
+        "body_bytes": len(body),
+        "parse_and_run": _timed(parse_and_run, repeats),
+    }
 
 
 def model_alone(model_path: Path, kind_dir: Path, repeats: int) -> dict:
@@ -319,10 +344,12 @@ def save_mlflow_model(kind_dir: Path, out: Path) -> None:
 
     model = artifacts.load_candidate(kind_dir)
     mlflow.sklearn.save_model(
-        model, out, serialization_format="skops",
+        model,
+        out,
+        serialization_format="skops",
         skops_trusted_types=sio.get_untrusted_types(data=sio.dumps(model)),
         input_example=pd.DataFrame([ROW], columns=list(FEATURE_NAMES)),
-    )  # fmt: skip
+    )
 
 
 def main() -> int:
@@ -400,10 +427,41 @@ def bench(
     """Start both servers, run every scenario against each, stop them; then time raw ONNX Runtime."""
     bin_dir = Path(sys.executable).parent
     ours_port, peer_port = free_port(), free_port()
-    ours = start([sys.executable, "-m", "potability.cli", "serve", "--host", "127.0.0.1", "--port", str(ours_port),
-                  "--workers", str(args.workers)], env, work / "ours.log")  # fmt: skip
-    peer = start([str(bin_dir / "mlflow"), "models", "serve", "-m", str(work / "mlflow-model"), "--env-manager",
-                  "local", "-h", "127.0.0.1", "-p", str(peer_port), "-w", str(args.workers)], env, work / "mlflow.log")  # fmt: skip
+    ours = start(
+        [
+            sys.executable,
+            "-m",
+            "potability.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ours_port),
+            "--workers",
+            str(args.workers),
+        ],
+        env,
+        work / "ours.log",
+    )
+    peer = start(
+        [
+            str(bin_dir / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            str(work / "mlflow-model"),
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(peer_port),
+            "-w",
+            str(args.workers),
+        ],
+        env,
+        work / "mlflow.log",
+    )
     runs = []
     # ours = the server and the Postgres it logs every answer to; mlflow logs nothing
     our_roots = {"server": ours.pid}
@@ -445,12 +503,15 @@ def bench(
                     "cpu_ratio": cpu_ratio,
                 }
             )
-            print(f"{label:>16}  c={connections:<3} ours {result_ours['rps']:>8} req/s p50 {result_ours['p50_ms']:>6} ms "
-                  f"p99 {result_ours['p99_ms']:>6} ms | mlflow {result_peer['rps']:>7} req/s p50 {result_peer['p50_ms']:>7} ms "
-                  f"p99 {result_peer['p99_ms']:>7} ms | ratio {ratio} | CPU ms/request ours "
-                  f"{result_ours['cpu_ms_per_request']} {result_ours['cpu_ms_per_request_by_process']} "
-                  f"mlflow {result_peer['cpu_ms_per_request']} "
-                  f"(ratio {cpu_ratio})", flush=True)  # fmt: skip
+            print(
+                f"{label:>16}  c={connections:<3} ours {result_ours['rps']:>8} req/s p50 {result_ours['p50_ms']:>6} ms "
+                f"p99 {result_ours['p99_ms']:>6} ms | mlflow {result_peer['rps']:>7} req/s p50 {result_peer['p50_ms']:>7} ms "
+                f"p99 {result_peer['p99_ms']:>7} ms | ratio {ratio} | CPU ms/request ours "
+                f"{result_ours['cpu_ms_per_request']} {result_ours['cpu_ms_per_request_by_process']} "
+                f"mlflow {result_peer['cpu_ms_per_request']} "
+                f"(ratio {cpu_ratio})",
+                flush=True,
+            )
     finally:
         stop(ours)
         stop(peer)
@@ -462,15 +523,21 @@ def bench(
     raw["ours_p50_over_raw_min"] = round(batch["ours"]["p50_ms"] / raw["min_ms"], 2)
     floor = raw["parse_and_run"]["p50_ms"]
     raw["ours_p50_over_parse_and_run"] = round(batch["ours"]["p50_ms"] / floor, 2)
-    print(f"raw ONNX Runtime, {RAW_ROWS} rows: p50 {raw['p50_ms']} ms (min {raw['min_ms']} ms); "
-          f"our 1,000-row request p50 {batch['ours']['p50_ms']} ms = {raw['ours_p50_over_raw']}x raw "
-          f"({raw['ours_p50_over_raw_min']}x its min); parsing the same {raw['body_bytes']:,}-byte body "
-          f"and running: p50 {floor} ms, ours = {raw['ours_p50_over_parse_and_run']}x that", flush=True)  # fmt: skip
+    print(
+        f"raw ONNX Runtime, {RAW_ROWS} rows: p50 {raw['p50_ms']} ms (min {raw['min_ms']} ms); "
+        f"our 1,000-row request p50 {batch['ours']['p50_ms']} ms = {raw['ours_p50_over_raw']}x raw "
+        f"({raw['ours_p50_over_raw_min']}x its min); parsing the same {raw['body_bytes']:,}-byte body "
+        f"and running: p50 {floor} ms, ours = {raw['ours_p50_over_parse_and_run']}x that",
+        flush=True,
+    )
     raw["model_alone_p50_ms"] = model_alone(
         target.model_path, settings.root / CANDIDATES / target.kind, 30
     )
-    print(f"the model alone, p50 ms by rows: ONNX Runtime (ours) {raw['model_alone_p50_ms']['onnx']}, "
-          f"scikit-learn (MLflow's) {raw['model_alone_p50_ms']['sklearn']}", flush=True)  # fmt: skip
+    print(
+        f"the model alone, p50 ms by rows: ONNX Runtime (ours) {raw['model_alone_p50_ms']['onnx']}, "
+        f"scikit-learn (MLflow's) {raw['model_alone_p50_ms']['sklearn']}",
+        flush=True,
+    )
     return runs, raw
 
 

@@ -56,16 +56,24 @@ def bench_repro(work: Path, rows: int) -> dict:
             added_by="bench",
         )
         project = copy_project(ROOT, work / "repo")
-        env = {**os.environ, "DATABASE_URL": url, "POTABILITY_ROOT": str(project),
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "POTABILITY_ROOT": str(project),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
         full, _ = timed(
             subprocess.run, ["dvc", "repro"], cwd=project, env=env, check=True, capture_output=True
         )
         noop, _ = timed(
             subprocess.run, ["dvc", "repro"], cwd=project, env=env, check=True, capture_output=True
         )
-        return {"rows": rows, "full_seconds": full, "noop_seconds": noop,
-                "profile": profile(project, env)}  # fmt: skip
+        return {
+            "rows": rows,
+            "full_seconds": full,
+            "noop_seconds": noop,
+            "profile": profile(project, env),
+        }
     finally:
         db.stop_embedded_server(pgdata)
 
@@ -74,10 +82,21 @@ def profile(project: Path, env: dict) -> dict:
     """Where a full repro's time goes: each stage module's import start-up, and the train stage alone."""
     imports = {}
     for stage in ("export", "split", "eda", "train", "evaluate", "promote"):
-        imports[stage], _ = timed(subprocess.run, [sys.executable, "-c", f"import potability.pipeline.stages.{stage}"],
-                                  cwd=project, env=env, check=True)  # fmt: skip
-    train, _ = timed(subprocess.run, ["dvc", "repro", "--force", "--single-item", "train"],
-                     cwd=project, env=env, check=True, capture_output=True)  # fmt: skip
+        imports[stage], _ = timed(
+            subprocess.run,
+            [sys.executable, "-c", f"import potability.pipeline.stages.{stage}"],
+            cwd=project,
+            env=env,
+            check=True,
+        )
+    train, _ = timed(
+        subprocess.run,
+        ["dvc", "repro", "--force", "--single-item", "train"],
+        cwd=project,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return {"import_seconds": imports, "train_stage_seconds": train}
 
 
@@ -96,11 +115,19 @@ def bench_dask(params: dict, rows: int) -> dict:
     X, y = feature_matrix(frame), labels(frame)
     grid = params["models"]["rf"]
     local = tune_rf(X, y, params, grid)
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster), \
-            joblib.parallel_backend("dask"):  # fmt: skip
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster),
+        joblib.parallel_backend("dask"),
+    ):
         dask = tune_rf(X, y, params, grid)
-    return {"rows": rows, "grid": grid, "local_seconds": local, "dask_seconds": dask,
-            "ratio_local_over_dask": round(local / dask, 2)}  # fmt: skip
+    return {
+        "rows": rows,
+        "grid": grid,
+        "local_seconds": local,
+        "dask_seconds": dask,
+        "ratio_local_over_dask": round(local / dask, 2),
+    }
 
 
 def bench_scaling(params: dict, sizes: list[int]) -> dict:
@@ -137,8 +164,11 @@ def main() -> int:
             )
     result["grid_search"] = bench_dask(params, args.repro_rows)
     g = result["grid_search"]
-    print(f"rf grid search on {g['rows']} rows: local cores {g['local_seconds']} s, Dask LocalCluster "
-          f"{g['dask_seconds']} s (local/dask {g['ratio_local_over_dask']})", flush=True)  # fmt: skip
+    print(
+        f"rf grid search on {g['rows']} rows: local cores {g['local_seconds']} s, Dask LocalCluster "
+        f"{g['dask_seconds']} s (local/dask {g['ratio_local_over_dask']})",
+        flush=True,
+    )
     result["scaling"] = bench_scaling(params, args.rows)
     print(f"time grows as rows^{result['scaling']['growth_exponent']}")
     print(f"wrote {write_result('train', result)}")

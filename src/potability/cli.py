@@ -130,8 +130,10 @@ def cmd_deployments(args: argparse.Namespace) -> int:
         replaced = (
             f"{d.previous_version} ({d.previous_model_version})" if d.previous_version else "-"
         )
-        print(f"{d.deployed_at:%Y-%m-%d %H:%M:%S%z}  {d.action:8}  version {d.registry_version} "
-              f"({d.model_version})  replaced {replaced}  by {d.deployed_by}: {d.reason}")  # fmt: skip
+        print(
+            f"{d.deployed_at:%Y-%m-%d %H:%M:%S%z}  {d.action:8}  version {d.registry_version} "
+            f"({d.model_version})  replaced {replaced}  by {d.deployed_by}: {d.reason}"
+        )
     return 0
 
 
@@ -300,8 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reason", help="why (recorded; default: the pipeline's promotion reason)")
     p.add_argument("--by", default=getpass.getuser(), help="who deploys (recorded)")
-    p.add_argument("--force", action="store_true",
-                   help="ship even if the champion changed since the pipeline decided")  # fmt: skip
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="ship even if the champion changed since the pipeline decided",
+    )
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("deployments", help="list deployments and rollbacks, newest first")

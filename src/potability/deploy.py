@@ -60,8 +60,13 @@ def deploy_promoted(
     tracking.configure(settings)
     current = tracking.version_for_alias(name, alias)
     if current is not None and current.model_version == promoted.version:
-        return DeployResult(current.version, promoted.version, current.version, False,
-                            f"{promoted.version} is already the champion ({name} version {current.version})")  # fmt: skip
+        return DeployResult(
+            current.version,
+            promoted.version,
+            current.version,
+            False,
+            f"{promoted.version} is already the champion ({name} version {current.version})",
+        )
     decided_against = meta.get("decided_against")
     now_champion = current.version if current else None
     if decided_against != now_champion and not force:
@@ -100,8 +105,13 @@ def rollback(
         raise DeployError(str(exc)) from exc
     current = tracking.version_for_alias(name, alias)
     if current is not None and current.version == target.version:
-        return DeployResult(target.version, target.model_version, current.version, False,
-                            f"version {target.version} ({target.model_version}) is already the champion")  # fmt: skip
+        return DeployResult(
+            target.version,
+            target.model_version,
+            current.version,
+            False,
+            f"version {target.version} ({target.model_version}) is already the champion",
+        )
     with tempfile.TemporaryDirectory(prefix="rollback-") as tmp:
         try:
             fetched = tracking.fetch_version(target, Path(tmp) / "model")
@@ -136,11 +146,19 @@ def _move_champion(
 ) -> DeployResult:
     tracking.set_alias(target.name, settings.champion_alias, target.version)
     deployments.record(
-        Deployment(None, deployed_by, action, target.name, target.version, target.model_version,
-                   current.version if current else None, current.model_version if current else None,
-                   reason),
+        Deployment(
+            None,
+            deployed_by,
+            action,
+            target.name,
+            target.version,
+            target.model_version,
+            current.version if current else None,
+            current.model_version if current else None,
+            reason,
+        ),
         settings,
-    )  # fmt: skip
+    )
     before = f"version {current.version} ({current.model_version})" if current else "nothing"
     message = (
         f"{target.name}@{settings.champion_alias} -> version {target.version} "

@@ -17,9 +17,16 @@ from potability.config import Settings
 from potability.errors import DatabaseUnavailable, SchemaError
 
 _COLUMNS = (
-    "deployed_at", "deployed_by", "action", "registered_model", "registry_version",
-    "model_version", "previous_version", "previous_model_version", "reason",
-)  # fmt: skip
+    "deployed_at",
+    "deployed_by",
+    "action",
+    "registered_model",
+    "registry_version",
+    "model_version",
+    "previous_version",
+    "previous_model_version",
+    "reason",
+)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,8 @@ from potability.quality import PAGE_DEFAULTS
 
 log = logging.getLogger(__name__)
 
-MAINTENANCE_LOCK_KEY = (
-    727_405  # advisory lock id: one maintenance at a time, across workers and hosts
-)
+# advisory lock id: one maintenance at a time, across workers and hosts
+MAINTENANCE_LOCK_KEY = 727_405
 
 
 @dataclass

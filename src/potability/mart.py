@@ -80,11 +80,15 @@ class WaterMart(PgOwner):
                 seen[row["sample_id"]] = row
         values = [
             (
-                r["sample_id"], r.get("sensor_id"), *(r.get(n) for n in FEATURE_NAMES),
-                int(r[LABEL]), r.get("collected_at"), added_by,
+                r["sample_id"],
+                r.get("sensor_id"),
+                *(r.get(n) for n in FEATURE_NAMES),
+                int(r[LABEL]),
+                r.get("collected_at"),
+                added_by,
             )
             for r in seen.values()
-        ]  # fmt: skip
+        ]
 
         def work(cur) -> InsertReport:
             inserted = psycopg2.extras.execute_values(
@@ -205,9 +209,17 @@ class WaterMart(PgOwner):
             )
             return pd.DataFrame(
                 cur.fetchall(),
-                columns=["inference_id", "received_at", "sensor_id", "model_version", *FEATURE_NAMES,
-                         "probability", "potable", "threshold"],
-            )  # fmt: skip
+                columns=[
+                    "inference_id",
+                    "received_at",
+                    "sensor_id",
+                    "model_version",
+                    *FEATURE_NAMES,
+                    "probability",
+                    "potable",
+                    "threshold",
+                ],
+            )
 
         return self._run(work)
 

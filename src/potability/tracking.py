@@ -155,13 +155,20 @@ def register_model_dir(
         info = mlflow.pyfunc.log_model(
             name="deployable",
             python_model=str(PYFUNC_CODE),
-            artifacts={"model": str(model_dir / "model.onnx"), "meta": str(model_dir / "meta.json"),
-                       "history": str(model_dir / "history.json")},
+            artifacts={
+                "model": str(model_dir / "model.onnx"),
+                "meta": str(model_dir / "meta.json"),
+                "history": str(model_dir / "history.json"),
+            },
             signature=signature,
             input_example=pd.DataFrame(example, columns=list(FEATURE_NAMES)),
-            pip_requirements=[f"mlflow=={mlflow.__version__}", f"onnxruntime=={onnxruntime.__version__}",
-                              f"numpy=={np.__version__}", f"pandas=={pd.__version__}"],
-        )  # fmt: skip
+            pip_requirements=[
+                f"mlflow=={mlflow.__version__}",
+                f"onnxruntime=={onnxruntime.__version__}",
+                f"numpy=={np.__version__}",
+                f"pandas=={pd.__version__}",
+            ],
+        )
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     log.info("registered %s version %s from run %s", name, version.version, run.info.run_id)
     return RegisteredVersion(name, str(version.version), dict(tags))
@@ -209,9 +216,8 @@ def download_version(name: str, version: str, dest: Path, client: Any = None) ->
 
     import mlflow
 
-    os.environ.setdefault(
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
-    )  # a server log, not a terminal
+    # a server log, not a terminal
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = client or mlflow.MlflowClient()
     source = client.get_model_version_download_uri(name, version)
     with tempfile.TemporaryDirectory(prefix="download-", dir=dest.parent) as tmp:

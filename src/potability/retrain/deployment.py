@@ -26,12 +26,10 @@ from potability.config import Settings
 from potability.errors import DatabaseUnavailable
 
 PREFECT_FILE = Path("src/potability/retrain/prefect.yaml")
-ENV_VARIABLE = (
-    "potability_retrain_env"  # the Prefect Variable that prefect.yaml's job_variables.env reads
-)
-DEPLOY_MARKER = (
-    "POTABILITY_FLOW_DEPLOY"  # set by `potability flow deploy` for prefect.yaml's build step
-)
+# the Prefect Variable that prefect.yaml's job_variables.env reads
+ENV_VARIABLE = "potability_retrain_env"
+# set by `potability flow deploy` for prefect.yaml's build step
+DEPLOY_MARKER = "POTABILITY_FLOW_DEPLOY"
 # besides every POTABILITY_* variable: what the flow's settings read from the environment
 SETTINGS_ENV = ("DATABASE_URL", "MLFLOW_TRACKING_URI", "DASK_SCHEDULER_ADDRESS")
 SECRET_ENV = ("POTABILITY_ADMIN_TOKEN",)  # goes to the Secret block, never into job variables

@@ -40,9 +40,8 @@ WATERMARK = "retrain"
 RETRAIN_LOCK_KEY = 727_202  # advisory lock id shared by every retrain run
 LOG_TAIL_LINES = 30
 STAGES = 5  # count new rows, dvc repro, dvc push, deploy, report
-SERVED_DEPLOYMENT = (
-    "daily-retrain-here"  # `potability retrain --serve`; prefect.yaml's is daily-retrain
-)
+# `potability retrain --serve`'s deployment; prefect.yaml's is daily-retrain
+SERVED_DEPLOYMENT = "daily-retrain-here"
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 15])

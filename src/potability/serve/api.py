@@ -128,9 +128,7 @@ def predict():
     threshold, version = production.threshold, production.version
     inference_ids: list[str] = uuid7_batch(len(X), now)
     logged_at = None
-    if (
-        readings
-    ):  # a sensor's own reading is logged under its own id and time (potability/sensor/readings.py)
+    if readings:  # a sensor's own reading is logged under its own id and time
         inference_ids = [r[0] if r else i for r, i in zip(readings, inference_ids, strict=True)]
         logged_at = [r[1] if r else now for r in readings]
     answered = AnsweredBatch(
@@ -176,8 +174,11 @@ def add_samples():
         raise ApiError(
             503, "database_unavailable", f"samples not stored, send them again: {exc}"
         ) from None
-    return {"inserted": len(report.inserted), "duplicates": len(report.duplicates),
-            "sample_ids": [r["sample_id"] for r in rows]}, 201  # fmt: skip
+    return {
+        "inserted": len(report.inserted),
+        "duplicates": len(report.duplicates),
+        "sample_ids": [r["sample_id"] for r in rows],
+    }, 201
 
 
 @bp.get("/model")

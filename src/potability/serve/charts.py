@@ -17,8 +17,18 @@ WIDTH = 672  # px: the page's content width
 PLOT_HEIGHT = 170
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 16, 12, 48
 FONT = 'font-family="sans-serif" font-size="11"'
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 LEGEND_COLUMNS, LEGEND_ROW, LEGEND_MAX = 4, 16, 24  # more sensors than shown: "+ N more"
 TICKS = 5
 HOUR_STEPS = (1, 2, 3, 6, 12, 24, 48, 96, 168, 336, 720)  # x ticks land on whole hours
@@ -41,10 +51,11 @@ def _number(value: float) -> str:
 
 
 def _svg(width: int, height: int, label: str, body: list[str]) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" style="max-width:100%;height:auto" '  # a phone shrinks it whole
-            f'aria-label="{escape(label)}"><title>{escape(label)}</title>'
-            + "".join(body) + "</svg>")  # fmt: skip
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" style="max-width:100%;height:auto" '  # a phone shrinks it whole
+        f'aria-label="{escape(label)}"><title>{escape(label)}</title>' + "".join(body) + "</svg>"
+    )
 
 
 def _legend(names: list[str], top: float) -> tuple[list[str], float]:
@@ -55,12 +66,16 @@ def _legend(names: list[str], top: float) -> tuple[list[str], float]:
     for i, name in enumerate(shown):
         x = MARGIN_LEFT + (i % LEGEND_COLUMNS) * column
         y = top + (i // LEGEND_COLUMNS) * LEGEND_ROW
-        out.append(f'<rect x="{x:.0f}" y="{y - 8:.0f}" width="12" height="3" fill="{PALETTE[i % len(PALETTE)]}"/>'
-                   f'<text x="{x + 16:.0f}" y="{y:.0f}" {FONT}>{escape(name)}</text>')  # fmt: skip
+        out.append(
+            f'<rect x="{x:.0f}" y="{y - 8:.0f}" width="12" height="3" fill="{PALETTE[i % len(PALETTE)]}"/>'
+            f'<text x="{x + 16:.0f}" y="{y:.0f}" {FONT}>{escape(name)}</text>'
+        )
     rows = math.ceil(len(shown) / LEGEND_COLUMNS)
     if len(names) > len(shown):
-        out.append(f'<text x="{MARGIN_LEFT}" y="{top + rows * LEGEND_ROW:.0f}" {FONT}>'
-                   f"+ {len(names) - len(shown)} more sensors</text>")  # fmt: skip
+        out.append(
+            f'<text x="{MARGIN_LEFT}" y="{top + rows * LEGEND_ROW:.0f}" {FONT}>'
+            f"+ {len(names) - len(shown)} more sensors</text>"
+        )
         rows += 1
     return out, rows * LEGEND_ROW
 
@@ -86,28 +101,38 @@ def answers_per_hour(hourly: list[dict[str, Any]]) -> str | None:
     def y_of(value: float) -> float:
         return bottom - value / y_ticks[-1] * PLOT_HEIGHT
 
-    body = [f'<rect x="{MARGIN_LEFT}" y="{MARGIN_TOP}" width="{right - MARGIN_LEFT}" height="{PLOT_HEIGHT}" '
-            'fill="none" stroke="#999"/>']  # fmt: skip
+    body = [
+        f'<rect x="{MARGIN_LEFT}" y="{MARGIN_TOP}" width="{right - MARGIN_LEFT}" height="{PLOT_HEIGHT}" '
+        'fill="none" stroke="#999"/>'
+    ]
     for value in y_ticks:
         y = y_of(value)
-        body.append(f'<line x1="{MARGIN_LEFT}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#eee"/>'
-                    f'<text x="{MARGIN_LEFT - 4}" y="{y + 4:.1f}" text-anchor="end" {FONT}>{_number(value)}</text>')  # fmt: skip
+        body.append(
+            f'<line x1="{MARGIN_LEFT}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text x="{MARGIN_LEFT - 4}" y="{y + 4:.1f}" text-anchor="end" {FONT}>{_number(value)}</text>'
+        )
     step = next((s for s in HOUR_STEPS if span / 3600 / s <= TICKS + 1), HOUR_STEPS[-1])
     tick = start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     tick += timedelta(hours=(-tick.hour) % step if step <= 24 else 0)
     while tick < end:
         x = x_of(tick)
-        body.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="#999"/>'
-                    f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" {FONT}>'
-                    f'{tick.astimezone(UTC).strftime("%m-%d %H:%M")}</text>')  # fmt: skip
+        body.append(
+            f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="#999"/>'
+            f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" {FONT}>'
+            f"{tick.astimezone(UTC).strftime('%m-%d %H:%M')}</text>"
+        )
         tick += timedelta(hours=step)
-    body.append(f'<text transform="translate(14 {MARGIN_TOP + PLOT_HEIGHT / 2}) rotate(-90)" '
-                f'text-anchor="middle" {FONT}>answers per hour (UTC)</text>')  # fmt: skip
+    body.append(
+        f'<text transform="translate(14 {MARGIN_TOP + PLOT_HEIGHT / 2}) rotate(-90)" '
+        f'text-anchor="middle" {FONT}>answers per hour (UTC)</text>'
+    )
     names = sorted(series)
     for i, name in enumerate(names):
         points = " ".join(f"{x_of(h):.1f},{y_of(n):.1f}" for h, n in sorted(series[name]))
-        body.append(f'<polyline fill="none" stroke="{PALETTE[i % len(PALETTE)]}" stroke-width="1.2" '
-                    f'points="{points}"><title>{escape(name)}</title></polyline>')  # fmt: skip
+        body.append(
+            f'<polyline fill="none" stroke="{PALETTE[i % len(PALETTE)]}" stroke-width="1.2" '
+            f'points="{points}"><title>{escape(name)}</title></polyline>'
+        )
     legend, legend_height = _legend(names, bottom + MARGIN_BOTTOM - 12)
     height = int(bottom + MARGIN_BOTTOM - 12 + legend_height)
     return _svg(WIDTH, height, f"answers per hour, {len(names)} sensors", [*body, *legend])
@@ -127,20 +152,26 @@ def drift_bars(features: list[dict[str, Any]], threshold: float) -> str | None:
     body = []
     for value in x_ticks:
         x = x_of(value)
-        body.append(f'<line x1="{x:.1f}" y1="{MARGIN_TOP}" x2="{x:.1f}" y2="{bottom}" stroke="#eee"/>'
-                    f'<text x="{x:.1f}" y="{bottom + 14}" text-anchor="middle" {FONT}>{value:g}</text>')  # fmt: skip
+        body.append(
+            f'<line x1="{x:.1f}" y1="{MARGIN_TOP}" x2="{x:.1f}" y2="{bottom}" stroke="#eee"/>'
+            f'<text x="{x:.1f}" y="{bottom + 14}" text-anchor="middle" {FONT}>{value:g}</text>'
+        )
     for i, feature in enumerate(features):
         y = MARGIN_TOP + i * (BAR_HEIGHT + BAR_GAP)
         psi = float(feature["psi"])
         colour = FLAGGED if feature["flagged"] else UNFLAGGED
-        body.append(f'<text x="{left - 6}" y="{y + BAR_HEIGHT - 4}" text-anchor="end" {FONT}>{escape(str(feature["feature"]))}</text>'
-                    f'<rect x="{left}" y="{y}" width="{max(0.0, x_of(psi) - left):.1f}" height="{BAR_HEIGHT}" fill="{colour}">'
-                    f"<title>{escape(str(feature['feature']))}: PSI {psi:.4f}</title></rect>"
-                    f'<text x="{x_of(psi) + 4:.1f}" y="{y + BAR_HEIGHT - 4}" {FONT}>{psi:.3f}</text>')  # fmt: skip
+        body.append(
+            f'<text x="{left - 6}" y="{y + BAR_HEIGHT - 4}" text-anchor="end" {FONT}>{escape(str(feature["feature"]))}</text>'
+            f'<rect x="{left}" y="{y}" width="{max(0.0, x_of(psi) - left):.1f}" height="{BAR_HEIGHT}" fill="{colour}">'
+            f"<title>{escape(str(feature['feature']))}: PSI {psi:.4f}</title></rect>"
+            f'<text x="{x_of(psi) + 4:.1f}" y="{y + BAR_HEIGHT - 4}" {FONT}>{psi:.3f}</text>'
+        )
     x = x_of(threshold)
-    body.append(f'<line x1="{x:.1f}" y1="{MARGIN_TOP - 4}" x2="{x:.1f}" y2="{bottom}" stroke="{RULE}" '
-                f'stroke-dasharray="4 3"/><text x="{right}" y="{bottom + 30}" text-anchor="end" {FONT}>'
-                f"population stability index (live vs training); dashed: flag at PSI {threshold:g}</text>")  # fmt: skip
+    body.append(
+        f'<line x1="{x:.1f}" y1="{MARGIN_TOP - 4}" x2="{x:.1f}" y2="{bottom}" stroke="{RULE}" '
+        f'stroke-dasharray="4 3"/><text x="{right}" y="{bottom + 30}" text-anchor="end" {FONT}>'
+        f"population stability index (live vs training); dashed: flag at PSI {threshold:g}</text>"
+    )
     return _svg(
         WIDTH,
         bottom + 40,

@@ -12,9 +12,8 @@ threads = get_settings().threads  # POTABILITY_THREADS
 graceful_timeout = 20
 timeout = 60
 keepalive = 5
-accesslog = (
-    None  # every answer is logged to Postgres; an access log per request would double the I/O
-)
+# every answer is logged to Postgres; an access log per request would double the I/O
+accesslog = None
 preload_app = False  # each worker builds its app (model session, log thread) after the fork
 
 
@@ -63,9 +62,8 @@ def child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid)
 
 
-control_socket_disable = (
-    True  # no runtime control socket: nothing to manage the server by but signals
-)
+# no runtime control socket: nothing to manage the server by but signals
+control_socket_disable = True
 
 
 def post_fork(server, worker):

@@ -15,9 +15,11 @@ from prometheus_client import (
 
 REQUESTS = Counter("potability_requests_total", "HTTP requests answered", ["endpoint", "status"])
 LATENCY = Histogram(
-    "potability_request_seconds", "Time to answer a request", ["endpoint"],
+    "potability_request_seconds",
+    "Time to answer a request",
+    ["endpoint"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-)  # fmt: skip
+)
 PREDICTIONS = Counter("potability_predictions_total", "Answers given, by class", ["answer"])
 QUEUE_ROWS = Gauge(
     "potability_inference_queue_rows",
@@ -25,8 +27,11 @@ QUEUE_ROWS = Gauge(
     multiprocess_mode="livesum",
 )
 # every worker spools into and replays from one directory: counted at each scrape, the latest is right
-SPOOL_ROWS = Gauge("potability_inference_spool_rows", "Inference rows spooled on disk, waiting for Postgres",
-                   multiprocess_mode="mostrecent")  # fmt: skip
+SPOOL_ROWS = Gauge(
+    "potability_inference_spool_rows",
+    "Inference rows spooled on disk, waiting for Postgres",
+    multiprocess_mode="mostrecent",
+)
 SPOOL_QUARANTINED = Counter(
     "potability_spool_quarantined_files_total",
     "Spool files moved aside to quarantine/ because they could not be replayed",
@@ -37,8 +42,12 @@ JOURNAL_BYTES = Gauge(
     "Bytes in the workers' write-ahead journals on disk (POTABILITY_LOG_JOURNAL)",
     multiprocess_mode="mostrecent",
 )
-MODEL_INFO = Gauge("potability_model_info", "The model version served (1 = serving)", ["version"],
-                   multiprocess_mode="max")  # fmt: skip
+MODEL_INFO = Gauge(
+    "potability_model_info",
+    "The model version served (1 = serving)",
+    ["version"],
+    multiprocess_mode="max",
+)
 
 
 def exposition() -> tuple[bytes, str]:

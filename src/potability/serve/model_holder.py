@@ -82,9 +82,12 @@ class ModelHolder:
         with self._lock:
             found = self._ask_registry()
             if found is None:
-                raise self._refuse(ArtifactError(
-                    f"no version of {self.registered_model} has the alias {self.alias!r} yet: "
-                    "run `potability deploy`"))  # fmt: skip
+                raise self._refuse(
+                    ArtifactError(
+                        f"no version of {self.registered_model} has the alias {self.alias!r} yet: "
+                        "run `potability deploy`"
+                    )
+                )
             current = self.current
             if current is not None and current.meta.get("registered_version") == found.version:
                 self.last_error = None
@@ -154,13 +157,22 @@ class ModelHolder:
         old = self.current
         self.current = candidate  # one reference assignment: requests see old or new, never a mix
         self.last_error = None
-        artifacts.write_json_atomic(self.cache_dir / CURRENT_FILE,
-                                    {"registered_version": candidate.meta["registered_version"],
-                                     "model_version": candidate.version})  # fmt: skip
+        artifacts.write_json_atomic(
+            self.cache_dir / CURRENT_FILE,
+            {
+                "registered_version": candidate.meta["registered_version"],
+                "model_version": candidate.version,
+            },
+        )
         if old is None or old.version != candidate.version:
-            log.info("serving %s version %s: %s (%s, threshold %.3f)", self.registered_model,
-                     candidate.meta["registered_version"], candidate.version,
-                     candidate.meta.get("kind"), candidate.threshold)  # fmt: skip
+            log.info(
+                "serving %s version %s: %s (%s, threshold %.3f)",
+                self.registered_model,
+                candidate.meta["registered_version"],
+                candidate.version,
+                candidate.meta.get("kind"),
+                candidate.threshold,
+            )
         if self._on_swap:
             self._on_swap(old, candidate)
 

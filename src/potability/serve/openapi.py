@@ -44,24 +44,39 @@ def _open_read(
             "schema": {"type": "integer", "minimum": 1},
         }
     }
-    errors = {str(s): {**_json(_ref("Error"), why), "headers": retry}
-              for s, why in ((429, "rate_limited: past this client's burst and rate (page_rate_* settings)"),
-                             (503, "page_rendering: no copy rendered yet, one is under way"))}  # fmt: skip
-    return {"get": {
-        "summary": summary,
-        "description": "Answered from the copy the page renderer refreshes every page_refresh_seconds "
-                       "(ETag, Last-Modified and Cache-Control max-age let browsers and proxies keep it); "
-                       "limited per client address (a token bucket) so no client can crowd out the sensors. "
-                       "401/403 only when the server is set to require a token for the page.",
-        "responses": {"200": {"description": "the panel(s)", "content": {content_type: {"schema": schema}}},
-                      "304": {"description": "not modified since the ETag sent in If-None-Match"},
-                      **_errors(401, 403, *extra), **errors},
-    }}  # fmt: skip
+    errors = {
+        str(s): {**_json(_ref("Error"), why), "headers": retry}
+        for s, why in (
+            (429, "rate_limited: past this client's burst and rate (page_rate_* settings)"),
+            (503, "page_rendering: no copy rendered yet, one is under way"),
+        )
+    }
+    return {
+        "get": {
+            "summary": summary,
+            "description": "Answered from the copy the page renderer refreshes every page_refresh_seconds "
+            "(ETag, Last-Modified and Cache-Control max-age let browsers and proxies keep it); "
+            "limited per client address (a token bucket) so no client can crowd out the sensors. "
+            "401/403 only when the server is set to require a token for the page.",
+            "responses": {
+                "200": {
+                    "description": "the panel(s)",
+                    "content": {content_type: {"schema": schema}},
+                },
+                "304": {"description": "not modified since the ETag sent in If-None-Match"},
+                **_errors(401, 403, *extra),
+                **errors,
+            },
+        }
+    }
 
 
 def _one_or_batch(single: str, batch: str) -> dict[str, Any]:
     """A JSON request body that is one object of ``single`` or a ``batch``."""
-    return {"required": True, "content": {"application/json": {"schema": {"oneOf": [_ref(single), _ref(batch)]}}}}  # fmt: skip
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"oneOf": [_ref(single), _ref(batch)]}}},
+    }
 
 
 def _batch_of(schema: str, max_batch: int) -> dict[str, Any]:
@@ -99,29 +114,43 @@ def document(max_batch: int, panels: tuple[str, ...]) -> dict[str, Any]:
         "required": ["sample_id", "Potability"],
         "properties": {
             **sample["properties"],
-            "sample_id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH,
-                          "pattern": ID_PATTERN},
-            "sensor_id": {"type": ["string", "null"], "maxLength": MAX_ID_LENGTH,
-                          "pattern": TEXT_PATTERN},
+            "sample_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_ID_LENGTH,
+                "pattern": ID_PATTERN,
+            },
+            "sensor_id": {
+                "type": ["string", "null"],
+                "maxLength": MAX_ID_LENGTH,
+                "pattern": TEXT_PATTERN,
+            },
             "collected_at": {"type": ["string", "null"], "format": "date-time"},
             "Potability": {"type": "integer", "enum": [0, 1]},
         },
-    }  # fmt: skip
-    prediction = _closed({
-        "potable": {"type": "boolean"},
-        "probability": {"type": "number", "minimum": 0, "maximum": 1},
-        "threshold": {"type": "number"},
-        "inference_id": {"type": "string", "format": "uuid"},
-        "model_version": {"type": "string"},
-    })  # fmt: skip
+    }
+    prediction = _closed(
+        {
+            "potable": {"type": "boolean"},
+            "probability": {"type": "number", "minimum": 0, "maximum": 1},
+            "threshold": {"type": "number"},
+            "inference_id": {"type": "string", "format": "uuid"},
+            "model_version": {"type": "string"},
+        }
+    )
     predictions = _closed(
-        {"model_version": {"type": "string"}, "predictions": {"type": "array", "items": _ref("Prediction")}}
-    )  # fmt: skip
-    stored = _closed({
-        "inserted": {"type": "integer", "minimum": 0},
-        "duplicates": {"type": "integer", "minimum": 0},
-        "sample_ids": {"type": "array", "items": {"type": "string"}},
-    })  # fmt: skip
+        {
+            "model_version": {"type": "string"},
+            "predictions": {"type": "array", "items": _ref("Prediction")},
+        }
+    )
+    stored = _closed(
+        {
+            "inserted": {"type": "integer", "minimum": 0},
+            "duplicates": {"type": "integer", "minimum": 0},
+            "sample_ids": {"type": "array", "items": {"type": "string"}},
+        }
+    )
     error = _closed(
         {
             "error": {
@@ -228,7 +257,7 @@ def document(max_batch: int, panels: tuple[str, ...]) -> dict[str, Any]:
                                 }
                             ),
                             "reloaded",
-                        ),  # fmt: skip
+                        ),
                         **_errors(401, 403, 422, 503),
                     },
                 }
@@ -278,7 +307,7 @@ def document(max_batch: int, panels: tuple[str, ...]) -> dict[str, Any]:
                         }
                     },
                 }
-            },  # fmt: skip
+            },
             "/openapi.json": {
                 "get": {
                     "summary": "this document",

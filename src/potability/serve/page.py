@@ -99,8 +99,13 @@ def drift_panel() -> dict[str, Any]:
     production = _production()
     profile = (production.meta.get("reference") if production else None) or {}
     if not profile:
-        return {"rows": 0, "threshold": params["drift_psi_threshold"], "features": [], "as_of": None,
-                "note": "no training profile in the served model yet"}  # fmt: skip
+        return {
+            "rows": 0,
+            "threshold": params["drift_psi_threshold"],
+            "features": [],
+            "as_of": None,
+            "note": "no training profile in the served model yet",
+        }
     since = datetime.now(UTC) - timedelta(days=params["live_days"])
     edges = {name: ref["edges"] for name, ref in profile.items() if ref}
     counts, rows, newest = _rollups().feature_counts(production.version, edges, since)
@@ -157,12 +162,16 @@ def _page_entry(panels: dict[str, dict[str, Any]]) -> tuple[bytes, str, int]:
     live, drift = panels["live"], panels["drift"]
     html = render_template(
         "page.html",
-        card=panels["model"], live=live, agreement=panels["agreement"], drift=drift,
+        card=panels["model"],
+        live=live,
+        agreement=panels["agreement"],
+        drift=drift,
         live_chart=charts.answers_per_hour(live.get("hourly", [])),
         drift_chart=charts.drift_bars(drift.get("features", []), drift.get("threshold", 0.2)),
-        as_of=_page_as_of(panels, now), generated_at=_stamp(now),
+        as_of=_page_as_of(panels, now),
+        generated_at=_stamp(now),
         refresh_seconds=context.settings().page_refresh_seconds,
-    )  # fmt: skip
+    )
     return html.encode(), "text/html; charset=utf-8", 200
 
 
@@ -198,8 +207,12 @@ def _cached(key: str):
     try:
         entry = cache.get(key, lambda: render_entry(key))
     except RenderBusy:
-        raise ApiError(503, "page_rendering", "the page is being rendered for the first time; retry in a second",
-                       headers={"Retry-After": "1"}) from None  # fmt: skip
+        raise ApiError(
+            503,
+            "page_rendering",
+            "the page is being rendered for the first time; retry in a second",
+            headers={"Retry-After": "1"},
+        ) from None
     response = current_app.response_class(
         entry.body, status=entry.status, content_type=entry.content_type
     )

@@ -51,8 +51,12 @@ class Entry:
         return max(0.0, time.time() - self.rendered_at)
 
     def to_bytes(self) -> bytes:
-        header = {"status": self.status, "content_type": self.content_type,
-                  "rendered_at": self.rendered_at, "render_ms": self.render_ms}  # fmt: skip
+        header = {
+            "status": self.status,
+            "content_type": self.content_type,
+            "rendered_at": self.rendered_at,
+            "render_ms": self.render_ms,
+        }
         return json.dumps(header).encode() + b"\n" + self.body
 
     @classmethod
@@ -99,9 +103,8 @@ class PageCache:
             return seen[1]
         try:
             entry = Entry.from_bytes(path.read_bytes())
-        except (
-            FileNotFoundError
-        ):  # replaced between stat and read: the next request sees the new one
+        except FileNotFoundError:
+            # replaced between stat and read: the next request sees the new one
             return seen[1] if seen else None
         self._seen[key] = (stamp, entry)
         return entry

@@ -88,10 +88,11 @@ def create_page_app() -> Flask:
     def open_only():
         if request.endpoint not in OPEN_ENDPOINTS:
             raise ApiError(
-                404, "not_found",
+                404,
+                "not_found",
                 "this port serves only the open page, its stats and static files; "
                 "the API is on the server's main port",
-            )  # fmt: skip
+            )
         return None
 
     # before the rate limit: a stray API call is refused without spending a page token
@@ -189,12 +190,21 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     child = start_child(settings.page_listener_nice, idle=settings.page_listener_idle)
     app = create_page_app()
-    server = PageServer(fd, app, settings.page_listener_connections,
-                        settings.page_listener_timeout_seconds, settings.page_listener_per_second)  # fmt: skip
+    server = PageServer(
+        fd,
+        app,
+        settings.page_listener_connections,
+        settings.page_listener_timeout_seconds,
+        settings.page_listener_per_second,
+    )
     thread = threading.Thread(target=server.serve_forever, name="page-accept", daemon=True)
     thread.start()
-    log.info("page listener up on %s:%s, %d connections at once",
-             server.host, server.port, settings.page_listener_connections)  # fmt: skip
+    log.info(
+        "page listener up on %s:%s, %d connections at once",
+        server.host,
+        server.port,
+        settings.page_listener_connections,
+    )
     try:
         while child.wait(1.0):  # until SIGTERM, or the master is gone
             pass

@@ -27,9 +27,8 @@ from potability.config import Settings
 from potability.serve import context
 from potability.serve.errors import ApiError
 
-SLOT = struct.Struct(
-    "<Qdd"
-)  # client hash (0 = free), tokens left, last update (monotonic, system-wide)
+# a slot: client hash (0 = free), tokens left, last update (monotonic, system-wide)
+SLOT = struct.Struct("<Qdd")
 PROBES = 8  # slots a client may land in: collisions stay rare without a real hash table
 LIMITED_ENDPOINTS = frozenset({"page.page", "page.stats", "static"})
 
@@ -56,9 +55,8 @@ class RateLimiter:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         size = clients * SLOT.size
         if os.fstat(self._fd).st_size < size:
-            os.ftruncate(
-                self._fd, size
-            )  # every worker asks for the same size: a race changes nothing
+            # every worker asks for the same size: a race changes nothing
+            os.ftruncate(self._fd, size)
         self._map = mmap.mmap(self._fd, size)
         self._lock = threading.Lock()  # flock does not exclude threads sharing one descriptor
 
@@ -126,9 +124,10 @@ def init_app(app: Flask, limiter: RateLimiter) -> None:
         if wait > 0:
             retry = max(1, math.ceil(wait))
             raise ApiError(
-                429, "rate_limited",
+                429,
+                "rate_limited",
                 f"more than {limiter.burst} requests at once or {limiter.per_second:g} per second "
                 f"from this address on the open page and stats; retry in {retry} s",
                 headers={"Retry-After": str(retry)},
-            )  # fmt: skip
+            )
         return None

@@ -100,20 +100,23 @@ def main() -> int:
     settings = get_settings()
     child = start_child(settings.page_renderer_nice)
     app = create_page_app(settings)  # takes no traffic: the page, its reads and the champion only
-    log.info("page renderer up: every %.0f s into %s", settings.page_refresh_seconds,
-             context.part(context.PAGE_CACHE, app).directory)  # fmt: skip
+    log.info(
+        "page renderer up: every %.0f s into %s",
+        settings.page_refresh_seconds,
+        context.part(context.PAGE_CACHE, app).directory,
+    )
     try:
         while child.running():
             try:
                 took = render_once(app)
-                if (
-                    took > settings.page_refresh_seconds
-                ):  # the page lags more than its interval says
-                    log.warning("page render took %.1f s, longer than POTABILITY_PAGE_REFRESH_SECONDS (%.0f s)",
-                                took, settings.page_refresh_seconds)  # fmt: skip
-            except (
-                Exception
-            ):  # a bad cycle (Postgres away) must not end the renderer: retry next cycle
+                if took > settings.page_refresh_seconds:  # the page lags behind its interval
+                    log.warning(
+                        "page render took %.1f s, longer than POTABILITY_PAGE_REFRESH_SECONDS (%.0f s)",
+                        took,
+                        settings.page_refresh_seconds,
+                    )
+            except Exception:
+                # a bad cycle (Postgres away) must not end the renderer: retry next cycle
                 log.exception("page render failed; the last copy keeps being served")
                 took = 0.0
             child.stop.wait(max(0.0, settings.page_refresh_seconds - took))
@@ -170,8 +173,12 @@ class Supervisor:
             while self.alive() and not self._stop.wait(1.0):
                 pass
             if not self._stop.is_set():
-                log.warning("%s (pid %d) exited; starting another in %g s",
-                            self.module, self.pid, self.restart_seconds)  # fmt: skip
+                log.warning(
+                    "%s (pid %d) exited; starting another in %g s",
+                    self.module,
+                    self.pid,
+                    self.restart_seconds,
+                )
                 self._stop.wait(self.restart_seconds)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -26,11 +26,19 @@ def run_gunicorn(host: str, port: int, workers: int, page_port: int | None = Non
     shutil.rmtree(settings.run_dir, ignore_errors=True)
     settings.metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
-    os.execv(sys.executable, [
-        sys.executable, "-m", "gunicorn",
-        "--config", str(Path(__file__).with_name("gunicorn.conf.py")),
-        "--bind", f"{host}:{port}",
-        "--workers", str(workers),
-        "potability.serve:create_app()",
-    ])  # fmt: skip
+    os.execv(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            str(Path(__file__).with_name("gunicorn.conf.py")),
+            "--bind",
+            f"{host}:{port}",
+            "--workers",
+            str(workers),
+            "potability.serve:create_app()",
+        ],
+    )
     return 0  # not reached
