@@ -20,21 +20,17 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from potability.config import get_settings
-from potability.schema import validate_features
-from potability.sensor.readings import validate_reading
+from potability.sensor.readings import Reading, new_reading
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +42,6 @@ RETRY_EXCEPTIONS = (
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
 )
-
-
-@dataclass(frozen=True)
-class Reading:
-    """One measurement as the sensor took it: its own id and time, fixed at creation."""
-
-    reading_id: str
-    read_at: str  # RFC 3339, UTC
-    features: dict[str, float | None]
-
-    def body(self) -> dict[str, Any]:
-        return {**self.features, "reading_id": self.reading_id, "read_at": self.read_at}
 
 
 @dataclass(frozen=True)
@@ -114,33 +98,6 @@ class Delivery:
     rejected: list[tuple[Reading, str]] = field(default_factory=list)  # set aside, with why
     pending: int = 0  # still in the outbox
     error: str | None = None  # why it stopped early (server unavailable); None when all sent
-
-
-def new_reading(
-    features: Mapping[str, Any],
-    read_at: datetime | str | None = None,
-    reading_id: str | None = None,
-    index: int | None = None,
-) -> Reading:
-    """A reading checked as the server checks it (``FieldError`` names the field).
-
-    Args:
-        features: the measurements by the data set's names; numbers, numeric
-            text, or None / absent for missing.
-        read_at: when it was read (aware datetime or RFC 3339); default now.
-        reading_id: the sensor's own id; default a new UUID.
-        index: a position (batch index or CSV line) to name in errors.
-    """
-    now = datetime.now(UTC)
-    if read_at is None:
-        read_at = now
-    if isinstance(read_at, datetime):
-        read_at = read_at.isoformat()
-    key = validate_reading(
-        {"reading_id": reading_id or str(uuid.uuid4()), "read_at": read_at}, index, now, math.inf
-    )
-    values = validate_features(dict(features), index)
-    return Reading(key.reading_id, key.read_at.isoformat(), values)
 
 
 class PotabilityClient:

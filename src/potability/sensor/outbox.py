@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from potability.sensor.client import Reading
+from potability.sensor.readings import Reading
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (

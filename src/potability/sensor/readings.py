@@ -14,13 +14,15 @@ ids never collide.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from potability.schema import MAX_ID_LENGTH, FieldError, parse_timestamp
+from potability.schema import MAX_ID_LENGTH, FieldError, parse_timestamp, validate_features
 
 READING_FIELDS = ("reading_id", "read_at")
 READING_ID_PATTERN = f"^[ -~]{{1,{MAX_ID_LENGTH}}}$"  # printable ASCII, used byte for byte
@@ -122,3 +124,42 @@ def split_readings(
         samples.append({k: v for k, v in item.items() if k not in READING_FIELDS})
         keys.append((reading_inference_id(sensor_id, key.reading_id), key.read_at.isoformat()))
     return samples, keys
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One measurement as the sensor took it: its own id and time, fixed at creation."""
+
+    reading_id: str
+    read_at: str  # RFC 3339, UTC
+    features: dict[str, float | None]
+
+    def body(self) -> dict[str, Any]:
+        return {**self.features, "reading_id": self.reading_id, "read_at": self.read_at}
+
+
+def new_reading(
+    features: Mapping[str, Any],
+    read_at: datetime | str | None = None,
+    reading_id: str | None = None,
+    index: int | None = None,
+) -> Reading:
+    """A reading checked as the server checks it (``FieldError`` names the field).
+
+    Args:
+        features: the measurements by the data set's names; numbers, numeric
+            text, or None / absent for missing.
+        read_at: when it was read (aware datetime or RFC 3339); default now.
+        reading_id: the sensor's own id; default a new UUID.
+        index: a position (batch index or CSV line) to name in errors.
+    """
+    now = datetime.now(UTC)
+    if read_at is None:
+        read_at = now
+    if isinstance(read_at, datetime):
+        read_at = read_at.isoformat()
+    key = validate_reading(
+        {"reading_id": reading_id or str(uuid.uuid4()), "read_at": read_at}, index, now, math.inf
+    )
+    values = validate_features(dict(features), index)
+    return Reading(key.reading_id, key.read_at.isoformat(), values)

@@ -20,15 +20,8 @@ from typing import TextIO
 
 from potability.errors import ValidationError
 from potability.schema import FEATURE_NAMES, LABEL, SAMPLE_FIELDS, FieldError
-from potability.sensor.client import (
-    Answer,
-    ClientError,
-    PotabilityClient,
-    Reading,
-    Refused,
-    new_reading,
-)
-from potability.sensor.readings import READING_FIELDS
+from potability.sensor.client import Answer, ClientError, PotabilityClient, Refused
+from potability.sensor.readings import READING_FIELDS, Reading, new_reading
 
 NOT_SENT = (LABEL, *SAMPLE_FIELDS)
 ANSWER_COLUMNS = (
