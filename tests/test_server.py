@@ -154,6 +154,29 @@ def test_broken_json_wrong_type_and_oversized_body(client, tokens, app):
     assert r.status_code == 413 and "error" in r.get_json()
 
 
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/samples"])
+def test_deeply_nested_json_is_a_400_not_a_crash(client, tokens, mart, app, path):
+    """20,000 levels of arrays: the parser's own limit is reached, and the answer says so."""
+    token = tokens["sensor"] if path == "/v1/predict" else tokens["lab"]
+    body = '{"samples": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    r = client.post(path, data=body, headers={**auth(token), "Content-Type": "application/json"})
+    assert r.status_code == 400, r.get_data(as_text=True)[:200]
+    assert r.get_json()["error"]["code"] == "invalid_json"
+    assert "deeply" in r.get_json()["error"]["message"]
+    assert logged(app, mart).empty
+
+
+@pytest.mark.parametrize("path", ["/", "/model", "/v1/stats/live", "/healthz", "/v1/predict"])
+def test_every_answer_carries_the_security_headers(client, path):
+    """HTML and JSON, success and error: no sniffing, no framing, nothing loaded from elsewhere."""
+    r = client.get(path)  # GET /v1/predict is a 405: errors carry them too
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["Referrer-Policy"] == "no-referrer"
+    policy = r.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy
+
+
 def test_roles_are_enforced(client, tokens):
     assert client.post("/v1/predict", json=SAMPLE).status_code == 401
     assert client.post("/v1/predict", json=SAMPLE, headers=auth("pot_nope")).status_code == 401

@@ -48,6 +48,10 @@ def json_body() -> Any:
         return json.loads(raw, parse_constant=str)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # orjson stops at 255 levels; the standard parser at the stack's end
+        raise ApiError(
+            400, "invalid_json", "the body nests arrays or objects too deeply to be a sample"
+        ) from None
 
 
 def as_items(body: Any, max_batch: int) -> tuple[list[Any], bool]:

@@ -53,7 +53,7 @@ def _number(value: float) -> str:
 def _svg(width: int, height: int, label: str, body: list[str]) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" style="max-width:100%;height:auto" '  # a phone shrinks it whole
+        f'viewBox="0 0 {width} {height}" '  # page.css lets a phone shrink it whole
         f'aria-label="{escape(label)}"><title>{escape(label)}</title>' + "".join(body) + "</svg>"
     )
 
