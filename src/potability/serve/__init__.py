@@ -60,7 +60,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         SPOOL_REPLAY_SECONDS=settings.spool_replay_seconds,
         SPOOL_MAX_BYTES=settings.spool_max_bytes,
         LOG_QUEUE_MAX_ROWS=settings.log_queue_max_rows,
-        LOG_JOURNAL=settings.log_journal,
         LOG_JOURNAL_FSYNC=settings.log_journal_fsync,
         LOG_JOURNAL_SEGMENT_BYTES=settings.log_journal_segment_bytes,
         TOKEN_STALE_SECONDS=settings.token_stale_seconds,
