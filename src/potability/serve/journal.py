@@ -16,8 +16,8 @@ past ``segment_bytes`` is closed and a new one started, so a busy worker's
 journal is bounded by what its queue holds plus one segment.
 
 The segments are also what stays on disk while Postgres is down: ``seal``
-(the writer, when Postgres refuses its batch) fsyncs them and renames them into
-the spool (``spool-<pid>-<n>.jsonl``), whose replay stores them once Postgres is
+(the writer, when Postgres refuses its batch) cuts off the head of a segment
+already stored, fsyncs them and renames them into the spool (``spool-<pid>-<n>.jsonl``), whose replay stores them once Postgres is
 back; the writer forgets them from memory. A journal whose process is gone (its
 pid not alive, or this process's pid but not its file: an earlier process had
 the pid) is an orphan: ``adopt_orphans``, called by every live worker's writer
@@ -29,12 +29,13 @@ a torn record after replaying its good ones.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from potability.inference_store import AnsweredBatch
@@ -60,6 +61,8 @@ class JournalFull(JournalUnavailable):
 class _Segment:
     path: Path
     pending: int = 0  # records written, not yet released
+    stored: int = 0  # bytes of the released records at its head
+    lengths: collections.deque[int] = field(default_factory=collections.deque)  # pending records' bytes
 
 
 class Journal:
@@ -107,6 +110,7 @@ class Journal:
                 ) from exc
             self._size += len(blob)
             self._segments[-1].pending += 1
+            self._segments[-1].lengths.append(len(blob))
             if self._room is not None:
                 self._room -= len(blob)
 
@@ -199,13 +203,15 @@ class Journal:
                 taken = min(requests, segment.pending)
                 segment.pending -= taken
                 requests -= taken
+                for _ in range(taken):
+                    segment.stored += segment.lengths.popleft()
                 if segment.pending:
                     break
                 if segment is self._segments[-1] and self._fd is not None:
                     if self._size:  # everything in the open segment is stored: start it over
                         try:
                             os.ftruncate(self._fd, 0)
-                            self._size = 0
+                            self._size = segment.stored = 0
                         except OSError as exc:  # harmless: a replay of stored rows stores nothing
                             log.warning("journal: could not truncate %s: %s", segment.path, exc)
                     break
@@ -237,8 +243,11 @@ class Journal:
                     segment = self._segments[0]
                     if segment.pending:
                         _, pid, n = segment.path.stem.split("-")
+                        target = self.spool.directory / f"spool-{pid}-{n}.jsonl"
+                        if segment.stored:  # its head is stored: only the rest goes, not to be stored twice
+                            _rewrite_tail(segment.path, segment.stored)
                         _fsync(segment.path)
-                        os.rename(segment.path, self.spool.directory / f"spool-{pid}-{n}.jsonl")
+                        os.rename(segment.path, target)
                     else:  # everything in it is stored (an emptied open segment)
                         segment.path.unlink(missing_ok=True)
                     moved += segment.pending
@@ -299,6 +308,17 @@ class Journal:
         if adopted:
             _fsync(self.spool.directory)
         return adopted
+
+
+def _rewrite_tail(path: Path, offset: int) -> None:
+    """Leave only the bytes from ``offset`` in ``path`` (a new file renamed over it)."""
+    tmp = path.with_name(path.name + ".tail")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        src.seek(offset)
+        dst.write(src.read())
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.rename(tmp, path)
 
 
 def _fsync(path: Path) -> None:

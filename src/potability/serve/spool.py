@@ -3,7 +3,8 @@
 A worker's journal (``serve/journal.py``) writes each answered request as one
 record, ``<crc32 hex> <json>\\n``, the request column by column (an
 ``AnsweredBatch``, its arrays as raw doubles). A segment becomes a spool file
-(``spool-<pid>-<n>.jsonl`` in the log's directory) by a rename, never a copy:
+(``spool-<pid>-<n>.jsonl`` in the log's directory) by a rename (a live
+worker first cuts off the head it already stored, so only the rest is kept):
 when its worker's writer finds Postgres down, or when its worker died with
 records not yet stored. JSON never holds a raw newline, so the newline ends a
 record and the crc proves it whole: a record cut short by a crash or a flipped
