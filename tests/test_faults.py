@@ -246,7 +246,7 @@ def test_a_full_spool_refuses_answers_instead_of_losing_them(own_postgres, champ
                 refused.append((r.status_code, r.json()["error"]["code"]))
             time.sleep(0.005)
         ready_when_full = requests.get(server.base + "/readyz", timeout=10)
-        spooled_bytes = Spool(tmp_path / "spool").size()
+        spooled_bytes = Spool(tmp_path / "spool").used()  # journal and spool files: all capped
         db.embedded_server_url(pgdata)
         drained = drain_seconds(url, set(answered), timeout=REPLAY_SECONDS + 30)
         after = requests.post(server.base + "/v1/predict", json=SAMPLE, headers=h, timeout=30)
@@ -267,18 +267,26 @@ def test_corrupt_spool_files_are_quarantined_and_never_block_the_rest(
     own_postgres, champion, tmp_path
 ):
     _, url = own_postgres
+    from potability.serve.journal import Journal
+
     spool = Spool(tmp_path / "spool")
     good = [row(i) for i in range(50)]
-    spool.append(good[:25])
+
+    def spooled(requests_):  # as a worker leaves them while Postgres is down: its journal, sealed
+        journal = Journal(spool)
+        for r in requests_:
+            journal.append(r)
+        assert journal.seal() == len(requests_)
+
+    spooled(good[:25])
     (spool.directory / "spool-not-a-number.jsonl").write_bytes(b"junk\n")  # name does not parse
     (spool.directory / "spool-1-2.jsonl").write_bytes(b"garbage, not a record\n" * 3)
-    refused = row()
-    refused["probability"] = None  # Postgres refuses it (NOT NULL)
-    spool.append([refused])
-    spool.append(good[25:])
+    spooled([row(sensor="s\x00")])  # Postgres refuses it (a NUL in a text column)
+    spooled(good[25:])
     server = Server(tmp_path, url, champion, POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS))
     try:
-        drained = drain_seconds(url, {r["inference_id"] for r in good}, timeout=REPLAY_SECONDS + 30)
+        drained = drain_seconds(url, {i for r in good for i in r.inference_ids},
+                                timeout=REPLAY_SECONDS + 30)  # fmt: skip
         time.sleep(0.5)
         metrics = requests.get(server.base + "/metrics", timeout=10).text
     finally:

@@ -1,4 +1,4 @@
-"""The inference log's promises without a server: a bounded queue, no answer the spool has no room for."""
+"""The inference log's promises without a server: a bounded queue, no answer the disk cap has no room for."""
 
 from datetime import UTC, datetime
 
@@ -8,8 +8,9 @@ import pytest
 from potability.errors import DatabaseUnavailable
 from potability.ids import uuid7_batch
 from potability.inference_store import AnsweredBatch
-from potability.serve.inference_log import SPOOL_ROW_BYTES, InferenceLog, LogUnavailable
-from potability.serve.spool import Spool
+from potability.serve.inference_log import InferenceLog, LogUnavailable
+from potability.serve.journal import Journal
+from potability.serve.spool import Spool, encode
 
 
 class DownMart:
@@ -27,21 +28,29 @@ def rows(n):
 
 
 def test_the_queue_is_bounded(tmp_path):
-    log = InferenceLog(DownMart(), Spool(tmp_path), 1.0, 100, 1.0, max_queue_rows=10)
+    log = InferenceLog(DownMart(), Journal(Spool(tmp_path)), 1.0, 100, 1.0, max_queue_rows=10)
     log.submit(rows(10))
     with pytest.raises(LogUnavailable, match="full"):
         log.submit(rows(1))
     assert log.queued == 10 and not log.accepting
 
 
-def test_with_postgres_down_only_what_the_spool_has_room_for_is_answered(tmp_path):
-    spool = Spool(tmp_path, max_bytes=SPOOL_ROW_BYTES * 30)
-    log = InferenceLog(DownMart(), spool, 1.0, 100, 60.0, max_queue_rows=1000)
-    log.submit(rows(20))
-    log.flush()  # Postgres refuses: the rows go to the spool, and the log knows it is down
-    assert not log.db_ok and log.spooled == 20 and log.queued == 0
-    with pytest.raises(LogUnavailable, match="spool is full"):
-        log.submit(rows(20))
-    log.submit(rows(5))  # there is room for these
+def test_with_postgres_down_only_what_the_disk_cap_has_room_for_is_answered(tmp_path):
+    record = len(encode(rows(1)))
+    spool = Spool(tmp_path, max_bytes=record * 30)
+    journal = Journal(spool)
+    log = InferenceLog(DownMart(), journal, 1.0, 100, 60.0, max_queue_rows=1000)
+    for _ in range(20):
+        log.submit(rows(1))
+    log.flush()  # Postgres refuses: the journal is sealed into the spool, and the log knows it is down
+    assert not log.db_ok and log.spooled == 20 and log.queued == 0 and journal.size() == 0
+    [sealed] = spool.files()  # the journal's own file, renamed: no copy
+    assert sealed.stat().st_size == record * 20
+    with pytest.raises(LogUnavailable, match="cap"):
+        for _ in range(20):
+            log.submit(rows(1))
+    assert log.queued == 10 and log.accepting is False  # these 10 fitted; nothing past the cap
     log.flush()
-    assert log.spooled == 25 and spool.size() <= spool.max_bytes
+    assert log.spooled == 30 and spool.used() <= spool.max_bytes and log.queued == 0
+    with pytest.raises(LogUnavailable, match="cap"):
+        log.submit(rows(1))

@@ -58,8 +58,8 @@ def test_many_small_requests_from_several_sensors_go_in_one_copy(store, mart):
     batches = [
         answered(1 + i % 3, sensor=f"sensor-{i % 4}", missing_every=2 * (i % 2)) for i in range(60)
     ]
-    spooled = answered(1, sensor="sensor-9").rows()  # a replayed dict row in the same stream
-    assert store.write([*batches[:30], *spooled, *batches[30:]], fresh=True) == 121
+    replayed = answered(1, sensor="sensor-9")  # a replayed record in the same stream
+    assert store.write([*batches[:30], replayed, *batches[30:]], fresh=True) == 121
     assert len(mart.inferences()) == 121
     for batch in batches:
         assert_stored_as_answered(mart, batch)
@@ -75,19 +75,21 @@ def test_missing_measurements_are_null_in_postgres(store, clean_db):
         assert cur.fetchone() == (2, 0)
 
 
-def test_dict_rows_are_idempotent_on_inference_id(store, mart):
-    row = {"inference_id": str(uuid.uuid4()), "received_at": datetime.now(UTC), "sensor_id": "s\t1",
-           "model_version": "v1", **{c: None for c in FEATURE_COLUMNS}, "ph": 7.2,
-           "probability": 0.42, "potable": False, "threshold": 0.5}  # fmt: skip
+def test_replays_are_idempotent_on_inference_id(store, mart):
+    features = np.full((1, len(FEATURE_COLUMNS)), np.nan)
+    features[0, 0] = 7.2
+    row = AnsweredBatch([str(uuid.uuid4())], datetime.now(UTC), "s\t1", "v1", features,
+                        np.array([0.42]), 0.5)  # fmt: skip
     assert store.write([row]) == 1
     assert store.write([row]) == 0  # a replay never doubles a row
+    assert store.write([row, row]) == 0
     frame = mart.inferences()
     assert len(frame) == 1 and frame.loc[0, "sensor_id"] == "s\t1" and frame.loc[0, "ph"] == 7.2
 
 
-def test_spooled_rows_of_a_batch_replay_to_the_same_rows(store, mart):
+def test_a_replayed_batch_is_stored_as_answered_and_once(store, mart):
     batch = answered(40, missing_every=5)
-    assert store.write(batch.rows()) == 40  # what the spool keeps and replays
+    assert store.write([batch, batch]) == 40  # a replay: a record named twice is stored once
     assert_stored_as_answered(mart, batch)
     assert store.write([batch], fresh=True) == 0  # the fresh COPY meets them, falls back, skips all
     assert len(mart.inferences()) == 40
@@ -100,6 +102,10 @@ def test_fresh_copy_falls_back_when_a_row_is_already_stored(store, mart):
         store.write([first, second], fresh=True) == 5
     )  # the duplicates skipped, the new rows kept
     assert len(mart.inferences()) == 8
+    part = first.take(np.array([False, True, False]))
+    assert part.inference_ids == [first.inference_ids[1]] and len(part.features) == 1
+    assert store.write([answered(4), part, answered(2)]) == 6  # a replay: the stored row left out
+    assert len(mart.inferences()) == 14
 
 
 def test_the_stream_is_one_header_and_trailer_for_many_batches():
@@ -128,7 +134,7 @@ def test_rows_with_their_own_reading_time_are_stored_at_it(store, mart):
     rows = stored(mart)
     expected = [read_at, batch.received_at, read_at, batch.received_at]
     assert [rows[i]["received_at"] for i in batch.inference_ids] == expected
-    assert [r["received_at"] for r in batch.rows()] == [t.isoformat() for t in expected]
+    assert batch.times() == [t.isoformat() for t in expected]
 
 
 def test_an_answer_at_the_threshold_is_potable_in_the_answer_the_log_and_the_rollup(store, mart):

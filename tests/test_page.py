@@ -103,8 +103,12 @@ def test_old_answers_fall_out_of_the_live_window(app, store):
     import uuid
 
     old = datetime.now(UTC) - timedelta(days=30)
-    store.write([{"inference_id": str(uuid.uuid4()), "received_at": old, "sensor_id": "s", "model_version": "v",
-                            "ph": 7.0, "probability": 0.3, "potable": False, "threshold": 0.5}])  # fmt: skip
+    import numpy as np
+
+    from potability.inference_store import AnsweredBatch
+
+    features = np.array([[7.0] + [np.nan] * 8])
+    store.write([AnsweredBatch([str(uuid.uuid4())], old, "s", "v", features, np.array([0.3]), 0.5)])
     assert app.test_client().get("/v1/stats/live").get_json()["answers"] == 0
 
 

@@ -27,9 +27,15 @@ from tests.test_gunicorn import Server, wait_for
 from tests.test_server import SAMPLE, auth
 
 
-def answer_row(sensor: str) -> dict:
-    return {"inference_id": str(uuid.uuid4()), "received_at": datetime.now(UTC), "sensor_id": sensor,
-            "model_version": "v", "ph": 7.0, "probability": 0.3, "potable": False, "threshold": 0.5}  # fmt: skip
+def answer_row(sensor: str):
+    """One answer (ph only) as the log stores it."""
+    import numpy as np
+
+    from potability.inference_store import AnsweredBatch
+
+    features = [[7.0] + [float("nan")] * 8]
+    return AnsweredBatch([str(uuid.uuid4())], datetime.now(UTC), sensor, "v", np.array(features),
+                         np.array([0.3]), 0.5)  # fmt: skip
 
 
 @pytest.fixture

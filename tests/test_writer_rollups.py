@@ -1,7 +1,8 @@
-"""The log writer's own rollups (migration 006) count exactly what the trigger counts, on real Postgres."""
+"""The log writer's rollups (the only ones since migration 007) equal a count from scratch, on real Postgres."""
 
 from __future__ import annotations
 
+import io
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +13,7 @@ import pytest
 
 from potability import rollups
 from potability.ids import uuid7_batch
-from potability.inference_store import INFERENCE_COLUMNS, AnsweredBatch, histogram_deltas
+from potability.inference_store import COPY_DIRECT, AnsweredBatch, encode, histogram_deltas
 from potability.quality import reference_profile
 from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES
 from potability.synth import generate
@@ -79,11 +80,9 @@ def flushes(profiled: str, bare: str, edges: dict[str, np.ndarray]) -> list[list
 
 
 def insert_plainly(url, batches: list[AnsweredBatch]) -> None:
-    """One plain INSERT statement of the batches' rows: the path the trigger rolls up."""
-    rows = [tuple(r[c] for c in INFERENCE_COLUMNS) for b in batches for r in b.rows()]
-    insert = f"INSERT INTO water.water_inferences ({', '.join(INFERENCE_COLUMNS)}) VALUES %s"  # noqa: S608
+    """One plain COPY of the batches' rows without the writer's deltas (a bulk load)."""
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        psycopg2.extras.execute_values(cur, insert, rows, page_size=len(rows))
+        cur.copy_expert(COPY_DIRECT, io.BytesIO(encode(batches)[0]))
     conn.close()
 
 
@@ -97,7 +96,7 @@ def lab_samples(mart) -> None:
                         added_by="test")  # fmt: skip
 
 
-def test_the_writers_rollups_equal_the_triggers_for_the_same_answers(mart, store, versions):
+def test_the_writers_rollups_equal_a_recompute_from_the_log(mart, store, versions):
     profiled, bare, edges = versions
     lab_samples(mart)
     written = flushes(profiled, bare, edges)
@@ -108,8 +107,10 @@ def test_the_writers_rollups_equal_the_triggers_for_the_same_answers(mart, store
     query(mart.url, "TRUNCATE water.water_inferences, water.inference_hourly, "
                     "water.feature_histogram_hourly, water.lab_matches")  # fmt: skip
     for batches in written:
-        insert_plainly(mart.url, batches)
-    by_trigger = rollup_tables(mart.url)
+        insert_plainly(mart.url, batches)  # the trigger matches lab samples, and only that
+    assert query(mart.url, "SELECT count(*) FROM water.inference_hourly") == [(0,)]
+    query(mart.url, "SELECT water.recompute_rollups()")
+    by_trigger = rollup_tables(mart.url)  # matches by the trigger, hourly and histogram by SQL
 
     assert_same_rollups(by_writer, by_trigger)
     # what the comparison covered: hours, sensors, both versions, every corner of the bins, matches
@@ -138,8 +139,8 @@ def test_a_replay_of_answers_already_stored_changes_no_rollup(mart, store, versi
         store.write(batches, fresh=True)
     before = rollup_tables(mart.url)
     for batches in written:
-        assert store.write(batches, fresh=True) == 0  # met its own rows: staged, nothing inserted
-        assert store.write([r for b in batches for r in b.rows()]) == 0  # a spool replay
+        assert store.write(batches, fresh=True) == 0  # met its own rows: nothing inserted
+        assert store.write(batches) == 0  # a journal's replay
     assert_same_rollups(rollup_tables(mart.url), before)
     assert before["histogram"] and before["matches"]
 
@@ -179,7 +180,7 @@ def test_histogram_deltas_bin_like_width_bucket(mart):
     assert set(hours) == {hour // timedelta(microseconds=1)}  # the hour it began, not the next
 
 
-def test_migration_006_applies_to_a_filled_005_database_and_counts_nothing_twice(pg_url):
+def test_migrations_006_007_apply_to_a_filled_005_database_and_count_nothing_twice(pg_url):
     from potability import migrator
     from potability.inference_store import InferenceStore
     from tests.test_db import migrate_by_hand, scratch_database
@@ -193,12 +194,12 @@ def test_migration_006_applies_to_a_filled_005_database_and_counts_nothing_twice
         written = flushes(version, version, {})
         insert_plainly(probe, written[0])  # rolled up by 005's trigger
         before = rollup_tables(probe)
-        assert migrator.migrate(url=probe) == ["006_writer_rollups"]
+        assert migrator.migrate(url=probe) == ["006_writer_rollups", "007_one_rollup_path"]
         assert rollup_tables(probe) == before  # nothing recounted
         store = InferenceStore(url=probe)
         assert store.write(written[1], fresh=True) == 240  # rolled up by the writer
+        assert store.write(written[2]) == 240  # a replay: the writer too, and the trigger no more
         store.close()
-        insert_plainly(probe, written[2])  # and by 006's trigger
         hourly = query(probe, "SELECT hour, sensor_id, answers, potable, last_received_at FROM "
                               "water.inference_hourly ORDER BY 1, 2")  # fmt: skip
         raw = query(probe, "SELECT date_trunc('hour', received_at, 'UTC'), sensor_id, count(*), "
@@ -219,12 +220,8 @@ def test_registering_edges_waits_for_a_writer_holding_that_version_then_counts_i
     with writer.cursor() as cur:  # the writer's transaction, as InferenceStore.write runs it
         cur.execute("SELECT count(*) FROM water.begin_writer_rollups(%s)", ([version],))
         assert cur.fetchone() == (0,)  # no edges yet
-        rows = [
-            tuple(r[c] for c in INFERENCE_COLUMNS)
-            for r in flushes(version, version, {})[0][0].rows()
-        ]
-        psycopg2.extras.execute_values(cur, f"INSERT INTO water.water_inferences ({', '.join(INFERENCE_COLUMNS)}) "  # noqa: S608
-                                            "VALUES %s", rows, page_size=len(rows))  # fmt: skip
+        rows = flushes(version, version, {})[0][0]
+        cur.copy_expert(COPY_DIRECT, io.BytesIO(encode([rows])[0]))
     registered = threading.Thread(
         target=rollups.register_edges,
         args=(mart.url, version, reference_profile(generate(300, seed=7), 5)),

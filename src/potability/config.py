@@ -178,19 +178,17 @@ class Settings(BaseSettings):
     log_batch_rows: Count = _env("POTABILITY_LOG_BATCH_ROWS", default=5000)
     """Answered rows written to Postgres in one batch."""
     spool_replay_seconds: Seconds = _env("POTABILITY_SPOOL_REPLAY_SECONDS", default=2.0)
-    """How often spooled rows are retried into Postgres."""
+    """How often journal files waiting for Postgres (spooled: it was down, or their worker died) are retried."""
     spool_max_bytes: Count = _env("POTABILITY_SPOOL_MAX_BYTES", default=1_000_000_000)
-    """The spool's disk cap: past it, with Postgres down, `/v1/predict` says 503 (nothing unlogged)."""
+    """The inference log's disk cap (journals and spooled files): past it `/v1/predict` says 503 (nothing unlogged)."""
     log_queue_max_rows: Count = _env("POTABILITY_LOG_QUEUE_MAX_ROWS", default=50_000)
     """Answered rows a worker may hold in memory before it refuses new ones (503)."""
-    log_journal: bool = _env("POTABILITY_LOG_JOURNAL", default=True)
-    """Write each answered request to the worker's journal file before answering, so a killed worker's queue is replayed."""
     log_journal_fsync: bool = _env("POTABILITY_LOG_JOURNAL_FSYNC", default=False)
     """Also fsync the journal before answering: it then survives a machine crash, not only a killed worker."""
     log_journal_segment_bytes: Count = _env(
         "POTABILITY_LOG_JOURNAL_SEGMENT_BYTES", default=16_000_000
     )
-    """Size at which a worker's journal file is closed and a new one begun (each deleted once its rows are stored)."""
+    """Size at which a worker's journal file is closed and a new one begun (each deleted once its rows are stored, or spooled while Postgres is down)."""
     token_stale_seconds: SecondsOrZero = _env("POTABILITY_TOKEN_STALE_SECONDS", default=600.0)
     """How long a sensor token verified before keeps working while Postgres is down."""
     model_poll_seconds: Seconds = _env("POTABILITY_MODEL_POLL_SECONDS", default=5.0)

@@ -1,16 +1,20 @@
 """The inference log's storage: answered predictions into ``water.water_inferences`` by binary COPY.
 
-The server hands over one ``AnsweredBatch`` per request (columns, not rows);
-a batch whose rows have every measurement becomes COPY's binary wire format
-through one numpy structured array, with no Python object per value. Rows
-with a missing measurement (a NULL) and spooled rows (dicts) are encoded one
-by one. ``InferenceStore`` has its own connection and lock, so a COPY never
-makes a token lookup or a page read wait (they use ``WaterMart``).
+The one input is ``AnsweredBatch``: one request's answers, column by column,
+as the server answered them and as a worker's journal (``serve/journal.py``)
+holds them on disk. A batch whose rows have every measurement becomes COPY's
+binary wire format through one numpy structured array, with no Python object
+per value; a row with a missing measurement (a NULL) is encoded by itself.
+``InferenceStore`` has its own connection and lock, so a COPY never makes a
+token lookup or a page read wait (they use ``WaterMart``).
 
-The server's fresh batches are rolled up here too (migration 006): the
-hourly and histogram deltas come from the same columns in numpy, in the
-COPY's transaction, so the rollup trigger only matches lab samples for them
-(binning every row and feature in SQL was most of its cost per statement).
+The hourly and histogram rollups are computed here and only here (migration
+007): numpy deltas of exactly the rows the COPY inserts, added in the COPY's
+transaction. A write is idempotent on the log's key: rows already stored (a
+replay after a crash or an outage) are looked up first and left out of both
+the COPY and the deltas, so nothing is stored or counted twice. The log's
+trigger only matches lab samples. Rows that reach the table another way
+(a bulk ``INSERT ... SELECT``) are rolled up by ``water.recompute_rollups``.
 """
 
 from __future__ import annotations
@@ -38,17 +42,15 @@ INFERENCE_COLUMNS = (
 )  # fmt: skip
 _COLUMN_LIST = ", ".join(INFERENCE_COLUMNS)
 COPY_DIRECT = f"COPY water.water_inferences ({_COLUMN_LIST}) FROM STDIN WITH (FORMAT binary)"
-# A replay (or a fresh batch that met a row already stored) goes through a staging table, so
-# the insert can skip what is there. The one place that names the log's unique key.
-STAGE_TABLE = (
-    "CREATE TEMP TABLE IF NOT EXISTS inference_stage "
-    "(LIKE water.water_inferences INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+# Which of a batch's rows are stored already (by the log's unique key, the one place that names
+# it): a replay leaves them out of its COPY and its rollup deltas. Times cross as microseconds.
+STORED_KEYS = (
+    "SELECT k.n FROM unnest(%s::uuid[], %s::bigint[]) WITH ORDINALITY AS k (id, us, n) "
+    "JOIN water.water_inferences i ON i.inference_id = k.id "
+    "AND i.received_at = timestamptz '2000-01-01 00:00:00+00' + k.us * interval '1 microsecond'"
 )
-COPY_STAGE = f"COPY inference_stage ({_COLUMN_LIST}) FROM STDIN WITH (FORMAT binary)"
-INSERT_FROM_STAGE = (
-    "INSERT INTO water.water_inferences SELECT * FROM inference_stage "
-    "ON CONFLICT (inference_id, received_at) DO NOTHING"
-)
+# a replay that met rows another writer stored meanwhile looks again, this many times at most
+STORE_ATTEMPTS = 3
 
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # signature, flags, no extension
 _TRAILER = struct.pack(">h", -1)
@@ -57,7 +59,7 @@ _MICROSECOND = timedelta(microseconds=1)
 _NULL = struct.pack(">i", -1)
 _FLOAT = struct.Struct(">id")  # length 8, then the big-endian double
 _HOUR = 3_600_000_000  # microseconds: an hour starts at a multiple of it since 2000-01-01 UTC
-# The writer's own rollups (migration 006): the trigger leaves hourly and histogram to it.
+# The rollups (migration 007): the histogram locks and edges of the batch's versions, then its deltas.
 _EDGE_COLUMNS = ", ".join(FEATURE_COLUMNS)
 BEGIN_ROLLUPS = f"SELECT model_version, {_EDGE_COLUMNS} FROM water.begin_writer_rollups(%s)"  # noqa: S608 (constant names)
 ADD_ROLLUPS = (
@@ -105,29 +107,23 @@ class AnsweredBatch:
             return np.full(len(self), _timestamp(self.received_at), dtype=np.int64)
         return np.array([_timestamp(t) for t in self.logged_at], dtype=np.int64)
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per answer, keyed by column (the spool's record); None for a missing value."""
-        rows = []
-        for inference_id, received, features, probability, potable in zip(
-            self.inference_ids,
-            self.times(),
-            self.features.tolist(),
-            self.probabilities.tolist(),
-            self.potable.tolist(),
-            strict=True,
-        ):
-            row = {"inference_id": inference_id, "received_at": received}
-            row["sensor_id"], row["model_version"] = self.sensor_id, self.model_version
-            pairs = zip(FEATURE_COLUMNS, features, strict=True)
-            row.update((column, None if v != v else v) for column, v in pairs)
-            row["probability"], row["potable"] = probability, potable
-            row["threshold"] = self.threshold
-            rows.append(row)
-        return rows
+    def take(self, keep: np.ndarray) -> AnsweredBatch:
+        """The rows where ``keep`` (a boolean mask) is true, as a batch of their own."""
+        index = np.flatnonzero(keep).tolist()
+        return AnsweredBatch(
+            inference_ids=[self.inference_ids[i] for i in index],
+            received_at=self.received_at,
+            sensor_id=self.sensor_id,
+            model_version=self.model_version,
+            features=self.features[keep],
+            probabilities=self.probabilities[keep],
+            threshold=self.threshold,
+            logged_at=None if self.logged_at is None else [self.logged_at[i] for i in index],
+        )
 
 
 def hourly_deltas(batches: Sequence[AnsweredBatch]) -> tuple[list, ...]:
-    """What ``batches`` add to ``water.inference_hourly``, as the trigger would count them.
+    """What ``batches`` add to ``water.inference_hourly`` (``water.hourly_rollup_sql``'s aggregate).
 
     Returns:
         Columns for ``water.add_hourly_deltas``: hour (microseconds since
@@ -167,7 +163,7 @@ def hourly_deltas(batches: Sequence[AnsweredBatch]) -> tuple[list, ...]:
 def histogram_deltas(
     batches: Sequence[AnsweredBatch], edges: dict[str, Sequence[Sequence[float]]]
 ) -> tuple[list, ...]:
-    """What ``batches`` add to ``water.feature_histogram_hourly``, as the trigger would count them.
+    """What ``batches`` add to ``water.feature_histogram_hourly`` (``water.histogram_rollup_sql``'s).
 
     ``edges`` maps a model version to its nine edge arrays (``FEATURE_COLUMNS``
     order, as ``water.feature_edges`` holds them); a version without is not
@@ -317,7 +313,7 @@ def _encode_group(sensor_id: str, model_version: str, group: list[AnsweredBatch]
     return b"".join(parts)
 
 
-def encode(items: Iterable[AnsweredBatch | dict[str, Any] | Sequence[Any]]) -> tuple[bytes, int]:
+def encode(batches: Iterable[AnsweredBatch]) -> tuple[bytes, int]:
     """A whole binary COPY stream (header, rows, trailer) and its row count.
 
     Batches are grouped by sensor and model version (the only text columns),
@@ -325,74 +321,84 @@ def encode(items: Iterable[AnsweredBatch | dict[str, Any] | Sequence[Any]]) -> t
     """
     parts, count = [_HEADER], 0
     groups: dict[tuple[str, str], list[AnsweredBatch]] = {}
-    for item in items:
-        if isinstance(item, AnsweredBatch):
-            groups.setdefault((item.sensor_id, item.model_version), []).append(item)
-            count += len(item)
-        else:  # a dict keyed by column (the spool) or a row in INFERENCE_COLUMNS order
-            row = [item.get(c) for c in INFERENCE_COLUMNS] if isinstance(item, dict) else item
-            parts.append(encode_row(row))
-            count += 1
+    for batch in batches:
+        groups.setdefault((batch.sensor_id, batch.model_version), []).append(batch)
+        count += len(batch)
     for (sensor_id, model_version), group in groups.items():
         parts.append(_encode_group(sensor_id, model_version, group))
     parts.append(_TRAILER)
     return b"".join(parts), count
 
 
+def unstored(cur, batches: list[AnsweredBatch]) -> list[AnsweredBatch]:
+    """``batches`` without the rows already in the log, nor a row a batch before names again."""
+    ids = [str(i).lower() for b in batches for i in b.inference_ids]
+    times = np.concatenate([b.microseconds() for b in batches]).tolist()
+    cur.execute(STORED_KEYS, (ids, times))
+    keep = np.ones(len(ids), dtype=bool)
+    keep[[n - 1 for (n,) in cur.fetchall()]] = False
+    seen: set[tuple[str, int]] = set()
+    for k, key in enumerate(zip(ids, times, strict=True)):
+        if key in seen:
+            keep[k] = False
+        seen.add(key)
+    if keep.all():
+        return batches
+    out, start = [], 0
+    for b in batches:
+        part = keep[start : start + len(b)]
+        start += len(b)
+        if part.all():
+            out.append(b)
+        elif part.any():
+            out.append(b.take(part))
+    return out
+
+
 class InferenceStore(PgOwner):
     """Writes the inference log (its own connection: never behind a page read or a token lookup)."""
 
-    def write(
-        self, items: Iterable[AnsweredBatch | dict[str, Any] | Sequence[Any]], fresh: bool = False
-    ) -> int:
-        """Store answered inferences by COPY; idempotent on the log's key (a replay never doubles).
+    def write(self, batches: Iterable[AnsweredBatch], fresh: bool = False) -> int:
+        """Store answered inferences by COPY and roll them up; idempotent on the log's key.
 
-        ``items`` are ``AnsweredBatch``es (the server), dicts keyed by column
-        (spool replay) or rows in ``INFERENCE_COLUMNS`` order. ``fresh`` rows
-        (just answered, never written) are copied straight into the table,
-        which halves Postgres' work; should one exist after all (or a batch
-        name one reading twice), the batch is written again through the
-        staging table. Fresh ``AnsweredBatch``es are rolled up here, in the
-        COPY's transaction (``hourly_deltas``, ``histogram_deltas``); every
-        other write is rolled up by the log's trigger.
+        ``fresh`` batches (just answered, never written) are copied straight
+        in; should one of their rows exist after all (or a batch name one
+        reading twice), the write is done again without those rows. Other
+        writes (a journal's replay) look up which rows are stored first. The
+        hourly and histogram deltas of exactly the rows copied are added in
+        the COPY's transaction (``hourly_deltas``, ``histogram_deltas``).
 
         Returns:
             How many rows were stored (fewer than given when some already were).
         """
-        items = list(items)
-        stream, count = encode(items)
-        if not count:
+        batches = [b for b in batches if len(b)]
+        if not batches:
             return 0
-        # The server's batches: rolled up here, not by the trigger (only when all of them are, so
-        # the trigger's setting covers exactly this COPY). The staged path leaves it to the
-        # trigger, which counts only the rows the insert did not skip.
-        by_writer = fresh and all(isinstance(item, AnsweredBatch) for item in items)
-        hourly = hourly_deltas(items) if by_writer else None
 
-        def direct(cur) -> int:
-            if not by_writer:
-                cur.copy_expert(COPY_DIRECT, io.BytesIO(stream))
-                return count
-            cur.execute(BEGIN_ROLLUPS, (sorted({b.model_version for b in items}),))
+        def copy(cur, todo: list[AnsweredBatch]) -> int:
+            stream, count = encode(todo)
+            if not count:
+                return 0
+            cur.execute(BEGIN_ROLLUPS, (sorted({b.model_version for b in todo}),))
             edges = {row[0]: row[1:] for row in cur.fetchall()}
             # before the COPY, whose trigger then matches lab samples: every writer of the log
-            # locks rollup rows in the trigger's order (hourly, histogram, lab matches), so two
-            # writers never wait for each other crosswise (a deadlock)
-            cur.execute(ADD_ROLLUPS, (*hourly, *histogram_deltas(items, edges)))
+            # locks rollup rows in one order (hourly, histogram, lab matches), so two writers
+            # never wait for each other crosswise (a deadlock)
+            cur.execute(ADD_ROLLUPS, (*hourly_deltas(todo), *histogram_deltas(todo, edges)))
             cur.copy_expert(COPY_DIRECT, io.BytesIO(stream))
             return count
 
-        def staged(cur) -> int:
-            cur.execute(STAGE_TABLE)
-            cur.copy_expert(COPY_STAGE, io.BytesIO(stream))
-            cur.execute(INSERT_FROM_STAGE)
-            return cur.rowcount
-
         if fresh:
             try:
-                return self._run(direct)
+                return self._run(lambda cur: copy(cur, batches))
             except psycopg2.errors.UniqueViolation:
                 log.warning(
                     "inference batch already partly stored; writing it again without the duplicates"
                 )
-        return self._run(staged)
+        for attempt in range(STORE_ATTEMPTS):
+            try:
+                return self._run(lambda cur: copy(cur, unstored(cur, batches)))
+            except psycopg2.errors.UniqueViolation:  # another writer stored some meanwhile
+                if attempt == STORE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")

@@ -1,20 +1,22 @@
 """Every answered prediction lands in ``water.water_inferences``: batched, off the request path.
 
-Requests only append their answers (one ``AnsweredBatch`` each: columns, not
-a tuple per row) to a bounded in-memory queue. A writer thread flushes it by
-COPY every ``log_flush_seconds`` (or at ``log_batch_rows``). When Postgres is
-down the batch goes to the fsync'd spool and is replayed once it is back;
-the writer probes Postgres every ``spool_replay_seconds`` whatever error it
-gave. ``submit`` refuses rows (``LogUnavailable``, a 503 to the client) when
-the queue is full, or when Postgres is down and the spool has no room: an
-answer is only given once its row can reach Postgres or the disk. ``close()``
-(gunicorn's worker_exit) flushes what is left.
+One durable path. A request's answers (one ``AnsweredBatch``: columns, not a
+tuple per row) are appended to the worker's journal (``serve/journal.py``)
+before they are answered; the in-memory queue holds the same records, so the
+writer thread need not read them back. The writer ships them by COPY every
+``log_flush_seconds`` (or at ``log_batch_rows``) and releases them from the
+journal once stored. When Postgres refuses them, the journal's segments are
+sealed into the spool (a rename: the same file, the same format) and dropped
+from memory; they are replayed from there once Postgres is back, and so are
+the journals of dead workers, adopted on start and with every replay check.
+The writer probes Postgres every ``spool_replay_seconds`` whatever error it
+gave.
 
-A worker killed outright (SIGKILL: no ``close()``) would lose its queue, so
-``submit`` first writes the request to the worker's journal
-(``serve/journal.py``); the writer releases it once stored, and the journals of
-dead workers are adopted into the spool on start and with every replay check.
-A request that cannot be journalled (disk full) is refused like the others.
+``submit`` refuses a request (``LogUnavailable``, a 503 to the client) when
+the queue is full or when the journal cannot take it (disk full, directory
+gone, the log's disk cap ``spool_max_bytes`` reached): an answer is only given
+once its record is on disk. ``close()`` (gunicorn's worker_exit) flushes what
+is left.
 """
 
 from __future__ import annotations
@@ -24,45 +26,66 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
 
 from potability.config import Settings
 from potability.errors import MartError
 from potability.inference_store import AnsweredBatch, InferenceStore
+from potability.schema import FEATURE_COLUMNS
 from potability.serve.journal import Journal, JournalUnavailable
-from potability.serve.spool import Spool, SpoolFull
+from potability.serve.spool import Spool, encode
 
 log = logging.getLogger(__name__)
-# a spooled row on disk (crc + JSON of 16 columns: ~510 B), for room estimates
-SPOOL_ROW_BYTES = 560
 # one replay pass holds the writer this long at most; the rest waits for the next pass
 REPLAY_BUDGET_SECONDS = 1.0
+# the smallest record a request makes (one answer): readiness wants room for one more
+ONE_ROW_BYTES = len(
+    encode(
+        AnsweredBatch(
+            ["00000000-0000-0000-0000-000000000000"],
+            datetime.now(UTC),
+            "",
+            "",
+            np.zeros((1, len(FEATURE_COLUMNS))),
+            np.zeros(1),
+            0.5,
+        )  # fmt: skip
+    )
+)
 
 
 class LogUnavailable(Exception):
-    """The row cannot be queued with room to reach Postgres or the spool."""
+    """The request cannot be journalled (queue full, disk full or capped): it is not answered."""
 
 
 class InferenceLog:
-    def __init__(self, store: InferenceStore, spool: Spool, flush_seconds: float, batch_rows: int,
-                 replay_seconds: float, on_depth: Callable[[int], None] | None = None,
-                 max_queue_rows: int = 50_000, journal: Journal | None = None):  # fmt: skip
-        self._store, self.spool, self.journal = store, spool, journal
-        self._flush_seconds, self._batch_rows, self._replay_seconds = (
-            flush_seconds,
-            batch_rows,
-            replay_seconds,
-        )
+    def __init__(
+        self,
+        store: InferenceStore,
+        journal: Journal,
+        flush_seconds: float,
+        batch_rows: int,
+        replay_seconds: float,
+        on_depth: Callable[[int], None] | None = None,
+        max_queue_rows: int = 50_000,
+    ):
+        self._store, self.journal, self.spool = store, journal, journal.spool
+        self._flush_seconds = flush_seconds
+        self._batch_rows = batch_rows
+        self._replay_seconds = replay_seconds
         self.max_queue_rows = max_queue_rows
+        # the journal's records not yet stored nor sealed, in its order (whole requests)
         self._queue: collections.deque[AnsweredBatch] = collections.deque()
-        self._queued_rows = 0  # rows in the queue (it holds whole requests)
+        self._queued_rows = 0
         self._submit_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
         self._on_depth = on_depth
-        self._spooled = spool.depth()
-        self._spool_room: int | None = spool.room()
+        self._spooled = self.spool.depth()
         self._last_replay = 0.0
         self._last_adopt: float | None = (
             None  # None: adopt dead workers' journals at the next flush
@@ -78,37 +101,26 @@ class InferenceLog:
         self._thread.start()
 
     def submit(self, batch: AnsweredBatch) -> None:
-        """Queue one request's answers, or raise ``LogUnavailable`` if they could not be kept."""
+        """Journal one request's answers, or raise ``LogUnavailable`` if they could not be kept."""
         with self._submit_lock:
             queued = self._queued_rows + len(batch)
             if queued > self.max_queue_rows:
                 raise LogUnavailable(
                     f"the inference log is full ({self._queued_rows} rows waiting in memory)"
                 )
-            if not self.db_ok and not self._spool_has_room(queued):
-                raise LogUnavailable(
-                    "Postgres is down and the spool is full: an answer could not be logged"
-                )
-            if self.journal is not None:
-                try:
-                    self.journal.append(batch)
-                except JournalUnavailable as exc:
-                    raise LogUnavailable(str(exc)) from None
+            try:
+                self.journal.append(batch)
+            except JournalUnavailable as exc:
+                raise LogUnavailable(str(exc)) from None
             self._queue.append(batch)
             self._queued_rows = queued
         if queued >= self._batch_rows:
             self._wake.set()
 
-    def _spool_has_room(self, rows: int) -> bool:
-        room = self._spool_room
-        return room is None or rows * SPOOL_ROW_BYTES <= room
-
     @property
     def accepting(self) -> bool:
         """Whether a new answer would be logged (readiness)."""
-        if self._queued_rows >= self.max_queue_rows:
-            return False
-        return self.db_ok or self._spool_has_room(self._queued_rows + 1)
+        return self._queued_rows < self.max_queue_rows and self.journal.has_room(ONE_ROW_BYTES)
 
     @property
     def queued(self) -> int:
@@ -126,54 +138,67 @@ class InferenceLog:
             try:
                 self.flush()
                 failing = False
-            except Exception as exc:  # e.g. the spool is full: keep the writer alive, try again
+            except Exception as exc:  # e.g. the disk refused a seal: keep the writer alive
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if not failing:  # once per episode, not every flush
-                    log.warning("inference log: flush failed (%s); retrying every %.1f s", exc,
-                                self._flush_seconds)  # fmt: skip
+                    log.warning(
+                        "inference log: flush failed (%s); retrying every %.1f s",
+                        exc,
+                        self._flush_seconds,
+                    )
                 failing = True
 
     def flush(self) -> None:
-        """Write everything queued (to Postgres, else to the spool); replay the spool when due."""
+        """Store what is queued (else seal it into the spool); replay the spool when due."""
         with self._flush_lock:
             try:
                 self._adopt_orphans()
                 if self._spooled and time.monotonic() - self._last_replay >= self._replay_seconds:
                     self._replay()  # also the probe that notices Postgres is back
                 while self._queue:
-                    chunk = self._take()
-                    try:
-                        self._write(chunk)
-                    except BaseException:
-                        # the spool failed too (full?): put the requests back, oldest first
-                        with self._submit_lock:
-                            self._queue.extendleft(reversed(chunk))
-                            self._queued_rows += sum(map(len, chunk))
-                        raise
-                    if self.journal is not None:  # stored: their journal records are not needed
+                    chunk = self._head()
+                    if not self._write(chunk):
+                        self._seal()
+                        break
+                    with self._submit_lock:  # stored: out of memory and out of the journal
+                        for _ in chunk:
+                            self._queue.popleft()
+                        self._queued_rows -= sum(map(len, chunk))
                         self.journal.release(len(chunk))
             finally:
-                self._spool_room = self.spool.room()
+                self.journal.refresh_room()
                 if self._on_depth:
                     self._on_depth(self._queued_rows)
 
-    def _take(self) -> list[AnsweredBatch]:
-        """Whole requests from the queue's head, up to ``batch_rows`` rows (at least one request)."""
+    def _head(self) -> list[AnsweredBatch]:
+        """Whole requests from the queue's head, up to ``batch_rows`` rows (at least one request).
+
+        They stay queued until stored or sealed: only this (the flush lock's) thread takes.
+        """
         chunk, rows = [], 0
         with self._submit_lock:
-            while self._queue and (not chunk or rows + len(self._queue[0]) <= self._batch_rows):
-                batch = self._queue.popleft()
+            for batch in self._queue:
+                if chunk and rows + len(batch) > self._batch_rows:
+                    break
                 chunk.append(batch)
                 rows += len(batch)
-            self._queued_rows -= rows
         return chunk
+
+    def _seal(self) -> None:
+        """Postgres refused: the journal's segments (every queued record) go to the spool."""
+        with self._submit_lock:  # no request is journalled meanwhile: the queue is the journal's
+            sealed = self.journal.seal()
+            for _ in range(sealed):  # those records are in the spool now: out of memory
+                self._queued_rows -= len(self._queue.popleft())
+            left = len(self._queue)
+        self._spooled = self.spool.depth()
+        if left:  # the disk refused a move: they stay journalled and queued, tried again next flush
+            raise OSError(f"{left} journalled request(s) could not be moved into the spool")
 
     def _adopt_orphans(self) -> None:
         """Move dead workers' journals into the spool (on start, then every replay interval)."""
         now = time.monotonic()
-        if self.journal is None or (
-            self._last_adopt is not None and now - self._last_adopt < self._replay_seconds
-        ):
+        if self._last_adopt is not None and now - self._last_adopt < self._replay_seconds:
             return
         self._last_adopt = now
         try:
@@ -185,33 +210,28 @@ class InferenceLog:
             self._spooled = self.spool.depth()
             self._last_replay = 0.0  # replay them now
 
-    def _write(self, chunk: list[AnsweredBatch]) -> None:
+    def _write(self, chunk: list[AnsweredBatch]) -> bool:
+        """Store ``chunk`` in Postgres; False when it is down (or not due for a probe yet)."""
         now = time.monotonic()
-        if self.db_ok or now - self._last_probe >= self._replay_seconds:
-            self._last_probe = now
-            try:
-                self._store.write(chunk, fresh=True)
-                if not self.db_ok:
-                    log.info("inference log: Postgres is back")
-                self.db_ok, self.last_error = True, None
-                return
-            except MartError as exc:
-                if self.db_ok:
-                    log.warning("inference log: %s; spooling to %s until it is back", exc,
-                                self.spool.directory)  # fmt: skip
-                self.db_ok, self.last_error = False, str(exc)
-            except Exception as exc:  # never lose an answered row to an error we did not foresee
-                log.exception(
-                    "inference log: unexpected error writing to Postgres; spooling the batch"
-                )
-                self.db_ok, self.last_error = False, f"{type(exc).__name__}: {exc}"
+        if not self.db_ok and now - self._last_probe < self._replay_seconds:
+            return False
+        self._last_probe = now
         try:
-            rows = [row for batch in chunk for row in batch.rows()]
-            self.spool.append(rows)
-        except SpoolFull:
-            self._spool_room = 0
-            raise
-        self._spooled += len(rows)
+            self._store.write(chunk, fresh=True)
+        except MartError as exc:
+            if self.db_ok:
+                log.warning("inference log: %s; spooling to %s until it is back", exc,
+                            self.spool.directory)  # fmt: skip
+            self.db_ok, self.last_error = False, str(exc)
+            return False
+        except Exception as exc:  # never lose an answered row to an error we did not foresee
+            log.exception("inference log: unexpected error writing to Postgres; spooling the batch")
+            self.db_ok, self.last_error = False, f"{type(exc).__name__}: {exc}"
+            return False
+        if not self.db_ok:
+            log.info("inference log: Postgres is back")
+        self.db_ok, self.last_error = True, None
+        return True
 
     def _replay(self) -> None:
         self._last_replay = time.monotonic()
@@ -245,8 +265,7 @@ class InferenceLog:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.flush()
-        if self.journal is not None:
-            self.journal.close()
+        self.journal.close()
 
 
 def open_log(
@@ -254,23 +273,19 @@ def open_log(
     directory: Path,
     settings: Settings,
     on_depth: Callable[[int], None] | None = None,
-    on_quarantine: Callable[[str], None] | None = None,
+    on_quarantine: Callable[[Path, str], None] | None = None,
 ) -> InferenceLog:
     """The worker's inference log, with its durable files under ``directory`` (the one path the
-    server's app factory takes to build it)."""
+    server's app factory takes to build it): ``journal/`` (the workers' open segments),
+    ``spool-*`` (segments waiting for Postgres) and ``quarantine/``, nothing else."""
     spool = Spool(directory, settings.spool_max_bytes, on_quarantine)
-    journal = (
-        Journal(spool, settings.log_journal_fsync, settings.log_journal_segment_bytes)
-        if settings.log_journal
-        else None
-    )
+    journal = Journal(spool, settings.log_journal_fsync, settings.log_journal_segment_bytes)
     return InferenceLog(
         store,
-        spool,
+        journal,
         settings.log_flush_seconds,
         settings.log_batch_rows,
         settings.spool_replay_seconds,
         on_depth=on_depth,
         max_queue_rows=settings.log_queue_max_rows,
-        journal=journal,
     )

@@ -1,46 +1,48 @@
-"""A worker's write-ahead journal: an answered request is on disk before its answer leaves.
+"""A worker's write-ahead journal: the one durable copy of every answered request.
 
-The inference log's writer flushes its in-memory queue every
-``log_flush_seconds``; a worker killed in between (the OOM killer, ``kill -9``,
-gunicorn's worker timeout) would take the queued rows with it. So ``submit``
-first appends the request to this worker's journal file
-(``<spool>/journal/journal-<pid>-<n>.jsonl``, the spool's record format,
-``serve/spool.py``): a plain ``write()`` into the page cache, which outlives
-the process. Only a machine crash (power, kernel) can lose page-cache data;
-``fsync=True`` (``POTABILITY_LOG_JOURNAL_FSYNC``) covers that too, at the
-price measured in README.
+``submit`` appends the request to this worker's open segment
+(``<log dir>/journal/journal-<pid>-<n>.jsonl``, the record format of
+``serve/spool.py``) before the answer leaves: a plain ``write()`` into the
+page cache, which outlives the process. Only a machine crash (power, kernel)
+can lose page-cache data; ``fsync=True`` (``POTABILITY_LOG_JOURNAL_FSYNC``)
+covers that too, at the price measured in README. A request that cannot be
+written (disk full, directory gone, the log's disk cap reached) is refused.
 
-Records are released in the order they were written, once the writer has
-committed them to Postgres or the spool (the queue is first in, first out, so
-the writer releases a count). A file whose records are all committed is
-truncated (the one being written) or deleted (an older one); a file past
-``segment_bytes`` is closed and a new one started, so a busy worker's journal
-is bounded by what its queue holds plus one segment.
+The writer ships the records it holds in memory, which are exactly the
+journal's, and releases them in order once Postgres has them (the queue is
+first in, first out, so it releases a count). A file whose records are all
+stored is truncated (the one being written) or deleted (an older one); a file
+past ``segment_bytes`` is closed and a new one started, so a busy worker's
+journal is bounded by what its queue holds plus one segment.
 
-A journal whose process is gone (its pid not alive, or this process's pid but
-not its file: an earlier process had the pid) is an orphan: ``adopt_orphans``,
-called by every live worker's writer on start and then every
-``spool_replay_seconds``, moves it into the spool, whose replay stores its
-records (idempotent on the log's key: rows that did reach Postgres before the
-kill are not stored twice), quarantines a file with a torn record after
-replaying its good ones, and keeps it while Postgres is down.
+The segments are also what stays on disk while Postgres is down: ``seal``
+(the writer, when Postgres refuses its batch) cuts off the head of a segment
+already stored, fsyncs them and renames them into the spool (``spool-<pid>-<n>.jsonl``), whose replay stores them once Postgres is
+back; the writer forgets them from memory. A journal whose process is gone (its
+pid not alive, or this process's pid but not its file: an earlier process had
+the pid) is an orphan: ``adopt_orphans``, called by every live worker's writer
+on start and then every ``spool_replay_seconds``, moves it into the spool the
+same way. The replay is idempotent on the log's key (rows that reached Postgres
+before the kill or the outage are not stored twice) and quarantines a file with
+a torn record after replaying its good ones.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from potability.inference_store import AnsweredBatch
-from potability.serve.spool import Spool, disk_bytes, encode, pid_alive
+from potability.serve.spool import JOURNAL_SUBDIR, Spool, disk_bytes, encode, pid_alive
 
 log = logging.getLogger(__name__)
-SUBDIR = "journal"
+SUBDIR = JOURNAL_SUBDIR
 NAME = re.compile(r"^journal-(\d+)-(\d+)\.jsonl$")
 PROBE = ".probe-"  # readiness's test file (never a journal's name: adopt_orphans leaves it)
 # the segments this process's journals write: any other file with this pid is an earlier process's
@@ -51,10 +53,18 @@ class JournalUnavailable(OSError):
     """A request could not be journalled (disk full, directory gone): it must not be answered."""
 
 
+class JournalFull(JournalUnavailable):
+    """The log's files reached their disk cap (``Spool.max_bytes``): a request is not written."""
+
+
 @dataclass
 class _Segment:
     path: Path
     pending: int = 0  # records written, not yet released
+    stored: int = 0  # bytes of the released records at its head
+    lengths: collections.deque[int] = field(
+        default_factory=collections.deque
+    )  # pending records' bytes
 
 
 class Journal:
@@ -67,6 +77,9 @@ class Journal:
         self._segments: list[_Segment] = []  # oldest first; the last one is open for appends
         self._fd: int | None = None
         self._size = 0  # bytes in the open segment
+        self._room = (
+            spool.room()
+        )  # under the disk cap, as of refresh_room, less what was written since
         self.directory.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -82,6 +95,11 @@ class Journal:
         """
         blob = encode(batch)
         with self._lock:
+            if self._room is not None and len(blob) > self._room:
+                raise JournalFull(
+                    f"the inference log's files in {self.spool.directory} reached their cap of "
+                    f"{self.spool.max_bytes} bytes: the log is full until Postgres takes them"
+                )
             try:
                 fd = self._open()
                 written = 0
@@ -96,6 +114,19 @@ class Journal:
                 ) from exc
             self._size += len(blob)
             self._segments[-1].pending += 1
+            self._segments[-1].lengths.append(len(blob))
+            if self._room is not None:
+                self._room -= len(blob)
+
+    def refresh_room(self) -> None:
+        """Measure the room under the disk cap again (the writer, after each flush)."""
+        room = self.spool.room()
+        with self._lock:
+            self._room = room
+
+    def has_room(self, record_bytes: int) -> bool:
+        """Whether a record of this size would fit under the disk cap (readiness)."""
+        return self._room is None or record_bytes <= self._room
 
     def size(self) -> int:
         """Bytes in the journal directory's files: every worker's, and orphans not yet adopted."""
@@ -176,13 +207,15 @@ class Journal:
                 taken = min(requests, segment.pending)
                 segment.pending -= taken
                 requests -= taken
+                for _ in range(taken):
+                    segment.stored += segment.lengths.popleft()
                 if segment.pending:
                     break
                 if segment is self._segments[-1] and self._fd is not None:
                     if self._size:  # everything in the open segment is stored: start it over
                         try:
                             os.ftruncate(self._fd, 0)
-                            self._size = 0
+                            self._size = segment.stored = 0
                         except OSError as exc:  # harmless: a replay of stored rows stores nothing
                             log.warning("journal: could not truncate %s: %s", segment.path, exc)
                     break
@@ -191,6 +224,51 @@ class Journal:
     def _forget(self, segment: _Segment) -> None:
         _LIVE.discard(segment.path.name)
         segment.path.unlink(missing_ok=True)
+
+    def seal(self) -> int:
+        """Move this worker's segments into the spool (Postgres refused them); return their records.
+
+        Oldest first, each is fsynced, then renamed; then the directory is fsynced:
+        from here on the spool's promise holds and the caller may forget that many
+        records (the oldest pending). The next append starts a new segment.
+        Records of a sealed file already stored are skipped by its replay
+        (idempotent on the log's key). A segment the disk refuses to move stays,
+        with those after it, and the error is logged: the caller keeps those.
+        """
+        moved = 0
+        with self._lock:
+            try:
+                if self._fd is not None:
+                    os.fsync(self._fd)
+                    os.close(self._fd)
+                    self._fd = None
+                    self._size = 0
+                while self._segments:
+                    segment = self._segments[0]
+                    if segment.pending:
+                        _, pid, n = segment.path.stem.split("-")
+                        target = self.spool.directory / f"spool-{pid}-{n}.jsonl"
+                        if (
+                            segment.stored
+                        ):  # its head is stored: only the rest goes, not to be stored twice
+                            _rewrite_tail(segment.path, segment.stored)
+                        _fsync(segment.path)
+                        os.rename(segment.path, target)
+                    else:  # everything in it is stored (an emptied open segment)
+                        segment.path.unlink(missing_ok=True)
+                    moved += segment.pending
+                    _LIVE.discard(segment.path.name)
+                    self._segments.pop(0)
+            except OSError as exc:
+                log.error(
+                    "journal: could not move %s into the spool: %s", self._segments[0].path, exc
+                )
+        if moved:
+            try:
+                _fsync(self.spool.directory)
+            except OSError as exc:  # the files are moved: the caller must forget them all the same
+                log.error("journal: could not fsync %s: %s", self.spool.directory, exc)
+        return moved
 
     def close(self) -> None:
         """Graceful shutdown: delete the segments whose records are all committed."""
@@ -223,16 +301,38 @@ class Journal:
                 if path.stat().st_size == 0:  # everything in it was committed
                     path.unlink()
                     continue
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _fsync(path)
                 target = self.spool.directory / f"spool-{pid}-{match.group(2)}.jsonl"
                 os.rename(path, target)
             except FileNotFoundError:
                 continue  # another worker took it
             adopted += 1
-            log.warning("journal: process %d died with %s; replaying it from the spool as %s", pid,
-                        path.name, target.name)  # fmt: skip
+            log.warning(
+                "journal: process %d died with %s; replaying it from the spool as %s",
+                pid,
+                path.name,
+                target.name,
+            )
+        if adopted:
+            _fsync(self.spool.directory)
         return adopted
+
+
+def _rewrite_tail(path: Path, offset: int) -> None:
+    """Leave only the bytes from ``offset`` in ``path`` (a new file renamed over it)."""
+    tmp = path.with_name(path.name + ".tail")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        src.seek(offset)
+        dst.write(src.read())
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.rename(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

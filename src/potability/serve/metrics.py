@@ -29,7 +29,7 @@ QUEUE_ROWS = Gauge(
 # every worker spools into and replays from one directory: counted at each scrape, the latest is right
 SPOOL_ROWS = Gauge(
     "potability_inference_spool_rows",
-    "Inference rows spooled on disk, waiting for Postgres",
+    "Inference rows in journal files spooled on disk (Postgres was down, or their worker died)",
     multiprocess_mode="mostrecent",
 )
 SPOOL_QUARANTINED = Counter(
@@ -39,7 +39,7 @@ SPOOL_QUARANTINED = Counter(
 # set by the worker answering the scrape, from the directory all workers share: the latest is right
 JOURNAL_BYTES = Gauge(
     "potability_inference_journal_bytes",
-    "Bytes in the workers' write-ahead journals on disk (POTABILITY_LOG_JOURNAL)",
+    "Bytes in the workers' open write-ahead journals on disk (not yet stored nor spooled)",
     multiprocess_mode="mostrecent",
 )
 MODEL_INFO = Gauge(
@@ -74,11 +74,10 @@ def on_log_depth(queued: int) -> None:
     QUEUE_ROWS.set(queued)
 
 
-def on_scrape(spooled_rows: int, journal_bytes: int | None) -> None:
+def on_scrape(spooled_rows: int, journal_bytes: int) -> None:
     """What all workers share on disk, measured by the worker answering the scrape (nothing on the request path)."""
     SPOOL_ROWS.set(spooled_rows)
-    if journal_bytes is not None:
-        JOURNAL_BYTES.set(journal_bytes)
+    JOURNAL_BYTES.set(journal_bytes)
 
 
 def on_quarantine(path, reason) -> None:

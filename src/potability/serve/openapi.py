@@ -173,9 +173,9 @@ def document(max_batch: int, panels: tuple[str, ...]) -> dict[str, Any]:
             "model_loaded": {"type": "boolean"},
             "database": {"type": "boolean"},
             "journal_ok": {
-                "type": ["boolean", "null"],
+                "type": "boolean",
                 "description": "a request can be written to this worker's journal (false: not "
-                "ready, journal_error says why); null with POTABILITY_LOG_JOURNAL=0",
+                "ready, journal_error says why)",
             },
             "journal_error": {"type": ["string", "null"]},
         },

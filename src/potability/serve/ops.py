@@ -28,22 +28,21 @@ def readyz():
     log = context.part(context.LOG)
     spool_writable = os.access(log.spool.directory, os.W_OK)
     # a worker that refuses every request for want of its journal must leave the load balancer
-    journal_error = log.journal.check() if log.journal is not None else None
+    journal_error = log.journal.check()
     status = {
         "model_loaded": holder.current is not None,
         "model_version": holder.current.version if holder.current else None,
         "database": log.db_ok,
         "spool_writable": spool_writable,
         "log_accepting": log.accepting,
-        "journal_ok": None if log.journal is None else journal_error is None,  # None: journal off
+        "journal_ok": journal_error is None,
         "journal_error": journal_error,
         "queued_rows": log.queued,
         "spooled_rows": log.spooled,
         "last_log_error": log.last_error,
         "last_model_error": holder.last_error,
     }
-    # ready = an answer would be given and logged (to Postgres, or to a spool with room)
-    # and, with the journal on, journalled first
+    # ready = an answer would be given and logged: journalled first, within the disk cap
     ready = (
         status["model_loaded"]
         and (log.db_ok or spool_writable)
@@ -56,7 +55,7 @@ def readyz():
 @bp.get("/metrics")
 def metrics():
     log = context.part(context.LOG)
-    on_scrape(log.spool.depth(), log.journal.size() if log.journal is not None else None)
+    on_scrape(log.spool.depth(), log.journal.size())
     body, content_type = exposition()
     return current_app.response_class(
         body, mimetype=content_type.split(";")[0], content_type=content_type

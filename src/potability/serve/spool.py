@@ -1,27 +1,32 @@
-"""An fsync'd disk spool for inference rows that could not reach Postgres.
+"""The inference log's segments waiting on disk for Postgres, and their one record format.
 
-One file per failed batch: ``<crc32 hex> <json>\\n`` per record. A record is a
-row (a dict keyed by column: what the writer spools while Postgres is down) or
-a whole request (``{"rows": n, ...}``, an ``AnsweredBatch`` column by column:
-what a worker's write-ahead journal holds, ``serve/journal.py``, whose files
-a live worker moves in here once their writer died). JSON never holds a raw
-newline, so the newline ends a record and the crc proves it whole: a record
-cut short by a crash or a flipped byte is found, never replayed. Replay claims a
-file by renaming it (so two workers never replay the same file), inserts the
-rows (idempotent on the log's key, so a replay after a crash never
-doubles), then deletes it. A torn or corrupt record is skipped and counted;
-the rest of the file is replayed and the file is quarantined. A file that cannot be replayed for any reason but
-the database being down (a name that does not parse, unreadable, rows Postgres
-refuses) is moved aside to ``quarantine/``, logged and counted: it never blocks
-the files after it. The spool's size on disk is capped (``max_bytes``); a full
-spool refuses rows with ``SpoolFull`` so the server can refuse to answer rather
-than answer unlogged.
+A worker's journal (``serve/journal.py``) writes each answered request as one
+record, ``<crc32 hex> <json>\\n``, the request column by column (an
+``AnsweredBatch``, its arrays as raw doubles). A segment becomes a spool file
+(``spool-<pid>-<n>.jsonl`` in the log's directory) by a rename (a live
+worker first cuts off the head it already stored, so only the rest is kept):
+when its worker's writer finds Postgres down, or when its worker died with
+records not yet stored. JSON never holds a raw newline, so the newline ends a
+record and the crc proves it whole: a record cut short by a crash or a flipped
+byte is found, never replayed.
+
+Replay claims a file by renaming it (so two workers never replay the same
+file), stores its requests (``InferenceStore.write``: idempotent on the log's
+key, so a replay after a crash never doubles a row nor its rollups), then
+deletes it. A torn or corrupt record is skipped and counted; the rest of the
+file is replayed and the file is quarantined. A file that cannot be replayed
+for any reason but the database being down (a name that does not parse,
+unreadable, rows Postgres refuses) is moved aside to ``quarantine/``, logged
+and counted: it never blocks the files after it.
+
+The log's files (journals and spool files together) are capped on disk
+(``max_bytes``): ``room()`` is what is left, and a worker refuses to answer
+(``LogUnavailable``) rather than answer what it has no room to log.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import re
@@ -44,37 +49,29 @@ SUFFIX = ".jsonl"
 CLAIMED = ".replaying-"
 QUARANTINE = "quarantine"
 NAME = re.compile(r"^spool-\d+-\d+\.jsonl$")
+JOURNAL_SUBDIR = "journal"  # the workers' open segments (serve/journal.py)
 CLAIMED_NAME = re.compile(r"^(spool-\d+-\d+\.jsonl)\.replaying-(\d+)$")
 
 
-class SpoolFull(OSError):
-    """The spool reached its disk cap: rows cannot be kept until Postgres is back."""
+# a record starts with its row count, so depth() counts rows without parsing JSON
+_REQUEST_ROWS = re.compile(rb'^[0-9a-f]{8} \{"rows":(\d+),[^\n]*\n', re.MULTILINE)
 
 
-Record = dict[str, Any] | AnsweredBatch
-# a request record starts with its row count, so depth() counts rows without parsing JSON
-_REQUEST = b'{"rows":'
-_REQUEST_ROWS = re.compile(rb'^[0-9a-f]{8} \{"rows":(\d+),', re.MULTILINE)
-
-
-def encode(record: Record) -> bytes:
-    """One record: a row dict, or a whole request (its arrays as raw doubles: no object per value)."""
-    if isinstance(record, AnsweredBatch):
-        payload = orjson.dumps(
-            {
-                "rows": len(record),
-                "inference_ids": list(record.inference_ids),
-                "received_at": record.received_at,
-                "sensor_id": record.sensor_id,
-                "model_version": record.model_version,
-                "features": _f8(record.features),
-                "probabilities": _f8(record.probabilities),
-                "threshold": record.threshold,
-                "logged_at": None if record.logged_at is None else list(record.logged_at),
-            }
-        )
-    else:
-        payload = json.dumps(record, separators=(",", ":"), default=str).encode("utf-8")
+def encode(record: AnsweredBatch) -> bytes:
+    """One request's record (its arrays as raw doubles: no object per value)."""
+    payload = orjson.dumps(
+        {
+            "rows": len(record),
+            "inference_ids": list(record.inference_ids),
+            "received_at": record.received_at,
+            "sensor_id": record.sensor_id,
+            "model_version": record.model_version,
+            "features": _f8(record.features),
+            "probabilities": _f8(record.probabilities),
+            "threshold": record.threshold,
+            "logged_at": None if record.logged_at is None else list(record.logged_at),
+        }
+    )
     return b"%08x " % zlib.crc32(payload) + payload + b"\n"
 
 
@@ -102,8 +99,8 @@ def _request(data: dict[str, Any]) -> AnsweredBatch:
     )
 
 
-def decode_lines(blob: bytes) -> tuple[list[Record], int]:
-    """Return the intact records of a spool file and how many were torn or corrupt."""
+def decode_lines(blob: bytes) -> tuple[list[AnsweredBatch], int]:
+    """Return the intact records of a segment and how many were torn or corrupt."""
     records, bad = [], 0
     lines = blob.split(b"\n")
     if lines and lines[-1] == b"":
@@ -115,25 +112,23 @@ def decode_lines(blob: bytes) -> tuple[list[Record], int]:
             crc, payload = line.split(b" ", 1)
             if int(crc, 16) != zlib.crc32(payload):
                 raise ValueError("checksum")
-            data = orjson.loads(payload)
-            records.append(_request(data) if payload.startswith(_REQUEST) else data)
-        except (ValueError, KeyError, TypeError):
+            records.append(_request(orjson.loads(payload)))
+        except (ValueError, KeyError, TypeError, AttributeError):
             bad += 1
     return records, bad
 
 
 def rows_in(blob: bytes) -> int:
-    """Answers in a spool file's bytes: one per row record, ``rows`` per request record."""
-    extra = sum(int(n) - 1 for n in _REQUEST_ROWS.findall(blob))
-    return blob.count(b"\n") + extra
+    """Answers in a segment's bytes: ``rows`` of each whole line (a torn last record is not one)."""
+    return sum(int(n) for n in _REQUEST_ROWS.findall(blob))
 
 
-def _chunks(records: list[Record], chunk_rows: int) -> list[list[Record]]:
+def _chunks(records: list[AnsweredBatch], chunk_rows: int) -> list[list[AnsweredBatch]]:
     """Consecutive records, about ``chunk_rows`` answers each (a request is never split)."""
-    chunks: list[list[Record]] = []
+    chunks: list[list[AnsweredBatch]] = []
     rows = chunk_rows
     for record in records:
-        size = len(record) if isinstance(record, AnsweredBatch) else 1
+        size = len(record)
         if rows + size > chunk_rows and rows:
             chunks.append([])
             rows = 0
@@ -156,43 +151,23 @@ class Spool:
     def quarantine_dir(self) -> Path:
         return self.directory / QUARANTINE
 
-    def append(self, rows: list[Record]) -> Path:
-        """Write rows durably (file and directory fsynced) before the caller forgets them.
-
-        Raises ``SpoolFull`` when the rows would take the spool past ``max_bytes``.
-        """
-        blob = b"".join(encode(r) for r in rows)
-        if self.max_bytes is not None and self.size() + len(blob) > self.max_bytes:
-            raise SpoolFull(
-                f"spool {self.directory} is full ({self.size()} of {self.max_bytes} bytes)"
-            )
-        path = self.directory / f"spool-{os.getpid()}-{time.time_ns()}{SUFFIX}"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, path)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return path
-
     def files(self) -> list[Path]:
         return sorted(self.directory.glob(f"spool-*{SUFFIX}"))
 
     def size(self) -> int:
-        """Bytes the spool holds on disk (files waiting or being replayed)."""
+        """Bytes of spool files on disk (waiting or being replayed)."""
         return disk_bytes(self.directory, "spool-*")
+
+    def used(self) -> int:
+        """Bytes of the log's files under the cap: spool files and every worker's journal."""
+        return self.size() + disk_bytes(self.directory / JOURNAL_SUBDIR, "journal-*")
 
     def room(self) -> int | None:
         """Bytes left under the cap (None: no cap)."""
-        return None if self.max_bytes is None else max(0, self.max_bytes - self.size())
+        return None if self.max_bytes is None else max(0, self.max_bytes - self.used())
 
     def depth(self) -> int:
-        """Rows waiting on disk, every process's (counted by lines).
+        """Rows waiting in spool files, every process's (counted from the records' row counts).
 
         A spool file never changes once it has its name, so each is read once (known by name,
         size and mtime): cheap enough to measure at every ``/metrics`` scrape.
@@ -211,7 +186,7 @@ class Spool:
 
     def replay(
         self,
-        write: Callable[[list[Record]], int],
+        write: Callable[[list[AnsweredBatch]], int],
         chunk_rows: int = 5000,
         budget_seconds: float | None = None,
     ) -> tuple[int, int]:
@@ -297,8 +272,8 @@ def disk_bytes(directory: Path, pattern: str) -> int:
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists now (one of another user's counts: EPERM).
 
-    The spool (a file claimed by a replaying worker) and the journal (a worker's
-    journal file) name their owner by pid, and leave a live owner's file alone. A pid
+    A claimed spool file (by a replaying worker) and a journal segment (by its
+    worker) name their owner by pid, and leave a live owner's file alone. A pid
     is reused once its process is gone, so True may mean a stranger that got the
     number: the file then waits (never replayed twice at once; it is taken when that
     process ends too), and the journal tells this process's own files from those of
