@@ -55,8 +55,17 @@ def requests_for(rows: int, sensors: int, features: np.ndarray, rng) -> list[Ans
         n = min(REQUEST_ROWS, rows - start)
         now = datetime.now(UTC)
         picked = features[rng.integers(0, len(features), n)]
-        batches.append(AnsweredBatch(uuid7_batch(n, now), now, f"scale-sensor-{rng.integers(sensors):02d}",
-                                     VERSION, picked, rng.random(n), 0.5))  # fmt: skip
+        batches.append(
+            AnsweredBatch(
+                uuid7_batch(n, now),
+                now,
+                f"scale-sensor-{rng.integers(sensors):02d}",
+                VERSION,
+                picked,
+                rng.random(n),
+                0.5,
+            )
+        )
     return batches
 
 
@@ -94,19 +103,28 @@ def measure(url: str, size: int, statements: int, args, features, rng) -> dict:
     store.close()
     total = sum(times)
     calls = calls1 - calls0
-    return {"rows_per_copy": size, "statements": statements, "rows_per_s": round(size * statements / total),
-            "ms_per_statement": round(total / statements * 1000, 2),
-            "median_ms": round(statistics.median(times) * 1000, 2),
-            "trigger_ms_per_statement": round((time1 - time0) / calls, 2) if calls else None,
-            "loadavg": round(loadavg, 2)}  # fmt: skip
+    return {
+        "rows_per_copy": size,
+        "statements": statements,
+        "rows_per_s": round(size * statements / total),
+        "ms_per_statement": round(total / statements * 1000, 2),
+        "median_ms": round(statistics.median(times) * 1000, 2),
+        "trigger_ms_per_statement": round((time1 - time0) / calls, 2) if calls else None,
+        "loadavg": round(loadavg, 2),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 5000],
-                        help="rows per COPY (one flush of the log writer)")  # fmt: skip
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[100, 500, 5000],
+        help="rows per COPY (one flush of the log writer)",
+    )
     parser.add_argument("--rows", type=int, default=50_000, help="rows written per size and mode")
     parser.add_argument(
         "--rounds", type=int, default=3, help="repeats of every mode and size (median kept)"
@@ -114,8 +132,11 @@ def main() -> int:
     parser.add_argument("--lab-rows", type=int, default=20_000)
     parser.add_argument("--days", type=float, default=7.0, help="the lab rows' window, ending now")
     parser.add_argument("--sensors", type=int, default=20)
-    parser.add_argument("--database-url", default=None,
-                        help=f"use this database (kept); default: a scratch `{SCRATCH_DB}`, dropped")  # fmt: skip
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help=f"use this database (kept); default: a scratch `{SCRATCH_DB}`, dropped",
+    )
     args = parser.parse_args()
 
     server_url = db.database_url(get_settings())
@@ -125,8 +146,14 @@ def main() -> int:
         profile = reference_profile(generate(3300, seed=1), 10)
         rollups.register_edges(url, VERSION, profile)
         end = datetime.now(UTC)
-        params = {**_feature_params(), "start": end - timedelta(days=args.days), "span": args.days * 86400.0,
-                  "sensors": args.sensors, "potable_share": POTABLE_SHARE, "lab_rows": args.lab_rows}  # fmt: skip
+        params = {
+            **_feature_params(),
+            "start": end - timedelta(days=args.days),
+            "span": args.days * 86400.0,
+            "sensors": args.sensors,
+            "potable_share": POTABLE_SHARE,
+            "lab_rows": args.lab_rows,
+        }
         conn = db.connect(url=url)
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -137,12 +164,13 @@ def main() -> int:
         features = generate(5000, seed=2)[list(FEATURE_NAMES)].to_numpy(dtype=float)
         rng = np.random.default_rng(3)
         print(f"code: {inference_store.__file__}")
-        print(f"{'mode':<12} {'rows/COPY':>9} {'rows/s':>9} {'ms/stmt':>8} {'median':>8} "
-              f"{'trigger ms':>10} {'load':>5}")  # fmt: skip
+        print(
+            f"{'mode':<12} {'rows/COPY':>9} {'rows/s':>9} {'ms/stmt':>8} {'median':>8} "
+            f"{'trigger ms':>10} {'load':>5}"
+        )
         runs: dict[tuple[str, int], list[dict]] = {}
-        for _ in range(
-            args.rounds
-        ):  # modes interleaved, so a burst of load on shared cores hits both
+        # modes interleaved, so a burst of load on shared cores hits both
+        for _ in range(args.rounds):
             for mode in ("no triggers", "rollups"):
                 with conn.cursor() as cur:
                     state = "DISABLE" if mode == "no triggers" else "ENABLE"
@@ -152,18 +180,30 @@ def main() -> int:
                     runs.setdefault((mode, size), []).append(r)
         results = []
         for (mode, size), rs in runs.items():  # the median round of each, by rows/s
-            r = {"mode": mode, **sorted(rs, key=lambda r: r["rows_per_s"])[len(rs) // 2],
-                 "rows_per_s_rounds": [r["rows_per_s"] for r in rs]}  # fmt: skip
+            r = {
+                "mode": mode,
+                **sorted(rs, key=lambda r: r["rows_per_s"])[len(rs) // 2],
+                "rows_per_s_rounds": [r["rows_per_s"] for r in rs],
+            }
             results.append(r)
-            print(f"{mode:<12} {size:>9,} {r['rows_per_s']:>9,} {r['ms_per_statement']:>8} "
-                  f"{r['median_ms']:>8} {r['trigger_ms_per_statement']!s:>10} {r['loadavg']:>5}",
-                  flush=True)  # fmt: skip
+            print(
+                f"{mode:<12} {size:>9,} {r['rows_per_s']:>9,} {r['ms_per_statement']:>8} "
+                f"{r['median_ms']:>8} {r['trigger_ms_per_statement']!s:>10} {r['loadavg']:>5}",
+                flush=True,
+            )
         conn.close()
     finally:
         if not args.database_url:
             db.drop_database(server_url, SCRATCH_DB)
-    write_result("write_rollups", {"machine": machine(), "code": inference_store.__file__,
-                                   "lab_rows": args.lab_rows, "results": results})  # fmt: skip
+    write_result(
+        "write_rollups",
+        {
+            "machine": machine(),
+            "code": inference_store.__file__,
+            "lab_rows": args.lab_rows,
+            "results": results,
+        },
+    )
     return 0
 
 

@@ -37,9 +37,15 @@ from potability.schema import FEATURE_COLUMNS
 log = logging.getLogger(__name__)
 
 INFERENCE_COLUMNS = (
-    "inference_id", "received_at", "sensor_id", "model_version", *FEATURE_COLUMNS,
-    "probability", "potable", "threshold",
-)  # fmt: skip
+    "inference_id",
+    "received_at",
+    "sensor_id",
+    "model_version",
+    *FEATURE_COLUMNS,
+    "probability",
+    "potable",
+    "threshold",
+)
 _COLUMN_LIST = ", ".join(INFERENCE_COLUMNS)
 COPY_DIRECT = f"COPY water.water_inferences ({_COLUMN_LIST}) FROM STDIN WITH (FORMAT binary)"
 # Which of a batch's rows are stored already (by the log's unique key, the one place that names

@@ -43,9 +43,8 @@ class Rollups:
         self._url = url
         self._size = pool_size
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
-        self._slots = threading.BoundedSemaphore(
-            pool_size
-        )  # callers wait for a slot, never PoolError
+        # callers wait for a slot, never PoolError
+        self._slots = threading.BoundedSemaphore(pool_size)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -160,9 +159,8 @@ class Rollups:
             name = _NAME.get(column)
             if name in counts:
                 counts[name][-1 if bucket < 0 else bucket] += answers
-        total = max(
-            (int(c.sum()) for c in counts.values()), default=0
-        )  # each answer: one bin per feature
+        # each answer falls in one bin per feature
+        total = max((int(c.sum()) for c in counts.values()), default=0)
         return counts, total, as_of
 
 

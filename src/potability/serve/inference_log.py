@@ -52,7 +52,7 @@ ONE_ROW_BYTES = len(
             np.zeros((1, len(FEATURE_COLUMNS))),
             np.zeros(1),
             0.5,
-        )  # fmt: skip
+        )
     )
 )
 
@@ -87,9 +87,8 @@ class InferenceLog:
         self._on_depth = on_depth
         self._spooled = self.spool.depth()
         self._last_replay = 0.0
-        self._last_adopt: float | None = (
-            None  # None: adopt dead workers' journals at the next flush
-        )
+        # None: adopt dead workers' journals at the next flush
+        self._last_adopt: float | None = None
         self._last_probe = 0.0
         self.db_ok = True
         self.last_error: str | None = None
@@ -220,8 +219,9 @@ class InferenceLog:
             self._store.write(chunk, fresh=True)
         except MartError as exc:
             if self.db_ok:
-                log.warning("inference log: %s; spooling to %s until it is back", exc,
-                            self.spool.directory)  # fmt: skip
+                log.warning(
+                    "inference log: %s; spooling to %s until it is back", exc, self.spool.directory
+                )
             self.db_ok, self.last_error = False, str(exc)
             return False
         except Exception as exc:  # never lose an answered row to an error we did not foresee

@@ -62,9 +62,8 @@ class _Segment:
     path: Path
     pending: int = 0  # records written, not yet released
     stored: int = 0  # bytes of the released records at its head
-    lengths: collections.deque[int] = field(
-        default_factory=collections.deque
-    )  # pending records' bytes
+    # pending records' bytes
+    lengths: collections.deque[int] = field(default_factory=collections.deque)
 
 
 class Journal:
@@ -77,9 +76,8 @@ class Journal:
         self._segments: list[_Segment] = []  # oldest first; the last one is open for appends
         self._fd: int | None = None
         self._size = 0  # bytes in the open segment
-        self._room = (
-            spool.room()
-        )  # under the disk cap, as of refresh_room, less what was written since
+        # under the disk cap, as of refresh_room, less what was written since
+        self._room = spool.room()
         self.directory.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -248,9 +246,7 @@ class Journal:
                     if segment.pending:
                         _, pid, n = segment.path.stem.split("-")
                         target = self.spool.directory / f"spool-{pid}-{n}.jsonl"
-                        if (
-                            segment.stored
-                        ):  # its head is stored: only the rest goes, not to be stored twice
+                        if segment.stored:  # its head is stored: only the rest goes
                             _rewrite_tail(segment.path, segment.stored)
                         _fsync(segment.path)
                         os.rename(segment.path, target)

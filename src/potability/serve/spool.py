@@ -138,8 +138,12 @@ def _chunks(records: list[AnsweredBatch], chunk_rows: int) -> list[list[Answered
 
 
 class Spool:
-    def __init__(self, directory: Path, max_bytes: int | None = None,
-                 on_quarantine: Callable[[Path, str], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int | None = None,
+        on_quarantine: Callable[[Path, str], None] | None = None,
+    ):
         self.directory = directory
         self.max_bytes = max_bytes
         self.quarantined = 0  # files this process moved aside
