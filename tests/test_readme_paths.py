@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv"
 PATHS = ("Researcher", "Operator", "Sensor integrator", "Contributor")
 BLOCK_TIMEOUT = 300  # seconds; the whole test takes about two minutes
+# Harness, not README: a block that fails with a server in the background stops it on the way out.
+STOP_JOBS = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n"
 
 
 def path_blocks(readme: str) -> dict[str, str]:
@@ -92,24 +94,26 @@ def test_readme_paths_run_on_a_fresh_clone(tmp_path):
     try:
         for name, block in blocks.items():
             started = time.monotonic()
-            process = subprocess.Popen(
-                ["bash", "-e", "-o", "pipefail", "-c", block],
-                cwd=clone,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,  # a server a block leaves behind is stopped below
-            )
-            groups.append(process.pid)
-            try:
-                output, _ = process.communicate(timeout=BLOCK_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                output, _ = process.communicate()
-                pytest.fail(f"README path {name!r} did not finish in {BLOCK_TIMEOUT} s:\n{output}")
+            log = tmp_path / f"{name.replace(' ', '-').lower()}.log"
+            with log.open("w") as out:
+                process = subprocess.Popen(
+                    ["bash", "-e", "-o", "pipefail", "-c", STOP_JOBS + block],
+                    cwd=clone,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # anything a block leaves behind is stopped below
+                )
+                groups.append(process.pid)
+                try:
+                    process.wait(timeout=BLOCK_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+            output = log.read_text(errors="replace")
             timings[name] = round(time.monotonic() - started, 1)
-            assert process.returncode == 0, (
+            print(f"README path {name!r}: {timings[name]} s", flush=True)
+            assert process.returncode == 0, (  # -9: killed after BLOCK_TIMEOUT
                 f"README path {name!r} failed (exit {process.returncode}) on a fresh clone:\n"
                 f"{block}\n--- output ---\n{output[-6000:]}"
             )
