@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +65,9 @@ def test_readme_paths_run_on_a_fresh_clone(tmp_path):
     for name in ("requirements.txt", "pyproject.toml"):
         os.utime(clone / name, (0, 0))
 
-    pgdata = tmp_path / "pgdata"
+    # Not under pytest's temp root: a pytest started elsewhere on the machine makes that 0700,
+    # and (run as root) the embedded Postgres runs as its own user, who must reach its data.
+    pgdata = Path(tempfile.mkdtemp(prefix="readme-paths-pg-")) / "data"
     env = {
         name: value
         for name, value in os.environ.items()
@@ -127,4 +130,4 @@ def test_readme_paths_run_on_a_fresh_clone(tmp_path):
                 os.killpg(group, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        shutil.rmtree(clone / "mlartifacts", ignore_errors=True)
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
