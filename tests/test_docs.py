@@ -84,3 +84,41 @@ def test_no_page_names_the_old_layout(page):
         r"(?<=[`(])(?:serve/|flows/|serve:|serve\.|flows\.)|potability\.(?:stages|client)\b", text
     )
     assert not old, f"{page} still names the old layout: {sorted(set(old))}"
+
+
+FILE_NAMED = re.compile(
+    r"`((?:src/)?(?:potability|tests|bench|docs)/[\w/.-]+\.(?:py|yaml|md|sql))`"
+)
+MODULE_NAMED = re.compile(r"`(potability(?:\.[a-z_]\w*)+)")
+
+
+def _is_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package that does not exist
+        return False
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_files_and_modules_named_exist(page):
+    """A file or module a page names in code (`tests/test_x.py`, `potability.serve.x`) exists."""
+    import importlib
+
+    text = (REPO / page).read_text(encoding="utf-8")
+    missing = []
+    for name in sorted(set(FILE_NAMED.findall(text))):
+        path = name if name.startswith(("tests/", "bench/", "docs/", "src/")) else f"src/{name}"
+        if not (REPO / path).exists():
+            missing.append(name)
+    for name in sorted(set(MODULE_NAMED.findall(text))):
+        parts = name.split(".")
+        depth = max(i for i in range(1, len(parts) + 1) if _is_module(".".join(parts[:i])))
+        target = importlib.import_module(".".join(parts[:depth]))
+        for attribute in parts[depth:]:
+            if not hasattr(target, attribute):
+                missing.append(name)
+                break
+            target = getattr(target, attribute)
+    assert not missing, f"{page} names what does not exist: {missing}"

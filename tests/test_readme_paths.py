@@ -88,8 +88,12 @@ def test_readme_paths_run_on_a_fresh_clone(tmp_path):
     )
     where = subprocess.run(
         ["python", "-c", "import potability; print(potability.__file__)"],
-        cwd=clone, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert where.stdout.startswith(str(clone)), f"the clone's code must run, not {where.stdout}"
 
     groups = []
