@@ -22,8 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv"
 PATHS = ("Researcher", "Operator", "Sensor integrator", "Contributor")
 BLOCK_TIMEOUT = 300  # seconds; the whole test takes about two minutes
-# Harness, not README: a block that fails with a server in the background stops it on the way out.
-STOP_JOBS = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n"
+# Harness, not README: a block that fails with a server in the background stops it on the way out,
+# and each command is logged with the time it started (the log is shown when a path fails).
+PRELUDE = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\nPS4='+ [$SECONDS s] '\nset -x\n"
 
 
 def path_blocks(readme: str) -> dict[str, str]:
@@ -104,7 +105,7 @@ def test_readme_paths_run_on_a_fresh_clone(tmp_path):
             log = tmp_path / f"{name.replace(' ', '-').lower()}.log"
             with log.open("w") as out:
                 process = subprocess.Popen(
-                    ["bash", "-e", "-o", "pipefail", "-c", STOP_JOBS + block],
+                    ["bash", "-e", "-o", "pipefail", "-c", PRELUDE + block],
                     cwd=clone,
                     env=env,
                     stdout=out,
