@@ -8,7 +8,7 @@ first appends the request to this worker's journal file
 ``serve/spool.py``): a plain ``write()`` into the page cache, which outlives
 the process. Only a machine crash (power, kernel) can lose page-cache data;
 ``fsync=True`` (``POTABILITY_LOG_JOURNAL_FSYNC``) covers that too, at the
-price measured in README.
+price measured in docs/performance.md ("The journal").
 
 Records are released in the order they were written, once the writer has
 committed them to Postgres or the spool (the queue is first in, first out, so
