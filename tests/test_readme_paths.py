@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv"
 PATHS = ("Researcher", "Operator", "Sensor integrator", "Contributor")
-BLOCK_TIMEOUT = 300  # seconds; the whole test takes about two minutes
+BLOCK_TIMEOUT = 300  # seconds a path may take; all four took 4 min at load 8 on 2 cores
 # Harness, not README: a block that fails with a server in the background stops it on the way out,
 # and each command is logged with the time it started (the log is shown when a path fails).
 PRELUDE = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\nPS4='+ [$SECONDS s] '\nset -x\n"
