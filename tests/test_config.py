@@ -11,12 +11,13 @@ from tests.conftest import REPO, run
 TABLE = re.compile(r"<!-- settings-table:[^\n]*-->\n(.*?)<!-- end settings-table -->", re.S)
 
 
-def test_readme_table_is_the_model():
-    """README lists every knob; it is generated from the class, so the two cannot drift."""
-    found = TABLE.search((REPO / "README.md").read_text(encoding="utf-8"))
-    assert found, "README has no settings table between its markers"
+def test_docs_table_is_the_model():
+    """docs/settings.md lists every knob; it is generated from the class, so the two cannot drift."""
+    found = TABLE.search((REPO / "docs" / "settings.md").read_text(encoding="utf-8"))
+    assert found, "docs/settings.md has no settings table between its markers"
     assert found.group(1) == settings_table(), (
-        "README's settings table differs from Settings: paste `python -m potability.config` into it"
+        "docs/settings.md's table differs from Settings: "
+        "paste `python -m potability.config` into it"
     )
     for variable in ("DATABASE_URL", "MLFLOW_TRACKING_URI", "DASK_SCHEDULER_ADDRESS",
                      "POTABILITY_MAX_BATCH", "POTABILITY_ADMIN_TOKEN"):  # fmt: skip

@@ -1,6 +1,6 @@
 """Schedules that fire: a real Prefect server, `potability flow deploy`, a process worker, no manual trigger.
 
-The README's "Retraining on a schedule" is these steps. A dependency that
+docs/operations.md, "Retraining on a schedule", is these steps. A dependency that
 breaks Prefect's scheduler (SQLAlchemy 2.1 did) leaves no auto-scheduled run,
 and these tests fail on the wait.
 """

@@ -9,7 +9,7 @@ anchored at the project root, which is the working directory (as for ``dvc`` and
 Every knob is a typed field of :class:`Settings`, read and checked once when the
 object is built: a bad value stops a command or a server at start with the
 variable's name and what is wrong, never hours later in a request or at 03:00.
-README's settings table is generated from this class (``python -m
+The settings table in docs/settings.md is generated from this class (``python -m
 potability.config``) and a test keeps the two equal.
 """
 
@@ -33,7 +33,7 @@ class SettingsError(ValueError):
 
 
 class Kind:
-    """How README's table names a field's type when the Python type says too little."""
+    """How the settings table names a field's type when the Python type says too little."""
 
     def __init__(self, text: str):
         self.text = text
@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         extra="ignore",  # a .env may hold other tools' variables
         env_ignore_empty=True,  # VAR= means "unset", as it always did here
         populate_by_name=True,  # Settings(root=...) in tests and tools
-        use_attribute_docstrings=True,  # the docstrings below are README's "meaning" column
+        use_attribute_docstrings=True,  # docstrings below: the meaning column of docs/settings.md
         env_file_encoding="utf-8",
     )
 
@@ -370,7 +370,7 @@ def _default_text(name: str, field) -> str:
 
 
 def settings_table() -> str:
-    """README's table of every knob: variable, type, default, meaning (generated, never hand-edited)."""
+    """Every knob as docs/settings.md shows it: variable, type, default, meaning (generated)."""
     rows = ["| variable | type | default | meaning |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
         meaning = " ".join((field.description or "").split())

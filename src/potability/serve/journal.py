@@ -5,8 +5,9 @@
 ``serve/spool.py``) before the answer leaves: a plain ``write()`` into the
 page cache, which outlives the process. Only a machine crash (power, kernel)
 can lose page-cache data; ``fsync=True`` (``POTABILITY_LOG_JOURNAL_FSYNC``)
-covers that too, at the price measured in README. A request that cannot be
-written (disk full, directory gone, the log's disk cap reached) is refused.
+covers that too, at the price measured in docs/performance.md ("The journal").
+A request that cannot be written (disk full, directory gone, the log's disk
+cap reached) is refused.
 
 The writer ships the records it holds in memory, which are exactly the
 journal's, and releases them in order once Postgres has them (the queue is
