@@ -257,6 +257,23 @@ def test_a_torn_record_keeps_the_good_ones_and_replays_never_double(mart, store,
     assert set(copies(mart.url).values()) == {1}
 
 
+def test_a_seal_cut_short_leaves_the_whole_segment_to_replay(tmp_path):
+    """A worker killed while rewriting a segment's tail (``.tail``, before its rename): the segment
+    itself is whole, so it is replayed and the partial copy removed, nothing quarantined."""
+    spool = Spool(tmp_path)
+    dead = Journal(spool)
+    dead.append(request(2))
+    [segment] = dead.directory.glob("journal-*")
+    partial = segment.with_name(segment.name + ".tail")
+    partial.write_bytes(segment.read_bytes()[:10])  # the rewrite had begun when it died
+    as_dead(dead)
+    live = Journal(spool)
+    assert live.adopt_orphans() == 1
+    assert not list(live.directory.iterdir())  # the segment adopted, the partial copy gone
+    assert spool.depth() == 2
+    assert not spool.quarantine_dir.exists() or not list(spool.quarantine_dir.iterdir())
+
+
 def test_a_live_workers_journal_is_left_alone(tmp_path):
     spool = Spool(tmp_path)
     mine, other = Journal(spool), Journal(spool)

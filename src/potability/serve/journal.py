@@ -45,6 +45,7 @@ from potability.serve.spool import JOURNAL_SUBDIR, Spool, disk_bytes, encode, pi
 log = logging.getLogger(__name__)
 SUBDIR = JOURNAL_SUBDIR
 NAME = re.compile(r"^journal-(\d+)-(\d+)\.jsonl$")
+TAIL = ".tail"  # a segment's unstored tail being rewritten before the segment is sealed
 PROBE = ".probe-"  # readiness's test file (never a journal's name: adopt_orphans leaves it)
 # the segments this process's journals write: any other file with this pid is an earlier process's
 _LIVE: set[str] = set()
@@ -287,6 +288,11 @@ class Journal:
         """
         adopted = 0
         for path in sorted(self.directory.glob("journal-*")):
+            if path.name.endswith(TAIL):  # a seal cut short: the segment itself is still whole
+                stem = NAME.match(path.name.removesuffix(TAIL))
+                if stem and not pid_alive(int(stem.group(1))):
+                    path.unlink(missing_ok=True)
+                continue
             match = NAME.match(path.name)
             if match is None:
                 self.spool.quarantine(path, "the journal's name does not parse")
@@ -317,7 +323,7 @@ class Journal:
 
 def _rewrite_tail(path: Path, offset: int) -> None:
     """Leave only the bytes from ``offset`` in ``path`` (a new file renamed over it)."""
-    tmp = path.with_name(path.name + ".tail")
+    tmp = path.with_name(path.name + TAIL)
     with open(path, "rb") as src, open(tmp, "wb") as dst:
         src.seek(offset)
         dst.write(src.read())
