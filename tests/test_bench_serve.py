@@ -17,7 +17,7 @@ import pytest
 
 from potability import db, migrator
 from potability.mart import WaterMart
-from tests.conftest import REPO
+from tests.support.project import REPO
 
 
 @pytest.fixture(scope="module")

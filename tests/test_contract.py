@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_gunicorn import Server
+from tests.support.project import REPO
+from tests.support.server import Server
 
 SEED = 12
 # Hypothesis switches to derandomized generation when it sees one of these (its `is_in_ci`); the

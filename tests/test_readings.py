@@ -9,7 +9,7 @@ import pytest
 
 from potability.serve import create_app, shutdown
 from potability.serve.readings import NAMESPACE, reading_inference_id
-from tests.test_server import SAMPLE, auth, logged
+from tests.support.server import SAMPLE, auth, logged
 
 HOUR_AGO = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
 

@@ -14,8 +14,8 @@ from potability.config import Settings
 from potability.quality import reference_profile
 from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES
 from potability.synth import generate
-from tests.conftest import REPO
-from tests.test_mart import lab_row
+from tests.support.database import lab_row, query
+from tests.support.project import REPO
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -25,14 +25,6 @@ def answer(sensor="s1", at=None, version="v1", probability=0.7, **features):
     return {"inference_id": str(uuid.uuid4()), "received_at": at or NOW, "sensor_id": sensor,
             "model_version": version, **{c: None for c in FEATURE_COLUMNS}, **features,
             "probability": probability, "potable": probability >= 0.5, "threshold": 0.5}  # fmt: skip
-
-
-def query(url, sql, params=None):
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-        rows = cur.fetchall() if cur.description else []
-    conn.close()
-    return rows
 
 
 def matched(url):

@@ -1,5 +1,4 @@
 import os
-import uuid
 from datetime import UTC, datetime
 
 import numpy as np
@@ -9,13 +8,7 @@ from potability.errors import DatabaseUnavailable
 from potability.ids import uuid7_batch
 from potability.inference_store import AnsweredBatch
 from potability.serve.spool import Spool, SpoolFull, decode_lines, encode
-
-
-def row(i=0):
-    return {"inference_id": str(uuid.uuid4()), "received_at": datetime.now(UTC).isoformat(), "sensor_id": "s",
-            "model_version": "v", "ph": 7.0 + i / 100, "hardness": None, "solids": None, "chloramines": None,
-            "sulfate": None, "conductivity": None, "organic_carbon": None, "trihalomethanes": None,
-            "turbidity": None, "probability": 0.5, "potable": True, "threshold": 0.4}  # fmt: skip
+from tests.support.database import logged_row as row
 
 
 def test_torn_last_record_is_skipped_and_the_rest_kept():
