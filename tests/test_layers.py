@@ -31,10 +31,9 @@ def modules() -> dict[str, Path]:
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
-        elif (
-            "." in parts[-1]
-        ):  # gunicorn.conf.py: a config file gunicorn loads by path, not a module
-            continue
+        elif "." in parts[-1]:
+            # gunicorn.conf.py: loaded by path, not importable; its imports count all the same
+            parts = (*parts[:-1], parts[-1].replace(".", "_"))
         found[".".join(parts)] = path
     return found
 
