@@ -126,7 +126,7 @@ def app_without_model(mart, tmp_path):
 # ---- issue 24: helpers that need conftest's Champion, as fixtures (test modules never import conftest) ----
 
 
-@pytest.fixture
-def deploy_model(pg_url):
-    """``deploy_dir``: `potability deploy` of a model directory under a registered model the test names."""
+@pytest.fixture(name="deploy_dir")
+def deploy_dir_fixture(pg_url):
+    """``deploy_dir`` for a test: `potability deploy` of a model directory under a registered model it names."""
     return deploy_dir

@@ -31,8 +31,8 @@ def test_a_directory_without_a_model_is_refused(name, tmp_path):
     assert deployments.history(name) == []
 
 
-def test_a_decision_made_against_another_champion_is_refused(deploy_model, name, tmp_path):
-    deploy_model(build_model_dir(tmp_path / "v1"), name)
+def test_a_decision_made_against_another_champion_is_refused(deploy_dir, name, tmp_path):
+    deploy_dir(build_model_dir(tmp_path / "v1"), name)
     stale = build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32)  # judged against "none"
     with pytest.raises(deploy.DeployError, match="judged against champion version none.*--force"):
         deploy.deploy_promoted(stale, "ann", None, Settings(root=REPO))
@@ -41,16 +41,16 @@ def test_a_decision_made_against_another_champion_is_refused(deploy_model, name,
     assert forced.changed and forced.previous_version == "1" and forced.registry_version == "2"
 
 
-def test_deploying_the_champion_again_changes_nothing(deploy_model, name, tmp_path):
-    first = deploy_model(build_model_dir(tmp_path / "v1"), name)
+def test_deploying_the_champion_again_changes_nothing(deploy_dir, name, tmp_path):
+    first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
     again = deploy.deploy_promoted(first.directory, "ann", None, Settings(root=REPO))
     assert not again.changed and "already the champion" in again.message
     assert len(deployments.history(name)) == 1
 
 
-def test_a_rollback_is_recorded_with_who_why_and_what_it_replaced(deploy_model, name, tmp_path):
-    first = deploy_model(build_model_dir(tmp_path / "v1"), name)
-    deploy_model(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), name)
+def test_a_rollback_is_recorded_with_who_why_and_what_it_replaced(deploy_dir, name, tmp_path):
+    first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
+    deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), name)
     back = deploy.rollback(first.version, "ann", "too many potable calls", Settings(root=REPO))
     assert back.changed and back.registry_version == first.version
     latest = deployments.history(name)[0]
@@ -64,10 +64,10 @@ def test_a_rollback_is_recorded_with_who_why_and_what_it_replaced(deploy_model, 
         deploy.rollback("7", "ann", None, Settings(root=REPO))
 
 
-def test_the_registered_version_carries_what_a_user_needs(deploy_model, name, tmp_path):
+def test_the_registered_version_carries_what_a_user_needs(deploy_dir, name, tmp_path):
     import mlflow
 
-    shipped = deploy_model(build_model_dir(tmp_path / "v1"), name)
+    shipped = deploy_dir(build_model_dir(tmp_path / "v1"), name)
     meta = json.loads((shipped.directory / "meta.json").read_text())
     version = tracking.get_version(name, shipped.version)
     assert version.tags["sha256"] == meta["sha256"] and version.tags["model_version"] == "test-rf-1"

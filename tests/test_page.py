@@ -116,15 +116,15 @@ def test_old_answers_fall_out_of_the_live_window(app, store):
     assert app.test_client().get("/v1/stats/live").get_json()["answers"] == 0
 
 
-def test_the_page_lists_every_deployment_and_rollback(deploy_model, mart, tmp_path):
+def test_the_page_lists_every_deployment_and_rollback(deploy_dir, mart, tmp_path):
     """Regulators see who shipped which version, when and why, rollbacks included."""
     from potability import deploy
     from potability.config import Settings
     from potability.pipeline.small_model import build_model_dir
 
     name = f"page-{tmp_path.name[-8:]}"
-    first = deploy_model(build_model_dir(tmp_path / "v1"), name)
-    deploy_model(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), name)
+    first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
+    deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), name)
     os.environ["POTABILITY_REGISTERED_MODEL"] = name
     try:
         deploy.rollback(

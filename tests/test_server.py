@@ -217,10 +217,10 @@ def test_ops_endpoints(client, tokens):
 
 
 @pytest.fixture
-def own_champion(deploy_model, mart, tmp_path):
+def own_champion(deploy_dir, mart, tmp_path):
     """A registered model of this test alone (the session's champion is never moved)."""
     name = f"reload-{uuid.uuid4().hex[:8]}"
-    first = deploy_model(build_model_dir(tmp_path / "v1"), name)
+    first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
     app = create_app({"DATABASE_URL": mart.url, **first.app_config(tmp_path), "SPOOL_DIR": str(tmp_path / "spool"),
                       "MODEL_POLL_SECONDS": 3600, "TESTING": True})  # fmt: skip
     yield app, first
@@ -250,13 +250,11 @@ def test_corrupt_model_is_refused_and_the_old_one_keeps_serving(own_champion, tm
     assert "sha256" in client.get("/readyz").get_json()["last_model_error"]
 
 
-def test_reload_follows_the_alias_to_a_new_deployment(deploy_model, own_champion, mart, tmp_path):
+def test_reload_follows_the_alias_to_a_new_deployment(deploy_dir, own_champion, mart, tmp_path):
     app, first = own_champion
     client = app.test_client()
     tokens = {role: mart.create_token(f"{role}-r", role) for role in ("sensor", "admin")}
-    second = deploy_model(
-        build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), first.name
-    )
+    second = deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), first.name)
     assert second.version != first.version
     r = client.post("/admin/reload", headers=auth(tokens["admin"]))
     assert r.status_code == 200 and r.get_json() == {"version": "test-rf-2", "previous": "test-rf-1",
@@ -267,17 +265,17 @@ def test_reload_follows_the_alias_to_a_new_deployment(deploy_model, own_champion
     assert meta["registered_version"] == second.version
 
 
-def test_replicas_follow_the_alias_without_being_asked(deploy_model, mart, tmp_path):
+def test_replicas_follow_the_alias_without_being_asked(deploy_dir, mart, tmp_path):
     """Two servers with their own caches (two hosts) move to a new deployment by themselves."""
     name = f"watch-{uuid.uuid4().hex[:8]}"
-    first = deploy_model(build_model_dir(tmp_path / "v1"), name)
+    first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
     replicas = [create_app({"DATABASE_URL": mart.url, **first.app_config(tmp_path / f"host-{i}"),
                             "SPOOL_DIR": str(tmp_path / f"spool-{i}"), "MODEL_POLL_SECONDS": 0.2})
                 for i in range(2)]  # fmt: skip
     try:
         holders = [app.extensions["potability.model"] for app in replicas]
         assert [h.current.version for h in holders] == ["test-rf-1", "test-rf-1"]
-        deploy_model(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), name)
+        deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), name)
         deadline = time.monotonic() + 20
         while {h.current.version for h in holders} != {"test-rf-2"} and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -310,13 +308,11 @@ def test_a_restart_while_the_registry_is_down_serves_the_cached_champion(champio
 
 
 def test_artifact_store_down_keeps_the_old_model(
-    deploy_model, own_champion, mart, tmp_path, monkeypatch
+    deploy_dir, own_champion, mart, tmp_path, monkeypatch
 ):
     app, first = own_champion
     holder = app.extensions["potability.model"]
-    second = deploy_model(
-        build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), first.name
-    )
+    second = deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), first.name)
     store = Path(os.environ["POTABILITY_MLFLOW_ARTIFACTS"])
     hidden = store.with_name(store.name + "-away")
     store.rename(hidden)  # the artifact store is unreachable
