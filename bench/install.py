@@ -26,13 +26,11 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tests.conftest import build_model_dir  # noqa: E402  (the same small real model the tests serve)
-
 from common import copy_project, free_port, machine, start, stop, write_result  # noqa: E402
 from potability import db, deploy, migrator  # noqa: E402
 from potability.config import Settings  # noqa: E402
+from potability.pipeline.small_model import build_model_dir  # noqa: E402  (the small real model the tests serve)
 
 MODEL = "install-bench"
 TRAINING_PACKAGES = (

@@ -6,7 +6,7 @@ import sys
 import psycopg2
 import pytest
 
-from tests.conftest import HEADER_HINT, REPO, run
+from tests.support.project import HEADER_HINT, REPO, run
 
 
 def potability(*args, env, check=True):

@@ -13,9 +13,8 @@ import pytest
 from potability.sensor.client import PotabilityClient, Refused
 from potability.sensor.readings import reading_inference_id
 from potability.sensor.readings_csv import ANSWER_COLUMNS
-from tests.conftest import HEADER_HINT, REPO, run
-from tests.test_gunicorn import Server, free_port
-from tests.test_server import SAMPLE
+from tests.support.project import HEADER_HINT, REPO, run
+from tests.support.server import SAMPLE, Server, free_port
 
 pytestmark = pytest.mark.slow
 

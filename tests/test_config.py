@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from potability.config import Settings, SettingsError, settings_table
-from tests.conftest import REPO, run
+from tests.support.project import REPO, run
 
 TABLE = re.compile(r"<!-- settings-table:[^\n]*-->\n(.*?)<!-- end settings-table -->", re.S)
 

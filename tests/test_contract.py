@@ -1,8 +1,9 @@
 """The OpenAPI document is the contract: schemathesis drives the real gunicorn server from it.
 
 Every check schemathesis has, a fixed seed, the coverage and fuzzing phases.
-The fast tier runs in every `make test`; the slow tier generates at least
-1,000 cases per operation. Reproduce by hand against a running server:
+Both tiers start a real gunicorn, so both are `slow`: `make test` runs them,
+`make test-fast` does not. The fast tier draws 60 examples per operation; the
+slow tier generates at least 1,000 cases per operation. Reproduce by hand against a running server:
 
     st run http://127.0.0.1:8000/openapi.json --checks all --phases examples,coverage,fuzzing \\
         --seed 12 --max-examples 1000 -H "Authorization: Bearer $ADMIN_TOKEN"
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_gunicorn import Server
+from tests.support.project import REPO
+from tests.support.server import Server
 
 SEED = 12
 # Hypothesis switches to derandomized generation when it sees one of these (its `is_in_ci`); the
@@ -98,6 +99,7 @@ def cases_per_operation(ndjson: Path) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow  # a real gunicorn, as in every test that starts one: `make test` runs it, `make test-fast` not
 def test_contract_fast(contract_server):
     server, admin, tmp = contract_server
     counts = schemathesis(server, admin, tmp, max_examples=60)

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 
 from potability.pipeline.curves import calibration_table, roc_table
+from potability.pipeline.small_model import build_model_dir
 from potability.pipeline.stages.promote import write_curves
 from potability.synth import generate
-from tests.conftest import build_model_dir
 
 
 def test_roc_of_a_perfect_and_a_useless_model():

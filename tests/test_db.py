@@ -1,11 +1,10 @@
-import contextlib
-
 import psycopg2
 import pytest
 
 from potability import db, migrator
 from potability.errors import DatabaseUnavailable, SchemaError
 from potability.mart import WaterMart
+from tests.support.database import migrate_by_hand, scratch_database
 
 
 def test_migrate_twice_is_idempotent(pg_url):
@@ -17,16 +16,6 @@ def test_migrate_twice_is_idempotent(pg_url):
         cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'water'")
         tables = {r[0] for r in cur.fetchall()}
     assert {"water_potability", "water_inferences", "api_tokens", "deployments"} <= tables
-
-
-@contextlib.contextmanager
-def scratch_database(pg_url: str, name: str):
-    """A new, empty database on the session's server, dropped afterwards; yields its URL."""
-    url = db.create_database(pg_url, name)
-    try:
-        yield url
-    finally:
-        db.drop_database(pg_url, name)
 
 
 def databases(url: str) -> set[str]:
@@ -82,17 +71,6 @@ def test_mlflow_uri_names_the_driver_and_its_database(pg_url):
     uri = db.mlflow_tracking_uri()
     assert uri.startswith("postgresql+psycopg2://")
     assert "/mlflow?" in uri
-
-
-def migrate_by_hand(cur, up_to: int) -> None:
-    """Bring an empty database to migration ``up_to`` as that release's migrate did: a filled old database."""
-    cur.execute("CREATE SCHEMA water")
-    cur.execute("CREATE TABLE water.schema_migrations (version integer PRIMARY KEY, "
-                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
-    for version, name, sql in migrator.migration_files():
-        if version <= up_to:
-            cur.execute(sql)
-            cur.execute("INSERT INTO water.schema_migrations VALUES (%s, %s)", (version, name))
 
 
 def test_a_filled_version_2_database_keeps_rows_and_the_flows_place(pg_url):

@@ -10,7 +10,8 @@ import pytest
 
 from potability import deploy, deployments, tracking
 from potability.config import Settings
-from tests.conftest import REPO, SERVED_MODEL, build_model_dir, deploy_dir
+from potability.pipeline.small_model import build_model_dir
+from tests.support.project import REPO, SERVED_MODEL
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def test_a_directory_without_a_model_is_refused(name, tmp_path):
     assert deployments.history(name) == []
 
 
-def test_a_decision_made_against_another_champion_is_refused(name, tmp_path):
+def test_a_decision_made_against_another_champion_is_refused(deploy_dir, name, tmp_path):
     deploy_dir(build_model_dir(tmp_path / "v1"), name)
     stale = build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32)  # judged against "none"
     with pytest.raises(deploy.DeployError, match="judged against champion version none.*--force"):
@@ -40,14 +41,14 @@ def test_a_decision_made_against_another_champion_is_refused(name, tmp_path):
     assert forced.changed and forced.previous_version == "1" and forced.registry_version == "2"
 
 
-def test_deploying_the_champion_again_changes_nothing(name, tmp_path):
+def test_deploying_the_champion_again_changes_nothing(deploy_dir, name, tmp_path):
     first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
     again = deploy.deploy_promoted(first.directory, "ann", None, Settings(root=REPO))
     assert not again.changed and "already the champion" in again.message
     assert len(deployments.history(name)) == 1
 
 
-def test_a_rollback_is_recorded_with_who_why_and_what_it_replaced(name, tmp_path):
+def test_a_rollback_is_recorded_with_who_why_and_what_it_replaced(deploy_dir, name, tmp_path):
     first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
     deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), name)
     back = deploy.rollback(first.version, "ann", "too many potable calls", Settings(root=REPO))
@@ -63,7 +64,7 @@ def test_a_rollback_is_recorded_with_who_why_and_what_it_replaced(name, tmp_path
         deploy.rollback("7", "ann", None, Settings(root=REPO))
 
 
-def test_the_registered_version_carries_what_a_user_needs(name, tmp_path):
+def test_the_registered_version_carries_what_a_user_needs(deploy_dir, name, tmp_path):
     import mlflow
 
     shipped = deploy_dir(build_model_dir(tmp_path / "v1"), name)

@@ -7,7 +7,7 @@ import pandas as pd
 from potability.config import load_params
 from potability.pipeline.stages.eda import report
 from potability.synth import generate
-from tests.conftest import REPO
+from tests.support.project import REPO
 
 
 def stamped(frame: pd.DataFrame, start: str) -> pd.DataFrame:

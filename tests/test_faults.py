@@ -21,9 +21,8 @@ import requests
 from potability import db, migrator
 from potability.mart import WaterMart
 from potability.serve.spool import Spool
-from tests.test_gunicorn import Server, stored_ids
-from tests.test_server import SAMPLE
-from tests.test_spool import row
+from tests.support.database import request_row as row
+from tests.support.server import SAMPLE, Server, stored_ids
 
 pytestmark = pytest.mark.slow
 REPLAY_SECONDS = 1.0

@@ -11,8 +11,7 @@ import yaml
 
 from potability import db, deployments
 from potability.mart import WaterMart
-from tests.conftest import copy_project, project_env
-from tests.test_pipeline import seed_rows
+from tests.support.project import copy_project, project_env, seed_rows
 
 pytestmark = pytest.mark.slow
 

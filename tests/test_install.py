@@ -12,7 +12,7 @@ render the quality page and the metrics.
 import json
 import sys
 
-from tests.conftest import REPO, project_env, run
+from tests.support.project import REPO, project_env, run
 
 TRAINING_MODULES = ("sklearn", "scipy", "dvc", "prefect", "dask", "distributed", "skl2onnx",
                     "skops", "pgserver", "pyarrow", "onnx", "matplotlib")  # fmt: skip

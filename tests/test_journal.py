@@ -28,8 +28,7 @@ from potability.inference_store import AnsweredBatch
 from potability.serve.inference_log import InferenceLog, LogUnavailable
 from potability.serve.journal import Journal, JournalUnavailable
 from potability.serve.spool import Spool, decode_lines, encode
-from tests.test_gunicorn import Server, hammer, stored_ids, wait_for
-from tests.test_server import SAMPLE
+from tests.support.server import SAMPLE, Server, hammer, stored_ids, wait_for
 
 DEAD_PID = 999_999_999  # above any pid_max: never alive
 HELD = {"POTABILITY_LOG_FLUSH_SECONDS": "600", "POTABILITY_LOG_BATCH_ROWS": "100000"}

@@ -5,13 +5,7 @@ import pytest
 from potability.errors import DatabaseUnavailable, DuplicateSampleError, ValidationError
 from potability.mart import WaterMart, hash_token
 from potability.schema import FEATURE_NAMES
-
-BASE = {"ph": 7.0, "Hardness": 200.0, "Solids": 20000.0, "Chloramines": 7.0, "Sulfate": None,
-        "Conductivity": 420.0, "Organic_carbon": 14.0, "Trihalomethanes": 66.0, "Turbidity": 4.0}  # fmt: skip
-
-
-def lab_row(sample_id, potable=1, **changes):
-    return {**BASE, **changes, "sample_id": sample_id, "Potability": potable}
+from tests.support.database import lab_row
 
 
 def test_samples_round_trip_sorted_with_missing_values(mart):

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from potability.serve import create_app, shutdown
-from tests.conftest import SERVED_MODEL
-from tests.test_server import SAMPLE, auth
+from tests.support.project import SERVED_MODEL
+from tests.support.server import SAMPLE, auth
 
 
 @pytest.fixture
@@ -112,11 +112,11 @@ def test_old_answers_fall_out_of_the_live_window(app, store):
     assert app.test_client().get("/v1/stats/live").get_json()["answers"] == 0
 
 
-def test_the_page_lists_every_deployment_and_rollback(mart, tmp_path, server_settings):
+def test_the_page_lists_every_deployment_and_rollback(deploy_dir, mart, tmp_path, server_settings):
     """Regulators see who shipped which version, when and why, rollbacks included."""
     from potability import deploy
     from potability.config import Settings
-    from tests.conftest import build_model_dir, deploy_dir
+    from potability.pipeline.small_model import build_model_dir
 
     name = f"page-{tmp_path.name[-8:]}"
     first = deploy_dir(build_model_dir(tmp_path / "v1"), name)

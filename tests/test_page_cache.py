@@ -23,8 +23,7 @@ import pytest
 import requests
 
 from potability.serve import create_app, shutdown
-from tests.test_gunicorn import Server, wait_for
-from tests.test_server import SAMPLE, auth
+from tests.support.server import SAMPLE, Server, sensor_and_server, wait_for
 
 
 def answer_row(sensor: str):
@@ -88,12 +87,6 @@ def test_one_render_at_a_time_others_get_the_stale_copy(app, store):
 
 def renderer_pid(server: Server) -> int | None:
     return server.child_pid("potability.serve.renderer")
-
-
-def sensor_and_server(mart, champion, tmp_path, name: str, **env) -> tuple[dict, Server]:
-    """A sensor's auth headers and a real gunicorn server with ``env`` (refreshing every second)."""
-    headers = auth(mart.create_token(name, "sensor"))
-    return headers, Server(tmp_path, mart.url, champion, POTABILITY_PAGE_REFRESH_SECONDS="1", **env)
 
 
 def live_answers(server: Server) -> int:

@@ -15,9 +15,8 @@ import pytest
 import requests
 
 from potability.config import Settings, SettingsError
-from tests.conftest import REPO, project_env
-from tests.test_gunicorn import Server, free_port, wait_for
-from tests.test_server import SAMPLE, auth
+from tests.support.project import REPO, project_env
+from tests.support.server import SAMPLE, Server, auth, free_port, wait_for
 
 
 class PageServer(Server):

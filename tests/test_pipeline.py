@@ -20,18 +20,12 @@ from potability.features import feature_matrix, labels, read_samples
 from potability.mart import WaterMart
 from potability.pipeline.modeling import VOTE, candidate_kinds
 from potability.synth import generate
-from tests.conftest import REPO, SERVED_MODEL, copy_project, project_env, run
+from tests.support.project import REPO, SERVED_MODEL, copy_project, project_env, run, seed_rows
 
 pytestmark = pytest.mark.slow
 PROMOTED = "models/promoted"
 TRAIN_PARAMS = load_params(REPO / "params.yaml")["train"]
 MODEL_KINDS = candidate_kinds(TRAIN_PARAMS)  # every kind in the zoo, and the vote
-
-
-def seed_rows(url: str, rows: int, seed: int) -> None:
-    frame = generate(rows, seed)
-    records = [{k: (None if v != v else v) for k, v in r.items()} for r in frame.to_dict("records")]
-    WaterMart(url=url).insert_samples(records, added_by="test")
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +279,7 @@ def test_mlflow_models_serve_and_our_server_agree_on_1000_rows(project, registry
     import requests
 
     from potability.schema import FEATURE_NAMES
-    from tests.test_gunicorn import Server, free_port
+    from tests.support.server import Server, free_port
 
     root, env, _ = project
     name, _ = registry

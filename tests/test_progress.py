@@ -1,38 +1,15 @@
 """Progress bars on `seed` and `import-csv`: drawn for a person at a terminal, absent from logs."""
 
-import fcntl
-import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
 
-from tests.conftest import HEADER_HINT, REPO
+from tests.support.project import HEADER_HINT, REPO
+from tests.support.terminal import stderr_in_a_terminal
 
 
 def run_with_tty_stderr(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    """Run the CLI with stderr on a pseudo-terminal (as in a shell); return (code, stdout, tty text)."""
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "potability.cli", *args],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=follower, text=True,
-    )  # fmt: skip
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    stdout = proc.stdout.read()
-    code = proc.wait(timeout=120)
-    os.close(leader)
-    return code, stdout, b"".join(chunks).decode(errors="replace")
+    """The CLI with stderr on a 100-column terminal (as in a shell): (code, stdout, what the terminal showed)."""
+    return stderr_in_a_terminal([sys.executable, "-m", "potability.cli", *args], cwd=REPO, env=env)
 
 
 def test_a_terminal_sees_the_bars(clean_db, cli_env, tmp_path):

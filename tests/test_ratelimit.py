@@ -6,8 +6,7 @@ import pytest
 import requests
 
 from potability.serve import create_app, shutdown
-from tests.test_page_cache import sensor_and_server
-from tests.test_server import SAMPLE, auth
+from tests.support.server import SAMPLE, auth, sensor_and_server
 
 
 @pytest.fixture

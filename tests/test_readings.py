@@ -9,7 +9,7 @@ import pytest
 
 from potability.sensor.readings import NAMESPACE, reading_inference_id
 from potability.serve import context, create_app, shutdown
-from tests.test_server import SAMPLE, auth, logged
+from tests.support.server import SAMPLE, auth, logged
 
 HOUR_AGO = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
 

@@ -9,9 +9,9 @@ import requests
 
 from potability import db
 from potability.mart import WaterMart
-from tests.conftest import REPO, build_model_dir, project_env, run
-from tests.test_gunicorn import Server
-from tests.test_server import SAMPLE
+from potability.pipeline.small_model import build_model_dir
+from tests.support.project import REPO, project_env, run
+from tests.support.server import SAMPLE, Server
 
 pytestmark = pytest.mark.slow
 

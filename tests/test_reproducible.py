@@ -11,8 +11,7 @@ from potability import artifacts, db
 from potability.config import load_params
 from potability.features import feature_matrix, read_samples
 from potability.pipeline.modeling import candidate_kinds
-from tests.conftest import REPO, copy_project, project_env, run
-from tests.test_pipeline import seed_rows
+from tests.support.project import REPO, copy_project, project_env, run, seed_rows
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ from potability.inference_store import AnsweredBatch
 from potability.quality import reference_profile
 from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES
 from potability.synth import generate
-from tests.conftest import REPO
-from tests.test_mart import lab_row
+from tests.support.database import lab_row, query
+from tests.support.project import REPO
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -27,14 +27,6 @@ def answer(sensor="s1", at=None, version="v1", probability=0.7, **features):
     row = np.array([[np.nan if v is None else v for v in values]], dtype=float)
     return AnsweredBatch([str(uuid.uuid4())], at or NOW, sensor, version, row,
                          np.array([probability]), 0.5)  # fmt: skip
-
-
-def query(url, sql, params=None):
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-        rows = cur.fetchall() if cur.description else []
-    conn.close()
-    return rows
 
 
 def matched(url):

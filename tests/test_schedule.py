@@ -21,9 +21,8 @@ import requests
 
 from potability import db
 from potability.mart import WaterMart
-from tests.conftest import VENV_BIN, copy_project, project_env, run
-from tests.test_gunicorn import free_port
-from tests.test_pipeline import seed_rows
+from tests.support.project import VENV_BIN, copy_project, project_env, run, seed_rows
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -14,12 +14,10 @@ import pytest
 
 from potability.artifacts import ArtifactError
 from potability.ids import unix_ms
+from potability.pipeline.small_model import build_model_dir
 from potability.schema import FEATURE_NAMES, FEATURES
 from potability.serve import create_app, shutdown
-from tests.conftest import build_model_dir, deploy_dir
-
-SAMPLE = {"ph": 7.1, "Hardness": 204.9, "Solids": 20791.0, "Chloramines": 7.3, "Sulfate": 368.5,
-          "Conductivity": 564.3, "Organic_carbon": 10.4, "Trihalomethanes": 86.9, "Turbidity": 2.96}  # fmt: skip
+from tests.support.server import SAMPLE, auth, logged
 
 
 @pytest.fixture
@@ -40,15 +38,6 @@ def client(app):
 @pytest.fixture
 def tokens(mart):
     return {role: mart.create_token(f"{role}-1", role) for role in ("sensor", "lab", "admin")}
-
-
-def auth(token):
-    return {"Authorization": f"Bearer {token}"}
-
-
-def logged(app, mart):
-    app.extensions["potability.log"].flush()
-    return mart.inferences()
 
 
 def test_single_prediction_is_answered_and_logged_under_the_token_name(app, client, mart, tokens):
@@ -253,7 +242,7 @@ def test_ops_endpoints(client, tokens):
 
 
 @pytest.fixture
-def own_champion(server_settings, tmp_path):
+def own_champion(deploy_dir, server_settings, tmp_path):
     """A registered model of this test alone (the session's champion is never moved)."""
     name = f"reload-{uuid.uuid4().hex[:8]}"
     first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
@@ -285,7 +274,7 @@ def test_corrupt_model_is_refused_and_the_old_one_keeps_serving(own_champion, tm
     assert "sha256" in client.get("/readyz").get_json()["last_model_error"]
 
 
-def test_reload_follows_the_alias_to_a_new_deployment(own_champion, mart, tmp_path):
+def test_reload_follows_the_alias_to_a_new_deployment(deploy_dir, own_champion, mart, tmp_path):
     app, first = own_champion
     client = app.test_client()
     tokens = {role: mart.create_token(f"{role}-r", role) for role in ("sensor", "admin")}
@@ -300,7 +289,7 @@ def test_reload_follows_the_alias_to_a_new_deployment(own_champion, mart, tmp_pa
     assert meta["registered_version"] == second.version
 
 
-def test_replicas_follow_the_alias_without_being_asked(server_settings, tmp_path):
+def test_replicas_follow_the_alias_without_being_asked(deploy_dir, server_settings, tmp_path):
     """Two servers with their own caches (two hosts) move to a new deployment by themselves."""
     name = f"watch-{uuid.uuid4().hex[:8]}"
     first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
@@ -345,7 +334,9 @@ def test_a_restart_while_the_registry_is_down_serves_the_cached_champion(
         shutdown(second)
 
 
-def test_artifact_store_down_keeps_the_old_model(own_champion, mart, tmp_path, monkeypatch):
+def test_artifact_store_down_keeps_the_old_model(
+    deploy_dir, own_champion, mart, tmp_path, monkeypatch
+):
     app, first = own_champion
     holder = app.extensions["potability.model"]
     second = deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), first.name)

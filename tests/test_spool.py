@@ -1,5 +1,4 @@
 import os
-import uuid
 from datetime import UTC, datetime
 
 import numpy as np
@@ -9,14 +8,7 @@ from potability.errors import DatabaseUnavailable
 from potability.ids import uuid7_batch
 from potability.inference_store import AnsweredBatch
 from potability.serve.spool import Spool, decode_lines, encode
-
-
-def row(i=0, sensor="s"):
-    """One answered request of one row (its only measurement: ph), as a journal holds it."""
-    features = np.full((1, 9), np.nan)
-    features[0, 0] = 7.0 + i / 100
-    return AnsweredBatch([str(uuid.uuid4())], datetime.now(UTC), sensor, "v", features,
-                         np.array([0.5]), 0.4)  # fmt: skip
+from tests.support.database import request_row as row
 
 
 def spooled(spool, requests):

@@ -6,7 +6,7 @@ from potability.config import Settings, load_params
 from potability.features import write_csv_atomic
 from potability.pipeline.stages.train import train
 from potability.synth import generate
-from tests.conftest import REPO
+from tests.support.project import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,7 @@ from potability.inference_store import COPY_DIRECT, AnsweredBatch, encode, histo
 from potability.quality import reference_profile
 from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES
 from potability.synth import generate
-from tests.test_mart import lab_row
-from tests.test_rollups import query
+from tests.support.database import lab_row, query
 
 NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
 HOURLY = "SELECT * FROM water.inference_hourly ORDER BY hour, sensor_id, model_version"
@@ -183,7 +182,7 @@ def test_histogram_deltas_bin_like_width_bucket(mart):
 def test_migrations_006_007_apply_to_a_filled_005_database_and_count_nothing_twice(pg_url):
     from potability import migrator
     from potability.inference_store import InferenceStore
-    from tests.test_db import migrate_by_hand, scratch_database
+    from tests.support.database import migrate_by_hand, scratch_database
 
     with scratch_database(pg_url, "migrate_v5") as probe:
         with psycopg2.connect(probe) as conn, conn.cursor() as cur:

@@ -1,0 +1,45 @@
+"""A small real model, promoted as the pipeline would promote one, built in seconds without DVC.
+
+Forty trees on synthetic rows, judged on its own training data: not a model to
+serve anyone, but a real ONNX model directory (``meta.json``, reference
+profile, history) for the tests and benches that deploy and serve one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from potability import artifacts
+from potability.features import feature_matrix, labels
+from potability.pipeline.modeling import (
+    build_pipeline,
+    choose_threshold,
+    classification_metrics,
+    operating_points,
+)
+from potability.quality import reference_profile
+from potability.schema import FEATURE_NAMES
+from potability.synth import generate
+
+
+def build_model_dir(
+    directory: Path, version: str = "test-rf-1", rows: int = 1200, seed: int = 31
+) -> Path:
+    """A real promoted model directory (small forest, ONNX) built by the library, without DVC."""
+    frame = generate(rows, seed=seed)
+    X, y = feature_matrix(frame), labels(frame)
+    model = build_pipeline("rf", seed=0)
+    model.set_params(clf__n_estimators=40, clf__min_samples_leaf=4)
+    model.fit(X, y)
+    choice = choose_threshold(y, model.predict_proba(X)[:, 1], 0.2, 10)
+    blob = artifacts.to_onnx(model)
+    meta = {"version": version, "kind": "rf", "model_name": "random forest", "threshold": choice.threshold,
+            "features": list(FEATURE_NAMES), "sha256": artifacts.sha256_bytes(blob), "n_train": len(frame),
+            "metrics": {**classification_metrics(y, model.predict_proba(X)[:, 1], choice.threshold),
+                        "operating_points": operating_points(y, model.predict_proba(X)[:, 1], [0.2, 0.3])},
+            "trained_at": "2026-11-23T00:00:00+00:00", "promoted_at": "2026-11-23T00:00:00+00:00",
+            "decided_against": None, "input_example": X[:3].tolist(),
+            "reference": reference_profile(frame, 10)}  # fmt: skip
+    history = [{"promote": True, "challenger": "rf", "reason": "test", "version": version}]
+    artifacts.write_model_dir(directory, blob, meta, {"history.json": history})
+    return directory
