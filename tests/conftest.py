@@ -84,8 +84,11 @@ class Champion:
         }
 
     def server_env(self, tmp: Path) -> dict[str, str]:
-        return {"POTABILITY_REGISTERED_MODEL": self.name, "MLFLOW_TRACKING_URI": self.tracking_uri,
-                "POTABILITY_MODEL_CACHE": str(tmp / "model-cache")}  # fmt: skip
+        return {
+            "POTABILITY_REGISTERED_MODEL": self.name,
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "POTABILITY_MODEL_CACHE": str(tmp / "model-cache"),
+        }
 
 
 def deploy_dir(directory: Path, name: str, force: bool = True) -> Champion:

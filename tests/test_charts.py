@@ -13,9 +13,16 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 
 def week_of_hours(sensors: int, start: datetime) -> list[dict]:
-    return [{"hour": (start + timedelta(hours=h)).isoformat(), "sensor_id": f"plant-{s}",
-             "answers": 100 + 7 * h + s, "potable_share": 0.4}
-            for h in range(7 * 24) for s in range(sensors)]  # fmt: skip
+    return [
+        {
+            "hour": (start + timedelta(hours=h)).isoformat(),
+            "sensor_id": f"plant-{s}",
+            "answers": 100 + 7 * h + s,
+            "potable_share": 0.4,
+        }
+        for h in range(7 * 24)
+        for s in range(sensors)
+    ]
 
 
 def test_one_line_per_sensor_through_every_hour_and_under_the_axis_top():
@@ -35,9 +42,8 @@ def test_one_line_per_sensor_through_every_hour_and_under_the_axis_top():
         points = [tuple(map(float, p.split(","))) for p in line.get("points").split()]
         assert len(points) == 7 * 24
         xs = [x for x, _ in points]
-        assert (
-            xs == sorted(xs) and left < xs[0] and xs[-1] < right
-        )  # in time order, inside the frame
+        # in time order, inside the frame
+        assert xs == sorted(xs) and left < xs[0] and xs[-1] < right
         assert all(top <= y <= bottom for _, y in points)
     # the busiest hour (the last) is drawn highest, and the y axis labels reach above it
     labels = [
@@ -49,8 +55,14 @@ def test_one_line_per_sensor_through_every_hour_and_under_the_axis_top():
 
 
 def test_a_sensor_name_is_text_never_markup():
-    hourly = [{"hour": "2026-11-20T10:00:00+00:00", "sensor_id": '<script>alert("x")</script>',
-               "answers": 5, "potable_share": 0.0}]  # fmt: skip
+    hourly = [
+        {
+            "hour": "2026-11-20T10:00:00+00:00",
+            "sensor_id": '<script>alert("x")</script>',
+            "answers": 5,
+            "potable_share": 0.0,
+        }
+    ]
     markup = charts.answers_per_hour(hourly)
     assert "<script>" not in markup
     texts = [t.text for t in ET.fromstring(markup).iter() if t.text]
@@ -79,8 +91,10 @@ def test_legend_says_how_many_sensors_it_leaves_out():
 
 
 def test_drift_bars_flag_in_red_and_scale_to_the_largest():
-    features = [{"feature": "ph", "psi": 0.05, "flagged": False},
-                {"feature": "Sulfate", "psi": 0.8, "flagged": True}]  # fmt: skip
+    features = [
+        {"feature": "ph", "psi": 0.05, "flagged": False},
+        {"feature": "Sulfate", "psi": 0.8, "flagged": True},
+    ]
     svg = ET.fromstring(charts.drift_bars(features, 0.2))
     bars = svg.findall(f"{SVG}rect")
     assert [b.find(f"{SVG}title").text for b in bars] == ["ph: PSI 0.0500", "Sulfate: PSI 0.8000"]
@@ -88,9 +102,8 @@ def test_drift_bars_flag_in_red_and_scale_to_the_largest():
     assert float(bars[1].get("width")) > 10 * float(bars[0].get("width"))
     rule = svg.find(f"{SVG}line[@stroke-dasharray]")
     rule_x = float(rule.get("x1"))
-    assert (
-        float(bars[0].get("x")) + float(bars[0].get("width")) < rule_x
-    )  # 0.05 left of the 0.2 rule
+    # 0.05 left of the 0.2 rule
+    assert float(bars[0].get("x")) + float(bars[0].get("width")) < rule_x
     assert rule_x < float(bars[1].get("x")) + float(bars[1].get("width"))  # 0.8 right of it
 
 

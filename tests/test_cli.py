@@ -62,10 +62,23 @@ def test_token_names_with_nul_surrogates_or_too_long_are_refused(clean_db, cli_e
 
     for name, words in ((b"sensor\x01\xff", "surrogate"), (b"x" * 201, "longer than 200")):
         result = subprocess.run(
-            [sys.executable.encode(), b"-m", b"potability.cli", b"token", b"create", b"--role",
-             b"sensor", b"--name", name],
-            cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable.encode(),
+                b"-m",
+                b"potability.cli",
+                b"token",
+                b"create",
+                b"--role",
+                b"sensor",
+                b"--name",
+                name,
+            ],
+            cwd=REPO,
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 2 and "token name" in result.stderr and words in result.stderr
         assert "Traceback" not in result.stderr
     from potability.errors import ValidationError

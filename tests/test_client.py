@@ -79,9 +79,8 @@ def test_the_client_survives_a_server_restart_mid_stream_with_nothing_lost_or_do
     try:
         stream.join(120)
         assert not failures, failures
-        assert (
-            sent_while_down < total and client.stats.retries > 0
-        )  # the restart was felt mid-stream
+        # the restart was felt mid-stream
+        assert sent_while_down < total and client.stats.retries > 0
         assert len(answers) == total and len({a.reading_id for a in answers}) == total
         expected = {reading_inference_id("stream-sensor", a.reading_id) for a in answers}
         assert {a.inference_id for a in answers} == expected

@@ -19,8 +19,13 @@ def test_docs_table_is_the_model():
         "docs/settings.md's table differs from Settings: "
         "paste `python -m potability.config` into it"
     )
-    for variable in ("DATABASE_URL", "MLFLOW_TRACKING_URI", "DASK_SCHEDULER_ADDRESS",
-                     "POTABILITY_MAX_BATCH", "POTABILITY_ADMIN_TOKEN"):  # fmt: skip
+    for variable in (
+        "DATABASE_URL",
+        "MLFLOW_TRACKING_URI",
+        "DASK_SCHEDULER_ADDRESS",
+        "POTABILITY_MAX_BATCH",
+        "POTABILITY_ADMIN_TOKEN",
+    ):
         assert f"| `{variable}` |" in found.group(1)
 
 

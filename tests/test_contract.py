@@ -25,9 +25,20 @@ from tests.support.server import Server
 SEED = 12
 # Hypothesis switches to derandomized generation when it sees one of these (its `is_in_ci`); the
 # run strips them, so `make test` draws in CI what it draws by hand.
-CI_MARKERS = ("CI", "__TOX_ENVIRONMENT_VARIABLE_ORIGINAL_CI", "TF_BUILD", "bamboo.buildKey",
-              "BUILDKITE", "CIRCLECI", "CIRRUS_CI", "CODEBUILD_BUILD_ID", "GITHUB_ACTIONS",
-              "GITLAB_CI", "HEROKU_TEST_RUN_ID", "TEAMCITY_VERSION")  # fmt: skip
+CI_MARKERS = (
+    "CI",
+    "__TOX_ENVIRONMENT_VARIABLE_ORIGINAL_CI",
+    "TF_BUILD",
+    "bamboo.buildKey",
+    "BUILDKITE",
+    "CIRCLECI",
+    "CIRRUS_CI",
+    "CODEBUILD_BUILD_ID",
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "HEROKU_TEST_RUN_ID",
+    "TEAMCITY_VERSION",
+)
 # A lab sample_id sent again with other values is a conflict (409), whatever the generator meant;
 # a document-breaking body gets one of the statuses the document lists for it (404: a panel name
 # outside the enum).
@@ -49,9 +60,15 @@ def contract_server(pg_url, champion, tmp_path_factory):
     # a generated read_at may lie centuries ahead: the skew check (a 400 the document names, not
     # a schema rule) is tested in test_readings.py, so here any date-time the schema allows is fine;
     # thousands of cases from one address: the page's per-client limit would answer most with 429
-    server = Server(tmp, pg_url, champion, POTABILITY_LOG_FLUSH_SECONDS="0.05",
-                    POTABILITY_READING_MAX_SKEW_SECONDS="1e12", POTABILITY_PAGE_RATE_BURST="1000000",
-                    POTABILITY_PAGE_RATE_PER_SECOND="1000000")  # fmt: skip
+    server = Server(
+        tmp,
+        pg_url,
+        champion,
+        POTABILITY_LOG_FLUSH_SECONDS="0.05",
+        POTABILITY_READING_MAX_SKEW_SECONDS="1e12",
+        POTABILITY_PAGE_RATE_BURST="1000000",
+        POTABILITY_PAGE_RATE_PER_SECOND="1000000",
+    )
     yield server, admin, tmp
     server.stop()
 
@@ -69,13 +86,40 @@ def schemathesis(server: Server, token: str, tmp: Path, max_examples: int) -> di
     config.write_text(CONFIG)
     report = tmp / f"report-{max_examples}.json"
     st = str(Path(sys.executable).with_name("st"))
-    command = [st, "--config-file", str(config), "run", server.base + "/openapi.json",
-               "--checks", "all", "--phases", "examples,coverage,fuzzing", "--seed", str(SEED),
-               "--max-examples", str(max_examples), "--workers", "1", "--request-timeout", "20",
-               "--generation-database", "none", "--generation-allow-x00", "true",
-               "-H", f"Authorization: Bearer {token}", "--suppress-health-check", "all",
-               "--report", "json,ndjson", "--report-json-path", str(report),
-               "--report-ndjson-path", str(report.with_suffix(".ndjson")), "--no-color"]  # fmt: skip
+    command = [
+        st,
+        "--config-file",
+        str(config),
+        "run",
+        server.base + "/openapi.json",
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--seed",
+        str(SEED),
+        "--max-examples",
+        str(max_examples),
+        "--workers",
+        "1",
+        "--request-timeout",
+        "20",
+        "--generation-database",
+        "none",
+        "--generation-allow-x00",
+        "true",
+        "-H",
+        f"Authorization: Bearer {token}",
+        "--suppress-health-check",
+        "all",
+        "--report",
+        "json,ndjson",
+        "--report-json-path",
+        str(report),
+        "--report-ndjson-path",
+        str(report.with_suffix(".ndjson")),
+        "--no-color",
+    ]
     env = {name: value for name, value in os.environ.items() if name not in CI_MARKERS}
     result = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-3000:]

@@ -79,8 +79,11 @@ def test_a_filled_version_2_database_keeps_rows_and_the_flows_place(pg_url):
         with psycopg2.connect(probe) as conn, conn.cursor() as cur:
             migrate_by_hand(cur, up_to=2)
             for i, day in enumerate((3, 1, 2)):  # inserted out of time order
-                cur.execute("INSERT INTO water.water_potability (sample_id, ph, potability, added_at, added_by) "
-                            "VALUES (%s, 7.0, %s, %s, 'v2')", (f"old-{i}", i % 2, f"2026-01-0{day}T00:00Z"))  # fmt: skip
+                cur.execute(
+                    "INSERT INTO water.water_potability (sample_id, ph, potability, added_at, added_by) "
+                    "VALUES (%s, 7.0, %s, %s, 'v2')",
+                    (f"old-{i}", i % 2, f"2026-01-0{day}T00:00Z"),
+                )
             cur.execute(
                 "INSERT INTO water.flow_state (name, watermark) VALUES ('retrain', '2026-01-02T00:00Z')"
             )
@@ -98,16 +101,31 @@ def test_a_filled_version_1_database_migrates_with_every_row_kept_and_rollups_ba
     from datetime import UTC, datetime, timedelta
 
     now = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
-    answers = [(str(uuid.uuid4()), now - timedelta(hours=7 * i), f"s{i % 3}", "v1", 6.0 + i % 4,
-                (i % 10) / 10, i % 10 >= 5) for i in range(60)]  # fmt: skip
+    answers = [
+        (
+            str(uuid.uuid4()),
+            now - timedelta(hours=7 * i),
+            f"s{i % 3}",
+            "v1",
+            6.0 + i % 4,
+            (i % 10) / 10,
+            i % 10 >= 5,
+        )
+        for i in range(60)
+    ]
     with scratch_database(pg_url, "migrate_v1") as probe:
         with psycopg2.connect(probe) as conn, conn.cursor() as cur:
             migrate_by_hand(cur, up_to=1)
-            cur.executemany("INSERT INTO water.water_inferences (inference_id, received_at, sensor_id, model_version, "
-                            "ph, probability, potable, threshold) VALUES (%s, %s, %s, %s, %s, %s, %s, 0.5)",
-                            answers)  # fmt: skip
-            cur.execute("INSERT INTO water.water_potability (sample_id, sensor_id, ph, potability, collected_at, "
-                        "added_by) VALUES ('lab-1', 's1', 7.0, 1, %s, 'v1')", (answers[1][1] + timedelta(minutes=5),))  # fmt: skip
+            cur.executemany(
+                "INSERT INTO water.water_inferences (inference_id, received_at, sensor_id, model_version, "
+                "ph, probability, potable, threshold) VALUES (%s, %s, %s, %s, %s, %s, %s, 0.5)",
+                answers,
+            )
+            cur.execute(
+                "INSERT INTO water.water_potability (sample_id, sensor_id, ph, potability, collected_at, "
+                "added_by) VALUES ('lab-1', 's1', 7.0, 1, %s, 'v1')",
+                (answers[1][1] + timedelta(minutes=5),),
+            )
         assert migrator.migrate(url=probe) == [
             f"{v:03d}_{n}" for v, n, _ in migrator.migration_files() if v > 1
         ]

@@ -19,8 +19,9 @@ def run_report(tmp_path, frame):
     samples = tmp_path / "samples.csv"
     frame.to_csv(samples, index=False)
     params = load_params(REPO / "params.yaml")
-    verdict = report(samples, tmp_path / "eda.html", tmp_path / "eda.json",
-                     tmp_path / "balance.csv", params)  # fmt: skip
+    verdict = report(
+        samples, tmp_path / "eda.html", tmp_path / "eda.json", tmp_path / "balance.csv", params
+    )
     return verdict, (tmp_path / "eda.html").read_text()
 
 

@@ -38,8 +38,9 @@ class Load:
         self.errors: list[dict] = []
         self._lock, self._stop = threading.Lock(), threading.Event()
         # batches make the log's COPYs long, so a crash is likely to land in the middle of one
-        self._threads = [threading.Thread(target=self._work, args=(i < batch_threads,))
-                         for i in range(threads)]  # fmt: skip
+        self._threads = [
+            threading.Thread(target=self._work, args=(i < batch_threads,)) for i in range(threads)
+        ]
 
     def _work(self, batch: bool) -> None:
         session = requests.Session()
@@ -124,8 +125,15 @@ def test_postgres_crash_under_load_heals_without_a_restart(own_postgres, champio
     """Killed (crash recovery at start) or stopped cleanly, mid-load: nothing lost, doubled or 5xx."""
     pgdata, url = own_postgres
     token = WaterMart(url=url).create_token("crash-sensor", "sensor")
-    server = started(Server(tmp_path, url, champion, POTABILITY_TOKEN_CACHE_SECONDS="1",
-                            POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS)))  # fmt: skip
+    server = started(
+        Server(
+            tmp_path,
+            url,
+            champion,
+            POTABILITY_TOKEN_CACHE_SECONDS="1",
+            POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS),
+        )
+    )
     try:
         with Load(server.base, token) as load:
             load.wait_answers(2000)  # both workers have seen the token and written to Postgres
@@ -144,9 +152,11 @@ def test_postgres_crash_under_load_heals_without_a_restart(own_postgres, champio
         statuses = readyz_everywhere(server)
     finally:
         server.stop()
-    print(f"\ncrash ({mode}): answered {len(answered)} ({down_answers} while down), logged {len(set(ids))}, "
-          f"duplicated {len(ids) - len(set(ids))}, non-200 {len(load.statuses)}, "
-          f"drained {drained:.1f} s after the load ({since_back:.1f} s after Postgres was back)")  # fmt: skip
+    print(
+        f"\ncrash ({mode}): answered {len(answered)} ({down_answers} while down), logged {len(set(ids))}, "
+        f"duplicated {len(ids) - len(set(ids))}, non-200 {len(load.statuses)}, "
+        f"drained {drained:.1f} s after the load ({since_back:.1f} s after Postgres was back)"
+    )
     assert load.statuses == [], load.errors[:5]  # 0 x 5xx, 0 refused, 0 unanswered
     assert len(ids) == len(set(ids)) == len(answered) == len(load.answered)  # logged == answered
     assert down_answers > 2000 and "spooling" in server.log.read_text()  # the outage was real
@@ -163,8 +173,15 @@ def test_a_different_postgres_behind_the_same_url(own_postgres, champion, tmp_pa
     subprocess.run(["cp", "-a", str(pgdata), str(standby)], check=True)  # keeps the owner
     assert db.embedded_server_url(pgdata) == url
     batch_rows = 500  # what one worker's writer may have in flight when the primary dies
-    server = started(Server(tmp_path, url, champion, POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS),
-                            POTABILITY_LOG_BATCH_ROWS=str(batch_rows)))  # fmt: skip
+    server = started(
+        Server(
+            tmp_path,
+            url,
+            champion,
+            POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS),
+            POTABILITY_LOG_BATCH_ROWS=str(batch_rows),
+        )
+    )
     try:
         with Load(server.base, token) as load:
             load.wait_answers(2000)
@@ -196,11 +213,13 @@ def test_a_different_postgres_behind_the_same_url(own_postgres, champion, tmp_pa
     # the standby too: only that commit-ack race may put a row on both (in a real failover the old
     # primary's rows are lost anyway); each table itself never holds a row twice
     both = set(on_primary) & set(on_standby)
-    print(f"\nfailover: answered {len(answered)}, on the old primary {len(on_primary)}, "
-          f"on the standby {len(on_standby)}, on both {len(both)}, "
-          f"duplicated {len(on_standby) - len(set(on_standby))}, "
-          f"non-200 {len(load.statuses)}, drained {drained:.1f} s after the load "
-          f"({since_back:.1f} s after the standby was up)")  # fmt: skip
+    print(
+        f"\nfailover: answered {len(answered)}, on the old primary {len(on_primary)}, "
+        f"on the standby {len(on_standby)}, on both {len(both)}, "
+        f"duplicated {len(on_standby) - len(set(on_standby))}, "
+        f"non-200 {len(load.statuses)}, drained {drained:.1f} s after the load "
+        f"({since_back:.1f} s after the standby was up)"
+    )
     assert load.statuses == [], load.errors[:5]
     assert len(on_standby) == len(set(on_standby)) and len(on_primary) == len(set(on_primary))
     assert set(ids) == answered and len(answered) == len(load.answered)  # every answer logged
@@ -230,8 +249,14 @@ def test_a_full_spool_refuses_answers_instead_of_losing_them(own_postgres, champ
     pgdata, url = own_postgres
     token = WaterMart(url=url).create_token("cap-sensor", "sensor")
     cap = 100_000  # about 240 spooled rows
-    server = Server(tmp_path, url, champion, workers=1, POTABILITY_SPOOL_MAX_BYTES=str(cap),
-                    POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS))  # fmt: skip
+    server = Server(
+        tmp_path,
+        url,
+        champion,
+        workers=1,
+        POTABILITY_SPOOL_MAX_BYTES=str(cap),
+        POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS),
+    )
     h = {"Authorization": f"Bearer {token}"}
     try:
         assert requests.post(server.base + "/v1/predict", json=SAMPLE, headers=h).status_code == 200
@@ -253,8 +278,10 @@ def test_a_full_spool_refuses_answers_instead_of_losing_them(own_postgres, champ
         ids = stored_ids(url)
     finally:
         server.stop()
-    print(f"\nspool cap {cap} B: answered {len(answered)}, refused {len(refused)} x 503, "
-          f"logged {len(ids) - 1}, spooled {spooled_bytes} B, drained {drained:.1f} s")  # fmt: skip
+    print(
+        f"\nspool cap {cap} B: answered {len(answered)}, refused {len(refused)} x 503, "
+        f"logged {len(ids) - 1}, spooled {spooled_bytes} B, drained {drained:.1f} s"
+    )
     assert refused and set(refused) == {(503, "log_unavailable")}
     assert 100 < len(answered) < 400 and spooled_bytes <= cap
     assert ready_when_full.status_code == 503 and ready_when_full.json()["log_accepting"] is False
@@ -284,15 +311,18 @@ def test_corrupt_spool_files_are_quarantined_and_never_block_the_rest(
     spooled(good[25:])
     server = Server(tmp_path, url, champion, POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS))
     try:
-        drained = drain_seconds(url, {i for r in good for i in r.inference_ids},
-                                timeout=REPLAY_SECONDS + 30)  # fmt: skip
+        drained = drain_seconds(
+            url, {i for r in good for i in r.inference_ids}, timeout=REPLAY_SECONDS + 30
+        )
         time.sleep(0.5)
         metrics = requests.get(server.base + "/metrics", timeout=10).text
     finally:
         server.stop()
     quarantined = sorted(p.name for p in (spool.directory / "quarantine").iterdir())
-    print(f"\ncorrupt spool: {len(quarantined)} quarantined, {len(good)} good rows logged "
-          f"in {drained:.1f} s")  # fmt: skip
+    print(
+        f"\ncorrupt spool: {len(quarantined)} quarantined, {len(good)} good rows logged "
+        f"in {drained:.1f} s"
+    )
     assert len(quarantined) == 3 and spool_files(tmp_path) == []
     assert len(stored_ids(url)) == 50
     assert "potability_spool_quarantined_files_total 3.0" in metrics
@@ -306,12 +336,22 @@ def test_sensors_get_no_5xx_during_an_outage_and_lab_admin_need_the_database(
     mart = WaterMart(url=url)
     tokens = {role: mart.create_token(f"out-{role}", role) for role in ("sensor", "lab", "admin")}
     unseen = mart.create_token("never-seen", "sensor")
-    server = Server(tmp_path, url, champion, workers=1, POTABILITY_TOKEN_CACHE_SECONDS="0.2",
-                    POTABILITY_TOKEN_STALE_SECONDS="3")  # fmt: skip
+    server = Server(
+        tmp_path,
+        url,
+        champion,
+        workers=1,
+        POTABILITY_TOKEN_CACHE_SECONDS="0.2",
+        POTABILITY_TOKEN_STALE_SECONDS="3",
+    )
 
     def post(role_token, path="/v1/predict", body=SAMPLE):
-        return requests.post(server.base + path, json=body,
-                             headers={"Authorization": f"Bearer {role_token}"}, timeout=30)  # fmt: skip
+        return requests.post(
+            server.base + path,
+            json=body,
+            headers={"Authorization": f"Bearer {role_token}"},
+            timeout=30,
+        )
 
     lab_row = {**SAMPLE, "sample_id": "out-1", "Potability": 1}
     try:
@@ -350,8 +390,16 @@ def test_spooled_rows_gauge_counts_the_spool_once_with_several_workers(
     """Every worker spools into one directory; the gauge says its rows, not a sum of each worker's view."""
     pgdata, url = own_postgres
     token = WaterMart(url=url).create_token("gauge-sensor", "sensor")
-    server = started(Server(tmp_path, url, champion, workers=2, POTABILITY_LOG_FLUSH_SECONDS="0.05",
-                            POTABILITY_SPOOL_REPLAY_SECONDS="600"))  # fmt: skip
+    server = started(
+        Server(
+            tmp_path,
+            url,
+            champion,
+            workers=2,
+            POTABILITY_LOG_FLUSH_SECONDS="0.05",
+            POTABILITY_SPOOL_REPLAY_SECONDS="600",
+        )
+    )
     h = {"Authorization": f"Bearer {token}"}
     spool = Spool(tmp_path / "spool")
     try:

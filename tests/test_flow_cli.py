@@ -16,8 +16,14 @@ FULL_RUN = ("counting new lab rows", "dvc repro", "dvc push", "deploy", "report"
 
 def flow_cli(command: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess:
     """`potability flow COMMAND` in a clean environment, as an operator's shell would run it."""
-    return subprocess.run([sys.executable, "-m", "potability.cli", "flow", command], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "potability.cli", "flow", command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_flow_check_names_every_missing_input(tmp_path):

@@ -48,9 +48,8 @@ def test_every_endpoint_through_gunicorn(mart, champion, tmp_path):
 
 def test_sigterm_under_load_flushes_the_queue(mart, champion, tmp_path):
     token = mart.create_token("term-sensor", "sensor")
-    server = Server(
-        tmp_path, mart.url, champion, POTABILITY_LOG_FLUSH_SECONDS="30"
-    )  # rows wait in memory
+    # rows wait in memory
+    server = Server(tmp_path, mart.url, champion, POTABILITY_LOG_FLUSH_SECONDS="30")
 
     def terminate(count):
         if count == 300:

@@ -78,6 +78,9 @@ def test_no_test_module_imports_another_or_conftest(path):
 
 @pytest.mark.parametrize("path", sorted(BENCH.glob("*.py")), ids=lambda p: p.name)
 def test_bench_never_imports_the_tests(path):
-    bad = [f"{path.relative_to(ROOT)}:{line} imports {name}" for line, name in imported(path)
-           if name.split(".")[0] in {"tests", "conftest"}]  # fmt: skip
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for line, name in imported(path)
+        if name.split(".")[0] in {"tests", "conftest"}
+    ]
     assert not bad, "bench/ imports the package, never tests/:\n" + "\n".join(bad)

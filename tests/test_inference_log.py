@@ -23,8 +23,9 @@ class DownMart:
 def rows(n):
     """One request's n answers, every measurement present (the spool's largest records)."""
     features = np.tile(np.linspace(0.5, 9.5, 9) * 123.456789, (n, 1))
-    return AnsweredBatch(uuid7_batch(n), datetime.now(UTC), "sensor-1", "v1", features,
-                         np.full(n, 0.123456789), 0.4)  # fmt: skip
+    return AnsweredBatch(
+        uuid7_batch(n), datetime.now(UTC), "sensor-1", "v1", features, np.full(n, 0.123456789), 0.4
+    )
 
 
 def test_the_queue_is_bounded(tmp_path):

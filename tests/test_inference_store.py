@@ -20,8 +20,15 @@ def answered(n: int, sensor: str = "plant-7", missing_every: int = 0) -> Answere
         features[::missing_every, 4] = np.nan  # Sulfate missing, as in the data set
         features[1::missing_every, [0, 8]] = np.nan
     received = datetime(2026, 11, 30, 14, 30, 1, 123_456, tzinfo=UTC)
-    return AnsweredBatch(uuid7_batch(n, received), received, sensor, "nb-2026.11", features,
-                         rng.uniform(0, 1, size=n), 0.37)  # fmt: skip
+    return AnsweredBatch(
+        uuid7_batch(n, received),
+        received,
+        sensor,
+        "nb-2026.11",
+        features,
+        rng.uniform(0, 1, size=n),
+        0.37,
+    )
 
 
 def stored(mart) -> dict:
@@ -70,16 +77,19 @@ def test_missing_measurements_are_null_in_postgres(store, clean_db):
 
     store.write([answered(6, missing_every=3)], fresh=True)
     with psycopg2.connect(clean_db) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FILTER (WHERE sulfate IS NULL), count(*) FILTER (WHERE 'NaN' "
-                    "IN (ph, sulfate, turbidity)) FROM water.water_inferences")  # fmt: skip
+        cur.execute(
+            "SELECT count(*) FILTER (WHERE sulfate IS NULL), count(*) FILTER (WHERE 'NaN' "
+            "IN (ph, sulfate, turbidity)) FROM water.water_inferences"
+        )
         assert cur.fetchone() == (2, 0)
 
 
 def test_replays_are_idempotent_on_inference_id(store, mart):
     features = np.full((1, len(FEATURE_COLUMNS)), np.nan)
     features[0, 0] = 7.2
-    row = AnsweredBatch([str(uuid.uuid4())], datetime.now(UTC), "s\t1", "v1", features,
-                        np.array([0.42]), 0.5)  # fmt: skip
+    row = AnsweredBatch(
+        [str(uuid.uuid4())], datetime.now(UTC), "s\t1", "v1", features, np.array([0.42]), 0.5
+    )
     assert store.write([row]) == 1
     assert store.write([row]) == 0  # a replay never doubles a row
     assert store.write([row, row]) == 0
@@ -98,9 +108,8 @@ def test_a_replayed_batch_is_stored_as_answered_and_once(store, mart):
 def test_fresh_copy_falls_back_when_a_row_is_already_stored(store, mart):
     first, second = answered(3), answered(5)
     assert store.write([first], fresh=True) == 3
-    assert (
-        store.write([first, second], fresh=True) == 5
-    )  # the duplicates skipped, the new rows kept
+    # the duplicates skipped, the new rows kept
+    assert store.write([first, second], fresh=True) == 5
     assert len(mart.inferences()) == 8
     part = first.take(np.array([False, True, False]))
     assert part.inference_ids == [first.inference_ids[1]] and len(part.features) == 1

@@ -14,8 +14,20 @@ import sys
 
 from tests.support.project import REPO, project_env, run
 
-TRAINING_MODULES = ("sklearn", "scipy", "dvc", "prefect", "dask", "distributed", "skl2onnx",
-                    "skops", "pgserver", "pyarrow", "onnx", "matplotlib")  # fmt: skip
+TRAINING_MODULES = (
+    "sklearn",
+    "scipy",
+    "dvc",
+    "prefect",
+    "dask",
+    "distributed",
+    "skl2onnx",
+    "skops",
+    "pgserver",
+    "pyarrow",
+    "onnx",
+    "matplotlib",
+)
 
 SERVER_SESSION = """
 import importlib.abc, json, sys
@@ -43,8 +55,12 @@ print(json.dumps(statuses))
 
 
 def test_serving_imports_no_training_code(clean_db, champion, tmp_path):
-    env = {**project_env(REPO, clean_db), "POTABILITY_REGISTERED_MODEL": champion.name,
-           "MLFLOW_TRACKING_URI": champion.tracking_uri,
-           "POTABILITY_MODEL_CACHE": str(tmp_path / "cache"), "POTABILITY_SPOOL_DIR": str(tmp_path / "spool")}  # fmt: skip
+    env = {
+        **project_env(REPO, clean_db),
+        "POTABILITY_REGISTERED_MODEL": champion.name,
+        "MLFLOW_TRACKING_URI": champion.tracking_uri,
+        "POTABILITY_MODEL_CACHE": str(tmp_path / "cache"),
+        "POTABILITY_SPOOL_DIR": str(tmp_path / "spool"),
+    }
     out = run([sys.executable, "-c", SERVER_SESSION, *TRAINING_MODULES], REPO, env).stdout
     assert json.loads(out.strip().splitlines()[-1]) == [200, 200, 200, 200]

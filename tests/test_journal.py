@@ -81,8 +81,12 @@ def test_sigkilled_workers_lose_no_answered_inference(mart, champion, tmp_path):
     server = Server(tmp_path, mart.url, champion, **HELD)
     try:
         answered, failures = hammer(server.base, token, 300, 4)
-        batch = requests.post(server.base + "/v1/predict", json={"samples": [SAMPLE] * 100},
-                              headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+        batch = requests.post(
+            server.base + "/v1/predict",
+            json={"samples": [SAMPLE] * 100},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         answered += [p["inference_id"] for p in batch.json()["predictions"]]
         assert len(answered) == 400 and not failures
         assert stored_ids(mart.url) == []  # every answer is still in a worker's memory
@@ -154,8 +158,12 @@ def test_readyz_follows_the_journal_out_and_back_unattended(mart, champion, tmp_
 def predict_once(base: str, token: str) -> str | None:
     """One single-sample predict: its inference id, or None when the kill cut it off."""
     try:
-        r = requests.post(base + "/v1/predict", json=SAMPLE,
-                          headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+        r = requests.post(
+            base + "/v1/predict",
+            json=SAMPLE,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         return r.json()["inference_id"] if r.status_code == 200 else None
     except requests.RequestException:  # refused, reset, or the answer's body cut short
         return None
@@ -181,8 +189,10 @@ def test_sigkill_mid_load_with_the_default_flush(mart, champion, tmp_path):
         server.stop()
     stored = copies(mart.url)
     kept = set(answered) & set(stored)
-    print(f"\nSIGKILL mid-load (flush 0.2 s): {len(answered)} answered, {len(kept)} of them stored "
-          f"({len(outcomes) - len(answered)} requests cut off by the kill)")  # fmt: skip
+    print(
+        f"\nSIGKILL mid-load (flush 0.2 s): {len(answered)} answered, {len(kept)} of them stored "
+        f"({len(outcomes) - len(answered)} requests cut off by the kill)"
+    )
     assert len(kept) == len(answered), f"{len(answered) - len(kept)} answered inferences lost"
     assert set(stored.values()) == {1}
 
@@ -214,8 +224,9 @@ def request(n: int, missing: bool = False) -> AnsweredBatch:
     features = np.tile(np.linspace(0.5, 9.5, 9) * 123.456789, (n, 1))
     if missing:
         features[0, 4] = np.nan  # a missing measurement: NULL in the table
-    return AnsweredBatch(uuid7_batch(n), datetime.now(UTC), "sensor-1", "v1", features,
-                         np.linspace(0.1, 0.9, n), 0.4)  # fmt: skip
+    return AnsweredBatch(
+        uuid7_batch(n), datetime.now(UTC), "sensor-1", "v1", features, np.linspace(0.1, 0.9, n), 0.4
+    )
 
 
 def as_dead(journal: Journal) -> None:

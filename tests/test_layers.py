@@ -61,9 +61,8 @@ def imports(module: str, path: Path, known: set[str]) -> set[str]:
         else:
             continue
         for target in targets:
-            while (
-                target and target not in known
-            ):  # import potability.x.y.function -> potability.x.y
+            # import potability.x.y.function -> potability.x.y
+            while target and target not in known:
                 target = target.rpartition(".")[0]
             if target and target != module:
                 found.add(target)
@@ -160,6 +159,11 @@ def test_the_distribution_installs_only_the_potability_package(tmp_path):
     assert top_level is not None and top_level.split() == ["potability"]
     # what an import from anywhere finds: the package, and not the old top-level serve/ and flows/
     probe = "import importlib.util as u, sys; print([n for n in sys.argv[1:] if u.find_spec(n)])"
-    found = subprocess.run([sys.executable, "-c", probe, "potability", "serve", "flows", "stages"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    found = subprocess.run(
+        [sys.executable, "-c", probe, "potability", "serve", "flows", "stages"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert found == "['potability']"

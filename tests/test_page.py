@@ -59,8 +59,16 @@ def test_panels_after_traffic_and_lab_results(app, mart):
     ).get_json()["predictions"]
     app.extensions["potability.log"].flush()
     now = datetime.now(UTC)
-    lab_rows = [{**shifted[i], "sample_id": f"lab-{i}", "sensor_id": "plant-7", "collected_at": now.isoformat(),
-                 "Potability": i % 2} for i in range(10)]  # fmt: skip
+    lab_rows = [
+        {
+            **shifted[i],
+            "sample_id": f"lab-{i}",
+            "sensor_id": "plant-7",
+            "collected_at": now.isoformat(),
+            "Potability": i % 2,
+        }
+        for i in range(10)
+    ]
     assert (
         client.post("/v1/samples", json={"samples": lab_rows}, headers=auth(lab)).status_code == 201
     )
@@ -133,8 +141,11 @@ def test_the_page_lists_every_deployment_and_rollback(deploy_dir, mart, tmp_path
         card = app.test_client().get("/v1/stats/model").get_json()
         assert card["version"] == "test-rf-1"  # the rollback is what is served
         actions = [(d["action"], d["model_version"], d["deployed_by"]) for d in card["deployments"]]
-        assert actions == [("rollback", "test-rf-1", "operator-ann"), ("deploy", "test-rf-2", "pytest"),
-                           ("deploy", "test-rf-1", "pytest")]  # fmt: skip
+        assert actions == [
+            ("rollback", "test-rf-1", "operator-ann"),
+            ("deploy", "test-rf-2", "pytest"),
+            ("deploy", "test-rf-1", "pytest"),
+        ]
         html = app.test_client().get("/").get_data(as_text=True)
         assert "v2 calls too many samples potable" in html and "operator-ann" in html
     finally:
@@ -166,8 +177,7 @@ def test_the_server_bins_the_answers_of_a_model_no_deploy_registered(
         assert client.get("/v1/stats/drift").get_json()["rows"] == 0  # no bins yet: not counted
         app.extensions["potability.maintenance"].run_once()  # at start, hourly, and on a model swap
         drift = client.get("/v1/stats/drift").get_json()
-        assert (
-            drift["rows"] == 40 and "ph" in drift["flagged"]
-        )  # answers already logged are counted
+        # answers already logged are counted
+        assert drift["rows"] == 40 and "ph" in drift["flagged"]
     finally:
         shutdown(app)

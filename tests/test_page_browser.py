@@ -24,16 +24,18 @@ def test_chromium_shows_every_panel_with_the_served_model_and_no_console_errors(
     token = mart.create_token("browser-sensor", "sensor")
     server = Server(tmp_path, mart.url, champion, POTABILITY_PAGE_REFRESH_SECONDS="1")
     try:
-        r = requests.post(server.base + "/v1/predict", json={"samples": [SAMPLE] * 50},
-                          headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        r = requests.post(
+            server.base + "/v1/predict",
+            json={"samples": [SAMPLE] * 50},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert r.status_code == 200
         # the page is the renderer's copy: wait for the one made after these answers were logged
         assert wait_for(
             lambda: "browser-sensor" in requests.get(server.base + "/", timeout=10).text
         )
-        artifacts = (
-            REPO / "tests" / "artifacts"
-        )  # a screenshot for a person; the test reads the page itself
+        # a screenshot for a person; the test reads the page itself
+        artifacts = REPO / "tests" / "artifacts"
         artifacts.mkdir(exist_ok=True)
         page = browser.load(server.base + "/", screenshot=artifacts / "quality-page.png")
     finally:

@@ -33,8 +33,15 @@ def answer_row(sensor: str):
     from potability.inference_store import AnsweredBatch
 
     features = [[7.0] + [float("nan")] * 8]
-    return AnsweredBatch([str(uuid.uuid4())], datetime.now(UTC), sensor, "v", np.array(features),
-                         np.array([0.3]), 0.5)  # fmt: skip
+    return AnsweredBatch(
+        [str(uuid.uuid4())],
+        datetime.now(UTC),
+        sensor,
+        "v",
+        np.array(features),
+        np.array([0.3]),
+        0.5,
+    )
 
 
 @pytest.fixture
@@ -128,8 +135,11 @@ def test_the_renderer_dying_does_not_take_the_page_down(mart, champion, tmp_path
         assert wait_for(lambda: renderer_pid(server) is not None and live_answers(server) == 0)
         first = renderer_pid(server)
         psutil.Process(first).send_signal(signal.SIGKILL)
-        statuses = [requests.get(server.base + path, timeout=10).status_code
-                    for path in ("/", "/v1/stats/live", "/model") for _ in range(5)]  # fmt: skip
+        statuses = [
+            requests.get(server.base + path, timeout=10).status_code
+            for path in ("/", "/v1/stats/live", "/model")
+            for _ in range(5)
+        ]
         assert statuses == [200] * 15
         requests.post(server.base + "/v1/predict", json=SAMPLE, headers=h)
         assert wait_for(lambda: live_answers(server) == 1, timeout=20)
@@ -144,8 +154,10 @@ def lock_the_page_tables(url: str):
     """Hold an exclusive lock on every water table but the tokens: any page query blocks, sensors do not."""
     conn = psycopg2.connect(url)
     with conn.cursor() as cur:
-        cur.execute("SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = 'water' AND c.relkind IN ('r', 'p') AND c.relname <> 'api_tokens'")  # fmt: skip
+        cur.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'water' AND c.relkind IN ('r', 'p') AND c.relname <> 'api_tokens'"
+        )
         for (table,) in cur.fetchall():
             cur.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")  # names from pg_class
     return conn
@@ -162,8 +174,15 @@ def waiting_on_locks(url: str) -> int:
 @pytest.mark.slow
 def test_a_sensor_is_answered_promptly_while_page_renders_are_stuck(mart, champion, tmp_path):
     """Page renders hang in the database; 8 clients load the page; a sensor still gets every answer."""
-    h, server = sensor_and_server(mart, champion, tmp_path, "prompt-sensor", POTABILITY_PAGE_STALE_SECONDS="4",
-                                  POTABILITY_PAGE_RATE_BURST="100000", POTABILITY_PAGE_RATE_PER_SECOND="100000")  # fmt: skip
+    h, server = sensor_and_server(
+        mart,
+        champion,
+        tmp_path,
+        "prompt-sensor",
+        POTABILITY_PAGE_STALE_SECONDS="4",
+        POTABILITY_PAGE_RATE_BURST="100000",
+        POTABILITY_PAGE_RATE_PER_SECOND="100000",
+    )
     try:
         assert requests.post(server.base + "/v1/predict", json=SAMPLE, headers=h).status_code == 200
         assert wait_for(lambda: requests.get(server.base + "/", timeout=10).status_code == 200)
@@ -186,8 +205,15 @@ def test_a_sensor_is_answered_promptly_while_page_renders_are_stuck(mart, champi
         ]  # the stale copy, no error
         assert all(modified <= locked_at for _, modified in pages)
         # the renderer was stuck, not dead: it catches up once the database answers
-        assert wait_for(lambda: parsedate_to_datetime(
-            requests.get(server.base + "/", timeout=10).headers["Last-Modified"]) > locked_at, timeout=20)  # fmt: skip
+        assert wait_for(
+            lambda: (
+                parsedate_to_datetime(
+                    requests.get(server.base + "/", timeout=10).headers["Last-Modified"]
+                )
+                > locked_at
+            ),
+            timeout=20,
+        )
     finally:
         server.stop()
 

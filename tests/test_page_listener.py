@@ -49,8 +49,13 @@ def test_the_listener_serves_the_open_endpoints_as_the_api_port_does(mart, champ
     try:
         for path in ("/", "/model", "/v1/stats/model", "/v1/stats/live", "/static/page.css"):
             # both ports answer from one cache: the same copy, unless the renderer refreshed in between
-            assert wait_for(lambda path=path: requests.get(server.page + path, timeout=10).content
-                            == requests.get(server.base + path, timeout=10).content, timeout=20), path  # fmt: skip
+            assert wait_for(
+                lambda path=path: (
+                    requests.get(server.page + path, timeout=10).content
+                    == requests.get(server.base + path, timeout=10).content
+                ),
+                timeout=20,
+            ), path
         page = requests.get(server.page + "/", timeout=10)
         assert page.headers["Content-Type"].startswith("text/html") and "Numbers as of" in page.text
         assert page.headers["Cache-Control"].startswith("public, max-age=")
@@ -65,9 +70,8 @@ def test_the_listener_serves_the_open_endpoints_as_the_api_port_does(mart, champ
         again = requests.get(
             server.page + "/", headers={"If-None-Match": page.headers["ETag"]}, timeout=10
         )
-        assert (
-            again.status_code == 304 or again.headers["ETag"] != page.headers["ETag"]
-        )  # or refreshed meanwhile
+        # or refreshed meanwhile
+        assert again.status_code == 304 or again.headers["ETag"] != page.headers["ETag"]
         assert requests.get(server.page + "/v1/stats/nope", timeout=10).status_code == 404
         # sensors and everything but the open pages stay on the API port
         refused = requests.post(
@@ -100,8 +104,13 @@ def test_the_listener_serves_the_open_endpoints_as_the_api_port_does(mart, champ
 @pytest.mark.slow
 def test_the_listener_shares_the_per_client_rate_limit(mart, champion, tmp_path):
     sensor = auth(mart.create_token("pl-rl-sensor", "sensor"))
-    server = PageServer(tmp_path, mart.url, champion, POTABILITY_PAGE_RATE_BURST="8",
-                        POTABILITY_PAGE_RATE_PER_SECOND="0.05")  # fmt: skip
+    server = PageServer(
+        tmp_path,
+        mart.url,
+        champion,
+        POTABILITY_PAGE_RATE_BURST="8",
+        POTABILITY_PAGE_RATE_PER_SECOND="0.05",
+    )
     try:  # the constructor spent a token or more (a 503 while the first copy renders is retried)
         statuses: list[int] = []
         while len(statuses) < 15 and 429 not in statuses:
@@ -138,21 +147,24 @@ def test_a_killed_listener_comes_back_and_keeps_waiting_clients(mart, champion, 
         # the master holds the port: this connection waits in its backlog for the next listener
         assert requests.get(server.page + "/", timeout=60).status_code == 200
         assert server.listener_pid() not in (None, first)
-        assert (
-            requests.get(server.base + "/", timeout=10).status_code == 200
-        )  # the API port never stopped
+        # the API port never stopped
+        assert requests.get(server.base + "/", timeout=10).status_code == 200
     finally:
         server.stop()
 
 
 @pytest.mark.slow
 def test_a_silent_client_holds_the_listener_only_until_its_timeout(mart, champion, tmp_path):
-    server = PageServer(tmp_path, mart.url, champion, POTABILITY_PAGE_LISTENER_CONNECTIONS="1",
-                        POTABILITY_PAGE_LISTENER_TIMEOUT_SECONDS="2")  # fmt: skip
+    server = PageServer(
+        tmp_path,
+        mart.url,
+        champion,
+        POTABILITY_PAGE_LISTENER_CONNECTIONS="1",
+        POTABILITY_PAGE_LISTENER_TIMEOUT_SECONDS="2",
+    )
     try:
-        with socket.create_connection(
-            ("127.0.0.1", server.page_port)
-        ) as silent:  # takes the one slot, says nothing
+        # takes the one slot, says nothing
+        with socket.create_connection(("127.0.0.1", server.page_port)) as silent:
             started = time.monotonic()
             # waits in the backlog while the slot is taken, answered once the silent client is dropped
             assert requests.get(server.page + "/", timeout=30).status_code == 200
@@ -167,8 +179,14 @@ def test_a_silent_client_holds_the_listener_only_until_its_timeout(mart, champio
 @pytest.mark.slow
 def test_sensors_are_answered_while_clients_hammer_the_listener(mart, champion, tmp_path):
     sensor = auth(mart.create_token("pl-busy-sensor", "sensor"))
-    server = PageServer(tmp_path, mart.url, champion, POTABILITY_PAGE_RATE_BURST="100000",
-                        POTABILITY_PAGE_RATE_PER_SECOND="100000", POTABILITY_PAGE_LISTENER_CONNECTIONS="2")  # fmt: skip
+    server = PageServer(
+        tmp_path,
+        mart.url,
+        champion,
+        POTABILITY_PAGE_RATE_BURST="100000",
+        POTABILITY_PAGE_RATE_PER_SECOND="100000",
+        POTABILITY_PAGE_LISTENER_CONNECTIONS="2",
+    )
     stop, pages = threading.Event(), []
 
     def page_client():
@@ -183,8 +201,12 @@ def test_sensors_are_answered_while_clients_hammer_the_listener(mart, champion, 
     try:
         for t in clients:
             t.start()
-        answers = [requests.post(server.base + "/v1/predict", json=SAMPLE, headers=sensor, timeout=10).status_code
-                   for _ in range(100)]  # fmt: skip
+        answers = [
+            requests.post(
+                server.base + "/v1/predict", json=SAMPLE, headers=sensor, timeout=10
+            ).status_code
+            for _ in range(100)
+        ]
         stop.set()
         for t in clients:
             t.join(timeout=40)
@@ -199,8 +221,14 @@ def test_sensors_are_answered_while_clients_hammer_the_listener(mart, champion, 
 def test_the_listener_takes_at_most_its_rate_whatever_the_clients_do(mart, champion, tmp_path):
     """POTABILITY_PAGE_LISTENER_PER_SECOND bounds open traffic's work; waiting clients are answered, not dropped."""
     per_second, seconds = 20, 3.0
-    server = PageServer(tmp_path, mart.url, champion, POTABILITY_PAGE_LISTENER_PER_SECOND=str(per_second),
-                        POTABILITY_PAGE_RATE_BURST="100000", POTABILITY_PAGE_RATE_PER_SECOND="100000")  # fmt: skip
+    server = PageServer(
+        tmp_path,
+        mart.url,
+        champion,
+        POTABILITY_PAGE_LISTENER_PER_SECOND=str(per_second),
+        POTABILITY_PAGE_RATE_BURST="100000",
+        POTABILITY_PAGE_RATE_PER_SECOND="100000",
+    )
     stop, answered, lock = threading.Event(), [], threading.Lock()
 
     def page_client():
@@ -237,10 +265,25 @@ def test_a_page_port_in_use_stops_the_server_naming_the_setting(clean_db, tmp_pa
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "potability.cli", "serve", "--port", str(free_port()), "--page-port", str(port)],
-            cwd=REPO, env={**project_env(tmp_path, clean_db), "POTABILITY_SPOOL_DIR": str(tmp_path / "spool")},
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "potability.cli",
+                "serve",
+                "--port",
+                str(free_port()),
+                "--page-port",
+                str(port),
+            ],
+            cwd=REPO,
+            env={
+                **project_env(tmp_path, clean_db),
+                "POTABILITY_SPOOL_DIR": str(tmp_path / "spool"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode != 0
     assert (
         f"POTABILITY_PAGE_BIND=127.0.0.1:{port}: cannot listen there" in done.stderr + done.stdout

@@ -103,10 +103,16 @@ def promote_with(project, registry, tmp_path, candidate_metrics: dict) -> dict:
     os.environ["POTABILITY_REGISTERED_MODEL"] = registry[0]
     try:
         settings = Settings(root=root)
-        paths = Paths(root / "data/split/train.csv", root / "data/split/test.csv",
-                      root / "models/candidates", metrics_path, root / PROMOTED)  # fmt: skip
-        return promote(paths, load_params(root / "params.yaml"), settings,
-                       current_champion(settings, tmp_path))  # fmt: skip
+        paths = Paths(
+            root / "data/split/train.csv",
+            root / "data/split/test.csv",
+            root / "models/candidates",
+            metrics_path,
+            root / PROMOTED,
+        )
+        return promote(
+            paths, load_params(root / "params.yaml"), settings, current_champion(settings, tmp_path)
+        )
     finally:
         os.environ["POTABILITY_REGISTERED_MODEL"] = SERVED_MODEL
         metrics_path.unlink()
@@ -284,20 +290,47 @@ def test_mlflow_models_serve_and_our_server_agree_on_1000_rows(project, registry
     root, env, _ = project
     name, _ = registry
     frame = generate(1000, seed=77)
-    rows = [{k: (None if v != v else float(v)) for k, v in r.items() if k in FEATURE_NAMES}
-            for r in frame.to_dict("records")]  # fmt: skip
+    rows = [
+        {k: (None if v != v else float(v)) for k, v in r.items() if k in FEATURE_NAMES}
+        for r in frame.to_dict("records")
+    ]
     port = free_port()
     mlflow_env = {**env, "MLFLOW_TRACKING_URI": db.mlflow_tracking_uri()}
-    peer = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{name}@champion",
-                             "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
-                            cwd=tmp_path, env=mlflow_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    peer = subprocess.Popen(
+        [
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{name}@champion",
+            "--env-manager",
+            "local",
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+        ],
+        cwd=tmp_path,
+        env=mlflow_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     token = WaterMart(url=env["DATABASE_URL"]).create_token("agreement-sensor", "sensor")
-    server = Server(tmp_path, env["DATABASE_URL"], None, POTABILITY_REGISTERED_MODEL=name,
-                    POTABILITY_MODEL_CACHE=str(tmp_path / "cache"))  # fmt: skip
+    server = Server(
+        tmp_path,
+        env["DATABASE_URL"],
+        None,
+        POTABILITY_REGISTERED_MODEL=name,
+        POTABILITY_MODEL_CACHE=str(tmp_path / "cache"),
+    )
     try:
-        ours = requests.post(server.base + "/v1/predict", json={"samples": rows},
-                             headers={"Authorization": f"Bearer {token}"}, timeout=60).json()  # fmt: skip
+        ours = requests.post(
+            server.base + "/v1/predict",
+            json={"samples": rows},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        ).json()
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -308,8 +341,9 @@ def test_mlflow_models_serve_and_our_server_agree_on_1000_rows(project, registry
                     "mlflow models serve did not start"
                 )
                 time.sleep(0.5)
-        theirs = requests.post(f"http://127.0.0.1:{port}/invocations",
-                               json={"dataframe_records": rows}, timeout=60).json()["predictions"]  # fmt: skip
+        theirs = requests.post(
+            f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": rows}, timeout=60
+        ).json()["predictions"]
     finally:
         server.stop()
         peer.terminate()
@@ -363,8 +397,13 @@ def test_deploy_then_rollback_moves_the_server(project, registry, tmp_path, monk
     evaluated = json.loads((root / "metrics/evaluate.json").read_text())
     other = next(k for k in MODEL_KINDS if k != first.tags["kind"])
     better = {kind: dict(m, precision=0.0) for kind, m in evaluated.items()}
-    better[other] = dict(evaluated[other], precision=1.0, recall=0.5, positives=100,
-                         oof={"oof_precision": 1.0, "oof_feasible": 1.0})  # fmt: skip
+    better[other] = dict(
+        evaluated[other],
+        precision=1.0,
+        recall=0.5,
+        positives=100,
+        oof={"oof_precision": 1.0, "oof_feasible": 1.0},
+    )
     # the rule's own tests judge the bootstrap; here the comparison says "better" for sure
     shown = PairedComparison(difference=0.3, low=0.2, high=0.4, p_better=1.0)
     monkeypatch.setattr(
@@ -382,8 +421,11 @@ def test_deploy_then_rollback_moves_the_server(project, registry, tmp_path, monk
         started = time.monotonic()
         assert holder.reload().meta["kind"] == other
         deploy_to_served = time.monotonic() - started
-        out = run(["potability", "deploy", "--version", first.version, "--reason", "test rollback"],
-                  root, env).stdout  # fmt: skip
+        out = run(
+            ["potability", "deploy", "--version", first.version, "--reason", "test rollback"],
+            root,
+            env,
+        ).stdout
         assert out.strip().splitlines()[-1] == first.version
         assert champion_of(registry).version == first.version
         assert holder.reload().version == first.model_version
@@ -406,8 +448,13 @@ def test_promote_keeps_the_champion_against_worse_and_degenerate_challengers(
     evaluated = json.loads((root / "metrics/evaluate.json").read_text())
     # the best out of fold, but it says "potable" twice on test: refused, and no second pick
     fake = {kind: dict(m) for kind, m in evaluated.items()}
-    fake["svm"] = dict(fake["svm"], precision=1.0, recall=0.01, positives=2,
-                       oof={"oof_precision": 1.0, "oof_feasible": 1.0})  # fmt: skip
+    fake["svm"] = dict(
+        fake["svm"],
+        precision=1.0,
+        recall=0.01,
+        positives=2,
+        oof={"oof_precision": 1.0, "oof_feasible": 1.0},
+    )
     record = promote_with(project, registry, tmp_path, fake)
     assert not record["promote"] and record["challenger"] == "svm"
     assert "kept the champion" in record["reason"] and "not eligible" in record["candidates"]["svm"]

@@ -27,7 +27,11 @@ def test_a_terminal_sees_the_bars(clean_db, cli_env, tmp_path):
 def test_logs_and_pipes_see_no_bars(clean_db, cli_env, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "potability.cli", "seed", "--rows", "2500", "--seed", "8"],
-        cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=REPO,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and "inserted 2500" in result.stdout
     assert "%|" not in result.stderr and "\r" not in result.stderr

@@ -8,9 +8,13 @@ from potability.pipeline.promotion import choose_challenger, decide
 
 
 def m(precision, recall, positives=50, oof=0.6, feasible=True):
-    return {"precision": precision, "recall": recall, "positives": positives,
-            "precision_ci": [precision - 0.1, min(1.0, precision + 0.1)],
-            "oof": {"oof_precision": oof, "oof_feasible": float(feasible)}}  # fmt: skip
+    return {
+        "precision": precision,
+        "recall": recall,
+        "positives": positives,
+        "precision_ci": [precision - 0.1, min(1.0, precision + 0.1)],
+        "oof": {"oof_precision": oof, "oof_feasible": float(feasible)},
+    }
 
 
 def better(p=0.99):
@@ -65,9 +69,8 @@ def test_paired_bootstrap_sees_a_real_difference_and_not_a_null_one():
     y = rng.integers(0, 2, 400)
     champion = rng.random(400) < 0.3
     good = champion.copy()
-    good[(y == 0) & champion] = (
-        rng.random(((y == 0) & champion).sum()) < 0.3
-    )  # drops most false alarms
+    # drops most false alarms
+    good[(y == 0) & champion] = rng.random(((y == 0) & champion).sum()) < 0.3
     shown = paired_bootstrap(y, good, champion, draws=1000, seed=1)
     assert shown.difference > 0.1 and shown.low > 0 and shown.p_better > 0.99
     same = paired_bootstrap(y, champion, champion, draws=1000, seed=1)

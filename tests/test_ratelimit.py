@@ -61,8 +61,14 @@ def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket(limited
 @pytest.mark.slow
 def test_the_limit_holds_across_gunicorn_workers(mart, champion, tmp_path):
     """Two workers share one bucket per client: the burst is the server's, not each worker's."""
-    h, server = sensor_and_server(mart, champion, tmp_path, "rl-gsensor", POTABILITY_PAGE_RATE_BURST="6",
-                                  POTABILITY_PAGE_RATE_PER_SECOND="0.05")  # fmt: skip
+    h, server = sensor_and_server(
+        mart,
+        champion,
+        tmp_path,
+        "rl-gsensor",
+        POTABILITY_PAGE_RATE_BURST="6",
+        POTABILITY_PAGE_RATE_PER_SECOND="0.05",
+    )
     try:
         statuses = []
         for _ in range(10):  # new connections each time: spread over both workers

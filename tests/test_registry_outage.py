@@ -30,8 +30,11 @@ def test_the_cached_champion_serves_through_an_outage_and_a_restart(tmp_path):
             "POTABILITY_MLFLOW_ARTIFACTS": str(tmp_path / "artifacts"),
         }
         run(["potability", "db", "migrate"], REPO, env)
-        version = run(["potability", "deploy", "--from", str(build_model_dir(tmp_path / "promoted"))],
-                      REPO, env).stdout.split()[-1]  # fmt: skip
+        version = run(
+            ["potability", "deploy", "--from", str(build_model_dir(tmp_path / "promoted"))],
+            REPO,
+            env,
+        ).stdout.split()[-1]
         token = WaterMart(url=url).create_token("outage-sensor", "sensor")
         auth = {"Authorization": f"Bearer {token}"}
         cache = {

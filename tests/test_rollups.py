@@ -25,8 +25,9 @@ def answer(sensor="s1", at=None, version="v1", probability=0.7, **features):
     """One logged answer: a one-row request (features by column; missing ones NaN, NULL in the log)."""
     values = [features.get(c) for c in FEATURE_COLUMNS]
     row = np.array([[np.nan if v is None else v for v in values]], dtype=float)
-    return AnsweredBatch([str(uuid.uuid4())], at or NOW, sensor, version, row,
-                         np.array([probability]), 0.5)  # fmt: skip
+    return AnsweredBatch(
+        [str(uuid.uuid4())], at or NOW, sensor, version, row, np.array([probability]), 0.5
+    )
 
 
 def matched(url):
@@ -36,36 +37,50 @@ def matched(url):
 
 def assert_hourly_matches_the_raw_log(url):
     """The rollup equals an aggregate of the raw rows computed from scratch."""
-    rolled = query(url, "SELECT hour, sensor_id, model_version, answers, potable, probability_sum, "
-                        "last_received_at FROM water.inference_hourly ORDER BY 1, 2, 3")  # fmt: skip
-    scratch = query(url, "SELECT date_trunc('hour', received_at, 'UTC'), sensor_id, model_version, count(*), "
-                         "count(*) FILTER (WHERE potable), sum(probability), max(received_at) "
-                         "FROM water.water_inferences GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")  # fmt: skip
+    rolled = query(
+        url,
+        "SELECT hour, sensor_id, model_version, answers, potable, probability_sum, "
+        "last_received_at FROM water.inference_hourly ORDER BY 1, 2, 3",
+    )
+    scratch = query(
+        url,
+        "SELECT date_trunc('hour', received_at, 'UTC'), sensor_id, model_version, count(*), "
+        "count(*) FILTER (WHERE potable), sum(probability), max(received_at) "
+        "FROM water.water_inferences GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    )
     assert [r[:5] + r[6:] for r in rolled] == [r[:5] + r[6:] for r in scratch]
     assert [r[5] for r in rolled] == pytest.approx([r[5] for r in scratch])
 
 
 def live_features(n, seed):
     frame = generate(n, seed=seed)
-    return [{c: (None if v != v else float(v)) for c, v in zip(FEATURE_COLUMNS, row, strict=True)}
-            for row in frame[list(FEATURE_NAMES)].itertuples(index=False)]  # fmt: skip
+    return [
+        {c: (None if v != v else float(v)) for c, v in zip(FEATURE_COLUMNS, row, strict=True)}
+        for row in frame[list(FEATURE_NAMES)].itertuples(index=False)
+    ]
 
 
 def test_rollups_equal_the_raw_log_after_copy_replay_two_statements_and_insert_select(mart, store):
     profile = reference_profile(generate(800, seed=5), 10)
     assert rollups.register_edges(mart.url, "v1", profile) is True
     assert rollups.register_edges(mart.url, "v1", profile) is False  # registered once
-    rows = [answer(f"s{i % 3}", NOW - timedelta(minutes=7 * i), probability=(i % 10) / 10, **f)
-            for i, f in enumerate(live_features(600, seed=6))]  # fmt: skip
+    rows = [
+        answer(f"s{i % 3}", NOW - timedelta(minutes=7 * i), probability=(i % 10) / 10, **f)
+        for i, f in enumerate(live_features(600, seed=6))
+    ]
     assert store.write(rows[:250], fresh=True) == 250  # the server's COPY
     assert store.write(rows[200:400]) == 150  # a replay: 50 already stored, not counted twice
     assert store.write(rows[400:500]) == 100  # one batch in two statements, same hours
     assert store.write(rows[500:]) == 100
     assert_hourly_matches_the_raw_log(mart.url)
-    query(mart.url, "INSERT INTO water.water_inferences SELECT gen_random_uuid(), received_at, sensor_id, "
-                    "model_version, ph, hardness, solids, chloramines, sulfate, conductivity, organic_carbon, "
-                    "trihalomethanes, turbidity, probability, potable, threshold "
-                    "FROM water.water_inferences WHERE sensor_id = 's1'")  # a bench-style fill  # fmt: skip
+    # a bench-style fill
+    query(
+        mart.url,
+        "INSERT INTO water.water_inferences SELECT gen_random_uuid(), received_at, sensor_id, "
+        "model_version, ph, hardness, solids, chloramines, sulfate, conductivity, organic_carbon, "
+        "trihalomethanes, turbidity, probability, potable, threshold "
+        "FROM water.water_inferences WHERE sensor_id = 's1'",
+    )
     # not stored by the writer, so not rolled up as it arrived: the recompute counts it
     assert query(mart.url, "SELECT sum(answers) FROM water.inference_hourly") == [(600,)]
     [(first,)] = query(mart.url, "SELECT water.recompute_rollups()")
@@ -105,17 +120,25 @@ def test_a_lab_sample_matches_the_nearest_answer_of_its_sensor_within_the_window
     def at(sensor, minutes, probability):
         return answer(sensor, collected + timedelta(minutes=minutes), f"v{minutes}", probability)
 
-    store.write([
-        at("p1", -50, 0.1), at("p1", -7, 0.9), at("p1", 9, 0.2), at("p1", 30, 0.3),
-        at("p2", -3, 0.1),  # another sensor, nearer in time: never a match for p1
-        at("p3", 61, 0.8), at("p3", -61, 0.8),  # outside the 60-minute window
-    ])  # fmt: skip
+    store.write(
+        [
+            at("p1", -50, 0.1),
+            at("p1", -7, 0.9),
+            at("p1", 9, 0.2),
+            at("p1", 30, 0.3),
+            at("p2", -3, 0.1),  # another sensor, nearer in time: never a match for p1
+            at("p3", 61, 0.8),
+            at("p3", -61, 0.8),  # outside the 60-minute window
+        ]
+    )
     mart.insert_samples(
-        [{**lab_row("near", 1), "sensor_id": "p1", "collected_at": collected.isoformat()},
-         {**lab_row("none", 0), "sensor_id": "p3", "collected_at": collected.isoformat()},
-         {**lab_row("no-sensor", 1), "collected_at": collected.isoformat()}],
+        [
+            {**lab_row("near", 1), "sensor_id": "p1", "collected_at": collected.isoformat()},
+            {**lab_row("none", 0), "sensor_id": "p3", "collected_at": collected.isoformat()},
+            {**lab_row("no-sensor", 1), "collected_at": collected.isoformat()},
+        ],
         added_by="test",
-    )  # fmt: skip
+    )
     assert matched(mart.url) == {"near": "v-7"}
     confusion, as_of = rollups.Rollups(mart.url, 1).lab_confusion()
     assert confusion == {"tp": 1, "fp": 0, "fn": 0, "tn": 0} and as_of == collected
@@ -130,16 +153,26 @@ def test_a_lab_row_arriving_before_its_answer_is_matched_and_a_nearer_answer_win
     assert matched(mart.url) == {}  # no answer yet
     store.write([answer("q1", collected + timedelta(minutes=20), "far", 0.9)])
     assert matched(mart.url) == {"early-lab": "far"}
-    store.write([answer("q1", collected - timedelta(minutes=2), "near", 0.1),
-                           answer("q1", collected + timedelta(minutes=40), "farther", 0.9)])  # fmt: skip
+    store.write(
+        [
+            answer("q1", collected - timedelta(minutes=2), "near", 0.1),
+            answer("q1", collected + timedelta(minutes=40), "farther", 0.9),
+        ]
+    )
     assert matched(mart.url) == {"early-lab": "near"}
     store.write([answer("q1", collected + timedelta(minutes=2), "as-near-but-later", 0.9)])
     assert matched(mart.url) == {"early-lab": "near"}  # ties go to the earlier answer
 
 
 def partitions(url):
-    return {r[0] for r in query(url, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                                     "WHERE i.inhparent = 'water.water_inferences'::regclass")}  # fmt: skip
+    return {
+        r[0]
+        for r in query(
+            url,
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'water.water_inferences'::regclass",
+        )
+    }
 
 
 def day_name(day):
@@ -177,20 +210,26 @@ def test_retention_drops_old_partitions_and_keeps_rollups_and_lab_matches(mart, 
     old_day = (NOW - timedelta(days=20)).date()
     query(mart.url, "SELECT water.ensure_inference_partition(%s)", (old_day,))
     old = NOW - timedelta(days=20)
-    store.write([answer("r1", old, probability=0.9), answer("r1", old, probability=0.2),
-                           answer("r1", NOW - timedelta(days=40)),  # no partition: default, then deleted
-                           answer("r1", NOW)])  # fmt: skip
-    mart.insert_samples([{**lab_row("old-lab", 1), "sensor_id": "r1", "collected_at": old.isoformat()}],
-                        added_by="test")  # fmt: skip
+    store.write(
+        [
+            answer("r1", old, probability=0.9),
+            answer("r1", old, probability=0.2),
+            answer("r1", NOW - timedelta(days=40)),  # no partition: default, then deleted
+            answer("r1", NOW),
+        ]
+    )
+    mart.insert_samples(
+        [{**lab_row("old-lab", 1), "sensor_id": "r1", "collected_at": old.isoformat()}],
+        added_by="test",
+    )
     hourly_before = query(mart.url, "SELECT * FROM water.inference_hourly ORDER BY 1, 2, 3")
     monkeypatch.setenv("POTABILITY_LOG_RETENTION_DAYS", "10")
     report = log_maintenance.maintain(Settings(root=REPO), mart.url)
     assert day_name(old_day) in report.dropped
     assert "water_inferences_default: 1 rows" in report.dropped
     assert day_name(old_day) not in partitions(mart.url)
-    assert (
-        query(mart.url, "SELECT count(*) FROM water.water_inferences")[0][0] == 1
-    )  # today's stays
+    # today's stays
+    assert query(mart.url, "SELECT count(*) FROM water.water_inferences")[0][0] == 1
     assert query(mart.url, "SELECT * FROM water.inference_hourly ORDER BY 1, 2, 3") == hourly_before
     assert matched(mart.url) == {"old-lab": "v1"}  # the match outlives its answer
 
@@ -205,8 +244,10 @@ def test_retention_zero_keeps_everything(mart, monkeypatch, store):
 def test_a_new_window_matches_every_lab_sample_again(mart, store):
     collected = NOW - timedelta(hours=6)
     store.write([answer("w1", collected + timedelta(minutes=90), "late")])
-    mart.insert_samples([{**lab_row("w", 1), "sensor_id": "w1", "collected_at": collected.isoformat()}],
-                        added_by="test")  # fmt: skip
+    mart.insert_samples(
+        [{**lab_row("w", 1), "sensor_id": "w1", "collected_at": collected.isoformat()}],
+        added_by="test",
+    )
     assert matched(mart.url) == {}  # 90 minutes: outside the 60-minute window
     try:
         log_maintenance.maintain(Settings(root=REPO), mart.url, window_minutes=120)
@@ -232,8 +273,11 @@ def test_a_lab_row_and_its_answer_committed_together_are_matched_by_maintenance(
     collected = NOW - timedelta(minutes=30)
     lab = psycopg2.connect(mart.url)
     with lab.cursor() as cur:  # the lab's transaction: inserted, not committed yet
-        cur.execute("INSERT INTO water.water_potability (sample_id, sensor_id, potability, collected_at, added_by) "
-                    "VALUES ('racing', 'z1', 1, %s, 'test')", (collected,))  # fmt: skip
+        cur.execute(
+            "INSERT INTO water.water_potability (sample_id, sensor_id, potability, collected_at, added_by) "
+            "VALUES ('racing', 'z1', 1, %s, 'test')",
+            (collected,),
+        )
     store.write([answer("z1", collected + timedelta(minutes=1), "racing-answer")])
     lab.commit()
     lab.close()

@@ -4,8 +4,17 @@ import pytest
 
 from potability.schema import FEATURE_NAMES, FieldError, validate_features, validate_lab_row
 
-GOOD = {"ph": 7.0, "Hardness": 200.0, "Solids": 20000.0, "Chloramines": 7.0, "Sulfate": 330.0,
-        "Conductivity": 420.0, "Organic_carbon": 14.0, "Trihalomethanes": 66.0, "Turbidity": 4.0}  # fmt: skip
+GOOD = {
+    "ph": 7.0,
+    "Hardness": 200.0,
+    "Solids": 20000.0,
+    "Chloramines": 7.0,
+    "Sulfate": 330.0,
+    "Conductivity": 420.0,
+    "Organic_carbon": 14.0,
+    "Trihalomethanes": 66.0,
+    "Turbidity": 4.0,
+}
 
 
 def test_good_sample_passes_and_absent_is_missing():
@@ -126,8 +135,10 @@ def test_json_bodies_take_the_types_the_document_gives():
         with pytest.raises(FieldError) as err:
             validate_lab_row({**GOOD, "sample_id": "a", "Potability": 1, field: value}, strict=True)
         assert err.value.field == field
-    row = validate_lab_row({**GOOD, "sample_id": "a", "Potability": 1,
-                            "collected_at": "2026-01-01t23:00:00-20:00"}, strict=True)  # fmt: skip
+    row = validate_lab_row(
+        {**GOOD, "sample_id": "a", "Potability": 1, "collected_at": "2026-01-01t23:00:00-20:00"},
+        strict=True,
+    )
     assert row["collected_at"] == "2026-01-02T19:00:00+00:00"  # stored in UTC (Postgres: ±15:59)
 
 

@@ -264,8 +264,9 @@ def test_corrupt_model_is_refused_and_the_old_one_keeps_serving(own_champion, tm
         fh.seek(100)
         fh.write(b"garbage!")
     meta = json.loads((bad / "meta.json").read_text())
-    registered = tracking.register_model_dir(bad, first.name, None, {"model_version": "test-rf-bad"},
-                                             meta["input_example"])  # fmt: skip
+    registered = tracking.register_model_dir(
+        bad, first.name, None, {"model_version": "test-rf-bad"}, meta["input_example"]
+    )
     tracking.set_alias(first.name, "champion", registered.version)
     r = client.post("/admin/reload", headers=auth(tokens["admin"]))
     assert r.status_code == 422 and "sha256" in r.get_json()["error"]["message"]
@@ -281,8 +282,11 @@ def test_reload_follows_the_alias_to_a_new_deployment(deploy_dir, own_champion, 
     second = deploy_dir(build_model_dir(tmp_path / "v2", version="test-rf-2", seed=32), first.name)
     assert second.version != first.version
     r = client.post("/admin/reload", headers=auth(tokens["admin"]))
-    assert r.status_code == 200 and r.get_json() == {"version": "test-rf-2", "previous": "test-rf-1",
-                                                     "changed": True}  # fmt: skip
+    assert r.status_code == 200 and r.get_json() == {
+        "version": "test-rf-2",
+        "previous": "test-rf-1",
+        "changed": True,
+    }
     answer = client.post("/v1/predict", json=SAMPLE, headers=auth(tokens["sensor"])).get_json()
     assert answer["model_version"] == "test-rf-2"
     meta = client.get("/v1/model", headers=auth(tokens["sensor"])).get_json()
@@ -388,17 +392,22 @@ def test_strings_postgres_cannot_store_are_a_400_naming_the_field(
     row = {**SAMPLE, "sample_id": "S-1", "Potability": 1}
     body = json.dumps(row)[:-1] + f', "{field}": {raw}}}'  # the escape sent as is, like a client
     for data in (body, '{"samples": [' + body + "]}"):
-        r = client.post("/v1/samples", data=data,
-                        headers={**auth(tokens["lab"]), "Content-Type": "application/json"})  # fmt: skip
+        r = client.post(
+            "/v1/samples",
+            data=data,
+            headers={**auth(tokens["lab"]), "Content-Type": "application/json"},
+        )
         assert r.status_code == 400, r.get_data(as_text=True)
         assert r.get_json()["error"]["field"] == field and words in r.get_json()["error"]["message"]
     assert mart.sample_count() == 0
 
 
 def test_wrong_method_is_405_with_allow(client):
-    for method, path, allowed in (("get", "/v1/predict", "OPTIONS, POST"),
-                                  ("delete", "/v1/samples", "OPTIONS, POST"),
-                                  ("post", "/healthz", "GET, HEAD, OPTIONS")):  # fmt: skip
+    for method, path, allowed in (
+        ("get", "/v1/predict", "OPTIONS, POST"),
+        ("delete", "/v1/samples", "OPTIONS, POST"),
+        ("post", "/healthz", "GET, HEAD, OPTIONS"),
+    ):
         r = getattr(client, method)(path)
         assert r.status_code == 405 and r.headers["Allow"] == allowed
         assert r.get_json()["error"]["code"] == "method_not_allowed"

@@ -62,9 +62,8 @@ def test_failed_replay_keeps_the_file_and_orphans_are_reclaimed(tmp_path):
         spool.replay(down)
     assert len(spool.files()) == 1 and not spool.quarantine_dir.exists()
     orphan = spool.files()[0]
-    os.rename(
-        orphan, orphan.with_name(orphan.name + ".replaying-999999999")
-    )  # a dead worker's claim
+    # a dead worker's claim
+    os.rename(orphan, orphan.with_name(orphan.name + ".replaying-999999999"))
     assert spool.files() == []
     assert spool.replay(lambda rows: sum(map(len, rows))) == (1, 0)
 
@@ -75,9 +74,8 @@ def test_a_file_that_cannot_be_replayed_is_quarantined_and_the_rest_go_on(mart, 
     spooled(spool, first)
     (tmp_path / "spool-not-a-number.jsonl").write_bytes(encode(row()))  # a name that does not parse
     (tmp_path / "spool-1-1.jsonl.replaying-x").write_bytes(b"")  # a claim whose pid does not parse
-    spooled(
-        spool, [row(sensor="s\x00")]
-    )  # a NUL in a text column: Postgres refuses the file's rows
+    # a NUL in a text column: Postgres refuses the file's rows
+    spooled(spool, [row(sensor="s\x00")])
     last = [row(i) for i in range(4)]
     spooled(spool, last)
     quarantined = []
@@ -115,8 +113,9 @@ def test_a_request_record_comes_back_exact_and_is_replayed_whole(mart, store, tm
     n = 7
     features = np.tile(np.linspace(0.5, 9.5, 9) * 123.456789, (n, 1))
     features[2, 4] = np.nan  # a missing measurement
-    request = AnsweredBatch(uuid7_batch(n), datetime.now(UTC), "s", "v", features,
-                            np.linspace(0.01, 0.99, n), 0.4)  # fmt: skip
+    request = AnsweredBatch(
+        uuid7_batch(n), datetime.now(UTC), "s", "v", features, np.linspace(0.01, 0.99, n), 0.4
+    )
     [back], bad = decode_lines(encode(request))
     assert bad == 0 and back.inference_ids == request.inference_ids
     assert back.received_at == request.received_at and back.times() == request.times()

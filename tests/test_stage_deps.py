@@ -32,9 +32,8 @@ def imported_modules(path: Path) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            found.update(
-                f"{node.module}.{alias.name}" for alias in node.names
-            )  # `from pkg import mod`
+            # `from pkg import mod`
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
 
 

@@ -32,9 +32,8 @@ def test_per_class_spread_matches_the_real_data(rows, name):
     neg, pos = rows[rows.Potability == 0][name], rows[rows.Potability == 1][name]
     assert neg.std() == pytest.approx(stats.std_not_potable, rel=0.06)
     assert pos.std() == pytest.approx(stats.std_potable, rel=0.06)
-    assert (
-        abs(neg.mean() - pos.mean()) < 0.1 * stats.std_not_potable
-    )  # the signal is not in the means
+    # the signal is not in the means
+    assert abs(neg.mean() - pos.mean()) < 0.1 * stats.std_not_potable
 
 
 def test_solids_is_right_skewed_and_values_in_real_ranges(rows):
@@ -44,8 +43,13 @@ def test_solids_is_right_skewed_and_values_in_real_ranges(rows):
 
 
 def _cv_precision_at_recall(kind, X, y):
-    proba = cross_val_predict(build_pipeline(kind, seed=0), X, y, method="predict_proba",
-                              cv=StratifiedKFold(5, shuffle=True, random_state=0))[:, 1]  # fmt: skip
+    proba = cross_val_predict(
+        build_pipeline(kind, seed=0),
+        X,
+        y,
+        method="predict_proba",
+        cv=StratifiedKFold(5, shuffle=True, random_state=0),
+    )[:, 1]
     return choose_threshold(y, proba, min_recall=0.2, min_positives=10)
 
 

@@ -71,9 +71,18 @@ def flushes(profiled: str, bare: str, edges: dict[str, np.ndarray]) -> list[list
             received = NOW - timedelta(hours=flush)
             # a sensor's own reading times: one request spans up to four hours
             logged = [received - timedelta(minutes=int(m)) for m in rng.integers(0, 240, n)]
-            batches.append(AnsweredBatch(uuid7_batch(n, received), received, f"s{request % 3}",
-                                         profiled if request % 2 else bare, features, rng.random(n),
-                                         0.35 + 0.1 * flush, logged_at=logged))  # fmt: skip
+            batches.append(
+                AnsweredBatch(
+                    uuid7_batch(n, received),
+                    received,
+                    f"s{request % 3}",
+                    profiled if request % 2 else bare,
+                    features,
+                    rng.random(n),
+                    0.35 + 0.1 * flush,
+                    logged_at=logged,
+                )
+            )
         out.append(batches)
     return out
 
@@ -87,12 +96,24 @@ def insert_plainly(url, batches: list[AnsweredBatch]) -> None:
 
 def lab_samples(mart) -> None:
     """Lab rows near some answers (and one far from all), so both paths match lab samples."""
-    mart.insert_samples([{**lab_row(f"lab-{i}", i % 2), "sensor_id": f"s{i % 3}",
-                          "collected_at": (NOW - timedelta(minutes=25 * i)).isoformat()}
-                         for i in range(12)] +
-                        [{**lab_row("lab-far", 1), "sensor_id": "s1",
-                          "collected_at": (NOW - timedelta(days=3)).isoformat()}],
-                        added_by="test")  # fmt: skip
+    mart.insert_samples(
+        [
+            {
+                **lab_row(f"lab-{i}", i % 2),
+                "sensor_id": f"s{i % 3}",
+                "collected_at": (NOW - timedelta(minutes=25 * i)).isoformat(),
+            }
+            for i in range(12)
+        ]
+        + [
+            {
+                **lab_row("lab-far", 1),
+                "sensor_id": "s1",
+                "collected_at": (NOW - timedelta(days=3)).isoformat(),
+            }
+        ],
+        added_by="test",
+    )
 
 
 def test_the_writers_rollups_equal_a_recompute_from_the_log(mart, store, versions):
@@ -103,8 +124,11 @@ def test_the_writers_rollups_equal_a_recompute_from_the_log(mart, store, version
         assert store.write(batches, fresh=True) == sum(len(b) for b in batches)
     by_writer = rollup_tables(mart.url)
 
-    query(mart.url, "TRUNCATE water.water_inferences, water.inference_hourly, "
-                    "water.feature_histogram_hourly, water.lab_matches")  # fmt: skip
+    query(
+        mart.url,
+        "TRUNCATE water.water_inferences, water.inference_hourly, "
+        "water.feature_histogram_hourly, water.lab_matches",
+    )
     for batches in written:
         insert_plainly(mart.url, batches)  # the trigger matches lab samples, and only that
     assert query(mart.url, "SELECT count(*) FROM water.inference_hourly") == [(0,)]
@@ -114,8 +138,9 @@ def test_the_writers_rollups_equal_a_recompute_from_the_log(mart, store, version
     assert_same_rollups(by_writer, by_trigger)
     # what the comparison covered: hours, sensors, both versions, every corner of the bins, matches
     assert len({r[0] for r in by_trigger["hourly"]}) >= 6
-    assert {(r[1], r[2]) for r in by_trigger["hourly"]} == {(f"s{i}", v) for i in range(3)
-                                                           for v in (profiled, bare)}  # fmt: skip
+    assert {(r[1], r[2]) for r in by_trigger["hourly"]} == {
+        (f"s{i}", v) for i in range(3) for v in (profiled, bare)
+    }
     histogram = by_trigger["histogram"]
     assert {r[0] for r in histogram} == {profiled}  # the version without edges is not binned
     buckets = {(r[2], r[3]) for r in histogram}
@@ -149,8 +174,11 @@ def test_a_version_registered_after_the_writer_logged_its_answers_counts_them_on
     profile = reference_profile(generate(300, seed=7), 5)
     batches = flushes(version, version, {})[0]
     store.write(batches, fresh=True)
-    assert query(mart.url, "SELECT count(*) FROM water.feature_histogram_hourly WHERE model_version = %s",
-                 (version,)) == [(0,)]  # fmt: skip
+    assert query(
+        mart.url,
+        "SELECT count(*) FROM water.feature_histogram_hourly WHERE model_version = %s",
+        (version,),
+    ) == [(0,)]
     assert rollups.register_edges(mart.url, version, profile)  # its backfill counts them
     store.write(flushes(version, version, {})[1], fresh=True)  # and the writer bins from now on
     counts, total, _ = rollups.Rollups(mart.url, 1).feature_counts(
@@ -165,15 +193,25 @@ def test_histogram_deltas_bin_like_width_bucket(mart):
     values = [-np.inf, -2.0, -1.5, -0.0, 0.0, 1e-300, 2.25, 3.0, 1e300, np.inf, np.nan]
     received = datetime(2026, 11, 30, 10, 59, 59, 999_999, tzinfo=UTC)
     features = np.array([[v] * len(FEATURE_COLUMNS) for v in values])
-    batch = AnsweredBatch([str(uuid.uuid4()) for _ in values], received, "s", "v", features,
-                          np.zeros(len(values)), 0.5)  # fmt: skip
+    batch = AnsweredBatch(
+        [str(uuid.uuid4()) for _ in values],
+        received,
+        "s",
+        "v",
+        features,
+        np.zeros(len(values)),
+        0.5,
+    )
     _, hours, columns, buckets, answers = histogram_deltas(
         [batch], {"v": [edges] * len(FEATURE_COLUMNS)}
     )
     got = {b: a for c, b, a in zip(columns, buckets, answers, strict=True) if c == "ph"}
-    want = query(mart.url, "SELECT coalesce(width_bucket(v, %s::float8[]), -1), count(*) "
-                           "FROM unnest(%s::float8[]) v GROUP BY 1",
-                 (edges, [None if v != v else v for v in values]))  # fmt: skip
+    want = query(
+        mart.url,
+        "SELECT coalesce(width_bucket(v, %s::float8[]), -1), count(*) "
+        "FROM unnest(%s::float8[]) v GROUP BY 1",
+        (edges, [None if v != v else v for v in values]),
+    )
     assert got == dict(want)
     hour = received.replace(minute=0, second=0, microsecond=0) - datetime(2000, 1, 1, tzinfo=UTC)
     assert set(hours) == {hour // timedelta(microseconds=1)}  # the hour it began, not the next
@@ -199,14 +237,21 @@ def test_migrations_006_007_apply_to_a_filled_005_database_and_count_nothing_twi
         assert store.write(written[1], fresh=True) == 240  # rolled up by the writer
         assert store.write(written[2]) == 240  # a replay: the writer too, and the trigger no more
         store.close()
-        hourly = query(probe, "SELECT hour, sensor_id, answers, potable, last_received_at FROM "
-                              "water.inference_hourly ORDER BY 1, 2")  # fmt: skip
-        raw = query(probe, "SELECT date_trunc('hour', received_at, 'UTC'), sensor_id, count(*), "
-                           "count(*) FILTER (WHERE potable), max(received_at) FROM water.water_inferences "
-                           "GROUP BY 1, 2 ORDER BY 1, 2")  # fmt: skip
+        hourly = query(
+            probe,
+            "SELECT hour, sensor_id, answers, potable, last_received_at FROM "
+            "water.inference_hourly ORDER BY 1, 2",
+        )
+        raw = query(
+            probe,
+            "SELECT date_trunc('hour', received_at, 'UTC'), sensor_id, count(*), "
+            "count(*) FILTER (WHERE potable), max(received_at) FROM water.water_inferences "
+            "GROUP BY 1, 2 ORDER BY 1, 2",
+        )
         assert hourly == raw
-        histogram = query(probe, "SELECT feature, sum(answers) FROM water.feature_histogram_hourly "
-                                 "GROUP BY 1")  # fmt: skip
+        histogram = query(
+            probe, "SELECT feature, sum(answers) FROM water.feature_histogram_hourly GROUP BY 1"
+        )
         assert dict(histogram) == {c: 720 for c in FEATURE_COLUMNS}
 
 
@@ -231,6 +276,10 @@ def test_registering_edges_waits_for_a_writer_holding_that_version_then_counts_i
     writer.commit()
     writer.close()
     registered.join(10)
-    counted = query(mart.url, "SELECT feature, sum(answers) FROM water.feature_histogram_hourly "
-                              "WHERE model_version = %s GROUP BY 1", (version,))  # fmt: skip
+    counted = query(
+        mart.url,
+        "SELECT feature, sum(answers) FROM water.feature_histogram_hourly "
+        "WHERE model_version = %s GROUP BY 1",
+        (version,),
+    )
     assert dict(counted) == {c: len(rows) for c in FEATURE_COLUMNS}  # once each, by the backfill

@@ -12,8 +12,17 @@ import psycopg2
 from potability import db, migrator
 from potability.inference_store import AnsweredBatch
 
-LAB_BASE = {"ph": 7.0, "Hardness": 200.0, "Solids": 20000.0, "Chloramines": 7.0, "Sulfate": None,
-            "Conductivity": 420.0, "Organic_carbon": 14.0, "Trihalomethanes": 66.0, "Turbidity": 4.0}  # fmt: skip
+LAB_BASE = {
+    "ph": 7.0,
+    "Hardness": 200.0,
+    "Solids": 20000.0,
+    "Chloramines": 7.0,
+    "Sulfate": None,
+    "Conductivity": 420.0,
+    "Organic_carbon": 14.0,
+    "Trihalomethanes": 66.0,
+    "Turbidity": 4.0,
+}
 
 
 def lab_row(sample_id, potable=1, **changes):
@@ -52,8 +61,10 @@ def scratch_database(pg_url: str, name: str):
 def migrate_by_hand(cur, up_to: int) -> None:
     """Bring an empty database to migration ``up_to`` as that release's migrate did: a filled old database."""
     cur.execute("CREATE SCHEMA water")
-    cur.execute("CREATE TABLE water.schema_migrations (version integer PRIMARY KEY, "
-                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+    cur.execute(
+        "CREATE TABLE water.schema_migrations (version integer PRIMARY KEY, "
+        "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
     for version, name, sql in migrator.migration_files():
         if version <= up_to:
             cur.execute(sql)

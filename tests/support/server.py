@@ -17,8 +17,17 @@ import requests
 
 from tests.support.project import REPO, project_env
 
-SAMPLE = {"ph": 7.1, "Hardness": 204.9, "Solids": 20791.0, "Chloramines": 7.3, "Sulfate": 368.5,
-          "Conductivity": 564.3, "Organic_carbon": 10.4, "Trihalomethanes": 86.9, "Turbidity": 2.96}  # fmt: skip
+SAMPLE = {
+    "ph": 7.1,
+    "Hardness": 204.9,
+    "Solids": 20791.0,
+    "Chloramines": 7.3,
+    "Sulfate": 368.5,
+    "Conductivity": 564.3,
+    "Organic_carbon": 10.4,
+    "Trihalomethanes": 86.9,
+    "Turbidity": 2.96,
+}
 
 
 class Served(Protocol):
@@ -59,12 +68,31 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"server-{self.port}.log"
         served = champion.server_env(tmp) if champion else {}
-        environment = {**project_env(tmp, url), **served,
-                       "POTABILITY_SPOOL_DIR": str(tmp / "spool"), **env}  # fmt: skip
+        environment = {
+            **project_env(tmp, url),
+            **served,
+            "POTABILITY_SPOOL_DIR": str(tmp / "spool"),
+            **env,
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "potability.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)],
-            cwd=REPO, env=environment, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "potability.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
+            cwd=REPO,
+            env=environment,
+            stdout=open(self.log, "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

@@ -22,9 +22,8 @@ def stderr_in_a_terminal(
     """Run ``argv`` with stderr on a ``columns``-wide terminal; return (exit code, stdout, what the terminal showed)."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    with (
-        tempfile.TemporaryFile() as stdout
-    ):  # a file, not a pipe: a full pipe cannot block the child
+    # a file, not a pipe: a full pipe cannot block the child
+    with tempfile.TemporaryFile() as stdout:
         proc = subprocess.Popen(
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=follower
         )
