@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from potability import artifacts, tracking
-from potability.config import Settings, get_settings, load_params
+from potability.config import ParamsError, Settings, check_train_params, get_settings, load_params
 from potability.curves import calibration_table, roc_table
 from potability.deploy import fetch_version
 from potability.features import (
@@ -80,7 +80,7 @@ def promote(
             comparison = _compare(paths.candidates / challenger, X, y, champion_proba,
                                   champion.model.threshold, params["promote"])  # fmt: skip
     decision = decide(candidates, champion_metrics, floor, min_pos, comparison,
-                      params["promote"]["confidence"])  # fmt: skip
+                      params["promote"]["confidence"], level=params["train"]["confidence_level"])  # fmt: skip
     record: dict[str, Any] = {
         "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **decision.as_dict(),
@@ -221,8 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     paths = Paths(args.train, args.test, args.candidates, args.metrics, args.out)
     settings = get_settings()
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
-        champion = current_champion(settings, Path(tmp))
         params = load_params(args.params)
+        try:
+            check_train_params(params["train"])  # a bad floor or level promotes nothing
+        except ParamsError as exc:
+            raise SystemExit(str(exc)) from None
+        champion = current_champion(settings, Path(tmp))
         record = promote(paths, params, settings, champion)
     write_curves(paths.out, paths.test, args.plots, params["promote"])
     artifacts.write_json_atomic(args.decision, {
