@@ -181,6 +181,7 @@ def test_a_grid_that_cannot_reach_the_floor_fails_training(tmp_path):
     write_csv_atomic(generate(400, seed=3), tmp_path / "train.csv")
     params = {**_train_params(), "min_recall": 0.999, "confidence_level": 0.99,
               "models": {"nb": {}}, "vote": {"members": 0}, "n_jobs": 1}  # fmt: skip
-    with pytest.raises(ParamsError, match=r"train\.models: no grid point .* train\.min_recall=0\.999"):
+    unreachable = r"train\.models: no grid point .* train\.min_recall=0\.999"
+    with pytest.raises(ParamsError, match=unreachable):
         train(tmp_path / "train.csv", tmp_path / "candidates", params, Settings(root=tmp_path))
     assert not (tmp_path / "candidates").exists()
