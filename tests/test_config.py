@@ -129,8 +129,9 @@ def _train_params() -> dict:
 
 def test_the_committed_train_params_pass():
     from potability.config import check_train_params
+    from potability.modeling import MODEL_KINDS
 
-    check_train_params(_train_params())
+    check_train_params(_train_params(), MODEL_KINDS)
 
 
 @pytest.mark.parametrize(
@@ -151,9 +152,10 @@ def test_the_committed_train_params_pass():
 )
 def test_bad_train_params_are_refused_naming_the_parameter(key, value):
     from potability.config import ParamsError, check_train_params
+    from potability.modeling import MODEL_KINDS
 
     with pytest.raises(ParamsError, match=rf"train\.{key}"):
-        check_train_params({**_train_params(), key: value})
+        check_train_params({**_train_params(), key: value}, MODEL_KINDS)
 
 
 def test_the_train_stage_stops_at_once_on_a_bad_level(tmp_path):

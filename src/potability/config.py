@@ -380,17 +380,17 @@ class ParamsError(ValueError):
     """params.yaml holds a value we refuse; the message names the parameter and what is wrong."""
 
 
-def check_train_params(train: dict[str, Any]) -> None:
+def check_train_params(train: dict[str, Any], kinds: tuple[str, ...]) -> None:
     """Refuse, naming the parameter, a ``train`` section the pipeline cannot honour.
 
     Checked before any fit, so a bad value stops ``dvc repro`` at once and
-    nothing is promoted.
+    nothing is promoted. ``kinds`` are the model kinds the zoo knows
+    (``modeling.MODEL_KINDS``: passed in, so servers importing config never
+    load scikit-learn).
 
     Raises:
         ParamsError: one line per refused parameter.
     """
-    from potability.modeling import MODEL_KINDS  # lazy: config stays light for servers
-
     problems = []
 
     def number(key: str) -> float | None:
@@ -414,9 +414,9 @@ def check_train_params(train: dict[str, Any]) -> None:
         problems.append(f"train.models={models!r}: expected at least one model kind with its grid")
     else:
         for kind, grid in models.items():
-            if kind not in MODEL_KINDS:
+            if kind not in kinds:
                 problems.append(
-                    f"train.models.{kind}: unknown kind; expected one of {', '.join(MODEL_KINDS)}"
+                    f"train.models.{kind}: unknown kind; expected one of {', '.join(kinds)}"
                 )
             for name, values in (grid or {}).items():
                 if not isinstance(values, list) or not values:

@@ -21,6 +21,7 @@ from potability import artifacts, tracking
 from potability.config import ParamsError, check_train_params, get_settings, load_params
 from potability.features import feature_matrix, labels, read_samples, write_csv_atomic
 from potability.modeling import (
+    MODEL_KINDS,
     candidate_kinds,
     classification_metrics,
     operating_points,
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
     try:
-        check_train_params(params["train"])
+        check_train_params(params["train"], MODEL_KINDS)
     except ParamsError as exc:
         raise SystemExit(str(exc)) from None
     train = params["train"]

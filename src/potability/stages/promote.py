@@ -34,7 +34,7 @@ from potability.features import (
     write_csv_atomic,
 )
 from potability.intervals import PairedComparison, paired_bootstrap
-from potability.modeling import classification_metrics
+from potability.modeling import MODEL_KINDS, classification_metrics
 from potability.promotion import choose_challenger, decide
 from potability.quality import reference_profile
 from potability.stages.train import read_train_info
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         params = load_params(args.params)
-        try:
-            check_train_params(params["train"])  # a bad floor or level promotes nothing
+        try:  # a bad floor or level: nothing is promoted
+            check_train_params(params["train"], MODEL_KINDS)
         except ParamsError as exc:
             raise SystemExit(str(exc)) from None
         champion = current_champion(settings, Path(tmp))

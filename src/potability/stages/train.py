@@ -13,7 +13,7 @@ from typing import Any
 from potability import artifacts, tracking
 from potability.config import ParamsError, Settings, check_train_params, get_settings, load_params
 from potability.features import feature_matrix, file_sha256, labels, read_samples
-from potability.modeling import MODEL_NAMES, SearchSettings, search_zoo
+from potability.modeling import MODEL_KINDS, MODEL_NAMES, SearchSettings, search_zoo
 
 log = logging.getLogger(__name__)
 TRAIN_INFO = "train.json"
@@ -59,7 +59,7 @@ def train(train_csv: Path, out: Path, params: dict[str, Any], settings: Settings
         ParamsError: a parameter is out of range (before any fit), or no grid
             point of any kind reaches the recall floor out of fold.
     """
-    check_train_params(params)
+    check_train_params(params, MODEL_KINDS)
     frame = read_samples(train_csv)
     X, y = feature_matrix(frame), labels(frame)
     search = search_settings(params)
