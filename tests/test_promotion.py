@@ -74,6 +74,7 @@ def test_the_recall_rule_reads_as_one_sentence():
     rule = recall_rule(0.25, 10, 0.95)
     assert rule.count(". ") == 0 and rule.endswith(".")
     assert "95% confidence" in rule and "25%" in rule and "fewer than 10" in rule
+    assert "97.5% confidence" in recall_rule(0.25, 10, 0.975)
 
 
 def test_a_champion_under_the_floor_is_replaced_without_a_comparison():

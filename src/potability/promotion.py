@@ -35,12 +35,17 @@ class Decision:
         return asdict(self)
 
 
+def _pct(share: float) -> str:
+    """0.95 as ``95%``, 0.975 as ``97.5%``: no rounding a regulator would have to undo."""
+    return f"{share * 100:g}%"
+
+
 def recall_rule(min_recall: float, min_positives: int, level: float) -> str:
     """The confirmation rule in one sentence a regulator can read (page, metrics, docs)."""
     return (
-        f"A model is refused when its test shows, with {level:.0%} confidence, that it finds "
-        f"fewer than {min_recall:.0%} of potable samples (the upper {level:.0%} bound of its "
-        f"test recall is under {min_recall:.0%}) or when it calls fewer than {min_positives} "
+        f"A model is refused when its test shows, with {_pct(level)} confidence, that it finds "
+        f"fewer than {_pct(min_recall)} of potable samples (the upper {_pct(level)} bound of its "
+        f"test recall is under {_pct(min_recall)}) or when it calls fewer than {min_positives} "
         f"test samples potable; otherwise the test confirms it."
     )
 
@@ -59,7 +64,7 @@ def qualifies(
     if upper < min_recall:
         return (
             f"recall {metrics['recall']:.3f}{_ci(metrics, 'recall')} is shown under the floor "
-            f"{min_recall:.2f}: its upper {level:.0%} bound {upper:.3f} < {min_recall:.2f}"
+            f"{min_recall:.2f}: its upper {_pct(level)} bound {upper:.3f} < {min_recall:.2f}"
         )
     if metrics["positives"] < min_positives:
         return f"only {metrics['positives']} positive answers (< {min_positives})"
