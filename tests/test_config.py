@@ -124,3 +124,72 @@ def test_cli_and_server_refuse_to_start(tmp_path, pg_url, monkeypatch):
     monkeypatch.setenv("POTABILITY_ROOT", str(tmp_path))
     with pytest.raises(SettingsError, match="POTABILITY_LOG_BATCH_ROWS"):
         create_app()
+
+
+# -- params.yaml: experiment numbers checked before any fit ---------------------------------
+def _train_params() -> dict:
+    from potability.config import load_params
+
+    return load_params(REPO / "params.yaml")["train"]
+
+
+def test_the_committed_train_params_pass():
+    from potability.config import check_train_params
+    from potability.pipeline.modeling import MODEL_KINDS
+
+    check_train_params(_train_params(), MODEL_KINDS)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("confidence_level", 0.5),
+        ("confidence_level", 1.0),
+        ("confidence_level", 1.5),
+        ("confidence_level", "high"),
+        ("min_recall", 0.0),
+        ("min_recall", 1.0),
+        ("min_recall", -0.2),
+        ("min_positives", 0),
+        ("models", {}),
+        ("models", {"gbm": {"n_estimators": [10]}}),
+        ("models", {"rf": {"n_estimators": []}}),
+    ],
+)
+def test_bad_train_params_are_refused_naming_the_parameter(key, value):
+    from potability.config import ParamsError, check_train_params
+    from potability.pipeline.modeling import MODEL_KINDS
+
+    with pytest.raises(ParamsError, match=rf"train\.{key}"):
+        check_train_params({**_train_params(), key: value}, MODEL_KINDS)
+
+
+def test_the_train_stage_stops_at_once_on_a_bad_level(tmp_path):
+    """Before reading a row or fitting anything: exit non-zero, the parameter named."""
+    import os
+
+    import yaml
+
+    params = {"train": {**_train_params(), "confidence_level": 1.2}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    cmd = [sys.executable, "-m", "potability.pipeline.stages.train", "--train", str(tmp_path / "none.csv"),
+           "--out", str(tmp_path / "candidates"), "--params", str(tmp_path / "params.yaml")]  # fmt: skip
+    result = run(cmd, tmp_path, dict(os.environ), check=False, timeout=120)
+    assert result.returncode != 0
+    assert "train.confidence_level=1.2: must lie strictly between 0.5 and 1" in result.stderr
+    assert not (tmp_path / "candidates").exists()
+
+
+def test_a_grid_that_cannot_reach_the_floor_fails_training(tmp_path):
+    from potability.config import ParamsError, Settings
+    from potability.features import write_csv_atomic
+    from potability.pipeline.stages.train import train
+    from potability.synth import generate
+
+    write_csv_atomic(generate(400, seed=3), tmp_path / "train.csv")
+    params = {**_train_params(), "min_recall": 0.999, "confidence_level": 0.99,
+              "models": {"nb": {}}, "vote": {"members": 0}, "n_jobs": 1}  # fmt: skip
+    unreachable = r"train\.models: no grid point .* train\.min_recall=0\.999"
+    with pytest.raises(ParamsError, match=unreachable):
+        train(tmp_path / "train.csv", tmp_path / "candidates", params, Settings(root=tmp_path))
+    assert not (tmp_path / "candidates").exists()

@@ -38,6 +38,10 @@ def test_model_card_states_intervals_and_operating_points(app, champion):
     metrics = json.loads((champion.directory / "meta.json").read_text())["metrics"]
     low, high = metrics["precision_ci"]
     assert f"95 % interval {low:.3f}–{high:.3f}" in html
+    # the precision promise beside its point estimate, and the recall rule in one sentence
+    assert f"at least <b>{metrics['precision_lower_bound']:.3f}</b>" in html
+    assert f"point estimate {metrics['precision_pooled']:.3f}" in html
+    assert f'<p id="recall-rule">{metrics["recall_rule"]}</p>' in html
     points = metrics["operating_points"]
     assert 'id="operating-points"' in html
     for name, value in points.items():

@@ -19,6 +19,7 @@ from potability.config import load_params
 from potability.features import feature_matrix, labels, read_samples
 from potability.mart import WaterMart
 from potability.pipeline.modeling import VOTE, candidate_kinds
+from potability.pipeline.promotion import recall_upper_bound
 from potability.synth import generate
 from tests.support.project import REPO, SERVED_MODEL, copy_project, project_env, run, seed_rows
 
@@ -143,8 +144,15 @@ def test_full_repro_produces_every_output(project):
         assert 0 < m["oof"]["oof_precision"] <= 1 and m["oof"]["oof_feasible"] == 1.0
     meta = json.loads((root / PROMOTED / "meta.json").read_text())
     assert meta["sha256"] == artifacts.sha256_bytes((root / PROMOTED / "model.onnx").read_bytes())
-    floor = TRAIN_PARAMS["min_recall"]
-    assert meta["metrics"]["recall"] >= floor and meta["kind"] in MODEL_KINDS
+    floor, level = TRAIN_PARAMS["min_recall"], TRAIN_PARAMS["confidence_level"]
+    # confirmed by a test: the test split does not show recall under the floor at the level
+    assert recall_upper_bound(meta["metrics"], level) >= floor and meta["kind"] in MODEL_KINDS
+    # the precision promise (out-of-fold and test pooled) and the recall rule travel to the card
+    promise = meta["metrics"]["precision_lower_bound"]
+    assert (
+        0 < promise < meta["metrics"]["precision_pooled"]
+        and "fewer than" in meta["metrics"]["recall_rule"]
+    )
     # chosen out of fold, never on the test split: the challenger has the best oof precision
     best_oof = max(metrics, key=lambda k: (metrics[k]["oof"]["oof_precision"], k == meta["kind"]))
     assert meta["kind"] == best_oof and "precision_ci" in meta["metrics"]
@@ -490,3 +498,24 @@ def test_new_rows_retrain_and_old_samples_stay_where_they_were(project, registry
     # the workspace's decision is consistent with its files, and production did not move
     assert (promoted.version != before.model_version) == decision["promoted"]
     assert champion_of(registry) == before
+
+
+def test_bad_params_stop_repro_at_train_and_promote_nothing(project):
+    """A confidence level outside (0.5, 1): dvc repro fails naming it; models/promoted is untouched."""
+    root, env, _ = project
+    promoted = {p.name: p.read_bytes() for p in (root / PROMOTED).iterdir() if p.is_file()}
+    text = (root / "params.yaml").read_text(encoding="utf-8")
+    assert "  confidence_level: 0.95" in text
+    try:
+        (root / "params.yaml").write_text(
+            text.replace("  confidence_level: 0.95", "  confidence_level: 1.5"), encoding="utf-8"
+        )
+        result = run(["dvc", "repro"], root, env, check=False)
+        assert result.returncode != 0
+        assert "train.confidence_level=1.5: must lie strictly between 0.5 and 1" in (
+            result.stdout + result.stderr
+        )
+        after = {p.name: p.read_bytes() for p in (root / PROMOTED).iterdir() if p.is_file()}
+        assert after == promoted
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], root, env)  # back to the committed recipe

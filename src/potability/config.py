@@ -386,6 +386,57 @@ def load_params(path: Path) -> dict[str, Any]:
         return yaml.safe_load(fh) or {}
 
 
+class ParamsError(ValueError):
+    """params.yaml holds a value we refuse; the message names the parameter and what is wrong."""
+
+
+def check_train_params(train: dict[str, Any], kinds: tuple[str, ...]) -> None:
+    """Refuse, naming the parameter, a ``train`` section the pipeline cannot honour.
+
+    Checked before any fit, so a bad value stops ``dvc repro`` at once and
+    nothing is promoted. ``kinds`` are the model kinds the zoo knows
+    (``modeling.MODEL_KINDS``: passed in, so servers importing config never
+    load scikit-learn).
+
+    Raises:
+        ParamsError: one line per refused parameter.
+    """
+    problems = []
+
+    def number(key: str) -> float | None:
+        value = train.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"train.{key}={value!r}: expected a number")
+            return None
+        return float(value)
+
+    level = number("confidence_level")
+    if level is not None and not 0.5 < level < 1:
+        problems.append(f"train.confidence_level={level}: must lie strictly between 0.5 and 1")
+    floor = number("min_recall")
+    if floor is not None and not 0 < floor < 1:
+        problems.append(f"train.min_recall={floor}: must lie strictly between 0 and 1")
+    positives = train.get("min_positives")
+    if isinstance(positives, bool) or not isinstance(positives, int) or positives < 1:
+        problems.append(f"train.min_positives={positives!r}: expected an integer >= 1")
+    models = train.get("models")
+    if not isinstance(models, dict) or not models:
+        problems.append(f"train.models={models!r}: expected at least one model kind with its grid")
+    else:
+        for kind, grid in models.items():
+            if kind not in kinds:
+                problems.append(
+                    f"train.models.{kind}: unknown kind; expected one of {', '.join(kinds)}"
+                )
+            for name, values in (grid or {}).items():
+                if not isinstance(values, list) or not values:
+                    problems.append(
+                        f"train.models.{kind}.{name}={values!r}: expected a non-empty list"
+                    )
+    if problems:
+        raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(problems))
+
+
 def get_settings() -> Settings:
     """Return settings for the current environment and working directory.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -26,6 +27,21 @@ def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def one_sided_z(level: float) -> float:
+    """The normal quantile of a one-sided bound at confidence ``level`` (1.645 at 0.95)."""
+    return NormalDist().inv_cdf(level)
+
+
+def wilson_lower(successes: float, trials: float, level: float) -> float:
+    """One-sided Wilson lower bound at confidence ``level``: the truth is above it in ``level`` of cases."""
+    return wilson(successes, trials, one_sided_z(level))[0]
+
+
+def wilson_upper(successes: float, trials: float, level: float) -> float:
+    """One-sided Wilson upper bound at confidence ``level``: the truth is under it in ``level`` of cases."""
+    return wilson(successes, trials, one_sided_z(level))[1]
 
 
 def precision_recall_intervals(tp: int, fp: int, fn: int) -> dict[str, list[float]]:

@@ -115,6 +115,11 @@ def model_card(meta: dict[str, Any] | None, history: list[dict[str, Any]]) -> di
         "recall": metrics.get("recall"),
         "precision_ci": metrics.get("precision_ci"),  # 95 % Wilson intervals on the test split
         "recall_ci": metrics.get("recall_ci"),
+        # the precision a user can rely on (out-of-fold and test answers pooled) and the recall rule
+        "precision_lower_bound": metrics.get("precision_lower_bound"),
+        "precision_pooled": metrics.get("precision_pooled"),
+        "precision_bound_level": metrics.get("precision_bound_level"),
+        "recall_rule": metrics.get("recall_rule"),
         "operating_points": metrics.get("operating_points"),
         "f1": metrics.get("f1"),
         "roc_auc": metrics.get("roc_auc"),

@@ -7,7 +7,7 @@ minimum count of positive answers (DATA.md, "What this means for the model").
 Nothing here sees the test split. Every kind is tuned on repeated stratified
 folds of the training rows; the hyper-parameters, the candidate's own score and
 its threshold all come from those out-of-fold probabilities, and the threshold
-aims above the floor so that recall on unseen rows still clears it.
+aims at the least recall whose lower confidence bound still clears the floor.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
-from potability.intervals import precision_recall_intervals
+from potability.intervals import precision_recall_intervals, wilson_lower
 
 VOTE = "vote"  # the soft vote of the best single kinds: a candidate like the others
 MODEL_KINDS = ("rf", "et", "svm", "knn", "qda", "logreg", "nb", "dt")
@@ -185,24 +185,52 @@ def operating_points(
 
 
 # -- the search: repeated out-of-fold probabilities for every kind and grid point ----------
+def recall_lower_bound(tp: np.ndarray, positives: int, level: float) -> np.ndarray:
+    """One-sided lower confidence bound of recall at each threshold, from every repeat's counts.
+
+    ``tp`` is [repeats, thresholds]: each repeat's true positives at each
+    threshold, out of ``positives`` potable training rows. The recall new water
+    would see is judged from two sources of doubt: the training rows are one
+    sample of potable water (binomial, over ``positives`` rows: the repeats
+    reuse the same rows, so they add no rows), and the folds move the models
+    (the spread of recall between repeats). Their variances add; the bound is
+    Wilson's at the effective sample size that total variance implies.
+    """
+    recall = tp.mean(axis=0) / positives
+    between = tp.var(axis=0, ddof=1) / positives**2 if len(tp) > 1 else np.zeros_like(recall)
+    binomial = recall * (1 - recall) / positives
+    total = binomial + between
+    n_eff = np.where(total > 0, positives * binomial / np.where(total > 0, total, 1), positives)
+    n_eff = np.maximum(n_eff, 1.0)
+    return np.array([wilson_lower(r * n, n, level) for r, n in zip(recall, n_eff, strict=True)])
+
+
 @dataclass(frozen=True)
 class OofEstimate:
     """A candidate judged on repeated out-of-fold probabilities of the training rows."""
 
-    threshold: float  # median over repeats of the threshold that reaches the aimed recall
-    precision: float  # mean over repeats of the precision at that repeat's own threshold
+    threshold: float  # the highest threshold whose recall lower bound clears the floor
+    precision: float  # out-of-fold precision at that threshold, every repeat's answers pooled
     precision_sd: float  # spread over repeats: how much the estimate itself moves
-    recall_at_threshold: float  # mean over repeats of the recall the median threshold gives
+    recall_at_threshold: float  # the aimed recall: out of fold at that threshold, repeats pooled
     min_recall_at_threshold: float  # the worst repeat: does the threshold transfer?
-    feasible: bool  # every repeat reaches the aim with enough positive answers
+    feasible: bool  # the lower bound clears the floor with enough positive answers in every repeat
     operating_points: dict[str, float] = field(default_factory=dict)
+    recall_lower_bound: float = 0.0  # one-sided, at the confidence level of params
+    recalls: tuple[float, ...] = ()  # the recall each repeat achieves at the threshold
+    tp: float = 0.0  # right "potable" answers at the threshold, mean per repeat
+    answers: float = 0.0  # "potable" answers at the threshold, mean per repeat
 
     def as_metrics(self) -> dict[str, float]:
         return {
             "oof_precision": round(self.precision, 4),
             "oof_precision_sd": round(self.precision_sd, 4),
             "oof_recall": round(self.recall_at_threshold, 4),
+            "oof_recall_lower_bound": round(self.recall_lower_bound, 4),
             "oof_min_recall": round(self.min_recall_at_threshold, 4),
+            **{f"oof_recall_repeat{i + 1}": round(r, 4) for i, r in enumerate(self.recalls)},
+            "oof_tp": round(self.tp, 2),
+            "oof_answers": round(self.answers, 2),
             "oof_feasible": float(self.feasible),
             "threshold": self.threshold,
             **{f"oof_{k}": v for k, v in self.operating_points.items()},
@@ -210,29 +238,70 @@ class OofEstimate:
 
 
 def oof_estimate(
-    y: np.ndarray, oof: np.ndarray, aim: float, min_positives: int, floors: list[float]
+    y: np.ndarray,
+    oof: np.ndarray,
+    min_recall: float,
+    level: float,
+    min_positives: int,
+    floors: list[float],
 ) -> OofEstimate:
-    """Judge out-of-fold probabilities ``oof`` (one row per repeat) at the aimed recall.
+    """Aim the threshold at the floor, judged on out-of-fold probabilities ``oof`` (one row per repeat).
 
-    Each repeat is a full out-of-fold pass over the training rows; the median of
-    the per-repeat thresholds is steadier than any one of them, and applying it
-    back to every repeat shows whether the recall it gives holds.
+    Recall as a function of the threshold is measured on every repeat at once;
+    the threshold is the highest one (the least recall, so the most precision)
+    whose one-sided lower confidence bound of recall, at ``level``, still
+    clears ``min_recall``. No fixed margin: the aim sits as close to the floor
+    as the evidence allows, closer with more training rows.
     """
-    choices = [threshold_at_recall(y, row, aim, min_positives) for row in oof]
-    threshold = float(np.median([c.threshold for c in choices]))
-    recalls = [float(((row >= threshold) & (y == 1)).sum() / max(int(y.sum()), 1)) for row in oof]
-    precisions = np.array([c.precision for c in choices])
+    y = np.asarray(y).astype(int)
+    oof = np.atleast_2d(np.asarray(oof, dtype=float))
+    positives = max(int(y.sum()), 1)
+    thresholds = np.unique(oof)[::-1]  # highest first
+    tp = np.empty((len(oof), len(thresholds)))
+    answers = np.empty_like(tp)
+    for k, row in enumerate(oof):
+        pos, every = np.sort(row[y == 1]), np.sort(row)
+        tp[k] = len(pos) - np.searchsorted(pos, thresholds, side="left")
+        answers[k] = len(every) - np.searchsorted(every, thresholds, side="left")
+    lower = recall_lower_bound(tp, positives, level)
+    ok = np.flatnonzero((lower >= min_recall) & (answers.min(axis=0) >= min_positives))
+    feasible = len(ok) > 0
+    i = int(ok[0]) if feasible else len(thresholds) - 1  # infeasible: the most recall there is
+    recalls = tp[:, i] / positives
+    precisions = tp[:, i] / np.maximum(answers[:, i], 1)
     points = {k: float(np.mean([operating_points(y, row, floors)[k] for row in oof]))
               for k in operating_points(y, oof[0], floors)}  # fmt: skip
     return OofEstimate(
-        threshold=threshold,
-        precision=float(precisions.mean()),
+        threshold=float(thresholds[i]),
+        precision=float(tp[:, i].sum() / max(answers[:, i].sum(), 1)),
         precision_sd=float(precisions.std()),
-        recall_at_threshold=float(np.mean(recalls)),
-        min_recall_at_threshold=float(np.min(recalls)),
-        feasible=all(c.feasible for c in choices),
+        recall_at_threshold=float(recalls.mean()),
+        min_recall_at_threshold=float(recalls.min()),
+        feasible=feasible,
         operating_points={k: round(v, 4) for k, v in points.items()},
+        recall_lower_bound=float(lower[i]),
+        recalls=tuple(float(r) for r in recalls),
+        tp=float(tp[:, i].mean()),
+        answers=float(answers[:, i].mean()),
     )
+
+
+def precision_promise(oof_tp: float, oof_answers: float, test_tp: int, test_answers: int,
+                      level: float) -> dict[str, Any]:  # fmt: skip
+    """The precision a user can rely on at the served threshold: a one-sided lower bound.
+
+    The out-of-fold answers (mean per repeat: each training row counted once)
+    and the test answers are disjoint rows judged at the same threshold, so
+    their counts add; the bound is Wilson's one-sided lower bound at ``level``
+    of those pooled answers, beside the pooled point estimate.
+    """
+    tp, answers = oof_tp + test_tp, oof_answers + test_answers
+    return {
+        "precision_lower_bound": round(wilson_lower(tp, answers, level), 4),
+        "precision_pooled": round(tp / answers, 4) if answers else 0.0,
+        "precision_pooled_answers": round(answers, 1),
+        "precision_bound_level": level,
+    }
 
 
 @dataclass
@@ -250,7 +319,8 @@ class SearchSettings:
     seed: int
     cv_folds: int
     cv_repeats: int
-    aim: float  # the recall the threshold aims at: the floor plus a margin
+    min_recall: float  # the floor the threshold's recall lower bound must clear
+    level: float  # the confidence level of that bound (params: train.confidence_level)
     min_positives: int
     floors: list[float]  # operating points reported for each candidate
     vote_members: int
@@ -275,7 +345,7 @@ def search_zoo(
     One joblib pool runs every (kind, grid point, fold) fit, so two cores stay
     busy from the first fit to the last (a Dask cluster takes them when joblib's
     backend is Dask). Each kind keeps the grid point with the best out-of-fold
-    precision at the aimed recall; infeasible points lose to feasible ones.
+    precision at its aimed threshold; infeasible points lose to feasible ones.
     """
     from joblib import Parallel, delayed
 
@@ -303,7 +373,7 @@ def search_zoo(
         oof = np.zeros((s.cv_repeats, len(y)))
         for j, (_, va) in enumerate(folds):
             oof[j // s.cv_folds, va] = probas[i * len(folds) + j]
-        estimate = oof_estimate(y, oof, s.aim, s.min_positives, s.floors)
+        estimate = oof_estimate(y, oof, s.min_recall, s.level, s.min_positives, s.floors)
         graded[kind].append({**point, "oof_precision": round(estimate.precision, 4)})
         key = (estimate.feasible, estimate.precision)
         if kind not in best or key > best[kind][0]:
@@ -322,7 +392,7 @@ def search_zoo(
             VOTE,
             build_vote([(c.kind, c.model) for c in members], y),
             {"members": [c.kind for c in members]},
-            oof_estimate(y, oof, s.aim, s.min_positives, s.floors),
+            oof_estimate(y, oof, s.min_recall, s.level, s.min_positives, s.floors),
             oof,
             [],
         )

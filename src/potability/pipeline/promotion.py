@@ -3,10 +3,13 @@
 1. The challenger is chosen on training folds only: the candidate with the best
    out-of-fold precision at the aimed recall (``oof`` in each candidate's
    metrics). The test split is not consulted to choose.
-2. The test split confirms it once: its test recall must clear the floor with
-   enough positive answers, else nothing is promoted (no second pick on the
-   test rows). A degenerate model that says "potable" three times with
-   precision 1.0 never qualifies.
+2. The test split confirms it once, with a test rather than a coin flip: it is
+   refused when the test split shows, at the confidence level of params, that
+   its true recall is under the floor (the one-sided upper Wilson bound of test
+   recall is under ``min_recall``), or when it gives fewer than
+   ``min_positives`` positive answers; then nothing is promoted (no second
+   pick on the test rows). A degenerate model that says "potable" three times
+   with precision 1.0 never qualifies.
 3. Against a champion that still meets the floor, the challenger must be
    *shown* better on the same test rows: a paired bootstrap of the precision
    difference, better in at least ``confidence`` of the draws. A champion that
@@ -18,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from potability.intervals import PairedComparison
+from potability.intervals import PairedComparison, wilson_upper
 
 
 @dataclass
@@ -32,10 +35,37 @@ class Decision:
         return asdict(self)
 
 
-def qualifies(metrics: dict[str, Any], min_recall: float, min_positives: int) -> str | None:
-    """None if the metrics meet the floor, else the reason they do not."""
-    if metrics["recall"] < min_recall:
-        return f"recall {metrics['recall']:.3f}{_ci(metrics, 'recall')} is under the floor {min_recall:.2f}"
+def _pct(share: float) -> str:
+    """0.95 as ``95%``, 0.975 as ``97.5%``: no rounding a regulator would have to undo."""
+    return f"{share * 100:g}%"
+
+
+def recall_rule(min_recall: float, min_positives: int, level: float) -> str:
+    """The confirmation rule in one sentence a regulator can read (page, metrics, docs)."""
+    return (
+        f"A model is refused when its test shows, with {_pct(level)} confidence, that it finds "
+        f"fewer than {_pct(min_recall)} of potable samples (the upper {_pct(level)} bound of its "
+        f"test recall is under {_pct(min_recall)}) or when it calls fewer than {min_positives} "
+        f"test samples potable; otherwise the test confirms it."
+    )
+
+
+def recall_upper_bound(metrics: dict[str, Any], level: float) -> float:
+    """One-sided upper Wilson bound at ``level`` of the recall in ``metrics`` (its confusion counts)."""
+    confusion = metrics["confusion"]
+    return wilson_upper(confusion["tp"], confusion["tp"] + confusion["fn"], level)
+
+
+def qualifies(
+    metrics: dict[str, Any], min_recall: float, min_positives: int, level: float
+) -> str | None:
+    """None if the test does not show recall under the floor at ``level``, else the reason."""
+    upper = recall_upper_bound(metrics, level)
+    if upper < min_recall:
+        return (
+            f"recall {metrics['recall']:.3f}{_ci(metrics, 'recall')} is shown under the floor "
+            f"{min_recall:.2f}: its upper {_pct(level)} bound {upper:.3f} < {min_recall:.2f}"
+        )
     if metrics["positives"] < min_positives:
         return f"only {metrics['positives']} positive answers (< {min_positives})"
     return None
@@ -73,13 +103,16 @@ def decide(
     min_positives: int,
     comparison: PairedComparison | None = None,
     confidence: float = 0.95,
+    *,
+    level: float,
 ) -> Decision:
     """Choose the challenger among ``candidates`` and judge it against ``champion``.
 
     ``candidates`` holds each kind's test metrics with its out-of-fold ones
     under ``oof``; ``champion`` the production model's metrics re-measured on
     the same test split (None when nothing is in production yet);
-    ``comparison`` the paired bootstrap of challenger vs champion on those rows.
+    ``comparison`` the paired bootstrap of challenger vs champion on those rows;
+    ``level`` the confidence level of the recall test (train.confidence_level).
     """
     best, notes = choose_challenger(candidates)
     if best is None:
@@ -94,7 +127,7 @@ def decide(
         f"test precision {metrics['precision']:.3f}{_ci(metrics, 'precision')} "
         f"at recall {metrics['recall']:.3f}{_ci(metrics, 'recall')}"
     )
-    why_not = qualifies(metrics, min_recall, min_positives)
+    why_not = qualifies(metrics, min_recall, min_positives, level)
     if why_not:
         notes[best] = f"not eligible: chosen on training folds, but on the test split {why_not}"
         return Decision(
@@ -103,7 +136,7 @@ def decide(
             f"kept the champion: challenger {best} fails the recall floor on the test split ({why_not})",
             notes,
         )
-    champion_fails = qualifies(champion, min_recall, min_positives) if champion else None
+    champion_fails = qualifies(champion, min_recall, min_positives, level) if champion else None
     if champion is None:
         reason = f"promoted {best}: first champion, {at}"
     elif champion_fails:

@@ -16,7 +16,9 @@ from potability.pipeline.modeling import (
     choose_threshold,
     classification_metrics,
     operating_points,
+    precision_promise,
 )
+from potability.pipeline.promotion import recall_rule
 from potability.quality import reference_profile
 from potability.schema import FEATURE_NAMES
 from potability.synth import generate
@@ -33,13 +35,28 @@ def build_model_dir(
     model.fit(X, y)
     choice = choose_threshold(y, model.predict_proba(X)[:, 1], 0.2, 10)
     blob = artifacts.to_onnx(model)
-    meta = {"version": version, "kind": "rf", "model_name": "random forest", "threshold": choice.threshold,
-            "features": list(FEATURE_NAMES), "sha256": artifacts.sha256_bytes(blob), "n_train": len(frame),
-            "metrics": {**classification_metrics(y, model.predict_proba(X)[:, 1], choice.threshold),
-                        "operating_points": operating_points(y, model.predict_proba(X)[:, 1], [0.2, 0.3])},
-            "trained_at": "2026-11-23T00:00:00+00:00", "promoted_at": "2026-11-23T00:00:00+00:00",
-            "decided_against": None, "input_example": X[:3].tolist(),
-            "reference": reference_profile(frame, 10)}  # fmt: skip
+    probabilities = model.predict_proba(X)[:, 1]
+    metrics = {
+        **classification_metrics(y, probabilities, choice.threshold),
+        "operating_points": operating_points(y, probabilities, [0.2, 0.3]),
+        **precision_promise(choice.precision * choice.positives, choice.positives, 0, 0, 0.95),
+        "recall_rule": recall_rule(0.2, 10, 0.95),
+    }
+    meta = {
+        "version": version,
+        "kind": "rf",
+        "model_name": "random forest",
+        "threshold": choice.threshold,
+        "features": list(FEATURE_NAMES),
+        "sha256": artifacts.sha256_bytes(blob),
+        "n_train": len(frame),
+        "metrics": metrics,
+        "trained_at": "2026-11-23T00:00:00+00:00",
+        "promoted_at": "2026-11-23T00:00:00+00:00",
+        "decided_against": None,
+        "input_example": X[:3].tolist(),
+        "reference": reference_profile(frame, 10),
+    }
     history = [{"promote": True, "challenger": "rf", "reason": "test", "version": version}]
     artifacts.write_model_dir(directory, blob, meta, {"history.json": history})
     return directory

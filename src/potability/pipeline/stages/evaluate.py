@@ -18,9 +18,16 @@ import pandas as pd
 from sklearn.metrics import precision_recall_curve
 
 from potability import artifacts, tracking
-from potability.config import get_settings, load_params
+from potability.config import ParamsError, check_train_params, get_settings, load_params
 from potability.features import feature_matrix, labels, read_samples, write_csv_atomic
-from potability.pipeline.modeling import candidate_kinds, classification_metrics, operating_points
+from potability.pipeline.modeling import (
+    MODEL_KINDS,
+    candidate_kinds,
+    classification_metrics,
+    operating_points,
+    precision_promise,
+)
+from potability.pipeline.promotion import recall_rule
 from potability.pipeline.stages.train import read_train_info
 
 log = logging.getLogger(__name__)
@@ -94,6 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
+    try:
+        check_train_params(params["train"], MODEL_KINDS)
+    except ParamsError as exc:
+        raise SystemExit(str(exc)) from None
+    train = params["train"]
+    rule = recall_rule(train["min_recall"], train["min_positives"], train["confidence_level"])
     frame = read_samples(args.test)
     X, y = feature_matrix(frame), labels(frame)
     report: dict[str, Any] = {}
@@ -109,9 +122,14 @@ def main(argv: list[str] | None = None) -> None:
             params["evaluate"]["pr_curve_points"],
             params["train"]["operating_recalls"],
         )
+        # what a user can rely on: out-of-fold and test answers pooled at the served threshold
+        metrics.update(precision_promise(info["metrics"]["oof_tp"], info["metrics"]["oof_answers"],
+                                         metrics["confusion"]["tp"], metrics["positives"],
+                                         train["confidence_level"]))  # fmt: skip
         # the training-fold judgement travels with the test one: promote chooses on "oof"
         report[kind] = {
             **metrics,
+            "recall_rule": rule,
             "oof": {k: v for k, v in info["metrics"].items() if k != "threshold"},
         }
         tracking.log_test_results(

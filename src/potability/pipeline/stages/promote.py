@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from potability import artifacts, tracking
-from potability.config import Settings, get_settings, load_params
+from potability.config import ParamsError, Settings, check_train_params, get_settings, load_params
 from potability.features import (
     feature_matrix,
     file_sha256,
@@ -33,7 +33,7 @@ from potability.features import (
 )
 from potability.intervals import PairedComparison, paired_bootstrap
 from potability.pipeline.curves import calibration_table, roc_table
-from potability.pipeline.modeling import classification_metrics
+from potability.pipeline.modeling import MODEL_KINDS, classification_metrics
 from potability.pipeline.promotion import choose_challenger, decide
 from potability.pipeline.stages.train import read_train_info
 from potability.quality import reference_profile
@@ -80,7 +80,7 @@ def promote(
             comparison = _compare(paths.candidates / challenger, X, y, champion_proba,
                                   champion.model.threshold, params["promote"])  # fmt: skip
     decision = decide(candidates, champion_metrics, floor, min_pos, comparison,
-                      params["promote"]["confidence"])  # fmt: skip
+                      params["promote"]["confidence"], level=params["train"]["confidence_level"])  # fmt: skip
     record: dict[str, Any] = {
         "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **decision.as_dict(),
@@ -221,8 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     paths = Paths(args.train, args.test, args.candidates, args.metrics, args.out)
     settings = get_settings()
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
-        champion = current_champion(settings, Path(tmp))
         params = load_params(args.params)
+        try:  # a bad floor or level: nothing is promoted
+            check_train_params(params["train"], MODEL_KINDS)
+        except ParamsError as exc:
+            raise SystemExit(str(exc)) from None
+        champion = current_champion(settings, Path(tmp))
         record = promote(paths, params, settings, champion)
     write_curves(paths.out, paths.test, args.plots, params["promote"])
     artifacts.write_json_atomic(args.decision, {

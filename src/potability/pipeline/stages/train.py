@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from potability import artifacts, tracking
-from potability.config import Settings, get_settings, load_params
+from potability.config import ParamsError, Settings, check_train_params, get_settings, load_params
 from potability.features import feature_matrix, file_sha256, labels, read_samples
-from potability.pipeline.modeling import MODEL_NAMES, SearchSettings, search_zoo
+from potability.pipeline.modeling import MODEL_KINDS, MODEL_NAMES, SearchSettings, search_zoo
 
 log = logging.getLogger(__name__)
 TRAIN_INFO = "train.json"
@@ -39,7 +39,8 @@ def search_settings(params: dict[str, Any]) -> SearchSettings:
         seed=params["seed"],
         cv_folds=params["cv_folds"],
         cv_repeats=params["cv_repeats"],
-        aim=min(1.0, params["min_recall"] + params["threshold_recall_margin"]),
+        min_recall=params["min_recall"],
+        level=params["confidence_level"],
         min_positives=params["min_positives"],
         floors=list(params["operating_recalls"]),
         vote_members=params["vote"]["members"],
@@ -53,12 +54,23 @@ def train(train_csv: Path, out: Path, params: dict[str, Any], settings: Settings
     """Tune the whole zoo on the train split in one process, save each candidate, log MLflow runs.
 
     Returns train.json of every candidate, by kind.
+
+    Raises:
+        ParamsError: a parameter is out of range (before any fit), or no grid
+            point of any kind reaches the recall floor out of fold.
     """
+    check_train_params(params, MODEL_KINDS)
     frame = read_samples(train_csv)
     X, y = feature_matrix(frame), labels(frame)
     search = search_settings(params)
     with grid_backend(settings):
         zoo = search_zoo(X, y, params["models"], search)
+    if not any(c.estimate.feasible for c in zoo.values()):
+        raise ParamsError(
+            f"train.models: no grid point of any kind reaches train.min_recall={search.min_recall} "
+            f"(lower bound at train.confidence_level={search.level}) with train.min_positives="
+            f"{search.min_positives} out of fold; nothing can be promoted"
+        )
     data_hash = file_sha256(train_csv)
     commit = tracking.git_commit(settings.root)
     tracking.configure(settings)
@@ -73,7 +85,8 @@ def train(train_csv: Path, out: Path, params: dict[str, Any], settings: Settings
             params={**{f"grid.{k}": str(v) for k, v in grid.items()},
                     **{f"best.{k}": str(v) for k, v in candidate.best_params.items()},
                     "cv_folds": search.cv_folds, "cv_repeats": search.cv_repeats,
-                    "min_recall": params["min_recall"], "aimed_recall": search.aim,
+                    "min_recall": params["min_recall"], "confidence_level": search.level,
+                    "aimed_recall": round(estimate.recall_at_threshold, 4),
                     "min_positives": search.min_positives, "seed": search.seed, "n_train": len(frame)},
             metrics=metrics,
             tags={"kind": kind, "data_hash": data_hash, "git_commit": commit or "unknown",
@@ -89,7 +102,7 @@ def train(train_csv: Path, out: Path, params: dict[str, Any], settings: Settings
             "metrics": metrics,
             "threshold": estimate.threshold,
             "threshold_feasible": estimate.feasible,
-            "aimed_recall": search.aim,
+            "aimed_recall": estimate.recall_at_threshold,
             "data_hash": data_hash,
             "git_commit": commit,
             "n_train": len(frame),
@@ -117,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    train(args.train, args.out, load_params(args.params)["train"], get_settings())
+    try:
+        train(args.train, args.out, load_params(args.params)["train"], get_settings())
+    except ParamsError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 if __name__ == "__main__":
