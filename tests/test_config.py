@@ -172,8 +172,17 @@ def test_the_train_stage_stops_at_once_on_a_bad_level(tmp_path):
 
     params = {"train": {**_train_params(), "confidence_level": 1.2}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    cmd = [sys.executable, "-m", "potability.pipeline.stages.train", "--train", str(tmp_path / "none.csv"),
-           "--out", str(tmp_path / "candidates"), "--params", str(tmp_path / "params.yaml")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "potability.pipeline.stages.train",
+        "--train",
+        str(tmp_path / "none.csv"),
+        "--out",
+        str(tmp_path / "candidates"),
+        "--params",
+        str(tmp_path / "params.yaml"),
+    ]
     result = run(cmd, tmp_path, dict(os.environ), check=False, timeout=120)
     assert result.returncode != 0
     assert "train.confidence_level=1.2: must lie strictly between 0.5 and 1" in result.stderr
@@ -187,8 +196,14 @@ def test_a_grid_that_cannot_reach_the_floor_fails_training(tmp_path):
     from potability.synth import generate
 
     write_csv_atomic(generate(400, seed=3), tmp_path / "train.csv")
-    params = {**_train_params(), "min_recall": 0.999, "confidence_level": 0.99,
-              "models": {"nb": {}}, "vote": {"members": 0}, "n_jobs": 1}  # fmt: skip
+    params = {
+        **_train_params(),
+        "min_recall": 0.999,
+        "confidence_level": 0.99,
+        "models": {"nb": {}},
+        "vote": {"members": 0},
+        "n_jobs": 1,
+    }
     unreachable = r"train\.models: no grid point .* train\.min_recall=0\.999"
     with pytest.raises(ParamsError, match=unreachable):
         train(tmp_path / "train.csv", tmp_path / "candidates", params, Settings(root=tmp_path))

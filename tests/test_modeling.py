@@ -154,10 +154,24 @@ def test_the_search_scores_every_kind_out_of_fold_and_every_candidate_exports_to
     frame = generate(500, seed=9)
     X = frame.drop(columns=["sample_id", "Potability"]).to_numpy()
     y = frame["Potability"].to_numpy()
-    grids = {"rf": {"n_estimators": [20]}, "et": {"n_estimators": [20]}, "svm": {"C": [1.0]},
-             "knn": {"n_neighbors": [10, 40]}, "qda": {"reg_param": [0.3]}}  # fmt: skip
-    settings = SearchSettings(seed=0, cv_folds=3, cv_repeats=2, min_recall=0.25, level=0.95, min_positives=5,
-                              floors=[0.25], vote_members=3, n_jobs=1)  # fmt: skip
+    grids = {
+        "rf": {"n_estimators": [20]},
+        "et": {"n_estimators": [20]},
+        "svm": {"C": [1.0]},
+        "knn": {"n_neighbors": [10, 40]},
+        "qda": {"reg_param": [0.3]},
+    }
+    settings = SearchSettings(
+        seed=0,
+        cv_folds=3,
+        cv_repeats=2,
+        min_recall=0.25,
+        level=0.95,
+        min_positives=5,
+        floors=[0.25],
+        vote_members=3,
+        n_jobs=1,
+    )
     zoo = search_zoo(X[:400], y[:400], grids, settings)
     assert set(zoo) == {*grids, VOTE} and len(zoo["knn"].grid) == 2
     assert zoo[VOTE].best_params["members"] == [
@@ -179,8 +193,17 @@ def _unseen_operating_points(splits: int = 3) -> list[tuple[float, float]]:
         y = frame["Potability"].to_numpy()
         test = np.zeros(len(y), dtype=bool)
         test[np.random.default_rng(seed).permutation(len(y))[: len(y) // 5]] = True
-        settings = SearchSettings(seed=seed, cv_folds=5, cv_repeats=2, min_recall=0.25, level=0.95,
-                                  min_positives=10, floors=[], vote_members=0, n_jobs=1)  # fmt: skip
+        settings = SearchSettings(
+            seed=seed,
+            cv_folds=5,
+            cv_repeats=2,
+            min_recall=0.25,
+            level=0.95,
+            min_positives=10,
+            floors=[],
+            vote_members=0,
+            n_jobs=1,
+        )
         grid = {"rf": {"n_estimators": [60], "min_samples_leaf": [5]}}
         candidate = search_zoo(X[~test], y[~test], grid, settings)["rf"]
         proba = candidate.model.predict_proba(X[test])[:, 1]

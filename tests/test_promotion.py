@@ -9,10 +9,14 @@ from potability.pipeline.promotion import choose_challenger, decide, recall_rule
 
 def m(precision, recall, positives=50, oof=0.6, feasible=True, potable=180):
     tp = round(recall * potable)
-    return {"precision": precision, "recall": recall, "positives": positives,
-            "confusion": {"tp": tp, "fn": potable - tp},
-            "precision_ci": [precision - 0.1, min(1.0, precision + 0.1)],
-            "oof": {"oof_precision": oof, "oof_feasible": float(feasible)}}  # fmt: skip
+    return {
+        "precision": precision,
+        "recall": recall,
+        "positives": positives,
+        "confusion": {"tp": tp, "fn": potable - tp},
+        "precision_ci": [precision - 0.1, min(1.0, precision + 0.1)],
+        "oof": {"oof_precision": oof, "oof_feasible": float(feasible)},
+    }
 
 
 def better(p=0.99):

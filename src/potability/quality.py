@@ -81,8 +81,12 @@ def drift_from_counts(
     so it never reads raw answers.
     """
     if rows < min_rows:
-        return {"rows": rows, "threshold": threshold, "features": [],
-                "note": f"drift needs at least {min_rows} live answers; {rows} so far"}  # fmt: skip
+        return {
+            "rows": rows,
+            "threshold": threshold,
+            "features": [],
+            "note": f"drift needs at least {min_rows} live answers; {rows} so far",
+        }
     features = []
     for name in FEATURE_NAMES:
         ref = profile.get(name)
@@ -90,10 +94,21 @@ def drift_from_counts(
             continue
         actual = np.asarray(counts[name], dtype=float) / rows
         value = psi(np.asarray(ref["shares"]), actual)
-        features.append({"feature": name, "psi": round(value, 4), "flagged": value > threshold,
-                         "live_missing": round(float(actual[-1]), 4), "train_missing": ref["shares"][-1]})  # fmt: skip
-    return {"rows": rows, "threshold": threshold, "features": features,
-            "flagged": [f["feature"] for f in features if f["flagged"]]}  # fmt: skip
+        features.append(
+            {
+                "feature": name,
+                "psi": round(value, 4),
+                "flagged": value > threshold,
+                "live_missing": round(float(actual[-1]), 4),
+                "train_missing": ref["shares"][-1],
+            }
+        )
+    return {
+        "rows": rows,
+        "threshold": threshold,
+        "features": features,
+        "flagged": [f["feature"] for f in features if f["flagged"]],
+    }
 
 
 def model_card(meta: dict[str, Any] | None, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,7 +149,7 @@ def model_card(meta: dict[str, Any] | None, history: list[dict[str, Any]]) -> di
                 "candidates": h.get("candidates") or {},
             }
             for h in reversed(history)
-        ],  # fmt: skip
+        ],
     }
 
 
@@ -151,10 +166,14 @@ def live_summary(hourly: pd.DataFrame) -> dict[str, Any]:
         .agg(answers=("answers", "sum"), potable=("potable", "sum"), hours=("answers", "size"))
     )
     sensors = [
-        {"sensor_id": sensor, "answers": int(n), "potable_share": round(float(p / n), 4),
-         "hours_active": int(h)}
+        {
+            "sensor_id": sensor,
+            "answers": int(n),
+            "potable_share": round(float(p / n), 4),
+            "hours_active": int(h),
+        }
         for sensor, n, p, h in per_sensor.itertuples()
-    ]  # fmt: skip
+    ]
     hours = [h.isoformat() for h in hourly["hour"]]
     return {
         "answers": int(answers.sum()),

@@ -39,9 +39,16 @@ def label_balance(frame: pd.DataFrame, buckets: int) -> pd.DataFrame:
         chunk = ordered.loc[part]
         potable = int(chunk[LABEL].sum())
         low, high = wilson(potable, len(chunk))
-        rows.append({"slice": i + 1, "first_added": chunk["added_at"].iloc[0], "rows": len(chunk),
-                     "potable_share": round(potable / len(chunk), 4),
-                     "low": round(low, 4), "high": round(high, 4)})  # fmt: skip
+        rows.append(
+            {
+                "slice": i + 1,
+                "first_added": chunk["added_at"].iloc[0],
+                "rows": len(chunk),
+                "potable_share": round(potable / len(chunk), 4),
+                "low": round(low, 4),
+                "high": round(high, 4),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -68,8 +75,11 @@ def assess(
     train_share = float(train[LABEL].mean()) if len(train) else float("nan")
     potable = int(newest[LABEL].sum())
     low, high = wilson(potable, len(newest))
-    reasons = [f"{f['feature']}: PSI {f['psi']:.3f} > {psi_threshold}" for f in shift["features"]
-               if f["flagged"]]  # fmt: skip
+    reasons = [
+        f"{f['feature']}: PSI {f['psi']:.3f} > {psi_threshold}"
+        for f in shift["features"]
+        if f["flagged"]
+    ]
     if len(newest) and not low <= train_share <= high:
         reasons.append(
             f"potable share of the newest rows {potable / len(newest):.3f} (95 % CI {low:.3f}-{high:.3f}) "
@@ -106,8 +116,14 @@ def figures(frame: pd.DataFrame, balance: pd.DataFrame) -> dict[str, str]:
     for ax, name in zip(fig.subplots(3, 3).ravel(), FEATURE_NAMES, strict=True):
         for label, colour in ((0, "tab:red"), (1, "tab:blue")):
             values = frame.loc[frame[LABEL] == label, name].dropna()
-            ax.hist(values, bins=30, density=True, alpha=0.5, color=colour,
-                    label="potable" if label else "not potable")  # fmt: skip
+            ax.hist(
+                values,
+                bins=30,
+                density=True,
+                alpha=0.5,
+                color=colour,
+                label="potable" if label else "not potable",
+            )
         ax.set_title(name, fontsize=9)
     fig.axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -126,9 +142,15 @@ def figures(frame: pd.DataFrame, balance: pd.DataFrame) -> dict[str, str]:
 
     fig = Figure(figsize=(7, 3))
     ax = fig.subplots()
-    ax.errorbar(balance["slice"], balance["potable_share"],
-                yerr=[balance["potable_share"] - balance["low"], balance["high"] - balance["potable_share"]],
-                fmt="o-")  # fmt: skip
+    ax.errorbar(
+        balance["slice"],
+        balance["potable_share"],
+        yerr=[
+            balance["potable_share"] - balance["low"],
+            balance["high"] - balance["potable_share"],
+        ],
+        fmt="o-",
+    )
     ax.set(xlabel="slice of rows by added_at (oldest first)", ylabel="potable share", ylim=(0, 1))
     fig.tight_layout()
     out["balance"] = _png(fig)
@@ -147,8 +169,12 @@ def render(
     images: dict[str, str],
 ) -> str:
     """One self-contained HTML page (inline CSS and PNGs): open it anywhere, no server needed."""
-    missing = pd.DataFrame({"feature": list(FEATURE_NAMES),
-                            "missing_share": [round(float(frame[n].isna().mean()), 4) for n in FEATURE_NAMES]})  # fmt: skip
+    missing = pd.DataFrame(
+        {
+            "feature": list(FEATURE_NAMES),
+            "missing_share": [round(float(frame[n].isna().mean()), 4) for n in FEATURE_NAMES],
+        }
+    )
     psi = pd.DataFrame(
         {"feature": list(verdict["psi"]), "psi_newest_vs_train": list(verdict["psi"].values())}
     )

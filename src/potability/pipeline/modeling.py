@@ -66,9 +66,8 @@ def build_pipeline(
             ensemble=False,
             cv=calibration_folds,
         ),
-        "knn": lambda: (
-            KNeighborsClassifier()
-        ),  # uniform weights: distance weights break ONNX parity
+        # uniform weights: distance weights break ONNX parity
+        "knn": lambda: KNeighborsClassifier(),
         "qda": lambda: QuadraticDiscriminantAnalysis(),
         "logreg": lambda: LogisticRegression(max_iter=2000, random_state=seed),
         "nb": lambda: GaussianNB(),
@@ -269,8 +268,10 @@ def oof_estimate(
     i = int(ok[0]) if feasible else len(thresholds) - 1  # infeasible: the most recall there is
     recalls = tp[:, i] / positives
     precisions = tp[:, i] / np.maximum(answers[:, i], 1)
-    points = {k: float(np.mean([operating_points(y, row, floors)[k] for row in oof]))
-              for k in operating_points(y, oof[0], floors)}  # fmt: skip
+    points = {
+        k: float(np.mean([operating_points(y, row, floors)[k] for row in oof]))
+        for k in operating_points(y, oof[0], floors)
+    }
     return OofEstimate(
         threshold=float(thresholds[i]),
         precision=float(tp[:, i].sum() / max(answers[:, i].sum(), 1)),
@@ -286,8 +287,9 @@ def oof_estimate(
     )
 
 
-def precision_promise(oof_tp: float, oof_answers: float, test_tp: int, test_answers: int,
-                      level: float) -> dict[str, Any]:  # fmt: skip
+def precision_promise(
+    oof_tp: float, oof_answers: float, test_tp: int, test_answers: int, level: float
+) -> dict[str, Any]:
     """The precision a user can rely on at the served threshold: a one-sided lower bound.
 
     The out-of-fold answers (mean per repeat: each training row counted once)

@@ -23,8 +23,12 @@ def report(
     if "added_at" not in frame:
         raise SystemExit(f"eda: {samples} has no added_at column; rerun the export stage")
     older, newest = eda.newest_rows(frame, params["eda"]["newest_rows"])
-    verdict = eda.assess(older, newest, bins=params["page"]["drift_bins"],
-                         psi_threshold=params["page"]["drift_psi_threshold"])  # fmt: skip
+    verdict = eda.assess(
+        older,
+        newest,
+        bins=params["page"]["drift_bins"],
+        psi_threshold=params["page"]["drift_psi_threshold"],
+    )
     balance = eda.label_balance(frame, params["eda"]["balance_slices"])
     page = eda.render(frame, verdict, balance, eda.per_class(frame), eda.figures(frame, balance))
     artifacts.write_bytes_atomic(out, page.encode("utf-8"))

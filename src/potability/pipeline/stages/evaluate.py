@@ -123,9 +123,15 @@ def main(argv: list[str] | None = None) -> None:
             params["train"]["operating_recalls"],
         )
         # what a user can rely on: out-of-fold and test answers pooled at the served threshold
-        metrics.update(precision_promise(info["metrics"]["oof_tp"], info["metrics"]["oof_answers"],
-                                         metrics["confusion"]["tp"], metrics["positives"],
-                                         train["confidence_level"]))  # fmt: skip
+        metrics.update(
+            precision_promise(
+                info["metrics"]["oof_tp"],
+                info["metrics"]["oof_answers"],
+                metrics["confusion"]["tp"],
+                metrics["positives"],
+                train["confidence_level"],
+            )
+        )
         # the training-fold judgement travels with the test one: promote chooses on "oof"
         report[kind] = {
             **metrics,
@@ -137,8 +143,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         write_csv_atomic(curve, args.plots / "pr" / f"{kind}.csv")
         write_csv_atomic(confusion, args.plots / "confusion" / f"{kind}.csv")
-        log.info("%s on test: precision %.3f recall %.3f positives %d", kind,
-                 metrics["precision"], metrics["recall"], metrics["positives"])  # fmt: skip
+        log.info(
+            "%s on test: precision %.3f recall %.3f positives %d",
+            kind,
+            metrics["precision"],
+            metrics["recall"],
+            metrics["positives"],
+        )
     artifacts.write_json_atomic(args.metrics, report)
 
 

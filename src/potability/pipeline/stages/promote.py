@@ -73,14 +73,31 @@ def promote(
     if champion is not None:
         champion_proba = champion.model.model.predict_proba(X)
         measured = classification_metrics(y, champion_proba, champion.model.threshold)
-        champion_metrics = {**measured, "version": champion.model.version,
-                            "registry_version": champion.version, "kind": champion.model.meta.get("kind")}  # fmt: skip
+        champion_metrics = {
+            **measured,
+            "version": champion.model.version,
+            "registry_version": champion.version,
+            "kind": champion.model.meta.get("kind"),
+        }
         challenger, _ = choose_challenger(candidates)
         if challenger is not None:
-            comparison = _compare(paths.candidates / challenger, X, y, champion_proba,
-                                  champion.model.threshold, params["promote"])  # fmt: skip
-    decision = decide(candidates, champion_metrics, floor, min_pos, comparison,
-                      params["promote"]["confidence"], level=params["train"]["confidence_level"])  # fmt: skip
+            comparison = _compare(
+                paths.candidates / challenger,
+                X,
+                y,
+                champion_proba,
+                champion.model.threshold,
+                params["promote"],
+            )
+    decision = decide(
+        candidates,
+        champion_metrics,
+        floor,
+        min_pos,
+        comparison,
+        params["promote"]["confidence"],
+        level=params["train"]["confidence_level"],
+    )
     record: dict[str, Any] = {
         "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **decision.as_dict(),
@@ -113,13 +130,24 @@ def promote(
     return record
 
 
-def _compare(directory: Path, X: np.ndarray, y: np.ndarray, champion_proba: np.ndarray,
-             champion_threshold: float, params: dict[str, Any]) -> PairedComparison:  # fmt: skip
+def _compare(
+    directory: Path,
+    X: np.ndarray,
+    y: np.ndarray,
+    champion_proba: np.ndarray,
+    champion_threshold: float,
+    params: dict[str, Any],
+) -> PairedComparison:
     """Paired bootstrap of the challenger's precision minus the champion's, on the same test rows."""
     info = read_train_info(directory)
     challenger = artifacts.load_candidate(directory).predict_proba(X)[:, 1] >= info["threshold"]
-    return paired_bootstrap(y, challenger, champion_proba >= champion_threshold,
-                            draws=params["bootstrap_draws"], seed=params["seed"])  # fmt: skip
+    return paired_bootstrap(
+        y,
+        challenger,
+        champion_proba >= champion_threshold,
+        draws=params["bootstrap_draws"],
+        seed=params["seed"],
+    )
 
 
 def _keep(out: Path, champion: Champion | None, history: list[dict[str, Any]]) -> None:
@@ -134,8 +162,14 @@ def _keep(out: Path, champion: Champion | None, history: list[dict[str, Any]]) -
     artifacts.write_model_dir(out, blob, meta, {artifacts.HISTORY_FILE: history})
 
 
-def _package(kind: str, candidates: dict[str, Any], paths: Paths, X: np.ndarray,
-             params: dict[str, Any], champion: Champion | None):  # fmt: skip
+def _package(
+    kind: str,
+    candidates: dict[str, Any],
+    paths: Paths,
+    X: np.ndarray,
+    params: dict[str, Any],
+    champion: Champion | None,
+):
     """The challenger as a model directory's contents: (onnx bytes, meta, parity gap)."""
     info = read_train_info(paths.candidates / kind)
     train = read_samples(paths.train)
@@ -168,8 +202,17 @@ def _package(kind: str, candidates: dict[str, Any], paths: Paths, X: np.ndarray,
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
     """What the history keeps of a decision (the quality page shows it)."""
-    keys = ("decided_at", "promote", "challenger", "reason", "candidates", "version",
-            "challenger_metrics", "champion_before", "comparison")  # fmt: skip
+    keys = (
+        "decided_at",
+        "promote",
+        "challenger",
+        "reason",
+        "candidates",
+        "version",
+        "challenger_metrics",
+        "champion_before",
+        "comparison",
+    )
     return {k: record.get(k) for k in keys}
 
 
@@ -198,8 +241,11 @@ def current_champion(settings: Settings, workdir: Path) -> Champion | None:
     tracking.configure(settings)
     found = tracking.version_for_alias(settings.registered_model, settings.champion_alias)
     if found is None:
-        log.info("no %s@%s yet: the best eligible challenger becomes the first champion",
-                 settings.registered_model, settings.champion_alias)  # fmt: skip
+        log.info(
+            "no %s@%s yet: the best eligible challenger becomes the first champion",
+            settings.registered_model,
+            settings.champion_alias,
+        )
         return None
     files = workdir / "champion"
     return Champion(found.version, fetch_version(found, files), files)
@@ -229,18 +275,25 @@ def main(argv: list[str] | None = None) -> None:
         champion = current_champion(settings, Path(tmp))
         record = promote(paths, params, settings, champion)
     write_curves(paths.out, paths.test, args.plots, params["promote"])
-    artifacts.write_json_atomic(args.decision, {
-        "promoted": record["promote"], "challenger": record["challenger"], "reason": record["reason"],
-        "version": record.get("version"),
-        "champion_registry_version": champion.version if champion else None,
-        "challenger_precision": (record["challenger_metrics"] or {}).get("precision"),
-        "challenger_precision_ci": (record["challenger_metrics"] or {}).get("precision_ci"),
-        "challenger_recall": (record["challenger_metrics"] or {}).get("recall"),
-        "challenger_recall_ci": (record["challenger_metrics"] or {}).get("recall_ci"),
-        "precision_difference": (record["comparison"] or {}).get("difference"),
-        "precision_difference_ci": [(record["comparison"] or {}).get(k) for k in ("low", "high")],
-        "champion_precision_before": (record["champion_before"] or {}).get("precision"),
-    })  # fmt: skip
+    artifacts.write_json_atomic(
+        args.decision,
+        {
+            "promoted": record["promote"],
+            "challenger": record["challenger"],
+            "reason": record["reason"],
+            "version": record.get("version"),
+            "champion_registry_version": champion.version if champion else None,
+            "challenger_precision": (record["challenger_metrics"] or {}).get("precision"),
+            "challenger_precision_ci": (record["challenger_metrics"] or {}).get("precision_ci"),
+            "challenger_recall": (record["challenger_metrics"] or {}).get("recall"),
+            "challenger_recall_ci": (record["challenger_metrics"] or {}).get("recall_ci"),
+            "precision_difference": (record["comparison"] or {}).get("difference"),
+            "precision_difference_ci": [
+                (record["comparison"] or {}).get(k) for k in ("low", "high")
+            ],
+            "champion_precision_before": (record["champion_before"] or {}).get("precision"),
+        },
+    )
     print(f"promotion: {record['reason']}")
 
 

@@ -32,8 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     train, test = split(read_samples(args.samples), params["test_share"], params["salt"])
     write_csv_atomic(train, args.train)
     write_csv_atomic(test, args.test)
-    log.info("split: %d train, %d test (%.1f %% potable in test)", len(train), len(test),
-             100 * test["Potability"].mean() if len(test) else 0.0)  # fmt: skip
+    log.info(
+        "split: %d train, %d test (%.1f %% potable in test)",
+        len(train),
+        len(test),
+        100 * test["Potability"].mean() if len(test) else 0.0,
+    )
 
 
 if __name__ == "__main__":

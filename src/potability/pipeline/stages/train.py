@@ -82,17 +82,27 @@ def train(train_csv: Path, out: Path, params: dict[str, Any], settings: Settings
         run_id, model_uri = tracking.log_candidate(
             kind=kind,
             model=candidate.model,
-            params={**{f"grid.{k}": str(v) for k, v in grid.items()},
-                    **{f"best.{k}": str(v) for k, v in candidate.best_params.items()},
-                    "cv_folds": search.cv_folds, "cv_repeats": search.cv_repeats,
-                    "min_recall": params["min_recall"], "confidence_level": search.level,
-                    "aimed_recall": round(estimate.recall_at_threshold, 4),
-                    "min_positives": search.min_positives, "seed": search.seed, "n_train": len(frame)},
+            params={
+                **{f"grid.{k}": str(v) for k, v in grid.items()},
+                **{f"best.{k}": str(v) for k, v in candidate.best_params.items()},
+                "cv_folds": search.cv_folds,
+                "cv_repeats": search.cv_repeats,
+                "min_recall": params["min_recall"],
+                "confidence_level": search.level,
+                "aimed_recall": round(estimate.recall_at_threshold, 4),
+                "min_positives": search.min_positives,
+                "seed": search.seed,
+                "n_train": len(frame),
+            },
             metrics=metrics,
-            tags={"kind": kind, "data_hash": data_hash, "git_commit": commit or "unknown",
-                  "threshold_feasible": str(estimate.feasible)},
+            tags={
+                "kind": kind,
+                "data_hash": data_hash,
+                "git_commit": commit or "unknown",
+                "threshold_feasible": str(estimate.feasible),
+            },
             example=X[:5],
-        )  # fmt: skip
+        )
         artifacts.save_candidate(candidate.model, out / kind)
         info = {
             "kind": kind,
@@ -112,9 +122,15 @@ def train(train_csv: Path, out: Path, params: dict[str, Any], settings: Settings
         }
         artifacts.write_json_atomic(out / kind / TRAIN_INFO, info)
         infos[kind] = info
-        log.info("%s: oof precision %.3f (sd %.3f) at recall %.3f, threshold %.3f, run %s", kind,
-                 estimate.precision, estimate.precision_sd, estimate.recall_at_threshold,
-                 estimate.threshold, run_id)  # fmt: skip
+        log.info(
+            "%s: oof precision %.3f (sd %.3f) at recall %.3f, threshold %.3f, run %s",
+            kind,
+            estimate.precision,
+            estimate.precision_sd,
+            estimate.recall_at_threshold,
+            estimate.threshold,
+            run_id,
+        )
     return infos
 
 
