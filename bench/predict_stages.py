@@ -21,6 +21,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROW  # noqa: E402
 from potability import artifacts  # noqa: E402
 from potability.ids import uuid7_batch  # noqa: E402
 from potability.inference_store import AnsweredBatch, encode  # noqa: E402
@@ -28,18 +29,6 @@ from potability.schema import FEATURE_NAMES, fast_feature_matrix  # noqa: E402
 from potability.serve.api import answers_of  # noqa: E402
 from potability.serve.journal import Journal  # noqa: E402
 from potability.serve.spool import Spool  # noqa: E402
-
-ROW = {
-    "ph": 7.08,
-    "Hardness": 196.4,
-    "Solids": 22006.0,
-    "Chloramines": 7.12,
-    "Sulfate": 333.8,
-    "Conductivity": 426.2,
-    "Organic_carbon": 14.3,
-    "Trihalomethanes": 66.4,
-    "Turbidity": 3.97,
-}
 
 
 def timed(name: str, repeats: int, fn):

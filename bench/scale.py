@@ -61,6 +61,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    ROW,
     deployed_champion,
     free_port,
     machine,
@@ -77,17 +78,6 @@ from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES  # noqa: E402
 from potability.synth import POTABLE_SHARE, REAL_STATS  # noqa: E402
 
 SCRATCH_DB = "scale_bench"
-ROW = {
-    "ph": 7.08,
-    "Hardness": 196.4,
-    "Solids": 22006.0,
-    "Chloramines": 7.12,
-    "Sulfate": 333.8,
-    "Conductivity": 426.2,
-    "Organic_carbon": 14.3,
-    "Trihalomethanes": 66.4,
-    "Turbidity": 3.97,
-}
 PANELS = ("model", "live", "agreement", "drift")
 MB = 1024 * 1024
 

@@ -42,6 +42,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    ROW,
     deployed_champion,
     free_port,
     machine,
@@ -56,17 +57,6 @@ from potability.config import Settings, get_settings, load_params  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
 from potability.schema import FEATURE_NAMES  # noqa: E402
 
-ROW = {
-    "ph": 7.08,
-    "Hardness": 196.4,
-    "Solids": 22006.0,
-    "Chloramines": 7.12,
-    "Sulfate": 333.8,
-    "Conductivity": 426.2,
-    "Organic_carbon": 14.3,
-    "Trihalomethanes": 66.4,
-    "Turbidity": 3.97,
-}
 SCENARIOS = [
     ("1 row", 1, 1),
     ("1 row", 1, 8),
