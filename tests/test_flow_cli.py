@@ -11,7 +11,15 @@ from tests.support.project import REPO
 from tests.support.terminal import stderr_in_a_terminal
 
 STAGES = "from potability.retrain.flow import stage_progress\nwith stage_progress() as stage:\n    for name in {names!r}:\n        stage(name)\n"
-FULL_RUN = ("counting new lab rows", "dvc repro", "dvc push", "deploy", "report")
+FULL_RUN = (
+    "counting new lab rows",
+    "workspace",
+    "dvc repro",
+    "commit",
+    "push",
+    "deploy",
+    "report",
+)
 
 
 def flow_cli(command: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess:

@@ -8,11 +8,13 @@ rollback.
 
 from __future__ import annotations
 
+import getpass
 import json
 import time
 
 import numpy as np
 import pytest
+import yaml
 
 from potability import artifacts, db, deployments, tracking
 from potability.config import load_params
@@ -96,7 +98,8 @@ def promote_with(project, registry, tmp_path, candidate_metrics: dict) -> dict:
     import os
 
     from potability.config import Settings, load_params
-    from potability.pipeline.stages.promote import Paths, current_champion, promote
+    from potability.pipeline.stages.champion import fetch_champion
+    from potability.pipeline.stages.promote import Paths, promote, recorded_champion
 
     root, _, _ = project
     metrics_path = root / "metrics/made-up.json"
@@ -111,8 +114,9 @@ def promote_with(project, registry, tmp_path, candidate_metrics: dict) -> dict:
             metrics_path,
             root / PROMOTED,
         )
+        fetch_champion(settings, tmp_path / "champion")
         return promote(
-            paths, load_params(root / "params.yaml"), settings, current_champion(settings, tmp_path)
+            paths, load_params(root / "params.yaml"), recorded_champion(tmp_path / "champion")
         )
     finally:
         os.environ["POTABILITY_REGISTERED_MODEL"] = SERVED_MODEL
@@ -247,12 +251,23 @@ def test_deploy_ships_the_decision_as_one_registered_version(project, registry):
     root, env, _ = project
     name, client = registry
     meta = json.loads((root / PROMOTED / "meta.json").read_text())
+    refused = run(["potability", "deploy"], root, env, check=False)
+    assert refused.returncode == 2 and "dvc.lock" in refused.stderr and "not committed" in refused.stderr
+    assert champion_of(registry) is None  # nothing shipped without its lineage
+    git = ["git", "-c", "user.email=r@example.org", "-c", "user.name=researcher"]
+    run([*git, "add", "dvc.lock", "params.yaml", "metrics", "plots"], root, env)
+    run([*git, "commit", "-qm", "first decision"], root, env)
+    commit = run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
     out = run(["potability", "deploy"], root, env).stdout.strip().splitlines()
     version = out[-1]
     champion = champion_of(registry)
     assert champion.version == version and champion.model_version == meta["version"]
     assert champion.tags["data_hash"] == meta["data_hash"]
-    assert champion.tags["git_commit"] == meta["git_commit"] and len(meta["git_commit"]) == 40
+    assert champion.tags["code_commit"] == meta["git_commit"] and len(meta["git_commit"]) == 40
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert champion.tags["git_commit"] == champion.tags["lock_commit"] == commit
+    assert champion.tags["data_md5"] == lock["export"]["outs"][0]["md5"]
+    assert champion.tags["model_md5"] == lock["promote"]["outs"][0]["md5"]
     assert champion.tags["sha256"] == meta["sha256"]
     assert float(champion.tags["threshold"]) == pytest.approx(meta["threshold"], abs=1e-6)
     registered = client.get_model_version(name, version)
@@ -264,6 +279,13 @@ def test_deploy_ships_the_decision_as_one_registered_version(project, registry):
         None,
     )
     assert shipped.model_version == meta["version"] and "first champion" in shipped.reason
+    assert shipped.lock_commit == commit
+    shown = json.loads(run(["potability", "lineage", "--json"], root, env).stdout)
+    assert (shown["version"], shown["commit"], shown["served"]) == (version, commit, True)
+    assert shown["lab_rows"] == meta["n_train"] + meta["n_test"]
+    assert shown["mlflow_runs"]["training"] == meta["mlflow_run_id"]
+    assert shown["params"]["train"]["min_recall"] == meta["min_recall"]
+    assert [d["deployed_by"] for d in shown["deployments"]] == [getpass.getuser()]
     again = run(["potability", "deploy"], root, env).stdout
     assert "already the champion" in again and len(deployed(registry)) == 1
 
@@ -424,7 +446,8 @@ def test_deploy_then_rollback_moves_the_server(project, registry, tmp_path, monk
     try:
         holder = app.extensions["potability.model"]
         assert holder.reload().version == first.model_version  # promoted is not deployed
-        version = run(["potability", "deploy"], root, env).stdout.strip().splitlines()[-1]
+        # promote_with wrote models/promoted by hand, outside dvc repro: no lineage to record
+        version = run(["potability", "deploy", "--force"], root, env).stdout.strip().splitlines()[-1]
         assert version != first.version and champion_of(registry).tags["kind"] == other
         started = time.monotonic()
         assert holder.reload().meta["kind"] == other

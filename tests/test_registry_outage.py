@@ -31,7 +31,13 @@ def test_the_cached_champion_serves_through_an_outage_and_a_restart(tmp_path):
         }
         run(["potability", "db", "migrate"], REPO, env)
         version = run(
-            ["potability", "deploy", "--from", str(build_model_dir(tmp_path / "promoted"))],
+            [
+                "potability",
+                "deploy",
+                "--force",  # a model built outside any git work tree: no lineage to record
+                "--from",
+                str(build_model_dir(tmp_path / "promoted")),
+            ],
             REPO,
             env,
         ).stdout.split()[-1]

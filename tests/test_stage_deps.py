@@ -94,5 +94,5 @@ def test_the_walk_finds_imports_inside_functions(tmp_path):
     module = tmp_path / "lazy.py"
     module.write_text("def f():\n    from potability.tracking import fetch_version\n")
     assert "potability.tracking" in imported_modules(module)
-    needed = {p.name for p in runs("potability.pipeline.stages.promote")}
-    assert {"promote.py", "tracking.py", "artifacts.py", "db.py"} <= needed
+    needed = {p.name for p in runs("potability.pipeline.stages.champion")}
+    assert {"champion.py", "tracking.py", "artifacts.py", "db.py"} <= needed

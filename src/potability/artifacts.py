@@ -26,6 +26,7 @@ from potability.schema import FEATURE_NAMES
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
 HISTORY_FILE = "history.json"
+CHAMPION_FILE = "champion.json"  # the champion stage's record of which version it wrote
 CANDIDATE_FILE = "model.skops"
 ONNX_INPUT = "input"
 

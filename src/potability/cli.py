@@ -137,6 +137,68 @@ def cmd_deployments(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    import json
+
+    from potability import lineage
+
+    try:
+        found = lineage.describe(get_settings(), args.version)
+    except lineage.LineageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    train = found["params"].get("train", {})
+    lines = [
+        f"version:       {found['version']} ({found['model_version']})"
+        + ("  [served now]" if found["served"] else ""),
+        f"commit:        {found['commit'] or 'none recorded'}"
+        + (f"  [forced: {found['forced']}]" if found["forced"] else ""),
+        f"data md5:      {found['data_md5']}  (data/raw/samples.csv, {found['lab_rows']} lab rows)",
+        f"model md5:     {found['model_md5']}  (models/promoted)",
+        f"params:        train.seed={train.get('seed')} min_recall={train.get('min_recall')} "
+        f"confidence_level={train.get('confidence_level')} (--json: all)",
+        f"mlflow runs:   training {found['mlflow_runs']['training']}, "
+        f"registered from {found['mlflow_runs']['registered_from']}",
+        *(
+            f"{d['action'] + ':':15}{d['deployed_at']} by {d['deployed_by']}: {d['reason']}"
+            for d in found["deployments"]
+        ),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from potability import reproduce
+
+    try:
+        result = reproduce.reproduce(
+            get_settings(),
+            args.version,
+            Path(args.workdir) if args.workdir else None,
+            on_line=lambda line: print(line, file=sys.stderr),
+        )
+    except reproduce.ReproduceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result.identical:
+        print(
+            f"version {result.version} rebuilt from commit {result.commit[:12]} in {result.workdir}: "
+            f"largest probability difference {result.max_probability_gap:.1e}"
+        )
+        print("identical")
+        return 0
+    print(
+        f"version {result.version} rebuilt from commit {result.commit[:12]} in {result.workdir} differs:"
+    )
+    for difference in result.differences:
+        print(f"- {difference}")
+    return 1
+
+
 def cmd_retrain(args: argparse.Namespace) -> int:
     from potability.retrain.flow import retrain, serve_on_schedule
 
@@ -305,9 +367,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="ship even if the champion changed since the pipeline decided",
+        help="ship even if the champion changed since the pipeline decided, or dvc.lock is "
+        "not committed (recorded: such a version cannot be reproduced)",
     )
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser(
+        "lineage", help="the commit, data and model md5s, params and runs behind a version"
+    )
+    p.add_argument("--version", help="registered version (default: the served one)")
+    p.add_argument("--json", action="store_true", help="everything, as JSON")
+    p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser(
+        "reproduce", help="rebuild a version from its commit and the DVC remote, and compare"
+    )
+    p.add_argument("--version", required=True, help="registered version to rebuild")
+    p.add_argument(
+        "--workdir", help="an empty directory to rebuild in (default: a new temporary one)"
+    )
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("deployments", help="list deployments and rollbacks, newest first")
     p.add_argument("--limit", type=int, default=20)

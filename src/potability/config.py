@@ -282,6 +282,28 @@ class Settings(BaseSettings):
     reload_timeout_seconds: Seconds = _env("POTABILITY_RELOAD_TIMEOUT_SECONDS", default=10.0)
     """How long the flow waits for the server's reload answer."""
 
+    # Lineage: every retrain is a commit on a branch of its own, its data on a shared DVC remote.
+    git_remote: Name = _env("POTABILITY_GIT_REMOTE", default="origin")
+    """The git remote the retrain branch is pushed to and `reproduce` clones from (when the root has it)."""
+    git_url: str | None = _env("POTABILITY_GIT_URL", default=None)
+    """The repository the retrain clones (a URL or a local path); unset: the root's `POTABILITY_GIT_REMOTE`, else the root itself."""
+    source_branch: str | None = _env("POTABILITY_SOURCE_BRANCH", default=None)
+    """The branch whose code the retrain runs; unset: the cloned repository's HEAD branch."""
+    retrain_branch: Name = _env("POTABILITY_RETRAIN_BRANCH", default="retrain")
+    """The branch each retrain commits its `dvc.lock`, params and metrics on (never the researchers')."""
+    retrain_workspace: Path = _env("POTABILITY_RETRAIN_WORKSPACE", default=Path(".retrain"))
+    """The retrain's own clone (relative: under the root); `.` runs in the root itself, a clone made for it (the Prefect pull step's)."""
+    dvc_remote: str | None = _env("POTABILITY_DVC_REMOTE", default=None)
+    """The DVC remote (URL or path) retrains push to and `reproduce` pulls from; unset: the root's default remote."""
+    commit_author: Name = _env("POTABILITY_COMMIT_AUTHOR", default="potability retrain")
+    """The author and committer name of retrain commits, whatever the host's git config."""
+    commit_email: Name = _env("POTABILITY_COMMIT_EMAIL", default="retrain@potability.invalid")
+    """The author and committer e-mail of retrain commits."""
+    reproduce_tolerance: Annotated[float, annotated_types.Gt(0), Kind("number > 0")] = _env(
+        "POTABILITY_REPRODUCE_TOLERANCE", default=1e-9
+    )
+    """Largest probability (and threshold) difference `potability reproduce` still calls identical."""
+
     def __init__(self, **values: Any):
         root = Path(values.pop("root", None) or os.environ.get("POTABILITY_ROOT") or Path.cwd())
         try:
@@ -300,7 +322,14 @@ class Settings(BaseSettings):
         root = info.data.get("root")
         return value if value.is_absolute() or root is None else workspace_of(root) / value
 
-    @field_validator("promoted_dir", "model_cache_dir", "spool_dir", "run_dir", "params_path")
+    @field_validator(
+        "promoted_dir",
+        "model_cache_dir",
+        "spool_dir",
+        "run_dir",
+        "params_path",
+        "retrain_workspace",
+    )
     @classmethod
     def _under_root(cls, value: Path, info: ValidationInfo) -> Path:
         root = info.data.get("root")

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg2
 
-from potability import artifacts, db, deployments, rollups, tracking
+from potability import artifacts, db, deployments, lineage, rollups, tracking
 from potability.config import Settings
 from potability.deployments import Deployment
 from potability.errors import MartError
@@ -47,9 +47,10 @@ def deploy_promoted(
 ) -> DeployResult:
     """Ship ``promoted_dir`` as the new champion, unless it already is one.
 
-    Refused when the directory holds no checked model, or when the champion
-    has changed since the pipeline decided against it (rerun the promote stage,
-    or ``force``).
+    Refused when the directory holds no checked model, when the champion
+    has changed since the pipeline decided against it (rerun the promote stage),
+    or when the ``dvc.lock`` that produced it is not committed (commit it); ``force``
+    ships anyway and the record says what was overridden.
     """
     try:
         promoted = artifacts.load_model_dir(promoted_dir)
@@ -75,20 +76,29 @@ def deploy_promoted(
             f"but the champion is now version {now_champion or 'none'}: run "
             "`dvc repro --force --single-item promote` to decide again (or deploy --force)"
         )
+    try:
+        origin = lineage.of_promoted(promoted_dir, force)
+    except lineage.LineageError as exc:
+        raise DeployError(f"refusing to deploy {promoted.version}: {exc}") from exc
     tags = {
         "model_version": promoted.version,
         "sha256": meta["sha256"],
         "threshold": f"{promoted.threshold:.6f}",
         "kind": str(meta.get("kind")),
         "data_hash": str(meta.get("data_hash")),
-        "git_commit": str(meta.get("git_commit")),
+        "code_commit": str(meta.get("git_commit")),
+        "training_run": str(meta.get("mlflow_run_id")),
+        "n_lab_rows": str(int(meta.get("n_train", 0)) + int(meta.get("n_test", 0))),
         "test_precision": f"{meta['metrics']['precision']:.4f}",
         "test_recall": f"{meta['metrics']['recall']:.4f}",
+        **origin.tags(),
     }
     registered = tracking.register_model_dir(
         promoted_dir, name, meta.get("mlflow_run_id"), tags, meta["input_example"]
     )
     why = reason or meta.get("decision_reason") or "deployed from models/promoted"
+    if origin.forced:
+        why = f"{why} [forced, not reproducible: {origin.forced}]"
     _register_drift_bins(promoted.version, meta, settings)
     return _move_champion(registered, current, "deploy", deployed_by, why, settings)
 
@@ -156,6 +166,7 @@ def _move_champion(
             current.version if current else None,
             current.model_version if current else None,
             reason,
+            target.tags.get("lock_commit") or None,
         ),
         settings,
     )

@@ -26,6 +26,7 @@ _COLUMNS = (
     "previous_version",
     "previous_model_version",
     "reason",
+    "lock_commit",
 )
 
 
@@ -40,6 +41,7 @@ class Deployment:
     previous_version: str | None
     previous_model_version: str | None
     reason: str
+    lock_commit: str | None = None  # the commit holding the dvc.lock that produced the version
 
     def as_dict(self) -> dict:
         data = {name: getattr(self, name) for name in _COLUMNS}

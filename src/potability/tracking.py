@@ -117,6 +117,7 @@ class RegisteredVersion:
     name: str
     version: str
     tags: dict[str, str]
+    run_id: str | None = None  # the MLflow run the version was logged in
 
     @property
     def model_version(self) -> str:
@@ -171,7 +172,7 @@ def register_model_dir(
         )
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     log.info("registered %s version %s from run %s", name, version.version, run.info.run_id)
-    return RegisteredVersion(name, str(version.version), dict(tags))
+    return RegisteredVersion(name, str(version.version), dict(tags), run.info.run_id)
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
@@ -191,7 +192,7 @@ def version_for_alias(name: str, alias: str, client: Any = None) -> RegisteredVe
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
-    return RegisteredVersion(name, str(found.version), dict(found.tags))
+    return RegisteredVersion(name, str(found.version), dict(found.tags), found.run_id)
 
 
 def get_version(name: str, version: str, client: Any = None) -> RegisteredVersion:
@@ -206,7 +207,7 @@ def get_version(name: str, version: str, client: Any = None) -> RegisteredVersio
         raise LookupError(
             f"{name} has no version {version!r}; registered versions: {known or 'none'}"
         ) from exc
-    return RegisteredVersion(name, str(found.version), dict(found.tags))
+    return RegisteredVersion(name, str(found.version), dict(found.tags), found.run_id)
 
 
 def download_version(name: str, version: str, dest: Path, client: Any = None) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from potability import db
+from potability import db, vcs
 from potability.config import Settings
 from potability.errors import DatabaseUnavailable
 
@@ -74,7 +74,7 @@ def check_inputs(settings: Settings, work_pool: bool = True) -> list[str]:
 
     ``work_pool=False`` for `potability retrain --serve`, whose runs need no worker.
     """
-    problems = _check_root(settings.root) + _check_database(settings)
+    problems = _check_root(settings.root) + _check_database(settings) + _check_remotes(settings)
     server_ok = _check_server(settings, problems)
     problems += _check_prefect(settings, server_ok, work_pool)
     return problems
@@ -105,6 +105,29 @@ def _check_database(settings: Settings) -> list[str]:
     except DatabaseUnavailable as exc:
         return [f"DATABASE_URL: {exc}"]
     return []
+
+
+def _check_remotes(settings: Settings) -> list[str]:
+    """The git repository runs clone (and push their branch to) and the DVC remote they pull from and push to."""
+    problems = []
+    url = vcs.source_url(settings)
+    found = vcs.git(["ls-remote", "--heads", url], settings.root, check=False)
+    if found.returncode != 0:
+        problems.append(
+            f"git repository {url} (POTABILITY_GIT_URL, else remote {settings.git_remote!r}, "
+            f"else the root) cannot be read: {found.stderr.strip()[-300:]}"
+        )
+    try:
+        remote = settings.dvc_remote or vcs.default_dvc_remote(settings.root)
+    except vcs.VcsError as exc:
+        return [*problems, f"DVC remote: {exc}"]
+    if remote is None:
+        problems.append(
+            "no DVC remote: set POTABILITY_DVC_REMOTE (or a default remote in .dvc/config)"
+        )
+    elif "://" not in remote and not Path(remote).resolve().parent.is_dir():
+        problems.append(f"DVC remote {remote}: its parent directory does not exist")
+    return problems
 
 
 def _check_server(settings: Settings, problems: list[str]) -> bool:
@@ -177,7 +200,15 @@ def run_environment(settings: Settings) -> dict[str, str]:
         if (k.startswith("POTABILITY_") or k in SETTINGS_ENV) and k not in SECRET_ENV and v
     }
     env.pop(DEPLOY_MARKER, None)
-    env["POTABILITY_ROOT"] = str(settings.root)
+    env.pop("POTABILITY_ROOT", None)  # runs work in the clone their pull steps made
+    env["POTABILITY_RETRAIN_WORKSPACE"] = "."
+    env["POTABILITY_GIT_URL"] = vcs.source_url(settings)
+    remote = settings.dvc_remote or vcs.default_dvc_remote(settings.root)
+    if remote:
+        env["POTABILITY_DVC_REMOTE"] = remote if "://" in remote else str(Path(remote).resolve())
+    if not db.mlflow_tracking_uri(settings).startswith(("http://", "https://")):
+        # a clone is thrown away after its run: artifacts go where the operator's do
+        env.setdefault("POTABILITY_MLFLOW_ARTIFACTS", str(settings.mlflow_artifacts))
     return env
 
 
@@ -198,6 +229,7 @@ def deploy(settings: Settings) -> Deployed:
         **os.environ,
         DEPLOY_MARKER: "1",
         "POTABILITY_ROOT": str(settings.root),
+        "POTABILITY_GIT_URL": vcs.source_url(settings),
         "POTABILITY_RETRAIN_CRON": settings.retrain_cron,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }

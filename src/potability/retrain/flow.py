@@ -16,9 +16,7 @@ the server then picks the new champion up on its next poll.
 
 from __future__ import annotations
 
-import collections
 import json
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,18 +26,19 @@ from typing import Any
 import requests
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
-from potability import db, deploy
+from potability import db, deploy, vcs
 from potability.config import get_settings
 from potability.features import file_sha256
 from potability.mart import WaterMart
+from potability.retrain import workspace
 from potability.retrain.deployment import admin_token
 
 FLOW_NAME = "retrain-potability"
 WATERMARK = "retrain"
 RETRAIN_LOCK_KEY = 727_202  # advisory lock id shared by every retrain run
-LOG_TAIL_LINES = 30
-STAGES = 5  # count new rows, dvc repro, dvc push, deploy, report
+STAGES = 7  # count new rows, workspace, dvc repro, commit, push, deploy, report
 # `potability retrain --serve`'s deployment; prefect.yaml's is daily-retrain
 SERVED_DEPLOYMENT = "daily-retrain-here"
 
@@ -53,36 +52,48 @@ def new_rows_since_watermark() -> tuple[int, int | None, int | None]:
     return count, newest, watermark
 
 
-@task
-def run_dvc(args: list[str], root: str) -> list[str]:
-    """Run a dvc command, streaming its output into the flow log; raise with its last lines on failure."""
+@task(cache_policy=NO_CACHE)
+def prepare_workspace() -> workspace.Workspace:
+    """The retrain's own clone at the source tip, with the last retrain's lock, pulled from the DVC remote."""
     logger = get_run_logger()
-    tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
-    dvc = str(Path(sys.executable).with_name("dvc"))
-    command = [dvc if Path(dvc).exists() else "dvc", *args]
-    with subprocess.Popen(
-        command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as proc:
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line:
-                logger.info("%s", line)
-                tail.append(line)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"`dvc {' '.join(args)}` failed (exit {proc.returncode}); last lines:\n"
-            + "\n".join(tail)
-        )
-    return list(tail)
+    prepared = workspace.prepare(get_settings(), on_line=lambda line: logger.info("%s", line))
+    logger.info(
+        "workspace %s at %s (last retrain commit: %s)",
+        prepared.path,
+        prepared.source_commit[:12],
+        (prepared.previous_commit or "none")[:12],
+    )
+    return prepared
+
+
+@task(cache_policy=NO_CACHE)
+def run_dvc(args: list[str], prepared: workspace.Workspace) -> list[str]:
+    """Run a dvc command in the workspace, streaming its output into the flow log; raise with its last lines on failure."""
+    logger = get_run_logger()
+    try:
+        return vcs.dvc(args, prepared.path, prepared.env, lambda line: logger.info("%s", line))
+    except vcs.VcsError as exc:
+        raise RuntimeError(str(exc)) from None
+
+
+@task(cache_policy=NO_CACHE)
+def record_retrain(prepared: workspace.Workspace, message: str) -> str:
+    """Commit dvc.lock, params and metrics on the retrain branch: the lineage of whatever gets deployed."""
+    return workspace.record(prepared, get_settings(), message)
+
+
+@task(cache_policy=NO_CACHE)
+def push_retrain(prepared: workspace.Workspace) -> list[str]:
+    """git push the retrain branch, dvc push the outputs; failures come back as warnings."""
+    logger = get_run_logger()
+    return workspace.push(prepared, get_settings(), lambda line: logger.info("%s", line))
 
 
 @task
-def ship_promoted(reason: str) -> dict[str, Any]:
-    """`potability deploy`: register models/promoted/ and move the alias champion to it."""
+def ship_promoted(promoted_dir: Path, reason: str) -> dict[str, Any]:
+    """`potability deploy`: register the workspace's models/promoted/ and move the alias champion to it."""
     settings = get_settings()
-    result = deploy.deploy_promoted(
-        settings.promoted_dir, FLOW_NAME, f"retrain flow: {reason}", settings
-    )
+    result = deploy.deploy_promoted(promoted_dir, FLOW_NAME, f"retrain flow: {reason}", settings)
     return {
         "version": result.registry_version,
         "model_version": result.model_version,
@@ -197,6 +208,18 @@ def publish_report(markdown: str) -> str:
     return markdown
 
 
+def commit_message(
+    count: int, watermark: int | None, newest: int | None, decision: dict[str, Any]
+) -> str:
+    """The retrain commit's message: which lab rows were new, and what the pipeline decided."""
+    first = (watermark or 0) + 1
+    return (
+        f"retrain on {count} new lab row(s) (commit_seq {first}..{newest}): "
+        f"{'promoted' if decision.get('promoted') else 'champion kept'}\n\n"
+        f"Decision: {decision.get('reason', 'no decision recorded')}\n"
+    )
+
+
 def _diff_cell(old: dict[str, Any], new: dict[str, Any], key: str, fmt: str = "{:.3f}") -> str:
     """``old → new`` for one metric, or just ``new`` for a candidate seen the first time."""
     new_value = fmt.format(new[key])
@@ -212,7 +235,6 @@ def retrain() -> dict[str, Any]:
     """Retrain when the lab added rows; deploy only a model the pipeline promoted."""
     settings = get_settings()
     logger = get_run_logger()
-    root = settings.root
     server_url, token, warnings = reload_target(settings)
     for warning in warnings:
         logger.warning(warning)
@@ -233,25 +255,34 @@ def retrain() -> dict[str, Any]:
             count,
             f"lab row #{watermark}" if watermark else "the beginning",
         )
-        before = _read_json(root / "metrics/evaluate.json")
-        decision_before = _read_json(root / "metrics/promotion.json")
+        stage("workspace")
+        prepared = prepare_workspace()
+        warnings += prepared.warnings
+        ws = prepared.path
+        before = _read_json(ws / "metrics/evaluate.json")
+        decision_before = _read_json(ws / "metrics/promotion.json")
         stage("dvc repro")
-        run_dvc(["repro"], str(root))
-        stage("dvc push")
-        try:
-            run_dvc(["push"], str(root))
-        except RuntimeError as exc:
-            warnings.append(f"dvc push failed: {str(exc).splitlines()[-1]}")
-            logger.warning(warnings[-1])
-        decision = _read_json(root / "metrics/promotion.json")
+        run_dvc(["repro"], prepared)
+        decision = _read_json(ws / "metrics/promotion.json")
         if decision == decision_before:  # promote did not run: the training data came out the same
             decision = {
                 "promoted": False,
                 "reason": "pipeline outputs unchanged; the champion is kept",
             }
         logger.info("promotion decision: %s", decision.get("reason"))
+        stage("commit")
+        commit = record_retrain(prepared, commit_message(count, watermark, newest, decision))
+        logger.info("recorded as commit %s on branch %s", commit, settings.retrain_branch)
+        stage("push")
+        for warning in push_retrain(prepared):
+            warnings.append(warning)
+            logger.warning(warning)
         stage("deploy")
-        shipped = ship_promoted(decision["reason"]) if decision.get("promoted") else None
+        shipped = (
+            ship_promoted(ws / "models/promoted", decision["reason"])
+            if decision.get("promoted")
+            else None
+        )
         if shipped:
             logger.info("deployed: %s", shipped["message"])
         reload_result = None
@@ -262,9 +293,9 @@ def retrain() -> dict[str, Any]:
                 warnings.append(f"server reload failed: {exc}")
                 logger.warning(warnings[-1])
         stage("report")
-        data_hash = file_sha256(root / "data/raw/samples.csv")
-        lock_hash = file_sha256(root / "dvc.lock")
-        after = _read_json(root / "metrics/evaluate.json")
+        data_hash = file_sha256(ws / "data/raw/samples.csv")
+        lock_hash = file_sha256(ws / "dvc.lock")
+        after = _read_json(ws / "metrics/evaluate.json")
         publish_report(report_markdown(before, after, decision, count, shipped, warnings))
         advance_watermark(newest, data_hash, lock_hash)
         summary = (
@@ -275,6 +306,8 @@ def retrain() -> dict[str, Any]:
             "status": "retrained",
             "summary": summary,
             "repro_ran": True,
+            "commit": commit,
+            "workspace": str(ws),
             "decision": decision,
             "deployed": shipped,
             "data_hash": data_hash,

@@ -1,7 +1,8 @@
 """Stage promote: decide whether the challenger (best out of fold) should replace the champion.
 
-The champion is the version the MLflow alias ``champion`` names (what sensors
-are answered with), re-measured on the *current* test split so both are judged
+The champion is the version the MLflow alias ``champion`` named when the
+champion stage ran (``models/champion/``, a tracked input, so ``dvc.lock``
+records which one), re-measured on the *current* test split so both are judged
 on the same samples. The stage writes the workspace's decision to
 ``models/promoted/`` and never ships anything: ``potability deploy`` does. On
 "promoted" the directory holds the challenger (its ONNX export must match
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from potability import artifacts, tracking
-from potability.config import ParamsError, Settings, check_train_params, get_settings, load_params
+from potability import artifacts
+from potability.config import ParamsError, check_train_params, load_params
 from potability.features import (
     feature_matrix,
     file_sha256,
@@ -37,7 +37,6 @@ from potability.pipeline.modeling import MODEL_KINDS, classification_metrics
 from potability.pipeline.promotion import choose_challenger, decide
 from potability.pipeline.stages.train import read_train_info
 from potability.quality import reference_profile
-from potability.tracking import fetch_version
 
 log = logging.getLogger(__name__)
 INPUT_EXAMPLE_ROWS = 3  # complete training rows stored as the registered model's input example
@@ -61,9 +60,7 @@ class Champion:
     files: Path  # its model directory, downloaded and checked
 
 
-def promote(
-    paths: Paths, params: dict[str, Any], settings: Settings, champion: Champion | None
-) -> dict[str, Any]:
+def promote(paths: Paths, params: dict[str, Any], champion: Champion | None) -> dict[str, Any]:
     """Decide challenger vs ``champion`` and write ``paths.out``; return the decision record."""
     frame = read_samples(paths.test)
     X, y = feature_matrix(frame), labels(frame)
@@ -236,19 +233,16 @@ def write_curves(promoted: Path, test: Path, plots: Path, params: dict[str, Any]
     )
 
 
-def current_champion(settings: Settings, workdir: Path) -> Champion | None:
-    """The version the alias names, downloaded into ``workdir`` and checked; None if there is none."""
-    tracking.configure(settings)
-    found = tracking.version_for_alias(settings.registered_model, settings.champion_alias)
-    if found is None:
-        log.info(
-            "no %s@%s yet: the best eligible challenger becomes the first champion",
-            settings.registered_model,
-            settings.champion_alias,
-        )
+def recorded_champion(directory: Path) -> Champion | None:
+    """The champion the champion stage wrote to ``directory`` (checked again), or None when there was none."""
+    named = json.loads((directory / artifacts.CHAMPION_FILE).read_text(encoding="utf-8"))
+    version = named.get("registry_version")
+    if version is None:
+        log.info("no champion yet: the best eligible challenger becomes the first champion")
         return None
-    files = workdir / "champion"
-    return Champion(found.version, fetch_version(found, files), files)
+    served = artifacts.load_model_dir(directory)
+    model = artifacts.ServedModel(served.model, {**served.meta, "registered_version": version})
+    return Champion(str(version), model, directory)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -257,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", type=Path, required=True)
     parser.add_argument("--candidates", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--champion", type=Path, required=True, help="the champion stage's output")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--decision", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True, help="ROC and calibration tables")
@@ -265,15 +260,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     paths = Paths(args.train, args.test, args.candidates, args.metrics, args.out)
-    settings = get_settings()
-    with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
-        params = load_params(args.params)
-        try:  # a bad floor or level: nothing is promoted
-            check_train_params(params["train"], MODEL_KINDS)
-        except ParamsError as exc:
-            raise SystemExit(str(exc)) from None
-        champion = current_champion(settings, Path(tmp))
-        record = promote(paths, params, settings, champion)
+    params = load_params(args.params)
+    try:  # a bad floor or level: nothing is promoted
+        check_train_params(params["train"], MODEL_KINDS)
+    except ParamsError as exc:
+        raise SystemExit(str(exc)) from None
+    champion = recorded_champion(args.champion)
+    record = promote(paths, params, champion)
     write_curves(paths.out, paths.test, args.plots, params["promote"])
     artifacts.write_json_atomic(
         args.decision,

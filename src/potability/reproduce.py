@@ -1,0 +1,181 @@
+"""Rebuild a deployed version from its commit and the DVC remote, and say whether it is the same model.
+
+`potability reproduce --version V` clones the repository at the commit V's
+lineage names, pulls that commit's data from the DVC remote (the exported lab
+rows and the champion the decision was made against, as ``dvc.lock`` records
+them: today's table is never read) and reruns every stage after the export in
+the clone. Nothing shared is written: the candidates' MLflow runs go to an
+SQLite store inside the work directory, and no alias moves. The rebuilt
+``model.onnx`` must give the recorded one's probabilities on the recorded test
+split (within ``POTABILITY_REPRODUCE_TOLERANCE``), at the same threshold, with
+the same decision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from potability import artifacts, lineage, tracking, vcs
+from potability.config import Settings
+from potability.features import feature_matrix, file_sha256, read_samples
+
+FIRST_REBUILT_STAGE = "split"  # every stage downstream of it; export and champion come from DVC
+TEST_SPLIT = "data/split/test.csv"
+DECISION = "metrics/promotion.json"
+DECISION_KEYS = ("promoted", "challenger")
+DVC_REMOTE_NAME = "shared"
+
+
+class ReproduceError(Exception):
+    """The version cannot be rebuilt; the message names what is missing."""
+
+
+@dataclass
+class Reproduction:
+    """What a rebuild found: ``differences`` is empty when it is the same model."""
+
+    version: str
+    commit: str
+    workdir: Path
+    differences: list[str] = field(default_factory=list)
+    max_probability_gap: float | None = None
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+
+def reproduce(
+    settings: Settings,
+    version: str,
+    workdir: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> Reproduction:
+    """Rebuild registered ``version`` in ``workdir`` (a new temporary directory by default) and compare."""
+    tracking.configure(settings)
+    try:
+        found = tracking.get_version(settings.registered_model, version)
+    except LookupError as exc:
+        raise ReproduceError(str(exc)) from None
+    commit = found.tags.get("lock_commit")
+    if not commit:
+        why = found.tags.get(lineage.FORCED_TAG)
+        raise ReproduceError(
+            f"version {version} has no recorded commit: "
+            + (
+                f"it was deployed with --force ({why})"
+                if why
+                else "it was deployed before lineage was recorded"
+            )
+        )
+    remote = settings.dvc_remote or vcs.default_dvc_remote(settings.root)
+    if remote is None:
+        raise ReproduceError("no DVC remote to pull from: set POTABILITY_DVC_REMOTE")
+    workdir = workdir or Path(tempfile.mkdtemp(prefix=f"reproduce-v{version}-"))
+    if workdir.exists() and any(workdir.iterdir()):
+        raise ReproduceError(f"--workdir {workdir} is not empty")
+    workdir.mkdir(parents=True, exist_ok=True)
+    repo, recorded = workdir / "repo", workdir / "recorded"
+    _checkout(vcs.source_url(settings), commit, repo, version)
+    _pull(repo, remote, commit, on_line)
+    recorded.mkdir(parents=True)
+    for name in (lineage.MODEL_OUT, TEST_SPLIT, DECISION):
+        source = repo / name
+        if source.is_dir():
+            shutil.copytree(source, recorded / name)
+        elif source.is_file():
+            (recorded / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, recorded / name)
+    env = {
+        **os.environ,
+        "POTABILITY_ROOT": str(repo),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+        "POTABILITY_MLFLOW_ARTIFACTS": str(workdir / "mlartifacts"),
+    }
+    env.pop("DATABASE_URL", None)  # no stage after export reads the lab rows
+    try:
+        vcs.dvc(
+            ["repro", "--force", "--no-run-cache", "--downstream", FIRST_REBUILT_STAGE],
+            repo,
+            env,
+            on_line,
+        )
+    except vcs.VcsError as exc:
+        return Reproduction(version, commit, workdir, [f"the pipeline failed: {exc}"])
+    result = Reproduction(version, commit, workdir)
+    _compare(result, found, recorded, repo, settings.reproduce_tolerance)
+    return result
+
+
+def _checkout(url: str, commit: str, repo: Path, version: str) -> None:
+    try:
+        vcs.git(["clone", "--quiet", "--no-checkout", url, str(repo)], repo.parent)
+    except vcs.VcsError as exc:
+        raise ReproduceError(f"cannot clone {url}: {exc}") from None
+    if vcs.rev(repo, commit) is None:
+        raise ReproduceError(
+            f"commit {commit} (version {version}'s dvc.lock) is not in {url}: "
+            "was the retrain branch pushed?"
+        )
+    vcs.git(["checkout", "--quiet", "--detach", commit], repo)
+
+
+def _pull(repo: Path, remote: str, commit: str, on_line: Callable[[str], None] | None) -> None:
+    target = remote if "://" in remote else str(Path(remote).resolve())
+    vcs.dvc(["remote", "add", "--local", "--force", "--default", DVC_REMOTE_NAME, target], repo)
+    try:
+        vcs.dvc(["pull"], repo, None, on_line)
+    except vcs.VcsError as exc:
+        raise ReproduceError(
+            f"the DVC remote {target} lacks data of commit {commit[:12]}: {exc}"
+        ) from None
+
+
+def _compare(
+    result: Reproduction,
+    found: tracking.RegisteredVersion,
+    recorded: Path,
+    repo: Path,
+    tolerance: float,
+) -> None:
+    """Append to ``result.differences`` every way the rebuild differs from the record and the registry."""
+    differences = result.differences
+    try:
+        before = artifacts.load_model_dir(recorded / lineage.MODEL_OUT)
+        after = artifacts.load_model_dir(repo / lineage.MODEL_OUT)
+    except artifacts.ArtifactError as exc:
+        differences.append(f"no model to compare: {exc}")
+        return
+    if found.tags.get("sha256") != before.meta["sha256"]:
+        differences.append(
+            f"the recorded {lineage.MODEL_OUT}/model.onnx is not the registered version {found.version}'s file"
+        )
+    if file_sha256(repo / TEST_SPLIT) != file_sha256(recorded / TEST_SPLIT):
+        differences.append(f"the rebuilt {TEST_SPLIT} differs from the recorded one")
+    X = feature_matrix(read_samples(recorded / TEST_SPLIT))
+    gap = float(np.max(np.abs(after.model.predict_proba(X) - before.model.predict_proba(X))))
+    result.max_probability_gap = gap
+    if gap > tolerance:
+        differences.append(
+            f"probabilities on the recorded test split differ by up to {gap:.3e} > {tolerance:.0e}"
+        )
+    if abs(after.threshold - before.threshold) > tolerance:
+        differences.append(
+            f"threshold {after.threshold!r} differs from the recorded {before.threshold!r}"
+        )
+    decided = [
+        json.loads((path / DECISION).read_text(encoding="utf-8")) for path in (recorded, repo)
+    ]
+    for key in DECISION_KEYS:
+        if decided[0].get(key) != decided[1].get(key):
+            differences.append(
+                f"decision {key}: rebuilt {decided[1].get(key)!r}, recorded {decided[0].get(key)!r}"
+            )

@@ -1,0 +1,182 @@
+"""The retrain's own working copy: a clone of the researchers' code, never an operator's checkout.
+
+``prepare`` clones the repository (or fetches into the clone it made before),
+checks out the tip of the source branch, lays the last retrain's ``dvc.lock``
+and metrics over it (so persisted outputs such as the decision history, and the
+report's "before" column, continue from the last retrain rather than from
+whatever lock the source branch carries), points DVC at the shared remote and
+pulls. ``record`` commits what DVC keeps in git (``dvc.lock``, ``params.yaml``,
+metrics and plots) on the retrain branch, with the source tip as a second
+parent when the researchers moved on, so the branch only grows: every commit a
+served model names stays reachable. ``push`` sends the branch and the DVC
+outputs; a failed push is reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from potability import db, vcs
+from potability.config import Settings
+
+# what DVC keeps in git: the lock, the parameters, the metrics and plots (cache: false)
+RECORDED_PATHS = ("dvc.lock", "params.yaml", "metrics", "plots")
+# what a retrain continues from the last one; params.yaml is the researchers', from the source tip
+CONTINUED_PATHS = ("dvc.lock", "metrics", "plots")
+DVC_REMOTE_NAME = "shared"  # the remote `prepare` adds to the clone's .dvc/config.local
+
+
+class WorkspaceError(RuntimeError):
+    """The retrain cannot get or record its working copy; the message says which step and why."""
+
+
+@dataclass
+class Workspace:
+    """A prepared working copy: where it is, what it started from, how to run DVC in it."""
+
+    path: Path
+    source_commit: str
+    previous_commit: str | None  # the last retrain commit, if any
+    env: dict[str, str] = field(repr=False)
+    warnings: list[str] = field(default_factory=list)
+
+
+def stage_env(settings: Settings, path: Path) -> dict[str, str]:
+    """The environment of DVC stages run in ``path``: the operator's database, tracking store and registry.
+
+    A clone has no `.env` and no embedded Postgres of its own: whatever the
+    root's settings resolve to is passed on explicitly.
+    """
+    env = {**os.environ, "POTABILITY_ROOT": str(path)}
+    if path != settings.root:
+        env.update(
+            {
+                "DATABASE_URL": db.database_url(settings),
+                "MLFLOW_TRACKING_URI": db.mlflow_tracking_uri(settings),
+                "POTABILITY_MLFLOW_ARTIFACTS": str(settings.mlflow_artifacts),
+                "POTABILITY_REGISTERED_MODEL": settings.registered_model,
+                "POTABILITY_CHAMPION_ALIAS": settings.champion_alias,
+            }
+        )
+    return env
+
+
+def prepare(settings: Settings, on_line: Callable[[str], None] | None = None) -> Workspace:
+    """Clone or refresh the retrain's working copy at the source tip, with the last retrain's lock, pulled."""
+    path = settings.retrain_workspace
+    try:
+        source_ref = _checkout_source(settings, path)
+        source = vcs.rev(path, source_ref)
+        if source is None:
+            raise WorkspaceError(f"{vcs.source_url(settings)} has no branch {source_ref!r}")
+        previous = _previous_retrain(path, settings.retrain_branch)
+        vcs.git(["checkout", "--quiet", "--force", "--detach", source], path)
+        vcs.git(["clean", "-fdq"], path)  # untracked files only: DVC's ignored outputs stay
+        if previous:
+            recorded = vcs.git_out(
+                ["ls-tree", "-r", "--name-only", previous, "--", *CONTINUED_PATHS], path
+            )
+            vcs.git(["checkout", previous, "--", *recorded.split()], path)
+        remote = settings.dvc_remote or vcs.default_dvc_remote(settings.root)
+        if remote:
+            target = remote if "://" in remote else str(Path(remote).resolve())
+            vcs.dvc(
+                ["remote", "add", "--local", "--force", "--default", DVC_REMOTE_NAME, target], path
+            )
+    except vcs.VcsError as exc:
+        raise WorkspaceError(f"preparing the retrain workspace {path}: {exc}") from exc
+    workspace = Workspace(path, source, previous, stage_env(settings, path))
+    try:
+        vcs.dvc(["pull", "--allow-missing"], path, workspace.env, on_line)
+    except vcs.VcsError as exc:  # the stages rebuild what could not be pulled
+        workspace.warnings.append(
+            f"dvc pull failed, outputs are rebuilt: {str(exc).splitlines()[-1]}"
+        )
+    return workspace
+
+
+def _checkout_source(settings: Settings, path: Path) -> str:
+    """Make ``path`` a clone with the remote's branches fetched; return the ref of the code to run."""
+    if path == settings.root:  # a clone made for this run (the Prefect pull step's)
+        if vcs.git_out(["rev-parse", "--is-shallow-repository"], path) == "true":
+            vcs.git(["fetch", "--quiet", "--unshallow", "origin"], path)
+        vcs.git(["fetch", "--quiet", "origin", "+refs/heads/*:refs/remotes/origin/*"], path)
+        return f"origin/{settings.source_branch}" if settings.source_branch else "HEAD"
+    url = vcs.source_url(settings)
+    if not (path / ".git").is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        vcs.git(["clone", "--quiet", url, str(path)], path.parent)
+    else:
+        vcs.git(["remote", "set-url", "origin", url], path)
+        vcs.git(
+            ["fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/remotes/origin/*"], path
+        )
+    return f"origin/{settings.source_branch}" if settings.source_branch else "origin/HEAD"
+
+
+def _previous_retrain(path: Path, branch: str) -> str | None:
+    """The last retrain commit: the local branch when it holds the remote's (an unpushed one), else the remote's."""
+    local, remote = vcs.rev(path, f"refs/heads/{branch}"), vcs.rev(path, f"origin/{branch}")
+    if local and (remote is None or _is_ancestor(path, remote, local)):
+        return local
+    return remote
+
+
+def record(workspace: Workspace, settings: Settings, message: str) -> str:
+    """Commit the lock, params, metrics and plots on the retrain branch; return the commit.
+
+    Raises ``WorkspaceError`` when the commit cannot be made: a retrain whose
+    lineage is not recorded must not deploy.
+    """
+    path, branch = workspace.path, settings.retrain_branch
+    try:
+        present = [p for p in RECORDED_PATHS if (path / p).exists()]
+        vcs.git(["add", "--all", "--", *present], path)
+        tree = vcs.git_out(["write-tree"], path)
+        parents = [workspace.previous_commit] if workspace.previous_commit else []
+        if not parents or not _is_ancestor(path, workspace.source_commit, parents[0]):
+            parents.append(workspace.source_commit)
+        env = vcs.author_env(settings.commit_author, settings.commit_email)
+        args = ["commit-tree", tree, *(a for p in parents for a in ("-p", p)), "-m", message]
+        commit = vcs.git(args, path, env).stdout.strip()
+        vcs.git(["update-ref", f"refs/heads/{branch}", commit], path)
+        vcs.git(["symbolic-ref", "HEAD", f"refs/heads/{branch}"], path)
+        vcs.git(["reset", "--quiet"], path)  # index = the new commit; the files already are
+    except vcs.VcsError as exc:
+        raise WorkspaceError(f"recording the retrain on branch {branch!r}: {exc}") from exc
+    workspace.previous_commit = commit
+    return commit
+
+
+def _is_ancestor(path: Path, ancestor: str, descendant: str) -> bool:
+    return (
+        vcs.git(["merge-base", "--is-ancestor", ancestor, descendant], path, check=False).returncode
+        == 0
+    )
+
+
+def push(
+    workspace: Workspace, settings: Settings, on_line: Callable[[str], None] | None = None
+) -> list[str]:
+    """Push the retrain branch to the git remote and the outputs to the DVC remote; return warnings."""
+    warnings = []
+    branch = settings.retrain_branch
+    try:
+        vcs.git(
+            ["push", "--quiet", "origin", f"refs/heads/{branch}:refs/heads/{branch}"],
+            workspace.path,
+        )
+    except vcs.VcsError as exc:
+        warnings.append(
+            f"git push of branch {branch!r} failed (the commit stays in {workspace.path}): {exc}"
+        )
+    try:
+        vcs.dvc(["push"], workspace.path, workspace.env, on_line)
+    except vcs.VcsError as exc:
+        warnings.append(f"dvc push failed: {str(exc).splitlines()[-1]}")
+    return warnings
