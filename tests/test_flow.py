@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 
 import pytest
 import yaml
@@ -69,7 +70,9 @@ def test_first_run_trains_promotes_and_reports(flow_project, pg_url):
     assert champion() is None
     result = retrain()
     assert result["status"] == "retrained" and result["decision"]["promoted"] is True
-    meta = json.loads((flow_project / "models/promoted/meta.json").read_text())
+    workspace = flow_project / ".retrain"  # its own clone: the operator's checkout is not touched
+    assert result["workspace"] == str(workspace) and not (flow_project / "models").exists()
+    meta = json.loads((workspace / "models/promoted/meta.json").read_text())
     shipped = champion()  # the flow deployed what the pipeline promoted
     assert (
         result["deployed"]["version"] == shipped.version
@@ -80,7 +83,13 @@ def test_first_run_trains_promotes_and_reports(flow_project, pg_url):
     assert any("server reload failed" in w for w in result["warnings"])
     mart = WaterMart(url=pg_url)
     assert mart.watermark("retrain") == mart.samples_added_since(None)[1]
-    assert result["lock_hash"] == sha(flow_project / "dvc.lock")
+    assert result["lock_hash"] == sha(workspace / "dvc.lock")
+    # recorded: the lock that made the shipped model is the retrain commit's, in the source repository
+    assert shipped.tags["lock_commit"] == result["commit"]
+    committed = subprocess.run(
+        ["git", "show", "retrain:dvc.lock"], cwd=flow_project, capture_output=True, check=True
+    ).stdout
+    assert committed == (workspace / "dvc.lock").read_bytes()
 
 
 def test_markdown_artifact_is_published(flow_project):
@@ -99,11 +108,11 @@ def test_markdown_artifact_is_published(flow_project):
 def test_no_new_rows_means_no_repro(flow_project):
     from potability.retrain.flow import retrain
 
-    lock = sha(flow_project / "dvc.lock")
+    lock = sha(flow_project / ".retrain/dvc.lock")
     result = retrain()
     assert result["status"] == "nothing new" and result["repro_ran"] is False
     assert "nothing new" in result["summary"]
-    assert sha(flow_project / "dvc.lock") == lock
+    assert sha(flow_project / ".retrain/dvc.lock") == lock
 
 
 def test_a_second_run_skips_while_one_holds_the_lock(flow_project, pg_url):
@@ -128,14 +137,18 @@ def test_broken_stage_fails_the_flow_and_keeps_champion_and_watermark(flow_proje
     params_path = flow_project / "params.yaml"
     good = params_path.read_text()
     params = yaml.safe_load(good)
-    params["train"]["cv_folds"] = 1  # GridSearchCV refuses a single fold: train@* fails
+    params["train"]["cv_folds"] = 1  # GridSearchCV refuses a single fold: train fails
     params_path.write_text(yaml.safe_dump(params))
+    researcher = ["git", "-c", "user.email=r@example.org", "-c", "user.name=researcher"]
+    # the retrain runs committed code only: commit the mistake, as a researcher would
+    subprocess.run([*researcher, "commit", "-qam", "one fold"], cwd=flow_project, check=True)
     try:
         with pytest.raises(RuntimeError, match="dvc repro.*failed") as err:
             retrain()
         assert "last lines" in str(err.value)
     finally:
         params_path.write_text(good)
+        subprocess.run([*researcher, "commit", "-qam", "five folds"], cwd=flow_project, check=True)
     assert champion() == served
     assert mart.watermark("retrain") == watermark
 
@@ -144,12 +157,13 @@ def test_new_rows_retrain_and_advance_the_watermark(flow_project, pg_url):
     from potability.retrain.flow import retrain
 
     mart = WaterMart(url=pg_url)
-    lock = sha(flow_project / "dvc.lock")
+    lock = sha(flow_project / ".retrain/dvc.lock")
     before = champion()
     result = retrain()  # the 50 rows of the skipped run are still pending
     assert result["status"] == "retrained"
     decision = result["decision"]
-    history = json.loads((flow_project / "models/promoted/history.json").read_text())
+    # the decision history continues from the last retrain's, pulled from the DVC remote
+    history = json.loads((flow_project / ".retrain/models/promoted/history.json").read_text())
     assert len(history) == 2 and history[-1]["reason"] == decision["reason"]
     recorded = history[-1]["promote"]  # what the pipeline decided, read from its own record
     assert decision["promoted"] is recorded
@@ -161,5 +175,5 @@ def test_new_rows_retrain_and_advance_the_watermark(flow_project, pg_url):
     else:
         assert result["deployed"] is None and champion() == before
         assert len(shipped) == 1 and "nothing deployed" in result["summary"]
-    assert sha(flow_project / "dvc.lock") != lock
+    assert sha(flow_project / ".retrain/dvc.lock") != lock
     assert mart.samples_added_since(mart.watermark("retrain"))[0] == 0

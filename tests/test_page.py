@@ -156,6 +156,46 @@ def test_the_page_lists_every_deployment_and_rollback(deploy_dir, mart, tmp_path
         shutdown(app)
 
 
+def test_the_model_card_names_the_commit_that_built_the_served_version(
+    deploy_dir, mart, tmp_path, server_settings
+):
+    """Lineage on the page: the commit holding the dvc.lock of the served version, or "not reproducible"."""
+    from potability import deployments
+    from potability.pipeline.small_model import build_model_dir
+
+    name = f"lineage-{tmp_path.name[-8:]}"
+    shipped = deploy_dir(build_model_dir(tmp_path / "v1"), name)  # forced: no commit recorded
+    app = create_app(  # no cached copy: every page load renders
+        server_settings(**shipped.app_config(tmp_path), page_stale_seconds=0.001),
+        start_background=False,
+    )
+    try:
+        html = app.test_client().get("/").get_data(as_text=True)
+        assert "no recorded commit: not reproducible" in html
+        commit = "5" * 40  # as `potability deploy` records a committed dvc.lock's commit
+        deployments.record(
+            deployments.Deployment(
+                None,
+                "retrain-potability",
+                "deploy",
+                name,
+                shipped.version,
+                shipped.model_version,
+                None,
+                None,
+                "retrain flow: promoted",
+                commit,
+            ),
+            url=mart.url,
+        )
+        card = app.test_client().get("/v1/stats/model").get_json()
+        assert card["commit"] == commit and card["deployments"][0]["lock_commit"] == commit
+        html = app.test_client().get("/").get_data(as_text=True)
+        assert f"built from commit <code>{commit[:12]}</code>" in html
+    finally:
+        shutdown(app)
+
+
 def test_the_server_bins_the_answers_of_a_model_no_deploy_registered(
     mart, champion, tmp_path, server_settings
 ):

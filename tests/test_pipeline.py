@@ -252,7 +252,11 @@ def test_deploy_ships_the_decision_as_one_registered_version(project, registry):
     name, client = registry
     meta = json.loads((root / PROMOTED / "meta.json").read_text())
     refused = run(["potability", "deploy"], root, env, check=False)
-    assert refused.returncode == 2 and "dvc.lock" in refused.stderr and "not committed" in refused.stderr
+    assert (
+        refused.returncode == 2
+        and "dvc.lock" in refused.stderr
+        and "not committed" in refused.stderr
+    )
     assert champion_of(registry) is None  # nothing shipped without its lineage
     git = ["git", "-c", "user.email=r@example.org", "-c", "user.name=researcher"]
     run([*git, "add", "dvc.lock", "params.yaml", "metrics", "plots"], root, env)
@@ -447,7 +451,9 @@ def test_deploy_then_rollback_moves_the_server(project, registry, tmp_path, monk
         holder = app.extensions["potability.model"]
         assert holder.reload().version == first.model_version  # promoted is not deployed
         # promote_with wrote models/promoted by hand, outside dvc repro: no lineage to record
-        version = run(["potability", "deploy", "--force"], root, env).stdout.strip().splitlines()[-1]
+        version = (
+            run(["potability", "deploy", "--force"], root, env).stdout.strip().splitlines()[-1]
+        )
         assert version != first.version and champion_of(registry).tags["kind"] == other
         started = time.monotonic()
         assert holder.reload().meta["kind"] == other

@@ -99,13 +99,26 @@ def stack(tmp_path_factory, pg_url):
         )
     tmp = tmp_path_factory.mktemp("schedule")
     root = copy_project(tmp / "repo")
+    # the utility's shared parts: a git remote and a DVC remote folder
+    remote = tmp / "remote.git"
+    run(["git", "init", "--quiet", "--bare", str(remote)], tmp, os.environ.copy())
+    branch = run(
+        ["git", "rev-parse", "--abbrev-ref", "HEAD"], root, os.environ.copy()
+    ).stdout.strip()
+    run(["git", "remote", "add", "origin", str(remote)], root, os.environ.copy())
+    run(["git", "push", "--quiet", "origin", branch], root, os.environ.copy())
+    run(["git", "symbolic-ref", "HEAD", f"refs/heads/{branch}"], remote, os.environ.copy())
     api_port, web_port = free_port(), free_port()
     prefect_env = {
         "PREFECT_HOME": str(tmp / "prefect-home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{api_port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
-    env = {**without_prefect(project_env(root, pg_url)), **prefect_env}
+    env = {
+        **without_prefect(project_env(root, pg_url)),
+        **prefect_env,
+        "POTABILITY_DVC_REMOTE": str(tmp / "dvc-remote"),
+    }
     processes = []
     try:
         prefect = Process(
@@ -161,7 +174,14 @@ def stack(tmp_path_factory, pg_url):
             "POTABILITY_SERVER_URL": f"http://127.0.0.1:{web_port}",
             "POTABILITY_ADMIN_TOKEN": token,
         }
-        yield {"root": root, "env": env, "tmp": tmp, "processes": processes, "web": web}
+        yield {
+            "root": root,
+            "env": env,
+            "tmp": tmp,
+            "processes": processes,
+            "web": web,
+            "remote": remote,
+        }
     finally:
         for process in reversed(processes):
             process.stop()
@@ -275,18 +295,24 @@ def test_the_worker_runs_the_deployment_on_its_own_schedule(stack, pg_url):
         deployment = client.read_deployment_by_name(f"{FLOW}/{DEPLOYMENT}")
         assert deployment.global_concurrency_limit.limit == 1
         run_env = deployment.job_variables["env"]
-        assert run_env["POTABILITY_ROOT"] == str(root) and run_env["DATABASE_URL"] == pg_url
+        assert run_env["DATABASE_URL"] == pg_url and "POTABILITY_ROOT" not in run_env
+        # each run clones the git remote and works in that clone
+        assert run_env["POTABILITY_GIT_URL"] == str(stack["remote"])
+        assert run_env["POTABILITY_RETRAIN_WORKSPACE"] == "."
         assert "POTABILITY_ADMIN_TOKEN" not in run_env  # in the Secret block instead
+        assert "git_clone" in json.dumps(deployment.pull_steps)
     # the worker's own shell knows nothing of the project: the runs' settings come from the deployment
     worker_env = {
         "PATH": env["PATH"],
         "HOME": env.get("HOME", str(stack["tmp"])),
         **{k: v for k, v in env.items() if k.startswith("PREFECT_")},
     }
+    elsewhere = stack["tmp"] / "worker-host"  # no checkout of its own: it clones per run
+    elsewhere.mkdir()
     worker = Process(
         "worker",
         [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "potability"],
-        stack["tmp"],
+        elsewhere,
         worker_env,
         stack["tmp"],
     )
@@ -302,8 +328,14 @@ def test_the_worker_runs_the_deployment_on_its_own_schedule(stack, pg_url):
         timeout=10,
         headers={"Authorization": f"Bearer {env['POTABILITY_ADMIN_TOKEN']}"},
     ).json()
-    meta = json.loads((root / "models/promoted/meta.json").read_text())
-    assert served["version"] == meta["version"]
+    # the run's commit reached the remote's retrain branch, with the decision that was served
+    decided = json.loads(
+        run(
+            ["git", "show", "retrain:metrics/promotion.json"], stack["remote"], os.environ.copy()
+        ).stdout
+    )
+    assert served["version"] == decided["version"]
+    assert not (root / "models").exists() and not (root / ".retrain").exists()
     with prefect_client(env) as client:
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 

@@ -59,6 +59,11 @@ def model_panel() -> dict[str, Any]:
     try:
         shipped = deployments.history(context.settings().registered_model, url=_mart().url)
         card["deployments"] = [d.as_dict() for d in shipped]
+        served = production.meta.get("registered_version") if production else None
+        # the commit holding the dvc.lock that made the served version: its lineage, on the card
+        card["commit"] = next(
+            (d.lock_commit for d in shipped if d.registry_version == served and d.lock_commit), None
+        )
     except MartError as exc:
         card["deployments_error"] = f"the database is unavailable: {exc}"
     return card
