@@ -43,6 +43,8 @@ def test_flow_check_names_every_missing_input(tmp_path):
         "DATABASE_URL is not set",
         "POTABILITY_SERVER_URL is not set",
         "PREFECT_API_URL is not set",
+        f"git repository {tmp_path}",  # runs clone it: it must be one
+        "no DVC remote",
     ):
         assert named in result.stderr, result.stderr
 

@@ -76,11 +76,6 @@ def test_readme_paths_run_on_a_fresh_clone(tmp_path):
         and name not in {"DATABASE_URL", "DASK_SCHEDULER_ADDRESS", "VIRTUAL_ENV", "PYTHONPATH"}
     }
     env.update(
-        # a researcher's git identity (the operator path commits dvc.lock before deploying)
-        GIT_AUTHOR_NAME="researcher",
-        GIT_AUTHOR_EMAIL="researcher@example.org",
-        GIT_COMMITTER_NAME="researcher",
-        GIT_COMMITTER_EMAIL="researcher@example.org",
         PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
         PYTHONPATH=str(clone / "src"),
         POTABILITY_PGDATA=str(pgdata),
