@@ -268,10 +268,14 @@ def test_deploy_ships_the_decision_as_one_registered_version(project, registry):
     assert champion.version == version and champion.model_version == meta["version"]
     assert champion.tags["data_hash"] == meta["data_hash"]
     assert champion.tags["code_commit"] == meta["git_commit"] and len(meta["git_commit"]) == 40
-    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    lock = {
+        out["path"]: out["md5"]
+        for stage in yaml.safe_load((root / "dvc.lock").read_text())["stages"].values()
+        for out in stage.get("outs", [])
+    }
     assert champion.tags["git_commit"] == champion.tags["lock_commit"] == commit
-    assert champion.tags["data_md5"] == lock["export"]["outs"][0]["md5"]
-    assert champion.tags["model_md5"] == lock["promote"]["outs"][0]["md5"]
+    assert champion.tags["data_md5"] == lock["data/raw/samples.csv"]
+    assert champion.tags["model_md5"] == lock["models/promoted"]
     assert champion.tags["sha256"] == meta["sha256"]
     assert float(champion.tags["threshold"]) == pytest.approx(meta["threshold"], abs=1e-6)
     registered = client.get_model_version(name, version)

@@ -94,8 +94,11 @@ def _problems(root: Path) -> list[str]:
     changed = vcs.uncommitted(root, [LOCK_FILE, PARAMS_FILE])
     if changed:
         return [f"{', '.join(changed)} differ from commit HEAD"]
-    status = vcs.dvc(["status", "--json", DECIDING_STAGE], root)
-    if json.loads(status[-1] if status else "{}"):
+    try:
+        status = vcs.dvc_json(["status", "--json", DECIDING_STAGE], root)
+    except vcs.VcsError as exc:
+        return [f"cannot compare {MODEL_OUT} with dvc.lock: {exc}"]
+    if status:
         return [
             f"{MODEL_OUT} or its inputs differ from what dvc.lock records (dvc status {DECIDING_STAGE})"
         ]

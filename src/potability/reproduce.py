@@ -31,7 +31,6 @@ FIRST_REBUILT_STAGE = "split"  # every stage downstream of it; export and champi
 TEST_SPLIT = "data/split/test.csv"
 DECISION = "metrics/promotion.json"
 DECISION_KEYS = ("promoted", "challenger")
-DVC_REMOTE_NAME = "shared"
 
 
 class ReproduceError(Exception):
@@ -66,6 +65,10 @@ def reproduce(
     except LookupError as exc:
         raise ReproduceError(str(exc)) from None
     commit = found.tags.get("lock_commit")
+    if commit and not vcs.COMMIT.fullmatch(commit):
+        raise ReproduceError(
+            f"version {version}'s lock_commit tag {commit[:50]!r} is not a commit id"
+        )
     if not commit:
         why = found.tags.get(lineage.FORCED_TAG)
         raise ReproduceError(
@@ -76,7 +79,7 @@ def reproduce(
                 else "it was deployed before lineage was recorded"
             )
         )
-    remote = settings.dvc_remote or vcs.default_dvc_remote(settings.root)
+    remote = vcs.dvc_remote(settings)
     if remote is None:
         raise ReproduceError("no DVC remote to pull from: set POTABILITY_DVC_REMOTE")
     workdir = workdir or Path(tempfile.mkdtemp(prefix=f"reproduce-v{version}-"))
@@ -94,13 +97,17 @@ def reproduce(
         elif source.is_file():
             (recorded / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, recorded / name)
+    # nothing of the caller's stores reaches the rebuild: no database, a private MLflow store
     env = {
-        **os.environ,
-        "POTABILITY_ROOT": str(repo),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
-        "POTABILITY_MLFLOW_ARTIFACTS": str(workdir / "mlartifacts"),
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("POTABILITY_", "MLFLOW_")) and k != "DATABASE_URL"
     }
-    env.pop("DATABASE_URL", None)  # no stage after export reads the lab rows
+    env.update(
+        POTABILITY_ROOT=str(repo),
+        MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}",
+        POTABILITY_MLFLOW_ARTIFACTS=str(workdir / "mlartifacts"),
+    )
     try:
         vcs.dvc(
             ["repro", "--force", "--no-run-cache", "--downstream", FIRST_REBUILT_STAGE],
@@ -117,25 +124,24 @@ def reproduce(
 
 def _checkout(url: str, commit: str, repo: Path, version: str) -> None:
     try:
-        vcs.git(["clone", "--quiet", "--no-checkout", url, str(repo)], repo.parent)
+        vcs.git(["clone", "--quiet", "--no-checkout", "--", url, str(repo)], repo.parent)
+        if vcs.rev(repo, commit) is None:
+            raise ReproduceError(
+                f"commit {commit} (version {version}'s dvc.lock) is not in {url}: "
+                "was the retrain branch pushed?"
+            )
+        vcs.git(["checkout", "--quiet", "--detach", commit], repo)
     except vcs.VcsError as exc:
-        raise ReproduceError(f"cannot clone {url}: {exc}") from None
-    if vcs.rev(repo, commit) is None:
-        raise ReproduceError(
-            f"commit {commit} (version {version}'s dvc.lock) is not in {url}: "
-            "was the retrain branch pushed?"
-        )
-    vcs.git(["checkout", "--quiet", "--detach", commit], repo)
+        raise ReproduceError(f"cannot check out commit {commit[:12]} of {url}: {exc}") from None
 
 
 def _pull(repo: Path, remote: str, commit: str, on_line: Callable[[str], None] | None) -> None:
-    target = remote if "://" in remote else str(Path(remote).resolve())
-    vcs.dvc(["remote", "add", "--local", "--force", "--default", DVC_REMOTE_NAME, target], repo)
     try:
+        vcs.use_dvc_remote(repo, remote)
         vcs.dvc(["pull"], repo, None, on_line)
     except vcs.VcsError as exc:
         raise ReproduceError(
-            f"the DVC remote {target} lacks data of commit {commit[:12]}: {exc}"
+            f"the DVC remote {remote} lacks data of commit {commit[:12]}: {exc}"
         ) from None
 
 

@@ -10,7 +10,9 @@ commit the same author, whatever the host's ``git config`` says.
 from __future__ import annotations
 
 import collections
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,6 +24,8 @@ import yaml
 from potability.config import Settings
 
 TAIL_LINES = 30  # lines of a failed command kept in its error
+DVC_REMOTE_NAME = "shared"  # the remote a clone gets in .dvc/config.local: the setting's URL
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a full commit id, as lineage records it
 
 
 class VcsError(RuntimeError):
@@ -32,6 +36,8 @@ def git(
     args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
     """``git ARGS`` in ``cwd``; raise ``VcsError`` with its stderr when it fails and ``check``."""
+    # never wait on a password prompt: an unattended run fails and says so instead
+    env = {**(env or os.environ), "GIT_TERMINAL_PROMPT": "0"}
     result = subprocess.run(
         ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
     )
@@ -123,6 +129,21 @@ def dvc(
     return list(tail)
 
 
+def dvc_json(args: list[str], cwd: Path) -> Any:
+    """The JSON a ``dvc ... --json`` command prints on stdout (its warnings go to stderr)."""
+    done = subprocess.run(
+        [dvc_executable(), *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise VcsError(
+            f"`dvc {' '.join(args)}` failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}"
+        )
+    try:
+        return json.loads(done.stdout or "{}")
+    except json.JSONDecodeError as exc:
+        raise VcsError(f"`dvc {' '.join(args)}` printed no JSON: {done.stdout[-500:]}") from exc
+
+
 def read_lock(text: str) -> dict[str, Any]:
     """A ``dvc.lock`` file's stages, by name."""
     return (yaml.safe_load(text) or {}).get("stages", {})
@@ -140,6 +161,22 @@ def out_md5(stages: dict[str, Any], path: str) -> str | None:
 def source_url(settings: Settings) -> str:
     """The repository retrains clone and `reproduce` rebuilds from: the setting, the root's remote, or the root."""
     return settings.git_url or remote_url(settings.root, settings.git_remote) or str(settings.root)
+
+
+def dvc_remote(settings: Settings) -> str | None:
+    """The DVC remote retrains push to and `reproduce` pulls from: the setting, else the root's default.
+
+    A local path is made absolute against the root, so every clone names the same folder.
+    """
+    remote = settings.dvc_remote or default_dvc_remote(settings.root)
+    if remote is None or "://" in remote:
+        return remote
+    return str((settings.root / remote).resolve())
+
+
+def use_dvc_remote(repo: Path, url: str) -> None:
+    """Make ``url`` the default DVC remote of the clone at ``repo`` (in its untracked config.local)."""
+    dvc(["remote", "add", "--local", "--force", "--default", DVC_REMOTE_NAME, url], repo)
 
 
 def default_dvc_remote(root: Path) -> str | None:

@@ -89,7 +89,7 @@ def _check_root(root: Path) -> list[str]:
     if missing:
         return [
             f"project root {root} (POTABILITY_ROOT, else the working directory) has no "
-            f"{', '.join(missing)}: run from the checkout the worker will use"
+            f"{', '.join(missing)}: run from the project's checkout"
         ]
     return []
 
@@ -111,21 +111,21 @@ def _check_remotes(settings: Settings) -> list[str]:
     """The git repository runs clone (and push their branch to) and the DVC remote they pull from and push to."""
     problems = []
     url = vcs.source_url(settings)
-    found = vcs.git(["ls-remote", "--heads", url], settings.root, check=False)
+    found = vcs.git(["ls-remote", "--heads", "--", url], settings.root, check=False)
     if found.returncode != 0:
         problems.append(
             f"git repository {url} (POTABILITY_GIT_URL, else remote {settings.git_remote!r}, "
             f"else the root) cannot be read: {found.stderr.strip()[-300:]}"
         )
     try:
-        remote = settings.dvc_remote or vcs.default_dvc_remote(settings.root)
+        remote = vcs.dvc_remote(settings)
     except vcs.VcsError as exc:
         return [*problems, f"DVC remote: {exc}"]
     if remote is None:
         problems.append(
             "no DVC remote: set POTABILITY_DVC_REMOTE (or a default remote in .dvc/config)"
         )
-    elif "://" not in remote and not Path(remote).resolve().parent.is_dir():
+    elif "://" not in remote and not Path(remote).parent.is_dir():
         problems.append(f"DVC remote {remote}: its parent directory does not exist")
     return problems
 
@@ -203,9 +203,16 @@ def run_environment(settings: Settings) -> dict[str, str]:
     env.pop("POTABILITY_ROOT", None)  # runs work in the clone their pull steps made
     env["POTABILITY_RETRAIN_WORKSPACE"] = "."
     env["POTABILITY_GIT_URL"] = vcs.source_url(settings)
-    remote = settings.dvc_remote or vcs.default_dvc_remote(settings.root)
+    remote = vcs.dvc_remote(settings)
     if remote:
-        env["POTABILITY_DVC_REMOTE"] = remote if "://" in remote else str(Path(remote).resolve())
+        env["POTABILITY_DVC_REMOTE"] = remote
+    # settings read from the root's .env reach the runs too (a clone has no .env)
+    for name, value in (
+        ("DATABASE_URL", settings.database_url),
+        ("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
+    ):
+        if value:
+            env.setdefault(name, value)
     if not db.mlflow_tracking_uri(settings).startswith(("http://", "https://")):
         # a clone is thrown away after its run: artifacts go where the operator's do
         env.setdefault("POTABILITY_MLFLOW_ARTIFACTS", str(settings.mlflow_artifacts))

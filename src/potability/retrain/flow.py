@@ -274,7 +274,12 @@ def retrain() -> dict[str, Any]:
         commit = record_retrain(prepared, commit_message(count, watermark, newest, decision))
         logger.info("recorded as commit %s on branch %s", commit, settings.retrain_branch)
         stage("push")
-        for warning in push_retrain(prepared):
+        pushed = push_retrain(prepared)
+        if pushed and prepared.throwaway:  # this clone goes with the run: so would the lineage
+            raise RuntimeError(
+                "nothing deployed, the watermark stays (the next run retries): " + "; ".join(pushed)
+            )
+        for warning in pushed:
             warnings.append(warning)
             logger.warning(warning)
         stage("deploy")

@@ -15,7 +15,6 @@ outputs; a failed push is reported, never fatal.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ from potability.config import Settings
 RECORDED_PATHS = ("dvc.lock", "params.yaml", "metrics", "plots")
 # what a retrain continues from the last one; params.yaml is the researchers', from the source tip
 CONTINUED_PATHS = ("dvc.lock", "metrics", "plots")
-DVC_REMOTE_NAME = "shared"  # the remote `prepare` adds to the clone's .dvc/config.local
 
 
 class WorkspaceError(RuntimeError):
@@ -43,6 +41,11 @@ class Workspace:
     previous_commit: str | None  # the last retrain commit, if any
     env: dict[str, str] = field(repr=False)
     warnings: list[str] = field(default_factory=list)
+    # an earlier retrain commit the remote's branch does not hold (its push failed, and another
+    # retrain pushed since): kept as a parent, so the version that names it stays reachable
+    unpushed_commit: str | None = None
+    # the clone is made for this run and thrown away after it (the Prefect pull step's)
+    throwaway: bool = False
 
 
 def stage_env(settings: Settings, path: Path) -> dict[str, str]:
@@ -73,7 +76,7 @@ def prepare(settings: Settings, on_line: Callable[[str], None] | None = None) ->
         source = vcs.rev(path, source_ref)
         if source is None:
             raise WorkspaceError(f"{vcs.source_url(settings)} has no branch {source_ref!r}")
-        previous = _previous_retrain(path, settings.retrain_branch)
+        previous, unpushed = _previous_retrain(path, settings.retrain_branch)
         vcs.git(["checkout", "--quiet", "--force", "--detach", source], path)
         vcs.git(["clean", "-fdq"], path)  # untracked files only: DVC's ignored outputs stay
         if previous:
@@ -81,15 +84,19 @@ def prepare(settings: Settings, on_line: Callable[[str], None] | None = None) ->
                 ["ls-tree", "-r", "--name-only", previous, "--", *CONTINUED_PATHS], path
             )
             vcs.git(["checkout", previous, "--", *recorded.split()], path)
-        remote = settings.dvc_remote or vcs.default_dvc_remote(settings.root)
+        remote = vcs.dvc_remote(settings)
         if remote:
-            target = remote if "://" in remote else str(Path(remote).resolve())
-            vcs.dvc(
-                ["remote", "add", "--local", "--force", "--default", DVC_REMOTE_NAME, target], path
-            )
+            vcs.use_dvc_remote(path, remote)
     except vcs.VcsError as exc:
         raise WorkspaceError(f"preparing the retrain workspace {path}: {exc}") from exc
-    workspace = Workspace(path, source, previous, stage_env(settings, path))
+    workspace = Workspace(
+        path,
+        source,
+        previous,
+        stage_env(settings, path),
+        unpushed_commit=unpushed,
+        throwaway=path == settings.root,
+    )
     try:
         vcs.dvc(["pull", "--allow-missing"], path, workspace.env, on_line)
     except vcs.VcsError as exc:  # the stages rebuild what could not be pulled
@@ -102,29 +109,61 @@ def prepare(settings: Settings, on_line: Callable[[str], None] | None = None) ->
 def _checkout_source(settings: Settings, path: Path) -> str:
     """Make ``path`` a clone with the remote's branches fetched; return the ref of the code to run."""
     if path == settings.root:  # a clone made for this run (the Prefect pull step's)
+        changed = vcs.uncommitted(path, ["."])
+        if changed:  # never an operator's checkout: checkout --force and clean would eat their work
+            raise WorkspaceError(
+                f"POTABILITY_RETRAIN_WORKSPACE=. runs in a clean clone made for the run, but {path} "
+                f"has changes ({', '.join(changed[:5])}): unset it to retrain in a clone of its own"
+            )
         if vcs.git_out(["rev-parse", "--is-shallow-repository"], path) == "true":
             vcs.git(["fetch", "--quiet", "--unshallow", "origin"], path)
         vcs.git(["fetch", "--quiet", "origin", "+refs/heads/*:refs/remotes/origin/*"], path)
+        source = settings.source_branch or vcs.git_out(["rev-parse", "--abbrev-ref", "HEAD"], path)
+        _not_the_retrain_branch(source, settings.retrain_branch)
         return f"origin/{settings.source_branch}" if settings.source_branch else "HEAD"
     url = vcs.source_url(settings)
     if not (path / ".git").is_dir():
-        shutil.rmtree(path, ignore_errors=True)
+        if path.exists() and any(path.iterdir()):
+            raise WorkspaceError(
+                f"POTABILITY_RETRAIN_WORKSPACE {path} is not empty and not a clone: "
+                "name an empty or missing directory"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
-        vcs.git(["clone", "--quiet", url, str(path)], path.parent)
+        vcs.git(["clone", "--quiet", "--", url, str(path)], path.parent)
     else:
-        vcs.git(["remote", "set-url", "origin", url], path)
+        vcs.git(["remote", "set-url", "origin", "--", url], path)
         vcs.git(
             ["fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/remotes/origin/*"], path
         )
-    return f"origin/{settings.source_branch}" if settings.source_branch else "origin/HEAD"
+        vcs.git(["remote", "set-head", "origin", "--auto"], path)  # the remote's HEAD may move
+    if settings.source_branch:
+        _not_the_retrain_branch(settings.source_branch, settings.retrain_branch)
+        return f"origin/{settings.source_branch}"
+    head = vcs.git_out(["symbolic-ref", "--short", "refs/remotes/origin/HEAD"], path)
+    _not_the_retrain_branch(head.removeprefix("origin/"), settings.retrain_branch)
+    return "origin/HEAD"
 
 
-def _previous_retrain(path: Path, branch: str) -> str | None:
-    """The last retrain commit: the local branch when it holds the remote's (an unpushed one), else the remote's."""
+def _not_the_retrain_branch(source: str, retrain: str) -> None:
+    if source == retrain:
+        raise WorkspaceError(
+            f"the source branch and POTABILITY_RETRAIN_BRANCH are both {retrain!r}: retrains "
+            "commit on a branch of their own, never on the one researchers work on"
+        )
+
+
+def _previous_retrain(path: Path, branch: str) -> tuple[str | None, str | None]:
+    """The last retrain commit, and a local one the remote lacks when the two diverged.
+
+    The local branch when it holds the remote's (a push that failed), else the
+    remote's; a diverged local tip comes back second, to be kept as a parent.
+    """
     local, remote = vcs.rev(path, f"refs/heads/{branch}"), vcs.rev(path, f"origin/{branch}")
     if local and (remote is None or _is_ancestor(path, remote, local)):
-        return local
-    return remote
+        return local, None
+    if local and remote and not _is_ancestor(path, local, remote):
+        return remote, local
+    return remote, None
 
 
 def record(workspace: Workspace, settings: Settings, message: str) -> str:
@@ -139,7 +178,9 @@ def record(workspace: Workspace, settings: Settings, message: str) -> str:
         vcs.git(["add", "--all", "--", *present], path)
         tree = vcs.git_out(["write-tree"], path)
         parents = [workspace.previous_commit] if workspace.previous_commit else []
-        if not parents or not _is_ancestor(path, workspace.source_commit, parents[0]):
+        if workspace.unpushed_commit:
+            parents.append(workspace.unpushed_commit)
+        if not any(_is_ancestor(path, workspace.source_commit, p) for p in parents):
             parents.append(workspace.source_commit)
         env = vcs.author_env(settings.commit_author, settings.commit_email)
         args = ["commit-tree", tree, *(a for p in parents for a in ("-p", p)), "-m", message]
@@ -154,6 +195,7 @@ def record(workspace: Workspace, settings: Settings, message: str) -> str:
 
 
 def _is_ancestor(path: Path, ancestor: str, descendant: str) -> bool:
+    """Whether ``ancestor`` is reachable from ``descendant`` (or is it)."""
     return (
         vcs.git(["merge-base", "--is-ancestor", ancestor, descendant], path, check=False).returncode
         == 0
