@@ -1,4 +1,4 @@
-"""Stage promote: decide whether the challenger (best out of fold) should replace the champion.
+"""Stage promote: decide whether the challenger (chosen out of fold) should replace the champion.
 
 The champion is the version the MLflow alias ``champion`` names (what sensors
 are answered with), re-measured on the *current* test split so both are judged
