@@ -483,30 +483,33 @@ def test_deploy_then_rollback_moves_the_server(project, registry, tmp_path, monk
 def test_promote_keeps_the_champion_against_worse_and_degenerate_challengers(
     project, registry, tmp_path
 ):
-    """A degenerate challenger is refused; a real one is judged by the paired bootstrap."""
+    """A degenerate challenger is refused and gives way; a real one is judged by the paired bootstrap."""
     root, _, _ = project
     champion = champion_of(registry)
     evaluated = json.loads((root / "metrics/evaluate.json").read_text())
-    # the best out of fold, but it says "potable" twice on test: refused, and no second pick
-    fake = {kind: dict(m) for kind, m in evaluated.items()}
-    fake["svm"] = dict(
-        fake["svm"],
+    # shown best out of fold, but it says "potable" twice on test: the test vetoes it
+    degenerate = dict(
+        evaluated["svm"],
         precision=1.0,
         recall=0.01,
         positives=2,
-        oof={"oof_precision": 1.0, "oof_feasible": 1.0},
+        oof={"oof_precision": 1.0, "oof_feasible": 1.0, "oof_tp": 270.0, "oof_answers": 270.0},
     )
-    record = promote_with(project, registry, tmp_path, fake)
-    assert not record["promote"] and record["challenger"] == "svm"
-    assert "kept the champion" in record["reason"] and "not eligible" in record["candidates"]["svm"]
+    alone = promote_with(project, registry, tmp_path, {"svm": degenerate})
+    assert not alone["promote"] and alone["challenger"] == "svm"
+    assert "kept the champion" in alone["reason"] and "not eligible" in alone["candidates"]["svm"]
+    # beside the real candidates its place goes to the next one out of fold the test confirms,
+    # which must still be shown better than the champion
+    record = promote_with(project, registry, tmp_path, {**evaluated, "svm": degenerate})
+    assert record["challenger"] != "svm" and "not eligible" in record["candidates"]["svm"]
+    assert record["promote"] == (record["comparison"]["p_better"] >= 0.95)
     # the real candidates against the real champion: promoted exactly when shown better
     record = promote_with(project, registry, tmp_path, evaluated)
     compared = record["comparison"]
     assert compared["low"] <= compared["difference"] <= compared["high"]
     assert record["promote"] == (compared["p_better"] >= 0.95)
     if record["promote"]:  # back to the champion for the kept-files checks below
-        fake["svm"]["oof"]["oof_precision"] = 1.0
-        record = promote_with(project, registry, tmp_path, fake)
+        record = promote_with(project, registry, tmp_path, {"svm": degenerate})
     kept = artifacts.load_model_dir(root / PROMOTED)
     assert kept.version == champion.model_version and kept.meta["sha256"] == champion.tags["sha256"]
     history = json.loads((root / PROMOTED / "history.json").read_text())

@@ -4,10 +4,16 @@ import numpy as np
 import pytest
 
 from potability.intervals import PairedComparison, paired_bootstrap
-from potability.pipeline.promotion import choose_challenger, decide, recall_rule
+from potability.pipeline.promotion import (
+    challenger_order,
+    choose_challenger,
+    confirmed_challenger,
+    decide,
+    recall_rule,
+)
 
 
-def m(precision, recall, positives=50, oof=0.6, feasible=True, potable=180):
+def m(precision, recall, positives=50, oof=0.6, feasible=True, potable=180, oof_answers=270):
     tp = round(recall * potable)
     return {
         "precision": precision,
@@ -15,7 +21,12 @@ def m(precision, recall, positives=50, oof=0.6, feasible=True, potable=180):
         "positives": positives,
         "confusion": {"tp": tp, "fn": potable - tp},
         "precision_ci": [precision - 0.1, min(1.0, precision + 0.1)],
-        "oof": {"oof_precision": oof, "oof_feasible": float(feasible)},
+        "oof": {
+            "oof_precision": oof,
+            "oof_feasible": float(feasible),
+            "oof_tp": oof * oof_answers,
+            "oof_answers": oof_answers,
+        },
     }
 
 
@@ -26,19 +37,62 @@ def better(p=0.99):
 def test_the_challenger_is_chosen_out_of_fold_not_on_the_test_split():
     # qda has the best test precision, but rf the best out-of-fold precision: rf is the challenger
     candidates = {"qda": m(0.90, 0.30, oof=0.60), "rf": m(0.62, 0.30, oof=0.68)}
-    assert choose_challenger(candidates)[0] == "rf"
+    assert choose_challenger(candidates, 0.95)[0] == "rf"
     decision = decide(candidates, None, 0.25, 10, level=0.95)
     assert decision.promote and decision.challenger == "rf"
-    assert "out-of-fold precision 0.600 < rf's 0.680" in decision.candidates["qda"]
+    assert "out-of-fold precision 0.600; rf (0.680) comes first" in decision.candidates["qda"]
     assert "first champion" in decision.reason and "95 % CI 0.520-0.720" in decision.reason
 
 
-def test_a_challenger_under_the_floor_on_test_is_refused_without_a_second_pick():
-    # the degenerate svm wins out of fold but says "potable" twice on test: nothing is promoted
-    candidates = {"svm": m(1.0, 0.01, 2, oof=0.7), "rf": m(0.62, 0.30, oof=0.65)}
-    decision = decide(candidates, m(0.6, 0.3), 0.25, 10, better(), level=0.95)
+def test_a_challenger_refused_on_test_gives_way_to_the_next_one_out_of_fold():
+    # the degenerate svm wins out of fold but says "potable" twice on test: the test vetoes it,
+    # and the next candidate out of fold (rf), which the test confirms, takes its place
+    candidates = {
+        "svm": m(1.0, 0.01, 2, oof=0.7),
+        "rf": m(0.62, 0.30, oof=0.65),
+        "qda": m(0.95, 0.30, oof=0.60),
+    }
+    decision = decide(candidates, None, 0.25, 10, level=0.95)
+    assert decision.promote and decision.challenger == "rf", decision.reason
+    assert "first champion" in decision.reason and "svm, first out of fold, is refused" in (
+        decision.reason
+    )
+    assert "not eligible: on the test split" in decision.candidates["svm"]
+    assert "rf (0.650) comes first out of fold" in decision.candidates["qda"]
+    # against a champion the one the test confirms is the one compared
+    assert confirmed_challenger(candidates, 0.25, 10, 0.95)[0] == "rf"
+    kept = decide(candidates, m(0.6, 0.3), 0.25, 10, better(0.5), level=0.95)
+    assert not kept.promote and kept.challenger == "rf"
+
+
+def test_nothing_is_promoted_when_the_test_refuses_every_candidate():
+    candidates = {"svm": m(1.0, 0.01, 2, oof=0.7), "rf": m(0.62, 0.15, oof=0.65)}
+    decision = decide(candidates, None, 0.25, 10, level=0.95)
     assert not decision.promote and decision.challenger == "svm"
-    assert "kept the champion" in decision.reason and "not eligible" in decision.candidates["svm"]
+    assert "and so does every other eligible candidate" in decision.reason
+    assert all("not eligible: on the test split" in why for why in decision.candidates.values())
+
+
+@pytest.mark.parametrize(
+    ("single_oof", "answers", "first"),
+    [
+        (0.66, 270, "vote"),  # 0.02 above the vote on 270 answers: inside its noise
+        (0.72, 270, "svm"),  # lower 95 % bound 0.675 > 0.64: shown better out of fold
+        (0.66, 20_000, "svm"),  # the same 0.02 on 20,000 answers is shown
+    ],
+)
+def test_the_vote_goes_first_unless_a_single_kind_is_shown_better_out_of_fold(
+    single_oof, answers, first
+):
+    candidates = {
+        "vote": m(0.6, 0.3, oof=0.64),
+        "svm": m(0.6, 0.3, oof=single_oof, oof_answers=answers),
+        "rf": m(0.6, 0.3, oof=0.63),
+    }
+    order, notes = challenger_order(candidates, 0.95)
+    assert order[0] == first and order[1:] == [k for k in ("vote", "svm", "rf") if k != first]
+    if first == "vote":
+        assert "not shown above the vote's 0.640" in notes["svm"]
 
 
 def test_no_feasible_threshold_keeps_the_champion():

@@ -1,4 +1,4 @@
-"""Stage promote: decide whether the challenger (best out of fold) should replace the champion.
+"""Stage promote: decide whether the challenger (chosen out of fold) should replace the champion.
 
 The champion is the version the MLflow alias ``champion`` named when the
 champion stage ran (``models/champion/``, a tracked input, so ``dvc.lock``
@@ -34,7 +34,7 @@ from potability.features import (
 from potability.intervals import PairedComparison, paired_bootstrap
 from potability.pipeline.curves import calibration_table, roc_table
 from potability.pipeline.modeling import MODEL_KINDS, classification_metrics
-from potability.pipeline.promotion import choose_challenger, decide
+from potability.pipeline.promotion import confirmed_challenger, decide
 from potability.pipeline.stages.train import read_train_info
 from potability.quality import reference_profile
 
@@ -76,7 +76,8 @@ def promote(paths: Paths, params: dict[str, Any], champion: Champion | None) -> 
             "registry_version": champion.version,
             "kind": champion.model.meta.get("kind"),
         }
-        challenger, _ = choose_challenger(candidates)
+        level = params["train"]["confidence_level"]
+        challenger, _ = confirmed_challenger(candidates, floor, min_pos, level)
         if challenger is not None:
             comparison = _compare(
                 paths.candidates / challenger,
