@@ -143,8 +143,10 @@ class Settings(BaseSettings):
     """Data directory of the embedded Postgres (relative: under the DVC workspace)."""
     mlflow_tracking_uri: TrackingUri = _env("MLFLOW_TRACKING_URI", default=None, repr=False)
     """An explicit MLflow tracking store; unset: the `mlflow` database beside ours."""
-    mlflow_artifacts: Path = _env("POTABILITY_MLFLOW_ARTIFACTS", default=Path("mlartifacts"))
-    """Where MLflow stores run and model artifacts (relative: under the DVC workspace)."""
+    mlflow_artifacts: Annotated[str, AfterValidator(_text), Kind("path or URI")] = _env(
+        "POTABILITY_MLFLOW_ARTIFACTS", default="mlartifacts"
+    )
+    """Where an embedded tracking store (a database or file URI) puts artifacts: a directory (relative: under the DVC workspace) or a URI such as `s3://bucket/path`; with an `http(s)` tracking server, the server decides and this is not read."""
     dask_scheduler_address: Annotated[str | None, AfterValidator(_host_port), Kind("host:port")] = (
         _env("DASK_SCHEDULER_ADDRESS", default=None)
     )
@@ -294,11 +296,20 @@ class Settings(BaseSettings):
     def _absolute_root(cls, value: Path) -> Path:
         return value.resolve()
 
-    @field_validator("pgdata", "mlflow_artifacts")
+    @field_validator("pgdata")
     @classmethod
     def _under_workspace(cls, value: Path, info: ValidationInfo) -> Path:
         root = info.data.get("root")
         return value if value.is_absolute() or root is None else workspace_of(root) / value
+
+    @field_validator("mlflow_artifacts")
+    @classmethod
+    def _artifacts_under_workspace(cls, value: str, info: ValidationInfo) -> str:
+        if "://" in value:  # an object store or file URI, as MLflow takes it
+            return value
+        root = info.data.get("root")
+        path = Path(value)
+        return str(path if path.is_absolute() or root is None else workspace_of(root) / path)
 
     @field_validator("promoted_dir", "model_cache_dir", "spool_dir", "run_dir", "params_path")
     @classmethod
@@ -320,6 +331,17 @@ class Settings(BaseSettings):
     def ratelimit_path(self) -> Path:
         """The open pages' shared rate-limit map (owned by ``potability.serve.ratelimit``)."""
         return self.run_dir / "ratelimit"
+
+    @property
+    def tracking_server(self) -> bool:
+        """Whether MLflow is a tracking server (``http(s)://``), which places artifacts itself."""
+        return (self.mlflow_tracking_uri or "").lower().startswith(("http://", "https://"))
+
+    @property
+    def mlflow_artifact_uri(self) -> str:
+        """The embedded store's artifact location as a URI (a directory becomes ``file://``)."""
+        value = self.mlflow_artifacts
+        return value if "://" in value else Path(value).as_uri()
 
     @cached_property
     def workspace(self) -> Path:
