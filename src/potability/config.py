@@ -243,6 +243,30 @@ class Settings(BaseSettings):
     threads: Count = _env("POTABILITY_THREADS", default=1)
     """Threads per gunicorn worker (more than 1 turns sync into gthread)."""
 
+    # nginx in front of the fleet (`potability proxy-config`, potability/proxy.py).
+    proxy_client_timeout_seconds: Seconds = _env(
+        "POTABILITY_PROXY_CLIENT_TIMEOUT_SECONDS", default=10.0
+    )
+    """How long nginx waits on a client sending its request (headers, body) or taking its answer before it drops it."""
+    proxy_connections_per_client: Count = _env(
+        "POTABILITY_PROXY_CONNECTIONS_PER_CLIENT", default=64
+    )
+    """Requests nginx serves at once for one client address (`limit_conn`); past it: 429."""
+    proxy_connect_timeout_seconds: Seconds = _env(
+        "POTABILITY_PROXY_CONNECT_TIMEOUT_SECONDS", default=1.0
+    )
+    """How long nginx tries to connect to a serving host before it tries the next one."""
+    proxy_read_timeout_seconds: Seconds = _env(
+        "POTABILITY_PROXY_READ_TIMEOUT_SECONDS", default=30.0
+    )
+    """How long nginx waits for a serving host's answer before it tries the next one."""
+    proxy_fail_timeout_seconds: Seconds = _env(
+        "POTABILITY_PROXY_FAIL_TIMEOUT_SECONDS", default=10.0
+    )
+    """How long nginx leaves a serving host out after a failed try (`max_fails=1 fail_timeout`)."""
+    proxy_worker_connections: Count = _env("POTABILITY_PROXY_WORKER_CONNECTIONS", default=1024)
+    """Connections each nginx worker holds at once, clients and serving hosts together (within the open-file limit)."""
+
     reading_max_skew_seconds: Seconds = _env("POTABILITY_READING_MAX_SKEW_SECONDS", default=300.0)
     """How far a sensor's `read_at` may lie after the server's clock before it is refused (400)."""
 
