@@ -9,7 +9,9 @@ everyday job, so the fleet's front is nginx, configured here:
   is whole, an answer leaves the worker at once; slow clients are dropped
   after ``POTABILITY_PROXY_CLIENT_TIMEOUT_SECONDS``;
 - ``limit_conn`` per client address, ``limit_req`` on the open page and its
-  JSON (the page's own rate, ``POTABILITY_PAGE_RATE_PER_SECOND``/``_BURST``),
+  JSON (the page's own rate, ``POTABILITY_PAGE_RATE_PER_SECOND``/``_BURST``:
+  a request over the rate waits its turn, one past the burst is 429, so a
+  client reloading in a loop is paced instead of spinning on refusals),
   and a micro-cache for ``/``, ``/model``, ``/v1/stats/*`` and ``/static/``
   that honours the page cache's ``Cache-Control``, so page traffic rarely
   reaches Python; the page may get a listen address of its own;
@@ -222,7 +224,7 @@ http {{
 def _page_locations(settings: Settings) -> str:
     """The open page, its JSON and stylesheet: rate-limited per client, answered from a micro-cache."""
     open_page = f"""
-            limit_req zone=open_pages burst={settings.page_rate_burst} nodelay;
+            limit_req zone=open_pages burst={settings.page_rate_burst};
             proxy_cache pages;
             proxy_cache_valid 200 {_s(settings.page_refresh_seconds)};
             proxy_cache_lock on;
