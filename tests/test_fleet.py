@@ -83,11 +83,17 @@ def test_one_deploy_reaches_both_hosts_and_a_killed_host_costs_no_sensor_request
 ):
     registry_dir, workspace = tmp_path / "registry-artifacts", tmp_path / "pipeline"
     workspace.mkdir()
+    registry_dir.mkdir()  # a mount point for the hosts' tmpfs, whatever lands in it
     registry = MlflowServer(tmp_path, clean_db, registry_dir, database="mlflow_fleet")
     hosts: list[Server] = []
     proxy = None
     try:
-        pipeline_env = {**project_env(workspace, clean_db), "MLFLOW_TRACKING_URI": registry.url}
+        pipeline_env = {
+            **project_env(workspace, clean_db),
+            "MLFLOW_TRACKING_URI": registry.url,
+            # the embedded default, on the pipeline's disk: hidden from the hosts, never used here
+            "POTABILITY_MLFLOW_ARTIFACTS": str(workspace / "mlartifacts"),
+        }
         name = pipeline_env["POTABILITY_REGISTERED_MODEL"]
 
         def deploy(model_dir) -> None:
