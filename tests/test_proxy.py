@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import threading
@@ -100,7 +101,8 @@ def test_nginx_in_front_buffers_caches_limits_and_skips_a_dead_host(mart, champi
 
 
 def test_tls_with_a_certificate_and_absolute_paths_under_prefix(mart, champion, tmp_path):
-    cert, key = self_signed(prefix_dir())
+    keys = prefix_dir()  # nginx's user reads them
+    cert, key = self_signed(keys)
     server = Server(tmp_path, mart.url, champion)
     listen = f"127.0.0.1:{free_port()}"
     proxy = Nginx(
@@ -116,6 +118,7 @@ def test_tls_with_a_certificate_and_absolute_paths_under_prefix(mart, champion, 
     finally:
         proxy.stop()
         server.stop()
+        shutil.rmtree(keys, ignore_errors=True)
 
 
 def trickle(address: str, stop: threading.Event) -> None:
