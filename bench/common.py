@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -140,6 +142,33 @@ def wrk(url: str, body: str, connections: int, seconds: int, token: str | None =
         "requests": r["requests"],
         "errors": r["errors"] + r["non2xx"],
     }
+
+
+def nginx(upstream: int, listen: int, work: Path) -> tuple[subprocess.Popen, Path]:
+    """nginx from `potability proxy-config` in front of ``upstream``, as `nobody` when run as root.
+
+    Returns the process (stop it with ``stop``) and its prefix directory (remove it after).
+    """
+    prefix = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+    command = [sys.executable, "-m", "potability.cli", "proxy-config"]
+    command += ["--upstream", f"127.0.0.1:{upstream}", "--listen", f"127.0.0.1:{listen}"]
+    (prefix / "nginx.conf").write_text(
+        subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    )
+    (prefix / "nginx.conf").chmod(0o644)
+    run_as = []
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("nobody")
+        os.chown(prefix, entry.pw_uid, entry.pw_gid)
+        run_as = ["runuser", "-u", "nobody", "--"]
+    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+    conf = str(prefix / "nginx.conf")
+    proc = start(
+        [*run_as, nginx_bin, "-p", str(prefix), "-c", conf, "-g", "daemon off;"],
+        dict(os.environ),
+        work / "nginx.log",
+    )
+    return proc, prefix
 
 
 def write_result(name: str, result: dict) -> Path:

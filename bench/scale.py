@@ -27,7 +27,10 @@ kept at the workspace's MLflow database and the deployed champion served:
    (127.0.0.10, .11, ...), so the per-client rate limit treats them as the
    separate browsers they stand for: first on the API port (a one-port
    install), then on the page listener's port (``--page-port``, issue 13:
-   open traffic in a process of its own). The page clients run in a child
+   open traffic in a process of its own), then through nginx from
+   ``potability proxy-config`` (issue 21: sensors and page clients both
+   through it, as in a fleet; its micro-cache and limit_req take the page
+   traffic). The page clients run in a child
    process (no GIL shared with the probe). In every run, alone included, a
    probe sensor posts ``--probe-per-second`` times a second and times each
    answer, since wrk drops requests still in flight when its run ends.
@@ -65,6 +68,7 @@ from common import (  # noqa: E402
     deployed_champion,
     free_port,
     machine,
+    nginx,
     start,
     stop,
     wait_http,
@@ -538,6 +542,7 @@ def main() -> int:
         )
         page_port = free_port()
         page_base = f"http://127.0.0.1:{page_port}"
+        proxy = prefix = None
         proc, base = serve(env, args, work / "serve-full.log", page_port)
         try:
             result["first_copy_s"] = wait_for_cache(base, args.timeout)
@@ -549,17 +554,26 @@ def main() -> int:
             )
             result["predict_full"], _ = sensor_run(base, token, args)
             print(f"  sensors alone: {result['predict_full']}", flush=True)
-            for key, where, on in (
-                ("page", "the API port", base),
-                ("page_listener", "the page listener", page_base),
+            front = free_port()
+            proxy, prefix = nginx(int(urlsplit(base).port), front, work)
+            front_base = f"http://127.0.0.1:{front}"
+            wait_http(front_base + "/healthz")
+            # (key, where, sensors' base, page clients' base): nginx carries both, as in a fleet
+            for key, where, sensors_on, pages_on in (
+                ("page", "the API port", base, base),
+                ("page_listener", "the page listener", base, page_base),
+                ("nginx", "nginx (sensors and page through it)", front_base, front_base),
             ):
-                sensors, pages = sensor_run(base, token, args, on)
+                sensors, pages = sensor_run(sensors_on, token, args, pages_on)
                 result[f"predict_with_{key}_load"], result[f"{key}_load"] = sensors, pages
                 print(
                     f"  sensors with {args.page_clients} clients on {where}: {sensors}; pages: {pages}",
                     flush=True,
                 )
         finally:
+            if proxy is not None:
+                stop(proxy)
+                shutil.rmtree(prefix, ignore_errors=True)
             stop(proc)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -630,6 +644,7 @@ def print_table(r: dict) -> None:
         *_under_load(
             r, "predict_with_page_listener_load", "page_listener_load", "on the page listener"
         ),
+        *_under_load(r, "predict_with_nginx_load", "nginx_load", "through nginx"),
         (
             "MB per million rows: table / indexes",
             f"{f['table_mb_per_million']} / {f['indexes_mb_per_million']}",

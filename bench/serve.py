@@ -141,7 +141,7 @@ def candidate_target(
     scratch = settings.model_copy(
         update={
             "mlflow_tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
-            "mlflow_artifacts": work / "mlartifacts",
+            "mlflow_artifacts": str(work / "mlartifacts"),
             "registered_model": f"bench-{kind}",
         }
     )

@@ -53,7 +53,7 @@ def test_a_queued_experiment_uses_the_workspace_database(tmp_path, monkeypatch):
     queued = tmp_path / "ws" / ".dvc" / "tmp" / "exps" / "tmpab12cd"
     settings = Settings(root=queued)
     assert settings.pgdata == tmp_path / "ws" / ".pgdata"
-    assert settings.mlflow_artifacts == tmp_path / "ws" / "mlartifacts"
+    assert settings.mlflow_artifacts == str(tmp_path / "ws" / "mlartifacts")
     assert Settings(root=tmp_path / "ws").pgdata == tmp_path / "ws" / ".pgdata"
 
 

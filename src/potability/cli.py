@@ -298,6 +298,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_proxy_config(args: argparse.Namespace) -> int:
+    from potability import proxy
+
+    try:
+        options = proxy.check(
+            args.upstream, args.listen, args.page_listen, args.tls_cert, args.tls_key, args.prefix
+        )
+    except proxy.ProxyConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(proxy.render(options, get_settings()))
+    return 0
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
@@ -431,6 +445,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefect.yaml's build step: refuse a deploy not made by `flow deploy`",
     )
     p.set_defaults(func=cmd_flow_check)
+
+    p = sub.add_parser(
+        "proxy-config", help="print an nginx.conf for nginx in front of the serving hosts"
+    )
+    p.add_argument(
+        "--upstream", action="append", metavar="HOST:PORT", help="a serving host (repeat for each)"
+    )
+    p.add_argument(
+        "--listen", default="0.0.0.0:8080", help="where nginx listens (default: %(default)s)"
+    )
+    p.add_argument(
+        "--page-listen",
+        metavar="ADDR:PORT",
+        help="also serve only the open page here (default: off)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    p.add_argument(
+        "--prefix",
+        metavar="DIR",
+        help="where nginx keeps its pid, logs, temp files and cache (default: nginx -p's directory)",
+    )
+    p.set_defaults(func=cmd_proxy_config)
 
     p = sub.add_parser("serve", help="start the inference server (gunicorn)")
     p.add_argument("--host", default="127.0.0.1")

@@ -143,8 +143,10 @@ class Settings(BaseSettings):
     """Data directory of the embedded Postgres (relative: under the DVC workspace)."""
     mlflow_tracking_uri: TrackingUri = _env("MLFLOW_TRACKING_URI", default=None, repr=False)
     """An explicit MLflow tracking store; unset: the `mlflow` database beside ours."""
-    mlflow_artifacts: Path = _env("POTABILITY_MLFLOW_ARTIFACTS", default=Path("mlartifacts"))
-    """Where MLflow stores run and model artifacts (relative: under the DVC workspace)."""
+    mlflow_artifacts: Annotated[str, AfterValidator(_text), Kind("path or URI")] = _env(
+        "POTABILITY_MLFLOW_ARTIFACTS", default="mlartifacts"
+    )
+    """Where an embedded tracking store (a database or file URI) puts artifacts: a directory (relative: under the DVC workspace) or a URI such as `s3://bucket/path`; with an `http(s)` tracking server, the server decides and this is not read."""
     dask_scheduler_address: Annotated[str | None, AfterValidator(_host_port), Kind("host:port")] = (
         _env("DASK_SCHEDULER_ADDRESS", default=None)
     )
@@ -241,6 +243,30 @@ class Settings(BaseSettings):
     threads: Count = _env("POTABILITY_THREADS", default=1)
     """Threads per gunicorn worker (more than 1 turns sync into gthread)."""
 
+    # nginx in front of the fleet (`potability proxy-config`, potability/proxy.py).
+    proxy_client_timeout_seconds: Seconds = _env(
+        "POTABILITY_PROXY_CLIENT_TIMEOUT_SECONDS", default=10.0
+    )
+    """How long nginx waits on a client sending its request (headers, body) or taking its answer before it drops it."""
+    proxy_connections_per_client: Count = _env(
+        "POTABILITY_PROXY_CONNECTIONS_PER_CLIENT", default=64
+    )
+    """Requests nginx serves at once for one client address (`limit_conn`); past it: 429."""
+    proxy_connect_timeout_seconds: Seconds = _env(
+        "POTABILITY_PROXY_CONNECT_TIMEOUT_SECONDS", default=1.0
+    )
+    """How long nginx tries to connect to a serving host before it tries the next one."""
+    proxy_read_timeout_seconds: Seconds = _env(
+        "POTABILITY_PROXY_READ_TIMEOUT_SECONDS", default=30.0
+    )
+    """How long nginx waits for a serving host's answer before it tries the next one."""
+    proxy_fail_timeout_seconds: Seconds = _env(
+        "POTABILITY_PROXY_FAIL_TIMEOUT_SECONDS", default=10.0
+    )
+    """How long nginx leaves a serving host out after a failed try (`max_fails=1 fail_timeout`)."""
+    proxy_worker_connections: Count = _env("POTABILITY_PROXY_WORKER_CONNECTIONS", default=1024)
+    """Connections each nginx worker holds at once, clients and serving hosts together (within the open-file limit)."""
+
     reading_max_skew_seconds: Seconds = _env("POTABILITY_READING_MAX_SKEW_SECONDS", default=300.0)
     """How far a sensor's `read_at` may lie after the server's clock before it is refused (400)."""
 
@@ -316,11 +342,20 @@ class Settings(BaseSettings):
     def _absolute_root(cls, value: Path) -> Path:
         return value.resolve()
 
-    @field_validator("pgdata", "mlflow_artifacts")
+    @field_validator("pgdata")
     @classmethod
     def _under_workspace(cls, value: Path, info: ValidationInfo) -> Path:
         root = info.data.get("root")
         return value if value.is_absolute() or root is None else workspace_of(root) / value
+
+    @field_validator("mlflow_artifacts")
+    @classmethod
+    def _artifacts_under_workspace(cls, value: str, info: ValidationInfo) -> str:
+        if "://" in value:  # an object store or file URI, as MLflow takes it
+            return value
+        root = info.data.get("root")
+        path = Path(value)
+        return str(path if path.is_absolute() or root is None else workspace_of(root) / path)
 
     @field_validator(
         "promoted_dir",
@@ -349,6 +384,17 @@ class Settings(BaseSettings):
     def ratelimit_path(self) -> Path:
         """The open pages' shared rate-limit map (owned by ``potability.serve.ratelimit``)."""
         return self.run_dir / "ratelimit"
+
+    @property
+    def tracking_server(self) -> bool:
+        """Whether MLflow is a tracking server (``http(s)://``), which places artifacts itself."""
+        return (self.mlflow_tracking_uri or "").lower().startswith(("http://", "https://"))
+
+    @property
+    def mlflow_artifact_uri(self) -> str:
+        """The embedded store's artifact location as a URI (a directory becomes ``file://``)."""
+        value = self.mlflow_artifacts
+        return value if "://" in value else Path(value).as_uri()
 
     @cached_property
     def workspace(self) -> Path:

@@ -25,13 +25,24 @@ EXPERIMENT = "water-potability"
 
 
 def configure(settings: Settings) -> None:
-    """Point MLflow at the Postgres tracking store and our experiment."""
+    """Point MLflow at the tracking store and our experiment.
+
+    An embedded store (a database URI) puts artifacts where
+    ``POTABILITY_MLFLOW_ARTIFACTS`` says. A tracking server (``http(s)://``)
+    chooses the location itself (``mlflow-artifacts:/`` with
+    ``--serve-artifacts``), so hosts that cannot see this machine's disk read
+    every version through it.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(db.mlflow_tracking_uri(settings))
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(EXPERIMENT, artifact_location=settings.mlflow_artifacts.as_uri())
+        location = None
+        if not settings.tracking_server:
+            location = settings.mlflow_artifact_uri
+            if location.startswith("file://"):
+                Path(settings.mlflow_artifacts).mkdir(parents=True, exist_ok=True)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
     mlflow.set_experiment(EXPERIMENT)
 
 
@@ -222,7 +233,12 @@ def download_version(name: str, version: str, dest: Path, client: Any = None) ->
     client = client or mlflow.MlflowClient()
     source = client.get_model_version_download_uri(name, version)
     with tempfile.TemporaryDirectory(prefix="download-", dir=dest.parent) as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
+        # the client's server resolves an `mlflow-artifacts:/` source, whatever this process's default
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri
+            )
+        )
         dest.mkdir(parents=True, exist_ok=True)
         for filename in SHIPPED_FILES:
             shipped = local / "artifacts" / filename

@@ -62,6 +62,7 @@ class Server:
         champion: Served | None,
         workers: int = 2,
         port: int | None = None,
+        wrap: tuple[str, ...] = (),
         **env,
     ):
         self.port = port or free_port()  # a given port: a restart where clients expect it
@@ -76,6 +77,7 @@ class Server:
         }
         self.proc = subprocess.Popen(
             [
+                *wrap,  # a command that execs the rest (`unshare -m ...`: another machine's view)
                 sys.executable,
                 "-m",
                 "potability.cli",

@@ -6,7 +6,8 @@ meta.json and its registry tag, features, a probe) and only then swapped in; a
 bad one is refused and the old model keeps serving. When Postgres or the
 artifact store is down the cached model keeps serving, and a server restarted
 during an outage starts from the cache. A server host needs only the database
-and MLflow settings, never a checkout of the repository.
+and the registry's address (a tracking server's URL), never a checkout of the
+repository nor the disk the pipeline wrote its artifacts to.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class ModelHolder:
         self.cache_dir = cache_dir
         self.current: ServedModel | None = None
         self.last_error: str | None = None
+        # "registry" once the registry named the served version; "cache" while the server serves
+        # what it cached before a restart because the registry could not be read
+        self.source: str | None = None
         self._poll = poll_seconds
         self._tracking_uri = tracking_uri
         self._connect_timeout = connect_timeout
@@ -65,6 +69,10 @@ class ModelHolder:
             log.warning("registry unavailable at start (%s); trying the local cache", exc)
             try:
                 self._swap(self._load_cached())
+                self.source, self.last_error = (
+                    "cache",
+                    str(exc),
+                )  # /readyz says why, until a poll heals
                 log.warning(
                     "serving cached version %s until the registry is back", self.current.version
                 )
@@ -91,6 +99,7 @@ class ModelHolder:
             current = self.current
             if current is not None and current.meta.get("registered_version") == found.version:
                 self.last_error = None
+                self.source = "registry"
                 return current
             if not force and found.version in self._refused:
                 raise ArtifactError(self._refused[found.version])
@@ -102,6 +111,7 @@ class ModelHolder:
                 self._refused[found.version] = str(exc)
                 raise self._refuse(exc) from None
             self._swap(candidate)
+            self.source = "registry"
             return candidate
 
     def _ask_registry(self) -> tracking.RegisteredVersion | None:
@@ -207,11 +217,22 @@ class ModelHolder:
 
 
 def _check_reachable(uri: str, timeout: float) -> None:
-    """Fail within ``timeout`` when a database-backed registry is down.
+    """Fail within ``timeout`` when the registry is down.
 
-    MLflow's SQL store retries its first connection for minutes; a server
-    starting (or polling) during an outage must fall back to its cache at once.
+    MLflow's SQL store retries its first connection for minutes, and its REST
+    client retries a tracking server with back-off as long; a server starting
+    (or polling) during an outage must fall back to its cache at once. A
+    tracking server is asked its ``/health``; its later calls retry once
+    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, unless set): the next poll is the retry.
     """
+    if uri.lower().startswith(("http://", "https://")):
+        import os
+        import urllib.request
+
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as answer:  # noqa: S310 (http(s) checked above)
+            answer.read()
+        return
     if not uri.startswith(("postgresql", "postgres")):
         return
     import psycopg2

@@ -178,6 +178,11 @@ def document(max_batch: int, panels: tuple[str, ...]) -> dict[str, Any]:
                 "ready, journal_error says why)",
             },
             "journal_error": {"type": ["string", "null"]},
+            "model_source": {
+                "enum": ["registry", "cache", None],
+                "description": "cache: the registry could not be read when the served model was "
+                "loaded, so the host serves the champion it cached before (last_model_error says why)",
+            },
         },
     }
     bearer = [{"bearer": []}]

@@ -32,6 +32,7 @@ def readyz():
     status = {
         "model_loaded": holder.current is not None,
         "model_version": holder.current.version if holder.current else None,
+        "model_source": holder.source,  # "cache": the registry was unreachable when it loaded
         "database": log.db_ok,
         "spool_writable": spool_writable,
         "log_accepting": log.accepting,
