@@ -156,7 +156,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from potability.sensor.readings_csv import read_readings, send, write_answers
 
     token = Path(args.token_file).read_text(encoding="utf-8").strip()
-    by_line, problems = read_readings(Path(args.csv))
+    by_line, problems = read_readings(Path(args.csv), args.read_at)
     for problem in problems:
         print(f"{args.csv}: {problem}", file=sys.stderr)
     if problems:
@@ -327,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="send a CSV of readings to a server; write the answers as CSV"
     )
     p.add_argument("csv", help="the data set's columns; optional reading_id, read_at")
+    p.add_argument(
+        "--read-at",
+        help="when a row without read_at (or collected_at) was read, RFC 3339 with an offset",
+    )
     p.add_argument("--url", required=True, help="the server, e.g. http://plant:8000")
     p.add_argument("--token-file", required=True, help="a file holding a sensor token")
     p.add_argument("--out", help="answers CSV (default: standard output)")

@@ -243,6 +243,8 @@ class Settings(BaseSettings):
 
     reading_max_skew_seconds: Seconds = _env("POTABILITY_READING_MAX_SKEW_SECONDS", default=300.0)
     """How far a sensor's `read_at` may lie after the server's clock before it is refused (400)."""
+    reading_max_age_seconds: Seconds = _env("POTABILITY_READING_MAX_AGE_SECONDS", default=604_800.0)
+    """How far a sensor's `read_at` may lie before the server's clock (400 past it): an outbox's week, no backdating the page's history."""
 
     # The inference log at volume (issue 13): partitions, retention, maintenance, page reads.
     log_retention_days: CountOrZero = _env("POTABILITY_LOG_RETENTION_DAYS", default=0)

@@ -50,11 +50,14 @@ _COLUMN_LIST = ", ".join(INFERENCE_COLUMNS)
 COPY_DIRECT = f"COPY water.water_inferences ({_COLUMN_LIST}) FROM STDIN WITH (FORMAT binary)"
 # Which of a batch's rows are stored already (by the log's unique key, the one place that names
 # it): a replay leaves them out of its COPY and its rollup deltas. Times cross as microseconds.
-STORED_KEYS = (
-    "SELECT k.n FROM unnest(%s::uuid[], %s::bigint[]) WITH ORDINALITY AS k (id, us, n) "
+_BY_KEY = (
+    "FROM unnest(%s::uuid[], %s::bigint[]) WITH ORDINALITY AS k (id, us, n) "
     "JOIN water.water_inferences i ON i.inference_id = k.id "
     "AND i.received_at = timestamptz '2000-01-01 00:00:00+00' + k.us * interval '1 microsecond'"
 )
+STORED_KEYS = f"SELECT k.n {_BY_KEY}"
+# the measurements stored under those keys: a resend that differs is a conflict (serve/api.py)
+STORED_MEASUREMENTS = f"SELECT k.n, {', '.join(f'i.{c}' for c in FEATURE_COLUMNS)} {_BY_KEY}"  # noqa: S608 (constant names)
 # a replay that met rows another writer stored meanwhile looks again, this many times at most
 STORE_ATTEMPTS = 3
 
@@ -363,6 +366,24 @@ def unstored(cur, batches: list[AnsweredBatch]) -> list[AnsweredBatch]:
 
 class InferenceStore(PgOwner):
     """Writes the inference log (its own connection: never behind a page read or a token lookup)."""
+
+    def stored_measurements(
+        self, inference_ids: Sequence[str], received_at: Sequence[datetime | str]
+    ) -> dict[int, np.ndarray]:
+        """The measurements logged under each key that is stored, by its position in the lists.
+
+        Missing measurements come back as NaN, as the server holds them.
+        """
+
+        def work(cur) -> dict[int, np.ndarray]:
+            times = [_timestamp(t) for t in received_at]
+            cur.execute(STORED_MEASUREMENTS, ([str(i) for i in inference_ids], times))
+            return {
+                n - 1: np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+                for n, *values in cur.fetchall()
+            }
+
+        return self._run(work)
 
     def write(self, batches: Iterable[AnsweredBatch], fresh: bool = False) -> int:
         """Store answered inferences by COPY and roll them up; idempotent on the log's key.

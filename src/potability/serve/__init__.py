@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
         InferenceStore(url=mart.url), settings.spool_dir, settings, on_log_depth, on_quarantine
     )
     app.extensions[context.LOG] = inference_log
+    app.extensions[context.LOG_READS] = InferenceStore(url=mart.url)  # never behind a COPY
     app.extensions[context.MAINTENANCE] = maintenance
     app.extensions[context.TOKENS] = TokenCache(
         mart, settings.token_cache_seconds, settings.token_stale_seconds
@@ -178,6 +179,7 @@ def shutdown(app: Flask) -> None:
         parts[context.MAINTENANCE].stop()
     if context.LOG in parts:
         parts[context.LOG].close()
+        parts[context.LOG_READS].close()
     parts[context.ROLLUPS].close()
     if context.RATELIMIT in parts:
         parts[context.RATELIMIT].close()

@@ -101,14 +101,65 @@ def answers_of(answered: AnsweredBatch) -> list[dict[str, Any]]:
     ]
 
 
+def refuse_changed_readings(
+    sent: list[Any], readings: list[tuple[str, str] | None], X: np.ndarray, batch: bool
+) -> None:
+    """A reading sent again must carry the measurements it had: a 409 naming it otherwise.
+
+    Compared within the request, then with the log in Postgres (by the log's
+    key, one indexed lookup for the request). While the log's writer finds
+    Postgres down, or when the lookup fails, only the request is checked: the
+    answer is given and the log keeps the copy it stored first.
+    """
+    first: dict[tuple[str, str], int] = {}
+    looked_up: list[int] = []
+    for k, key in enumerate(readings):
+        if key is None:
+            continue
+        j = first.setdefault(key, k)
+        if j == k:
+            looked_up.append(k)
+        elif not np.array_equal(X[j], X[k], equal_nan=True):
+            raise reading_conflict(sent[k], k, batch, f"index {j} of this batch")
+    if not looked_up or not context.part(context.LOG).db_ok:
+        return
+    try:
+        stored = context.part(context.LOG_READS).stored_measurements(
+            [readings[k][0] for k in looked_up], [readings[k][1] for k in looked_up]
+        )
+    except MartError:
+        return
+    for n, values in sorted(stored.items()):
+        k = looked_up[n]
+        if not np.array_equal(values, X[k], equal_nan=True):
+            raise reading_conflict(sent[k], k, batch, "the log")
+
+
+def reading_conflict(sample: dict[str, Any], index: int, batch: bool, where: str) -> ApiError:
+    return ApiError(
+        409,
+        "reading_conflict",
+        f"reading {sample['reading_id']!r} read at {sample['read_at']} is already in {where} with "
+        "other measurements; a new reading needs a new reading_id",
+        field="reading_id",
+        index=index if batch else None,
+    )
+
+
 @bp.post("/predict")
 @require("sensor", "admin")
 def predict():
     settings = context.settings()
-    items, batch = as_items(json_body(), settings.max_batch)
+    sent, batch = as_items(json_body(), settings.max_batch)
     now, sensor_id = datetime.now(UTC), g.token.name
     try:
-        items, readings = split_readings(items, sensor_id, now, settings.reading_max_skew_seconds)
+        items, readings = split_readings(
+            sent,
+            sensor_id,
+            now,
+            settings.reading_max_skew_seconds,
+            settings.reading_max_age_seconds,
+        )
     except FieldError as exc:
         raise field_error(exc, batch) from None
     X = fast_feature_matrix(items)
@@ -123,6 +174,8 @@ def predict():
             [[np.nan if s[n] is None else s[n] for n in FEATURE_NAMES] for s in samples],
             dtype=np.float64,
         )
+    if readings:
+        refuse_changed_readings(sent, readings, X, batch)
     production = context.part(context.MODEL).current
     if production is None:
         raise ApiError(
