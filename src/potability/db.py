@@ -114,8 +114,13 @@ def advisory_lock(key: int, settings: Settings | None = None, url: str | None = 
 
 
 def redact(url: str) -> str:
-    """Hide a password in a URI before it goes into a message or a log."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    """Hide a password in a URI before it goes into a message or a log.
+
+    Both places libpq reads one from: the user-info (``user:secret@``) and a
+    ``password=`` parameter (``?password=secret``, or a key=value DSN).
+    """
+    url = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    return re.sub(r"(?i)(\bpassword\s*=\s*)('[^']*'|[^&\s]*)", r"\1***", url)
 
 
 def mlflow_tracking_uri(settings: Settings | None = None, url: str | None = None) -> str:

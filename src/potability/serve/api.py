@@ -17,6 +17,7 @@ from potability.schema import (
     FEATURE_NAMES,
     FieldError,
     fast_feature_matrix,
+    json_schema_sample,
     validate_features,
     validate_lab_row,
 )
@@ -244,4 +245,6 @@ def model_meta():
     production = context.part(context.MODEL).current
     if production is None:
         raise ApiError(503, "no_model", "no model is loaded yet")
-    return production.meta
+    # the input's schema, not an input example: the example is real lab rows from training
+    meta = {k: v for k, v in production.meta.items() if k != "input_example"}
+    return {**meta, "input_schema": json_schema_sample()}

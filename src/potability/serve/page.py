@@ -9,6 +9,7 @@ cycle, ``render_entry`` a worker's fallback.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,9 @@ from potability.serve import context
 from potability.serve.errors import ApiError
 from potability.serve.page_cache import Entry, PageCache, RenderBusy, rendered
 
+log = logging.getLogger(__name__)
 bp = Blueprint("page", __name__)
+DATABASE_UNAVAILABLE = "database unavailable"
 PAGE_KEY = "page"  # `/` and `/model` are one page
 PAGE_DEFAULTS = quality.PAGE_DEFAULTS
 
@@ -60,8 +63,17 @@ def model_panel() -> dict[str, Any]:
         shipped = deployments.history(context.settings().registered_model, url=_mart().url)
         card["deployments"] = [d.as_dict() for d in shipped]
     except MartError as exc:
-        card["deployments_error"] = f"the database is unavailable: {exc}"
+        card["deployments_error"] = unavailable(exc)
     return card
+
+
+def unavailable(exc: MartError) -> str:
+    """What the open page says of a database error: that it happened, never where the database is.
+
+    The driver's text names the host, socket path, user and port; the server's log keeps it.
+    """
+    log.warning("page: %s", exc)
+    return DATABASE_UNAVAILABLE
 
 
 def _mart():
@@ -125,7 +137,7 @@ def _panel(name: str) -> dict[str, Any]:
     try:
         return PANELS[name]()
     except MartError as exc:
-        return {"error": f"the database is unavailable: {exc}"}
+        return {"error": unavailable(exc)}
 
 
 def stats_key(name: str) -> str:
