@@ -228,6 +228,16 @@ def cmd_log_maintain(args: argparse.Namespace) -> int:
     return 1 if report.skipped else 0
 
 
+def cmd_log_requeue(args: argparse.Namespace) -> int:
+    """Move the spool's quarantined files back, for the servers' next replay."""
+    from potability.serve.spool import Spool
+
+    spool = Spool(get_settings().spool_dir)
+    moved = spool.requeue()
+    print(f"requeued {moved} quarantined file(s) from {spool.quarantine_dir}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from potability.serve.run import run_gunicorn
 
@@ -270,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     logp.add_parser(
         "maintain", help="create partitions ahead, drop those past retention; prints what it did"
     ).set_defaults(func=cmd_log_maintain)
+    logp.add_parser(
+        "requeue", help="move the spool's quarantined files back to be replayed (cause fixed)"
+    ).set_defaults(func=cmd_log_requeue)
 
     p = sub.add_parser("seed", help="insert synthetic lab rows shaped like the real data")
     p.add_argument("--rows", type=int, default=3300)

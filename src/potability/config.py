@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     spool_replay_seconds: Seconds = _env("POTABILITY_SPOOL_REPLAY_SECONDS", default=2.0)
     """How often journal files waiting for Postgres (spooled: it was down, or their worker died) are retried."""
     spool_max_bytes: Count = _env("POTABILITY_SPOOL_MAX_BYTES", default=1_000_000_000)
-    """The inference log's disk cap (journals and spooled files): past it `/v1/predict` says 503 (nothing unlogged)."""
+    """The inference log's disk cap (journals, spooled and quarantined files): past it `/v1/predict` says 503 (nothing unlogged)."""
     log_queue_max_rows: Count = _env("POTABILITY_LOG_QUEUE_MAX_ROWS", default=50_000)
     """Answered rows a worker may hold in memory before it refuses new ones (503)."""
     log_journal_fsync: bool = _env("POTABILITY_LOG_JOURNAL_FSYNC", default=False)
