@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import psycopg2
 import pytest
 
 from potability.artifacts import ArtifactError
@@ -419,3 +421,51 @@ def test_wrong_method_is_405_with_allow(client):
         r = getattr(client, method)(path)
         assert r.status_code == 405 and r.headers["Allow"] == allowed
         assert r.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def within(seconds: float, call):
+    """``call()`` on a thread: its result and how long it took, or None if still running after ``seconds``."""
+    done: list = []
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: done.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return (done[0], time.monotonic() - started) if done else None
+
+
+def test_a_hung_database_is_answered_from_caches_within_the_statement_timeout(
+    server_settings, champion, mart, tmp_path
+):
+    """Postgres up but every read of the tokens and the hourly rollup waits on a lock another
+    connection holds: the sensor's verified token (stale-if-error) and the page's last copy answer
+    within the statement timeout, not when gunicorn kills the worker."""
+    settings = server_settings(
+        **champion.app_config(tmp_path),
+        token_cache_seconds=0,  # ask Postgres every request
+        db_statement_timeout_seconds=1,
+        page_stale_seconds=0.5,
+        model_poll_seconds=3600,
+    )
+    app = create_app(settings)
+    holder = psycopg2.connect(mart.url)
+    try:
+        client, h = app.test_client(), auth(mart.create_token("sensor-1", "sensor"))
+        assert client.post("/v1/predict", json=SAMPLE, headers=h).status_code == 200
+        page = client.get("/").data
+        with holder.cursor() as cur:  # held until the test ends: a hung database
+            cur.execute(
+                "LOCK TABLE water.api_tokens, water.inference_hourly IN ACCESS EXCLUSIVE MODE"
+            )
+        time.sleep(0.6)  # the page's copy is stale: the next request renders it again
+        answered = within(8, lambda: client.post("/v1/predict", json=SAMPLE, headers=h))
+        assert answered is not None, "the sensor's request hung with the database"
+        response, took = answered
+        assert response.status_code == 200 and took < 5, (response.get_json(), took)
+        shown = within(8, lambda: client.get("/"))
+        assert shown is not None, "the page hung with the database"
+        response, took = shown
+        assert response.status_code == 200 and response.data == page and took < 5
+    finally:
+        holder.rollback()
+        holder.close()
+        shutdown(app)

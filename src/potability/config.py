@@ -189,6 +189,20 @@ class Settings(BaseSettings):
         "POTABILITY_LOG_JOURNAL_SEGMENT_BYTES", default=16_000_000
     )
     """Size at which a worker's journal file is closed and a new one begun (each deleted once its rows are stored, or spooled while Postgres is down)."""
+    db_connect_timeout_seconds: Seconds = _env("POTABILITY_DB_CONNECT_TIMEOUT_SECONDS", default=5.0)
+    """How long any connection to Postgres may take to open before the database counts as down."""
+    db_statement_timeout_seconds: Seconds = _env(
+        "POTABILITY_DB_STATEMENT_TIMEOUT_SECONDS", default=10.0
+    )
+    """Longest statement on a server's connections (log, tokens, page reads): past it Postgres cancels it and the server answers as in an outage (cached tokens, the page's last copy)."""
+    db_keepalives_idle_seconds: Count = _env("POTABILITY_DB_KEEPALIVES_IDLE_SECONDS", default=10)
+    """Idle seconds before TCP keepalives probe a Postgres connection (a blackholed host is found, not waited on)."""
+    db_keepalives_interval_seconds: Count = _env(
+        "POTABILITY_DB_KEEPALIVES_INTERVAL_SECONDS", default=5
+    )
+    """Seconds between TCP keepalive probes."""
+    db_keepalives_count: Count = _env("POTABILITY_DB_KEEPALIVES_COUNT", default=3)
+    """Unanswered keepalive probes after which the connection counts as lost."""
     token_stale_seconds: SecondsOrZero = _env("POTABILITY_TOKEN_STALE_SECONDS", default=600.0)
     """How long a sensor token verified before keeps working while Postgres is down."""
     model_poll_seconds: Seconds = _env("POTABILITY_MODEL_POLL_SECONDS", default=5.0)

@@ -20,7 +20,6 @@ from potability.config import Settings
 from potability.errors import DatabaseUnavailable, SchemaError
 
 T = TypeVar("T")
-CONNECT_TIMEOUT = 5  # seconds: a host that does not answer is "down", not a hung writer
 
 
 class PgOwner:
@@ -52,7 +51,7 @@ class PgOwner:
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = db.connect(url=self._url, connect_timeout=CONNECT_TIMEOUT)
+                    self._conn = db.connect(url=self._url)
                 with self._conn, self._conn.cursor() as cur:
                     return work(cur)
             except (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSchemaName) as exc:

@@ -99,7 +99,8 @@ def create_page_app(settings: Settings | None = None) -> Flask:
 
 
 def _mart(settings: Settings) -> WaterMart:
-    return WaterMart(url=settings.database_url) if settings.database_url else WaterMart(settings)
+    """The process's mart, on the server's URL: every connection made from it has timeouts."""
+    return WaterMart(url=db.server_url(db.database_url(settings), settings))
 
 
 def _base_app(

@@ -20,7 +20,7 @@ from potability.config import load_params
 from potability.errors import MartError
 from potability.serve import context
 from potability.serve.errors import ApiError
-from potability.serve.page_cache import Entry, PageCache, RenderBusy, rendered
+from potability.serve.page_cache import Entry, PageCache, RenderBusy, RenderFailed, rendered
 
 log = logging.getLogger(__name__)
 bp = Blueprint("page", __name__)
@@ -188,11 +188,26 @@ def _page_entry(panels: dict[str, dict[str, Any]]) -> tuple[bytes, str, int]:
 
 
 def render_entry(key: str) -> Entry:
-    """Render one cache entry here and now (a worker's fallback when the renderer's copy is missing)."""
+    """Render one cache entry here and now (a worker's fallback when the renderer's copy is missing).
+
+    Raises:
+        RenderFailed: a panel met a database error (down, or past the statement
+            timeout); the page cache answers its last copy instead.
+    """
+    panels: dict[str, dict[str, Any]] = {}
     if key == PAGE_KEY:
-        return rendered(lambda: _page_entry({name: _panel(name) for name in PANELS}))
-    name = key.removeprefix("stats-")
-    return rendered(lambda: _json_entry(_panel(name)))
+
+        def page() -> tuple[bytes, str, int]:
+            panels.update({name: _panel(name) for name in PANELS})
+            return _page_entry(panels)
+
+        entry = rendered(page)
+    else:
+        name = key.removeprefix("stats-")
+        entry = rendered(lambda: _json_entry(panels.setdefault(name, _panel(name))))
+    if any("error" in panel for panel in panels.values()):
+        raise RenderFailed(entry)
+    return entry
 
 
 def render_all() -> dict[str, Entry]:
