@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -187,6 +188,20 @@ def test_the_model_endpoint_gives_the_input_schema_not_training_rows(client, tok
     meta = client.get("/v1/model", headers=auth(tokens["sensor"])).get_json()
     assert "input_example" not in meta  # real lab rows from the training data
     assert set(meta["input_schema"]["properties"]) == set(SAMPLE)
+
+
+def test_failed_logins_are_logged_with_the_client_address_never_the_token(client, tokens, caplog):
+    guess, sensor = "pot_a-guessed-token", tokens["sensor"]
+    where = {"REMOTE_ADDR": "203.0.113.9"}
+    with caplog.at_level(logging.WARNING, logger="potability.serve.auth"):
+        client.post("/v1/predict", json=SAMPLE, headers=auth(guess), environ_base=where)
+        client.post("/v1/predict", json=SAMPLE, environ_base=where)
+        client.post("/admin/reload", headers=auth(sensor), environ_base=where)
+    lines = [r.getMessage() for r in caplog.records if r.name == "potability.serve.auth"]
+    assert len(lines) == 3 and all("203.0.113.9" in line for line in lines), lines
+    assert "unknown or revoked" in lines[0] and "no bearer token" in lines[1]
+    assert "403" in lines[2] and "sensor-1" in lines[2]
+    assert not any(guess in line or sensor in line for line in lines)
 
 
 def test_revocation_takes_effect_within_the_cache_time(client, mart, tokens):
