@@ -50,14 +50,19 @@ _COLUMN_LIST = ", ".join(INFERENCE_COLUMNS)
 COPY_DIRECT = f"COPY water.water_inferences ({_COLUMN_LIST}) FROM STDIN WITH (FORMAT binary)"
 # Which of a batch's rows are stored already (by the log's unique key, the one place that names
 # it): a replay leaves them out of its COPY and its rollup deltas. Times cross as microseconds.
-_BY_KEY = (
-    "FROM unnest(%s::uuid[], %s::bigint[]) WITH ORDINALITY AS k (id, us, n) "
+STORED_KEYS = (
+    "SELECT k.n FROM unnest(%s::uuid[], %s::bigint[]) WITH ORDINALITY AS k (id, us, n) "
     "JOIN water.water_inferences i ON i.inference_id = k.id "
     "AND i.received_at = timestamptz '2000-01-01 00:00:00+00' + k.us * interval '1 microsecond'"
 )
-STORED_KEYS = f"SELECT k.n {_BY_KEY}"
-# the measurements stored under those keys: a resend that differs is a conflict (serve/api.py)
-STORED_MEASUREMENTS = f"SELECT k.n, {', '.join(f'i.{c}' for c in FEATURE_COLUMNS)} {_BY_KEY}"  # noqa: S608 (constant names)
+# The measurements stored under given keys (a resend that differs is a conflict: serve/api.py),
+# on the predict path: constant times, so the planner prunes to their partitions (a join on
+# computed times, as above, would probe every day's partition).
+STORED_MEASUREMENTS = (
+    f"SELECT inference_id::text, received_at, {', '.join(FEATURE_COLUMNS)} "  # noqa: S608 (constant names)
+    "FROM water.water_inferences "
+    "WHERE received_at = ANY(%s::timestamptz[]) AND inference_id = ANY(%s::uuid[])"
+)
 # a replay that met rows another writer stored meanwhile looks again, this many times at most
 STORE_ATTEMPTS = 3
 
@@ -375,13 +380,22 @@ class InferenceStore(PgOwner):
         Missing measurements come back as NaN, as the server holds them.
         """
 
+        position = {
+            (str(i).lower(), _timestamp(t)): n
+            for n, (i, t) in enumerate(zip(inference_ids, received_at, strict=True))
+        }
+
         def work(cur) -> dict[int, np.ndarray]:
-            times = [_timestamp(t) for t in received_at]
-            cur.execute(STORED_MEASUREMENTS, ([str(i) for i in inference_ids], times))
-            return {
-                n - 1: np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-                for n, *values in cur.fetchall()
-            }
+            times = sorted({t if isinstance(t, str) else t.isoformat() for t in received_at})
+            cur.execute(STORED_MEASUREMENTS, (times, sorted({i for i, _ in position})))
+            found = {}
+            for inference_id, at, *values in cur.fetchall():
+                n = position.get((inference_id, _timestamp(at)))
+                if n is not None:  # an id stored at another of the batch's times is not this key
+                    found[n] = np.array(
+                        [np.nan if v is None else v for v in values], dtype=np.float64
+                    )
+            return found
 
         return self._run(work)
 

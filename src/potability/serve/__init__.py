@@ -65,7 +65,8 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
         InferenceStore(url=mart.url), settings.spool_dir, settings, on_log_depth, on_quarantine
     )
     app.extensions[context.LOG] = inference_log
-    app.extensions[context.LOG_READS] = InferenceStore(url=mart.url)  # never behind a COPY
+    # the predict path's reading lookup: never behind a COPY, one round trip
+    app.extensions[context.LOG_READS] = InferenceStore(url=mart.url, autocommit=True)
     app.extensions[context.MAINTENANCE] = maintenance
     app.extensions[context.TOKENS] = TokenCache(
         mart, settings.token_cache_seconds, settings.token_stale_seconds
