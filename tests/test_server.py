@@ -118,7 +118,7 @@ def test_a_full_batch_is_answered_as_the_model_says_and_every_answer_logged_once
         ({name: None for name in FEATURE_NAMES}, 400, None, None),
         ({"samples": [SAMPLE, {**SAMPLE, "Turbidity": 5000}]}, 400, "Turbidity", 1),
         ({"samples": []}, 422, "samples", None),
-        ({"samples": [SAMPLE] * 1001}, 413, "samples", None),
+        ({"samples": [SAMPLE] * 1001}, 422, "samples", None),
         ([SAMPLE], 422, None, None),
     ],
 )

@@ -66,9 +66,9 @@ def as_items(body: Any, max_batch: int) -> tuple[list[Any], bool]:
             raise ApiError(
                 422, "invalid_batch", "'samples' must be a non-empty list", field="samples"
             )
-        if len(items) > max_batch:
+        if len(items) > max_batch:  # the document's maxItems: a validation error like minItems
             raise ApiError(
-                413,
+                422,
                 "batch_too_large",
                 f"{len(items)} samples; at most {max_batch} per request",
                 field="samples",
