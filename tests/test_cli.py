@@ -89,3 +89,14 @@ def test_token_names_with_nul_surrogates_or_too_long_are_refused(clean_db, cli_e
         mart.create_token("a\x00b", "sensor")
     with pytest.raises(ValidationError, match="NUL"):
         mart.revoke_tokens("a\x00b")
+
+
+def test_log_requeue_moves_quarantined_files_back_into_the_spool(tmp_path, cli_env):
+    quarantine = tmp_path / "spool" / "quarantine"
+    quarantine.mkdir(parents=True)
+    (quarantine / "spool-7-1.jsonl.rows.1765000000").write_bytes(b"")
+    env = {**cli_env, "POTABILITY_SPOOL_DIR": str(tmp_path / "spool")}
+    out = potability("log", "requeue", env=env).stdout
+    assert "requeued 1 quarantined file(s)" in out
+    assert list(quarantine.iterdir()) == []
+    assert [p.name.endswith(".jsonl") for p in (tmp_path / "spool").glob("spool-*")] == [True]

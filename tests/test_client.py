@@ -47,6 +47,11 @@ def wait_stored(url: str, sensor_id: str, count: int, timeout: float = 30.0) -> 
     return rows
 
 
+def measured(i: int) -> dict[str, float]:
+    """The stream's reading number ``i``: a resend carries the same measurements (else a 409)."""
+    return {**SAMPLE, "ph": 5 + (i % 40) / 10}
+
+
 def test_the_client_survives_a_server_restart_mid_stream_with_nothing_lost_or_doubled(
     mart, champion, tmp_path
 ):
@@ -59,10 +64,7 @@ def test_the_client_survives_a_server_restart_mid_stream_with_nothing_lost_or_do
     def sensor():  # a sensor sending five readings at a time, as fast as it is answered
         try:
             for start in range(0, total, 5):
-                batch = [
-                    client.reading({**SAMPLE, "ph": 5 + (i % 40) / 10})
-                    for i in range(start, start + 5)
-                ]
+                batch = [client.reading(measured(i)) for i in range(start, start + 5)]
                 answers.extend(client.predict(batch))
                 if len(answers) >= total // 3:
                     restart_at.set()
@@ -86,7 +88,10 @@ def test_the_client_survives_a_server_restart_mid_stream_with_nothing_lost_or_do
         assert {a.inference_id for a in answers} == expected
         # the sensor lost its answers and sends a third of the stream again: stored once
         again = client.predict(
-            [client.reading(SAMPLE, a.read_at, a.reading_id) for a in answers[:100]]
+            [
+                client.reading(measured(i), a.read_at, a.reading_id)
+                for i, a in enumerate(answers[:100])
+            ]
         )
         assert [a.inference_id for a in again] == [a.inference_id for a in answers[:100]]
         rows = wait_stored(mart.url, "stream-sensor", total)
@@ -157,9 +162,16 @@ def test_the_outbox_sets_a_refused_reading_aside_and_sends_the_rest(server, mart
         assert refused.value.status == 401 and len(client.outbox) == 4  # nothing dropped
 
 
+# a file without read_at or collected_at columns: its rows' time is given (never the file's mtime)
+READ_AT = ("--read-at", (datetime.now(UTC) - timedelta(hours=1)).isoformat())
+
+
 def potability_predict(*args: str, env: dict, check: bool = True):
     return run(
-        [sys.executable, "-m", "potability.cli", "predict", *args], cwd=REPO, env=env, check=check
+        [sys.executable, "-m", "potability.cli", "predict", *READ_AT, *args],
+        cwd=REPO,
+        env=env,
+        check=check,
     )
 
 

@@ -1,9 +1,12 @@
 """The OpenAPI document is the contract: schemathesis drives the real gunicorn server from it.
 
-Every check schemathesis has, a fixed seed, the coverage and fuzzing phases.
-Both tiers start a real gunicorn, so both are `slow`: `make test` runs them,
-`make test-fast` does not. The fast tier draws 60 examples per operation; the
-slow tier generates at least 1,000 cases per operation. Reproduce by hand against a running server:
+Every check schemathesis has, fixed seeds, the coverage and fuzzing phases,
+and the project's own ``schemathesis.toml`` (what the document cannot say, and
+why), against a server with its deployed settings. Both tiers start a real
+gunicorn, so both are `slow`: `make test` runs them, `make test-fast` does
+not. The fast tier draws 60 examples per operation at each of several seeds;
+the slow tier generates at least 1,000 cases per operation. Reproduce by hand
+against a running server, from the project root:
 
     st run http://127.0.0.1:8000/openapi.json --checks all --phases examples,coverage,fuzzing \\
         --seed 12 --max-examples 1000 -H "Authorization: Bearer $ADMIN_TOKEN"
@@ -11,6 +14,7 @@ slow tier generates at least 1,000 cases per operation. Reproduce by hand agains
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -22,7 +26,10 @@ import pytest
 from tests.support.project import REPO
 from tests.support.server import Server
 
-SEED = 12
+SEED = 12  # the thousand-case run's
+# the fast tier's: a review from outside found cases seed 12 never drew (1,001 samples; a read_at
+# far ahead), so more than one
+SEEDS = (12, 3, 2026)
 # Hypothesis switches to derandomized generation when it sees one of these (its `is_in_ci`); the
 # run strips them, so `make test` draws in CI what it draws by hand.
 CI_MARKERS = (
@@ -39,16 +46,7 @@ CI_MARKERS = (
     "HEROKU_TEST_RUN_ID",
     "TEAMCITY_VERSION",
 )
-# A lab sample_id sent again with other values is a conflict (409), whatever the generator meant;
-# a document-breaking body gets one of the statuses the document lists for it (404: a panel name
-# outside the enum).
-CONFIG = """
-[checks.positive_data_acceptance]
-expected-statuses = ["200", "201", "409"]
-
-[checks.negative_data_rejection]
-expected-statuses = ["400", "401", "403", "404", "405", "409", "413", "415", "422"]
-"""
+CONFIG = REPO / "schemathesis.toml"  # the one copy of the rules, with their reasons
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +55,13 @@ def contract_server(pg_url, champion, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("contract")
     admin = WaterMart(url=pg_url).create_token("contract-admin", "admin")
-    # a generated read_at may lie centuries ahead: the skew check (a 400 the document names, not
-    # a schema rule) is tested in test_readings.py, so here any date-time the schema allows is fine;
-    # thousands of cases from one address: the page's per-client limit would answer most with 429
+    # read_at's window as deployed (schemathesis.toml says why its 400 is allowed); thousands of
+    # cases from one address: the page's per-client limit would answer most with 429
     server = Server(
         tmp,
         pg_url,
         champion,
         POTABILITY_LOG_FLUSH_SECONDS="0.05",
-        POTABILITY_READING_MAX_SKEW_SECONDS="1e12",
         POTABILITY_PAGE_RATE_BURST="1000000",
         POTABILITY_PAGE_RATE_PER_SECOND="1000000",
     )
@@ -73,23 +69,23 @@ def contract_server(pg_url, champion, tmp_path_factory):
     server.stop()
 
 
-def schemathesis(server: Server, token: str, tmp: Path, max_examples: int) -> dict:
-    """Run `st run` with every check; return the JSON report (cases per operation, failures).
+def schemathesis(
+    server: Server, token: str, tmp: Path, max_examples: int, seed: int = SEED
+) -> dict:
+    """Run `st run` with every check; return the cases per operation (after checking the report).
 
     One worker: with two, the fuzzing phase of predict and samples sometimes ended after a
     handful of cases (480 + 7 of 1,480 for predict, coverage + fuzzing, at the same seed; seen in
     CI and on a loaded machine, never alone), so a passing run proved less than it said.
     """
-    tmp = tmp / f"run-{max_examples}"  # each run in a fresh directory: nothing carried over
+    tmp = tmp / f"run-{max_examples}-{seed}"  # each run in a fresh directory: nothing carried over
     tmp.mkdir()
-    config = tmp / "schemathesis.toml"
-    config.write_text(CONFIG)
     report = tmp / f"report-{max_examples}.json"
     st = str(Path(sys.executable).with_name("st"))
     command = [
         st,
         "--config-file",
-        str(config),
+        str(CONFIG),
         "run",
         server.base + "/openapi.json",
         "--checks",
@@ -97,7 +93,7 @@ def schemathesis(server: Server, token: str, tmp: Path, max_examples: int) -> di
         "--phases",
         "examples,coverage,fuzzing",
         "--seed",
-        str(SEED),
+        str(seed),
         "--max-examples",
         str(max_examples),
         "--workers",
@@ -126,10 +122,34 @@ def schemathesis(server: Server, token: str, tmp: Path, max_examples: int) -> di
     summary = json.loads(report.read_text())
     assert summary["failures"] == [] and summary["errors"] == [], summary
     assert summary["operations"]["tested"] == summary["operations"]["total"] == 10
-    return cases_per_operation(report.with_suffix(".ndjson"))
+    refusals = predict_400s(report.with_suffix(".ndjson"))
+    assert {field for field, _ in refusals} <= {"read_at"}, refusals
+    return cases_per_operation(report.with_suffix(".ndjson"), seed)
 
 
-def cases_per_operation(ndjson: Path) -> dict[str, int]:
+def predict_400s(ndjson: Path) -> list[tuple[str | None, str]]:
+    """The field and message of every 400 /v1/predict gave a schema-valid (positive) body.
+
+    schemathesis.toml allows those for read_at's window only.
+    """
+    found = []
+    for line in ndjson.read_text().splitlines():
+        finished = json.loads(line).get("ScenarioFinished")
+        if not finished or finished["recorder"]["label"] != "POST /v1/predict":
+            continue
+        recorder = finished["recorder"]
+        for case_id, interaction in recorder.get("interactions", {}).items():
+            response = interaction.get("response") or {}
+            meta = recorder["cases"][case_id]["value"]["meta"]
+            if response.get("status_code") != 400 or meta["generation"]["mode"] != "positive":
+                continue
+            content = base64.b64decode((response.get("content") or {}).get("$base64", ""))
+            error = json.loads(content or b"{}").get("error", {})
+            found.append((error.get("field"), error.get("message", "")))
+    return found
+
+
+def cases_per_operation(ndjson: Path, seed: int) -> dict[str, int]:
     """How many distinct cases schemathesis sent to each operation, over all phases."""
     cases: dict[str, set[str]] = {}
     for line in ndjson.read_text().splitlines():
@@ -139,14 +159,15 @@ def cases_per_operation(ndjson: Path) -> dict[str, int]:
             recorder = finished["recorder"]
             cases.setdefault(recorder["label"], set()).update(recorder.get("cases", {}))
     counts = {label: len(ids) for label, ids in sorted(cases.items())}
-    print(f"schemathesis cases per operation (seed {SEED}): {counts}")
+    print(f"schemathesis cases per operation (seed {seed}): {counts}")
     return counts
 
 
 @pytest.mark.slow  # a real gunicorn, as in every test that starts one: `make test` runs it, `make test-fast` not
-def test_contract_fast(contract_server):
+@pytest.mark.parametrize("seed", SEEDS)
+def test_contract_fast(contract_server, seed):
     server, admin, tmp = contract_server
-    counts = schemathesis(server, admin, tmp, max_examples=60)
+    counts = schemathesis(server, admin, tmp, max_examples=60, seed=seed)
     assert counts["POST /v1/predict"] >= 300 and counts["POST /v1/samples"] >= 300, counts
 
 
@@ -160,9 +181,17 @@ def test_contract_thousand_cases_per_operation(contract_server):
     assert counts["POST /v1/predict"] >= 1000, counts
 
 
-def test_repository_has_no_config_for_schemathesis_to_pick_up():
-    """The run's settings live in this file, not in a config a developer's `st run` would read."""
-    assert not (REPO / "schemathesis.toml").exists()
+def test_the_projects_schemathesis_config_says_why_for_each_rule():
+    """One config, at the root (a developer's `st run` reads it too); each rule with its reason."""
+    text = CONFIG.read_text(encoding="utf-8")
+    rules = [line for line in text.splitlines() if line.startswith("[")]
+    assert rules == [
+        "[checks.positive_data_acceptance]",
+        "[checks.negative_data_rejection]",
+        "[[operations]]",
+    ]
+    for rule in rules:  # a comment block right above each
+        assert text.split(rule)[0].rstrip().splitlines()[-1].startswith("#"), rule
 
 
 def test_run_strips_every_variable_that_turns_hypothesis_to_ci_mode():

@@ -65,6 +65,11 @@ def test_unreachable_database_is_a_clear_error(tmp_path):
 
 def test_redact_hides_passwords():
     assert db.redact("postgresql://bob:s3cret@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    # libpq also reads a password from the query string, and from a key=value DSN
+    assert db.redact("postgresql://db/x?sslmode=require&password=s3cret&user=bob") == (
+        "postgresql://db/x?sslmode=require&password=***&user=bob"
+    )
+    assert "s3cret" not in db.redact("host=db password='s3 cret' user=bob")
 
 
 def test_mlflow_uri_names_the_driver_and_its_database(pg_url):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from potability.sensor.readings import NAMESPACE, reading_inference_id
+from potability.sensor.readings_csv import read_readings
 from potability.serve import context, create_app, shutdown
+from tests.support.project import HEADER_HINT
 from tests.support.server import SAMPLE, auth, logged
 
 HOUR_AGO = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
@@ -68,6 +71,7 @@ def test_two_sensors_reading_ids_never_collide(served, mart):
         ({**SAMPLE, "reading_id": "r-1"}, "read_at"),
         ({**SAMPLE, "read_at": HOUR_AGO.isoformat()}, "reading_id"),
         (reading("r-1", datetime.now(UTC) + timedelta(hours=1)), "read_at"),
+        (reading("r-1", datetime.now(UTC) - timedelta(days=8)), "read_at"),  # backdated
         ({**reading("r-1"), "read_at": "2026-11-30T10:00:00"}, "read_at"),  # no offset
         ({**reading("r-1"), "read_at": 1764496800}, "read_at"),
         (reading(""), "reading_id"),
@@ -105,3 +109,78 @@ def test_the_clock_skew_allowed_is_a_setting(served):
         headers=h,
     )
     assert r.status_code == 200
+
+
+def test_a_sensor_and_a_reading_id_holding_slashes_never_collide(served, mart):
+    """Sensor ``plant`` + reading ``7/r1`` and sensor ``plant/7`` + reading ``r1``: two rows."""
+    app, client, _ = served
+    plant, plant_7 = mart.create_token("plant", "sensor"), mart.create_token("plant/7", "sensor")
+    a = client.post("/v1/predict", json=reading("7/r1"), headers=auth(plant)).get_json()
+    b = client.post("/v1/predict", json=reading("r1", ph=6.0), headers=auth(plant_7)).get_json()
+    assert a["inference_id"] != b["inference_id"]
+    assert reading_inference_id("a", "b%2Fc") != reading_inference_id("a", "b/c")
+    assert sorted(logged(app, mart)["sensor_id"]) == ["plant", "plant/7"]
+
+
+def test_a_resend_with_other_measurements_is_a_409_naming_the_reading(served, mart):
+    app, client, h = served
+    first = client.post("/v1/predict", json=reading("r-1"), headers=h)
+    assert first.status_code == 200
+    logged(app, mart)  # stored: the resend is compared with the log in Postgres
+    changed = client.post("/v1/predict", json=reading("r-1", ph=6.0), headers=h)
+    assert changed.status_code == 409, changed.get_json()
+    error = changed.get_json()["error"]
+    assert error["code"] == "reading_conflict" and error["field"] == "reading_id"
+    assert "'r-1'" in error["message"]
+    batch = {"samples": [reading("r-2"), reading("r-1", Sulfate=None)]}
+    r = client.post("/v1/predict", json=batch, headers=h)
+    assert r.status_code == 409 and r.get_json()["error"]["index"] == 1
+    same = client.post("/v1/predict", json=reading("r-1"), headers=h)
+    assert same.status_code == 200  # the same measurements: the idempotent answer
+    assert same.get_json()["inference_id"] == first.get_json()["inference_id"]
+    rows = logged(app, mart)
+    assert len(rows) == 1 and rows.loc[0, "ph"] == SAMPLE["ph"]
+
+
+def test_a_batch_naming_one_reading_twice_with_other_measurements_is_a_409(served, mart):
+    app, client, h = served
+    batch = {"samples": [reading("d-1"), reading("d-2"), reading("d-1", Hardness=100.0)]}
+    r = client.post("/v1/predict", json=batch, headers=h)
+    assert r.status_code == 409 and r.get_json()["error"]["index"] == 2
+    assert "index 0" in r.get_json()["error"]["message"]
+    assert logged(app, mart).empty
+
+
+def test_how_old_a_reading_may_be_is_a_setting(served):
+    app, client, h = served
+    older = context.settings(app).model_copy(update={"reading_max_age_seconds": 30 * 86_400})
+    app.extensions[context.SETTINGS] = older
+    r = client.post(
+        "/v1/predict", json=reading("old", datetime.now(UTC) - timedelta(days=8)), headers=h
+    )
+    assert r.status_code == 200
+
+
+def test_a_csv_rows_time_comes_from_the_row_never_the_files_mtime(tmp_path):
+    """``touch`` on the file changes nothing; a row with no time of its own is refused."""
+    data = tmp_path / "readings.csv"
+    data.write_text(
+        HEADER_HINT.replace("Potability", "read_at")
+        + "7,200,20000,7,300,400,14,60,4,2026-12-01T10:00:00+00:00\n"
+        + "7,200,20000,7,300,400,14,60,4,\n"
+    )
+    readings, problems = read_readings(data)
+    assert [(p.line, p.field) for p in problems] == [(3, "read_at")]
+    assert readings[2].read_at == "2026-12-01T10:00:00+00:00"
+    given = "2026-12-02T08:00:00+00:00"
+    before, _ = read_readings(data, read_at=given)
+    os.utime(data, (0, 0))  # a touch, a copy, a restore from backup
+    after, problems = read_readings(data, read_at=given)
+    assert problems == [] and before == after and after[3].read_at == given
+    lab = tmp_path / "lab.csv"  # a lab file's collected_at is its rows' time
+    lab.write_text(
+        HEADER_HINT.replace("\n", ",collected_at\n")
+        + "7,200,20000,7,300,400,14,60,4,1,2026-12-03T09:00:00Z\n"
+    )
+    readings, problems = read_readings(lab)
+    assert problems == [] and readings[2].read_at == "2026-12-03T09:00:00+00:00"

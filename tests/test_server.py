@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import psycopg2
 import pytest
 
 from potability.artifacts import ArtifactError
@@ -115,7 +118,7 @@ def test_a_full_batch_is_answered_as_the_model_says_and_every_answer_logged_once
         ({name: None for name in FEATURE_NAMES}, 400, None, None),
         ({"samples": [SAMPLE, {**SAMPLE, "Turbidity": 5000}]}, 400, "Turbidity", 1),
         ({"samples": []}, 422, "samples", None),
-        ({"samples": [SAMPLE] * 1001}, 413, "samples", None),
+        ({"samples": [SAMPLE] * 1001}, 422, "samples", None),
         ([SAMPLE], 422, None, None),
     ],
 )
@@ -179,6 +182,26 @@ def test_roles_are_enforced(client, tokens):
         client.get("/v1/model", headers=auth(tokens["sensor"])).get_json()["version"] == "test-rf-1"
     )
     assert client.get("/v1/model").status_code == 401
+
+
+def test_the_model_endpoint_gives_the_input_schema_not_training_rows(client, tokens):
+    meta = client.get("/v1/model", headers=auth(tokens["sensor"])).get_json()
+    assert "input_example" not in meta  # real lab rows from the training data
+    assert set(meta["input_schema"]["properties"]) == set(SAMPLE)
+
+
+def test_failed_logins_are_logged_with_the_client_address_never_the_token(client, tokens, caplog):
+    guess, sensor = "pot_a-guessed-token", tokens["sensor"]
+    where = {"REMOTE_ADDR": "203.0.113.9"}
+    with caplog.at_level(logging.WARNING, logger="potability.serve.auth"):
+        client.post("/v1/predict", json=SAMPLE, headers=auth(guess), environ_base=where)
+        client.post("/v1/predict", json=SAMPLE, environ_base=where)
+        client.post("/admin/reload", headers=auth(sensor), environ_base=where)
+    lines = [r.getMessage() for r in caplog.records if r.name == "potability.serve.auth"]
+    assert len(lines) == 3 and all("203.0.113.9" in line for line in lines), lines
+    assert "unknown or revoked" in lines[0] and "no bearer token" in lines[1]
+    assert "403" in lines[2] and "sensor-1" in lines[2]
+    assert not any(guess in line or sensor in line for line in lines)
 
 
 def test_revocation_takes_effect_within_the_cache_time(client, mart, tokens):
@@ -272,7 +295,9 @@ def test_corrupt_model_is_refused_and_the_old_one_keeps_serving(own_champion, tm
     assert r.status_code == 422 and "sha256" in r.get_json()["error"]["message"]
     after = client.post("/v1/predict", json=SAMPLE, headers=h).get_json()
     assert after["probability"] == before["probability"] and after["model_version"] == "test-rf-1"
-    assert "sha256" in client.get("/readyz").get_json()["last_model_error"]
+    # the open /readyz says what kind of trouble; the why (paths, hashes) is for the admin and the log
+    said = client.get("/readyz").get_json()["last_model_error"]
+    assert said.startswith("model reload refused") and "/" not in said.split(";")[0]
 
 
 def test_reload_follows_the_alias_to_a_new_deployment(deploy_dir, own_champion, mart, tmp_path):
@@ -411,3 +436,51 @@ def test_wrong_method_is_405_with_allow(client):
         r = getattr(client, method)(path)
         assert r.status_code == 405 and r.headers["Allow"] == allowed
         assert r.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def within(seconds: float, call):
+    """``call()`` on a thread: its result and how long it took, or None if still running after ``seconds``."""
+    done: list = []
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: done.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return (done[0], time.monotonic() - started) if done else None
+
+
+def test_a_hung_database_is_answered_from_caches_within_the_statement_timeout(
+    server_settings, champion, mart, tmp_path
+):
+    """Postgres up but every read of the tokens and the hourly rollup waits on a lock another
+    connection holds: the sensor's verified token (stale-if-error) and the page's last copy answer
+    within the statement timeout, not when gunicorn kills the worker."""
+    settings = server_settings(
+        **champion.app_config(tmp_path),
+        token_cache_seconds=0,  # ask Postgres every request
+        db_statement_timeout_seconds=1,
+        page_stale_seconds=0.5,
+        model_poll_seconds=3600,
+    )
+    app = create_app(settings)
+    holder = psycopg2.connect(mart.url)
+    try:
+        client, h = app.test_client(), auth(mart.create_token("sensor-1", "sensor"))
+        assert client.post("/v1/predict", json=SAMPLE, headers=h).status_code == 200
+        page = client.get("/").data
+        with holder.cursor() as cur:  # held until the test ends: a hung database
+            cur.execute(
+                "LOCK TABLE water.api_tokens, water.inference_hourly IN ACCESS EXCLUSIVE MODE"
+            )
+        time.sleep(0.6)  # the page's copy is stale: the next request renders it again
+        answered = within(8, lambda: client.post("/v1/predict", json=SAMPLE, headers=h))
+        assert answered is not None, "the sensor's request hung with the database"
+        response, took = answered
+        assert response.status_code == 200 and took < 5, (response.get_json(), took)
+        shown = within(8, lambda: client.get("/"))
+        assert shown is not None, "the page hung with the database"
+        response, took = shown
+        assert response.status_code == 200 and response.data == page and took < 5
+    finally:
+        holder.rollback()
+        holder.close()
+        shutdown(app)

@@ -1,13 +1,16 @@
 import os
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+import psycopg2
 import pytest
 
 from potability.errors import DatabaseUnavailable
 from potability.ids import uuid7_batch
-from potability.inference_store import AnsweredBatch
-from potability.serve.spool import Spool, decode_lines, encode
+from potability.inference_store import AnsweredBatch, InferenceStore
+from potability.serve.spool import Spool, decode_lines, encode, rows_in
+from tests.support.database import query
 from tests.support.database import request_row as row
 
 
@@ -137,3 +140,79 @@ def test_a_request_record_comes_back_exact_and_is_replayed_whole(mart, store, tm
         request.probabilities.tolist(), abs=0
     )
     assert stored.loc[request.inference_ids[2]].isna().sum() == 1
+
+
+def a_request(n: int, ph: list[float]) -> AnsweredBatch:
+    """One request of ``n`` rows with these pH values (everything else missing)."""
+    features = np.full((n, 9), np.nan)
+    features[:, 0] = ph
+    return AnsweredBatch(
+        uuid7_batch(n), datetime.now(UTC), "s", "v", features, np.full(n, 0.5), 0.4
+    )
+
+
+def refusing_url(url: str, refusal: str) -> str:
+    """The log's database as a standby (read only) or as a role that may read but not write it."""
+    if refusal == "read_only":  # what a standby promoted-away-from says to every write
+        separator = "&" if "?" in url else "?"
+        return f"{url}{separator}options=-c%20default_transaction_read_only%3Don"
+    query(
+        url,
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pytest_reader') THEN "
+        "CREATE ROLE pytest_reader LOGIN; END IF; END $$; "
+        "GRANT USAGE ON SCHEMA water TO pytest_reader; "
+        "GRANT SELECT ON ALL TABLES IN SCHEMA water TO pytest_reader",
+    )
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc="pytest_reader@" + parts.netloc.rpartition("@")[2]))
+
+
+@pytest.mark.parametrize(
+    ("refusal", "says"), [("read_only", "read-only transaction"), ("no_privilege", "permission")]
+)
+def test_an_error_that_is_not_about_the_rows_keeps_the_file(mart, tmp_path, refusal, says):
+    spool = Spool(tmp_path)
+    path = spooled(spool, [row(0), row(1)])
+    refusing = InferenceStore(url=refusing_url(mart.url, refusal))
+    try:
+        with pytest.raises(psycopg2.Error, match=says):
+            spool.replay(refusing.write)
+    finally:
+        refusing.close()
+    assert spool.files() == [path] and not spool.quarantine_dir.exists()
+    assert spool.quarantined == 0
+    store = InferenceStore(url=mart.url)
+    try:
+        assert spool.replay(store.write) == (2, 0)  # the cause gone: all of it stored
+    finally:
+        store.close()
+
+
+def test_rows_refused_as_data_are_quarantined_one_by_one_counted_and_requeued(
+    mart, store, tmp_path
+):
+    """A constraint refuses one row of a request: the others are stored, that one set aside."""
+    spool = Spool(tmp_path)
+    good, mixed = a_request(2, [7.0, 7.5]), a_request(3, [6.0, 13.5, 8.0])
+    spooled(spool, [good, mixed])
+    query(
+        mart.url,
+        "ALTER TABLE water.water_inferences ADD CONSTRAINT pytest_ph CHECK (ph < 13)",
+    )
+    try:
+        reasons = []
+        spool._on_quarantine = lambda path, reason: reasons.append(reason)
+        assert spool.replay(store.write, chunk_rows=10) == (4, 0)
+        assert spool.files() == [] and spool.quarantined == 1 and "CheckViolation" in reasons[0]
+        [kept] = spool.quarantine_dir.iterdir()
+        assert rows_in(kept.read_bytes()) == 1
+        assert spool.used() == kept.stat().st_size  # quarantine counts against the disk cap
+        assert sorted(mart.inferences()["ph"]) == [6.0, 7.0, 7.5, 8.0]
+        assert spool.requeue() == 1 and len(spool.files()) == 1
+        assert spool.replay(store.write) == (0, 0)  # refused again: back to quarantine
+        assert len(list(spool.quarantine_dir.iterdir())) == 1 and spool.files() == []
+    finally:
+        query(mart.url, "ALTER TABLE water.water_inferences DROP CONSTRAINT IF EXISTS pytest_ph")
+    assert spool.requeue() == 1  # the cause fixed: requeued and stored
+    assert spool.replay(store.write) == (1, 0)
+    assert sorted(mart.inferences()["ph"]) == [6.0, 7.0, 7.5, 8.0, 13.5]

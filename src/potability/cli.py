@@ -218,7 +218,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from potability.sensor.readings_csv import read_readings, send, write_answers
 
     token = Path(args.token_file).read_text(encoding="utf-8").strip()
-    by_line, problems = read_readings(Path(args.csv))
+    by_line, problems = read_readings(Path(args.csv), args.read_at)
     for problem in problems:
         print(f"{args.csv}: {problem}", file=sys.stderr)
     if problems:
@@ -290,6 +290,16 @@ def cmd_log_maintain(args: argparse.Namespace) -> int:
     return 1 if report.skipped else 0
 
 
+def cmd_log_requeue(args: argparse.Namespace) -> int:
+    """Move the spool's quarantined files back, for the servers' next replay."""
+    from potability.serve.spool import Spool
+
+    spool = Spool(get_settings().spool_dir)
+    moved = spool.requeue()
+    print(f"requeued {moved} quarantined file(s) from {spool.quarantine_dir}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from potability.serve.run import run_gunicorn
 
@@ -346,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     logp.add_parser(
         "maintain", help="create partitions ahead, drop those past retention; prints what it did"
     ).set_defaults(func=cmd_log_maintain)
+    logp.add_parser(
+        "requeue", help="move the spool's quarantined files back to be replayed (cause fixed)"
+    ).set_defaults(func=cmd_log_requeue)
 
     p = sub.add_parser("seed", help="insert synthetic lab rows shaped like the real data")
     p.add_argument("--rows", type=int, default=3300)
@@ -420,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="send a CSV of readings to a server; write the answers as CSV"
     )
     p.add_argument("csv", help="the data set's columns; optional reading_id, read_at")
+    p.add_argument(
+        "--read-at",
+        help="when a row without read_at (or collected_at) was read, RFC 3339 with an offset",
+    )
     p.add_argument("--url", required=True, help="the server, e.g. http://plant:8000")
     p.add_argument("--token-file", required=True, help="a file holding a sensor token")
     p.add_argument("--out", help="answers CSV (default: standard output)")

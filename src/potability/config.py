@@ -182,7 +182,7 @@ class Settings(BaseSettings):
     spool_replay_seconds: Seconds = _env("POTABILITY_SPOOL_REPLAY_SECONDS", default=2.0)
     """How often journal files waiting for Postgres (spooled: it was down, or their worker died) are retried."""
     spool_max_bytes: Count = _env("POTABILITY_SPOOL_MAX_BYTES", default=1_000_000_000)
-    """The inference log's disk cap (journals and spooled files): past it `/v1/predict` says 503 (nothing unlogged)."""
+    """The inference log's disk cap (journals, spooled and quarantined files): past it `/v1/predict` says 503 (nothing unlogged)."""
     log_queue_max_rows: Count = _env("POTABILITY_LOG_QUEUE_MAX_ROWS", default=50_000)
     """Answered rows a worker may hold in memory before it refuses new ones (503)."""
     log_journal_fsync: bool = _env("POTABILITY_LOG_JOURNAL_FSYNC", default=False)
@@ -191,6 +191,20 @@ class Settings(BaseSettings):
         "POTABILITY_LOG_JOURNAL_SEGMENT_BYTES", default=16_000_000
     )
     """Size at which a worker's journal file is closed and a new one begun (each deleted once its rows are stored, or spooled while Postgres is down)."""
+    db_connect_timeout_seconds: Seconds = _env("POTABILITY_DB_CONNECT_TIMEOUT_SECONDS", default=5.0)
+    """How long any connection to Postgres may take to open before the database counts as down."""
+    db_statement_timeout_seconds: Seconds = _env(
+        "POTABILITY_DB_STATEMENT_TIMEOUT_SECONDS", default=10.0
+    )
+    """Longest statement on a server's connections (log, tokens, page reads): past it Postgres cancels it and the server answers as in an outage (cached tokens, the page's last copy)."""
+    db_keepalives_idle_seconds: Count = _env("POTABILITY_DB_KEEPALIVES_IDLE_SECONDS", default=10)
+    """Idle seconds before TCP keepalives probe a Postgres connection (a blackholed host is found, not waited on)."""
+    db_keepalives_interval_seconds: Count = _env(
+        "POTABILITY_DB_KEEPALIVES_INTERVAL_SECONDS", default=5
+    )
+    """Seconds between TCP keepalive probes."""
+    db_keepalives_count: Count = _env("POTABILITY_DB_KEEPALIVES_COUNT", default=3)
+    """Unanswered keepalive probes after which the connection counts as lost."""
     token_stale_seconds: SecondsOrZero = _env("POTABILITY_TOKEN_STALE_SECONDS", default=600.0)
     """How long a sensor token verified before keeps working while Postgres is down."""
     model_poll_seconds: Seconds = _env("POTABILITY_MODEL_POLL_SECONDS", default=5.0)
@@ -269,6 +283,8 @@ class Settings(BaseSettings):
 
     reading_max_skew_seconds: Seconds = _env("POTABILITY_READING_MAX_SKEW_SECONDS", default=300.0)
     """How far a sensor's `read_at` may lie after the server's clock before it is refused (400)."""
+    reading_max_age_seconds: Seconds = _env("POTABILITY_READING_MAX_AGE_SECONDS", default=604_800.0)
+    """How far a sensor's `read_at` may lie before the server's clock (400 past it): an outbox's week, no backdating the page's history."""
 
     # The inference log at volume (issue 13): partitions, retention, maintenance, page reads.
     log_retention_days: CountOrZero = _env("POTABILITY_LOG_RETENTION_DAYS", default=0)

@@ -14,7 +14,7 @@ import subprocess
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.errors
@@ -73,13 +73,54 @@ def database_url(settings: Settings | None = None) -> str:
     return settings.database_url or embedded_server_url(settings.pgdata)
 
 
+def connection_params(settings: Settings) -> dict[str, str]:
+    """What every connection sets: a connect timeout and TCP keepalives (libpq parameters).
+
+    Without them a host that stops answering (blackholed, not refusing)
+    holds a connect or a query until the kernel gives up, minutes later.
+    """
+    return {
+        "connect_timeout": str(max(1, round(settings.db_connect_timeout_seconds))),
+        "keepalives": "1",
+        "keepalives_idle": str(settings.db_keepalives_idle_seconds),
+        "keepalives_interval": str(settings.db_keepalives_interval_seconds),
+        "keepalives_count": str(settings.db_keepalives_count),
+    }
+
+
+def missing_params(url: str, settings: Settings | None = None, **given) -> dict[str, str]:
+    """``connection_params`` that neither ``url`` nor ``given`` sets (an explicit value wins)."""
+    present = set(psycopg2.extensions.parse_dsn(url)) | set(given)
+    params = connection_params(settings or get_settings())
+    return {k: v for k, v in params.items() if k not in present}
+
+
+def server_url(url: str, settings: Settings) -> str:
+    """``url`` as a server's connections use it: the connection params and a statement timeout.
+
+    In the URL, so every connection made from it (the owners' own, the page's
+    pool, the deployments read, MLflow's registry engine) carries them. A
+    statement past ``db_statement_timeout_seconds`` is cancelled (57014, an
+    ``OperationalError``), which the owners treat as the database being down.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    extra = list(missing_params(url, settings).items())
+    timeout_ms = round(settings.db_statement_timeout_seconds * 1000)
+    options = f"-c statement_timeout={timeout_ms}"
+    given = [v for k, v in query if k == "options"]
+    query = [(k, v) for k, v in query if k != "options"]
+    query += [*extra, ("options", " ".join([*given, options]))]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/", quote_via=quote)))
+
+
 def connect(
     settings: Settings | None = None, url: str | None = None, **kwargs
 ) -> psycopg2.extensions.connection:
-    """Open a connection, turning connection failures into ``DatabaseUnavailable``."""
+    """Open a connection, with ``connection_params``, turning connection failures into ``DatabaseUnavailable``."""
     target = url or database_url(settings)
     try:
-        return psycopg2.connect(target, **kwargs)
+        return psycopg2.connect(target, **missing_params(target, settings, **kwargs), **kwargs)
     except psycopg2.OperationalError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         raise DatabaseUnavailable(
@@ -114,8 +155,13 @@ def advisory_lock(key: int, settings: Settings | None = None, url: str | None = 
 
 
 def redact(url: str) -> str:
-    """Hide a password in a URI before it goes into a message or a log."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    """Hide a password in a URI before it goes into a message or a log.
+
+    Both places libpq reads one from: the user-info (``user:secret@``) and a
+    ``password=`` parameter (``?password=secret``, or a key=value DSN).
+    """
+    url = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    return re.sub(r"(?i)(\bpassword\s*=\s*)('[^']*'|[^&\s]*)", r"\1***", url)
 
 
 def mlflow_tracking_uri(settings: Settings | None = None, url: str | None = None) -> str:

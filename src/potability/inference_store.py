@@ -55,6 +55,14 @@ STORED_KEYS = (
     "JOIN water.water_inferences i ON i.inference_id = k.id "
     "AND i.received_at = timestamptz '2000-01-01 00:00:00+00' + k.us * interval '1 microsecond'"
 )
+# The measurements stored under given keys (a resend that differs is a conflict: serve/api.py),
+# on the predict path: constant times, so the planner prunes to their partitions (a join on
+# computed times, as above, would probe every day's partition).
+STORED_MEASUREMENTS = (
+    f"SELECT inference_id::text, received_at, {', '.join(FEATURE_COLUMNS)} "  # noqa: S608 (constant names)
+    "FROM water.water_inferences "
+    "WHERE received_at = ANY(%s::timestamptz[]) AND inference_id = ANY(%s::uuid[])"
+)
 # a replay that met rows another writer stored meanwhile looks again, this many times at most
 STORE_ATTEMPTS = 3
 
@@ -363,6 +371,33 @@ def unstored(cur, batches: list[AnsweredBatch]) -> list[AnsweredBatch]:
 
 class InferenceStore(PgOwner):
     """Writes the inference log (its own connection: never behind a page read or a token lookup)."""
+
+    def stored_measurements(
+        self, inference_ids: Sequence[str], received_at: Sequence[datetime | str]
+    ) -> dict[int, np.ndarray]:
+        """The measurements logged under each key that is stored, by its position in the lists.
+
+        Missing measurements come back as NaN, as the server holds them.
+        """
+
+        position = {
+            (str(i).lower(), _timestamp(t)): n
+            for n, (i, t) in enumerate(zip(inference_ids, received_at, strict=True))
+        }
+
+        def work(cur) -> dict[int, np.ndarray]:
+            times = sorted({t if isinstance(t, str) else t.isoformat() for t in received_at})
+            cur.execute(STORED_MEASUREMENTS, (times, sorted({i for i, _ in position})))
+            found = {}
+            for inference_id, at, *values in cur.fetchall():
+                n = position.get((inference_id, _timestamp(at)))
+                if n is not None:  # an id stored at another of the batch's times is not this key
+                    found[n] = np.array(
+                        [np.nan if v is None else v for v in values], dtype=np.float64
+                    )
+            return found
+
+        return self._run(work)
 
     def write(self, batches: Iterable[AnsweredBatch], fresh: bool = False) -> int:
         """Store answered inferences by COPY and roll them up; idempotent on the log's key.

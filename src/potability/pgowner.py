@@ -20,16 +20,20 @@ from potability.config import Settings
 from potability.errors import DatabaseUnavailable, SchemaError
 
 T = TypeVar("T")
-CONNECT_TIMEOUT = 5  # seconds: a host that does not answer is "down", not a hung writer
 
 
 class PgOwner:
     """A lazily opened connection that heals itself: the base of every resource owner."""
 
-    def __init__(self, settings: Settings | None = None, url: str | None = None):
+    def __init__(
+        self, settings: Settings | None = None, url: str | None = None, autocommit: bool = False
+    ):
+        """``autocommit``: each statement its own transaction, one round trip instead of three
+        (BEGIN, the statement, COMMIT): for an owner that only reads, one statement a call."""
         self._url = url or db.database_url(settings)
         self._conn: psycopg2.extensions.connection | None = None
         self._lock = threading.Lock()
+        self._autocommit = autocommit
 
     @property
     def url(self) -> str:
@@ -52,7 +56,8 @@ class PgOwner:
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = db.connect(url=self._url, connect_timeout=CONNECT_TIMEOUT)
+                    self._conn = db.connect(url=self._url)
+                    self._conn.autocommit = self._autocommit
                 with self._conn, self._conn.cursor() as cur:
                     return work(cur)
             except (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSchemaName) as exc:

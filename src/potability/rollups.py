@@ -29,7 +29,6 @@ from potability.errors import DatabaseUnavailable, SchemaError
 from potability.schema import FEATURES
 
 T = TypeVar("T")
-CONNECT_TIMEOUT = 5  # seconds: a page read fails fast when Postgres does not answer
 _COLUMN = {f.name: f.column for f in FEATURES}
 _NAME = {f.column: f.name for f in FEATURES}
 
@@ -58,7 +57,7 @@ class Rollups:
             if self._pool is None:
                 try:
                     self._pool = psycopg2.pool.ThreadedConnectionPool(
-                        0, self._size, self._url, connect_timeout=CONNECT_TIMEOUT
+                        0, self._size, self._url, **db.missing_params(self._url)
                     )
                 except psycopg2.OperationalError as exc:
                     raise DatabaseUnavailable(

@@ -9,7 +9,13 @@ retry after a timeout, an outbox replayed after a crash) maps to the same
 ``(inference_id, received_at)``: the log's duplicate handling
 (``InferenceStore.write``) stores it once and the answer carries the same
 ``inference_id``. The sensor id is the token's name, so two sensors' reading
-ids never collide.
+ids never collide: both may hold "/", so the reading id's "%" and "/" are
+escaped first (``reading_inference_id``), which leaves the last "/" the one
+between the two.
+
+A reading's time must lie within ``[now - max_age, now + max_skew]``: no
+further ahead than a wrong clock, no further back than an outbox holds
+readings, so a backdated row cannot rewrite the public page's history.
 """
 
 from __future__ import annotations
@@ -36,13 +42,19 @@ class ReadingKey:
 
 
 def validate_reading(
-    obj: dict[str, Any], index: int | None, now: datetime, max_skew_seconds: float
+    obj: dict[str, Any],
+    index: int | None,
+    now: datetime,
+    max_skew_seconds: float,
+    max_age_seconds: float = math.inf,
 ) -> ReadingKey | None:
     """Check a sample's ``reading_id`` and ``read_at`` (both or neither); None when neither.
 
     ``read_at`` must be an RFC 3339 date-time with an offset, at most
     ``max_skew_seconds`` after ``now`` (a clock that far ahead is wrong, and
-    its readings would sort after everything real).
+    its readings would sort after everything real) and at most
+    ``max_age_seconds`` before it (older readings would rewrite the hours the
+    public page has shown).
     """
     reading_id, read_at = obj.get("reading_id"), obj.get("read_at")
     if reading_id is None and read_at is None:
@@ -67,6 +79,13 @@ def validate_reading(
             "check the sensor's clock",
             index,
         )
+    if -ahead > max_age_seconds:
+        raise FieldError(
+            "read_at",
+            f"is {-ahead:.0f} s before the server's clock (at most {max_age_seconds:g} s): "
+            "too old to log",
+            index,
+        )
     return ReadingKey(reading_id, parsed)
 
 
@@ -84,7 +103,8 @@ def json_schema_reading() -> dict[str, Any]:
                 "type": "string",
                 "format": "date-time",
                 "description": "when the sensor read it (RFC 3339); logged as received_at; "
-                "400 when too far after the server's clock",
+                "400 when too far after the server's clock or too long before it "
+                "(reading_max_skew_seconds, reading_max_age_seconds)",
             },
         },
         "dependentRequired": {"reading_id": ["read_at"], "read_at": ["reading_id"]},
@@ -96,12 +116,24 @@ NAMESPACE = uuid.UUID("d604b975-df82-4282-9f5d-e98e17be2d97")
 
 
 def reading_inference_id(sensor_id: str, reading_id: str) -> str:
-    """The inference id a reading is logged under, whichever request carried it."""
-    return str(uuid.uuid5(NAMESPACE, f"{sensor_id}/{reading_id}"))
+    """The inference id a reading is logged under, whichever request carried it.
+
+    The name is ``"{sensor_id}/{reading_id}"`` with the reading id's "%" and
+    "/" percent-escaped: the reading part then holds no "/", so the last one
+    splits the pair and two pairs never share a name (sensor ``plant`` with
+    reading ``7/r1`` and sensor ``plant/7`` with ``r1`` did). A reading id
+    without "%" or "/" keeps the id it always had.
+    """
+    escaped = reading_id.replace("%", "%25").replace("/", "%2F")
+    return str(uuid.uuid5(NAMESPACE, f"{sensor_id}/{escaped}"))
 
 
 def split_readings(
-    items: list[Any], sensor_id: str, now: datetime, max_skew_seconds: float
+    items: list[Any],
+    sensor_id: str,
+    now: datetime,
+    max_skew_seconds: float,
+    max_age_seconds: float = math.inf,
 ) -> tuple[list[Any], list[tuple[str, str] | None] | None]:
     """Take the reading fields off each sample.
 
@@ -116,7 +148,11 @@ def split_readings(
     keys: list[tuple[str, str] | None] = []
     for index, item in enumerate(items):
         # a batch may name one reading twice (a resend joined to new readings): same id, stored once
-        key = validate_reading(item, index, now, max_skew_seconds) if type(item) is dict else None
+        key = (
+            validate_reading(item, index, now, max_skew_seconds, max_age_seconds)
+            if type(item) is dict
+            else None
+        )
         if key is None:
             samples.append(item)
             keys.append(None)

@@ -1,11 +1,13 @@
 """Readings from a CSV in the data set's format, answers back to CSV: `potability predict`'s files.
 
 A row's reading id is its ``reading_id`` column, else the file's content hash
-and the row's line; its time is its ``read_at`` column, else the file's
-modification time. So running the command again on the same file sends the
-same readings, and the server stores them once and answers with the same
-inference ids. A lab file can be sent as it is: its verdict and lab columns
-are not sent.
+and the row's line; its time is its ``read_at`` column, else its
+``collected_at`` (a lab file's), else the time given for the whole file
+(``--read-at``), never the file's modification time (a ``touch`` or a copy
+would make every row a new reading). So running the command again on the same
+file sends the same readings, and the server stores them once and answers with
+the same inference ids. A lab file can be sent as it is: its verdict and lab
+columns are not sent.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import csv
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -45,11 +47,16 @@ class Problem:
         return f"line {self.line}: {self.field or 'row'}: {self.message}"
 
 
-def read_readings(path: Path) -> tuple[dict[int, Reading], list[Problem]]:
-    """Every row as a reading by line number, and every bad row's problem (line and field)."""
+def read_readings(
+    path: Path, read_at: datetime | str | None = None
+) -> tuple[dict[int, Reading], list[Problem]]:
+    """Every row as a reading by line number, and every bad row's problem (line and field).
+
+    ``read_at`` is the time of a row with neither ``read_at`` nor ``collected_at``;
+    without it such a row is a problem naming ``read_at``.
+    """
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
-    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
     lines = data.decode("utf-8-sig").splitlines()
     reader = csv.reader(lines)
     header = [h.strip() for h in next(reader, [])]
@@ -72,10 +79,14 @@ def read_readings(path: Path) -> tuple[dict[int, Reading], list[Problem]]:
             continue
         record = dict(zip(header, raw, strict=True))
         features = {name: record[name] for name in FEATURE_NAMES}
+        when = record.get("read_at") or record.get("collected_at") or read_at
+        if not when:
+            problems.append(Problem(line, "read_at", "is empty; add the column or --read-at"))
+            continue
         try:
             reading = new_reading(
                 features,
-                read_at=record.get("read_at") or modified,
+                read_at=when,
                 reading_id=record.get("reading_id") or f"csv-{digest}-{line}",
                 index=line,
             )

@@ -65,6 +65,8 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
         InferenceStore(url=mart.url), settings.spool_dir, settings, on_log_depth, on_quarantine
     )
     app.extensions[context.LOG] = inference_log
+    # the predict path's reading lookup: never behind a COPY, one round trip
+    app.extensions[context.LOG_READS] = InferenceStore(url=mart.url, autocommit=True)
     app.extensions[context.MAINTENANCE] = maintenance
     app.extensions[context.TOKENS] = TokenCache(
         mart, settings.token_cache_seconds, settings.token_stale_seconds
@@ -98,7 +100,8 @@ def create_page_app(settings: Settings | None = None) -> Flask:
 
 
 def _mart(settings: Settings) -> WaterMart:
-    return WaterMart(url=settings.database_url) if settings.database_url else WaterMart(settings)
+    """The process's mart, on the server's URL: every connection made from it has timeouts."""
+    return WaterMart(url=db.server_url(db.database_url(settings), settings))
 
 
 def _base_app(
@@ -178,6 +181,7 @@ def shutdown(app: Flask) -> None:
         parts[context.MAINTENANCE].stop()
     if context.LOG in parts:
         parts[context.LOG].close()
+        parts[context.LOG_READS].close()
     parts[context.ROLLUPS].close()
     if context.RATELIMIT in parts:
         parts[context.RATELIMIT].close()

@@ -17,6 +17,7 @@ from potability.schema import (
     FEATURE_NAMES,
     FieldError,
     fast_feature_matrix,
+    json_schema_sample,
     validate_features,
     validate_lab_row,
 )
@@ -65,9 +66,9 @@ def as_items(body: Any, max_batch: int) -> tuple[list[Any], bool]:
             raise ApiError(
                 422, "invalid_batch", "'samples' must be a non-empty list", field="samples"
             )
-        if len(items) > max_batch:
+        if len(items) > max_batch:  # the document's maxItems: a validation error like minItems
             raise ApiError(
-                413,
+                422,
                 "batch_too_large",
                 f"{len(items)} samples; at most {max_batch} per request",
                 field="samples",
@@ -101,14 +102,65 @@ def answers_of(answered: AnsweredBatch) -> list[dict[str, Any]]:
     ]
 
 
+def refuse_changed_readings(
+    sent: list[Any], readings: list[tuple[str, str] | None], X: np.ndarray, batch: bool
+) -> None:
+    """A reading sent again must carry the measurements it had: a 409 naming it otherwise.
+
+    Compared within the request, then with the log in Postgres (by the log's
+    key, one indexed lookup for the request). While the log's writer finds
+    Postgres down, or when the lookup fails, only the request is checked: the
+    answer is given and the log keeps the copy it stored first.
+    """
+    first: dict[tuple[str, str], int] = {}
+    looked_up: list[int] = []
+    for k, key in enumerate(readings):
+        if key is None:
+            continue
+        j = first.setdefault(key, k)
+        if j == k:
+            looked_up.append(k)
+        elif not np.array_equal(X[j], X[k], equal_nan=True):
+            raise reading_conflict(sent[k], k, batch, f"index {j} of this batch")
+    if not looked_up or not context.part(context.LOG).db_ok:
+        return
+    try:
+        stored = context.part(context.LOG_READS).stored_measurements(
+            [readings[k][0] for k in looked_up], [readings[k][1] for k in looked_up]
+        )
+    except MartError:
+        return
+    for n, values in sorted(stored.items()):
+        k = looked_up[n]
+        if not np.array_equal(values, X[k], equal_nan=True):
+            raise reading_conflict(sent[k], k, batch, "the log")
+
+
+def reading_conflict(sample: dict[str, Any], index: int, batch: bool, where: str) -> ApiError:
+    return ApiError(
+        409,
+        "reading_conflict",
+        f"reading {sample['reading_id']!r} read at {sample['read_at']} is already in {where} with "
+        "other measurements; a new reading needs a new reading_id",
+        field="reading_id",
+        index=index if batch else None,
+    )
+
+
 @bp.post("/predict")
 @require("sensor", "admin")
 def predict():
     settings = context.settings()
-    items, batch = as_items(json_body(), settings.max_batch)
+    sent, batch = as_items(json_body(), settings.max_batch)
     now, sensor_id = datetime.now(UTC), g.token.name
     try:
-        items, readings = split_readings(items, sensor_id, now, settings.reading_max_skew_seconds)
+        items, readings = split_readings(
+            sent,
+            sensor_id,
+            now,
+            settings.reading_max_skew_seconds,
+            settings.reading_max_age_seconds,
+        )
     except FieldError as exc:
         raise field_error(exc, batch) from None
     X = fast_feature_matrix(items)
@@ -123,6 +175,8 @@ def predict():
             [[np.nan if s[n] is None else s[n] for n in FEATURE_NAMES] for s in samples],
             dtype=np.float64,
         )
+    if readings:
+        refuse_changed_readings(sent, readings, X, batch)
     production = context.part(context.MODEL).current
     if production is None:
         raise ApiError(
@@ -191,4 +245,6 @@ def model_meta():
     production = context.part(context.MODEL).current
     if production is None:
         raise ApiError(503, "no_model", "no model is loaded yet")
-    return production.meta
+    # the input's schema, not an input example: the example is real lab rows from training
+    meta = {k: v for k, v in production.meta.items() if k != "input_example"}
+    return {**meta, "input_schema": json_schema_sample()}

@@ -10,6 +10,7 @@ database, and a token never seen gets a 503 ``database_unavailable``.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 
@@ -19,6 +20,9 @@ from potability.errors import MartError
 from potability.mart import TokenInfo, WaterMart
 from potability.serve import context
 from potability.serve.errors import ApiError
+from potability.serve.ratelimit import client_address
+
+log = logging.getLogger(__name__)
 
 
 class TokenCache:
@@ -50,6 +54,14 @@ class TokenCache:
         return info
 
 
+def refused(status: int, why: str, message: str, field: str | None = "Authorization") -> ApiError:
+    """A failed login, logged with the client's address and why, never the token it sent."""
+    client = client_address(context.settings().trust_forwarded_for)
+    log.warning("auth: %d for %s %s from %s: %s", status, request.method, request.path, client, why)
+    code = "unauthorized" if status == 401 else "forbidden"
+    return ApiError(status, code, message, field=field)
+
+
 def require(*roles: str):
     """Allow the view only for a valid bearer token whose role is in ``roles``; sets ``g.token``."""
 
@@ -59,22 +71,16 @@ def require(*roles: str):
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise ApiError(
-                    401,
-                    "unauthorized",
-                    "send 'Authorization: Bearer <token>'",
-                    field="Authorization",
-                )
+                raise refused(401, "no bearer token", "send 'Authorization: Bearer <token>'")
             info = context.part(context.TOKENS).lookup(token.strip())
             if info is None:
-                raise ApiError(
-                    401, "unauthorized", "unknown or revoked token", field="Authorization"
-                )
+                raise refused(401, "unknown or revoked token", "unknown or revoked token")
             if info.role not in roles:
-                raise ApiError(
+                raise refused(
                     403,
-                    "forbidden",
+                    f"token {info.name!r} is a {info.role} token",
                     f"a {info.role} token cannot do this; needs {' or '.join(roles)}",
+                    field=None,
                 )
             g.token = info
             return view(*args, **kwargs)

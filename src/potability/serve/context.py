@@ -17,6 +17,7 @@ SETTINGS = "potability.settings"
 MODEL = "potability.model"
 MART = "potability.mart"
 LOG = "potability.log"
+LOG_READS = "potability.log_reads"  # the predict path's own connection to the log
 ROLLUPS = "potability.rollups"
 TOKENS = "potability.tokens"
 PAGE_CACHE = "potability.page_cache"

@@ -245,9 +245,11 @@ class InferenceLog:
             self.db_ok, self.last_error = False, str(exc)
             self._spooled = self.spool.depth()
             return
-        except Exception as exc:
-            log.exception("inference log: spool replay failed")
-            self.db_ok, self.last_error = False, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a read-only standby, a missing privilege...: the files wait
+            text = f"{type(exc).__name__}: {str(exc).strip()}"
+            if text != self.last_error:  # once per cause, not every replay interval
+                log.error("inference log: spool replay stopped, the files wait: %s", text)
+            self.db_ok, self.last_error = False, text
             self._spooled = self.spool.depth()
             return
         if not self.db_ok or written:

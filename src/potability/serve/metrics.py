@@ -13,6 +13,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from potability.serve.spool import rows_in
+
 REQUESTS = Counter("potability_requests_total", "HTTP requests answered", ["endpoint", "status"])
 LATENCY = Histogram(
     "potability_request_seconds",
@@ -35,6 +37,10 @@ SPOOL_ROWS = Gauge(
 SPOOL_QUARANTINED = Counter(
     "potability_spool_quarantined_files_total",
     "Spool files moved aside to quarantine/ because they could not be replayed",
+)
+SPOOL_QUARANTINED_ROWS = Counter(
+    "potability_spool_quarantined_rows_total",
+    "Answered rows in those files: refused by Postgres as data, or in a damaged file",
 )
 # set by the worker answering the scrape, from the directory all workers share: the latest is right
 JOURNAL_BYTES = Gauge(
@@ -82,3 +88,7 @@ def on_scrape(spooled_rows: int, journal_bytes: int) -> None:
 
 def on_quarantine(path, reason) -> None:
     SPOOL_QUARANTINED.inc()
+    try:
+        SPOOL_QUARANTINED_ROWS.inc(rows_in(path.read_bytes()))
+    except OSError:
+        pass  # requeued or removed already: the file count stands

@@ -214,8 +214,9 @@ def document(max_batch: int, panels: tuple[str, ...]) -> dict[str, Any]:
                     "description": "503 log_unavailable: the answer could not be logged (Postgres "
                     "down and the spool full); nothing is answered without a record. A sample with "
                     "reading_id and read_at is idempotent: sent again, it is logged once and "
-                    "answered with the same inference_id; 400 on read_at when it lies too far "
-                    "after the server's clock.",
+                    "answered with the same inference_id; 409 reading_conflict when it comes "
+                    "again with other measurements; 400 on read_at when it lies too far after "
+                    "the server's clock or too long before it.",
                     "security": bearer,
                     "requestBody": _one_or_batch("Sample", "Batch"),
                     "responses": {
@@ -223,7 +224,7 @@ def document(max_batch: int, panels: tuple[str, ...]) -> dict[str, Any]:
                             {"oneOf": [_ref("Prediction"), _ref("Predictions")]},
                             "one answer for one sample; predictions in order for a batch",
                         ),
-                        **_errors(*BODY_ERRORS),
+                        **_errors(409, *BODY_ERRORS),
                     },
                 }
             },

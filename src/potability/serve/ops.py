@@ -12,7 +12,7 @@ from potability.serve.auth import require
 from potability.serve.errors import ApiError
 from potability.serve.metrics import exposition, on_scrape
 from potability.serve.openapi import document
-from potability.serve.page import PANELS
+from potability.serve.page import DATABASE_UNAVAILABLE, PANELS
 
 bp = Blueprint("ops", __name__)
 
@@ -40,8 +40,13 @@ def readyz():
         "journal_error": journal_error,
         "queued_rows": log.queued,
         "spooled_rows": log.spooled,
-        "last_log_error": log.last_error,
-        "last_model_error": holder.last_error,
+        # open to anyone: what kind of trouble, never the driver's text (host, socket, user, port)
+        "last_log_error": _public_log_error(log),
+        "last_model_error": (
+            "model reload refused (registry or artifact); see the server log"
+            if holder.last_error
+            else None
+        ),
     }
     # ready = an answer would be given and logged: journalled first, within the disk cap
     ready = (
@@ -51,6 +56,12 @@ def readyz():
         and journal_error is None
     )
     return {"ready": ready, **status}, (200 if ready else 503)
+
+
+def _public_log_error(log) -> str | None:
+    if log.last_error is None:
+        return None
+    return DATABASE_UNAVAILABLE if not log.db_ok else "log writer error; see the server log"
 
 
 @bp.get("/metrics")

@@ -9,6 +9,7 @@ cycle, ``render_entry`` a worker's fallback.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,9 +20,11 @@ from potability.config import load_params
 from potability.errors import MartError
 from potability.serve import context
 from potability.serve.errors import ApiError
-from potability.serve.page_cache import Entry, PageCache, RenderBusy, rendered
+from potability.serve.page_cache import Entry, PageCache, RenderBusy, RenderFailed, rendered
 
+log = logging.getLogger(__name__)
 bp = Blueprint("page", __name__)
+DATABASE_UNAVAILABLE = "database unavailable"
 PAGE_KEY = "page"  # `/` and `/model` are one page
 PAGE_DEFAULTS = quality.PAGE_DEFAULTS
 
@@ -65,8 +68,17 @@ def model_panel() -> dict[str, Any]:
             (d.lock_commit for d in shipped if d.registry_version == served and d.lock_commit), None
         )
     except MartError as exc:
-        card["deployments_error"] = f"the database is unavailable: {exc}"
+        card["deployments_error"] = unavailable(exc)
     return card
+
+
+def unavailable(exc: MartError) -> str:
+    """What the open page says of a database error: that it happened, never where the database is.
+
+    The driver's text names the host, socket path, user and port; the server's log keeps it.
+    """
+    log.warning("page: %s", exc)
+    return DATABASE_UNAVAILABLE
 
 
 def _mart():
@@ -130,7 +142,7 @@ def _panel(name: str) -> dict[str, Any]:
     try:
         return PANELS[name]()
     except MartError as exc:
-        return {"error": f"the database is unavailable: {exc}"}
+        return {"error": unavailable(exc)}
 
 
 def stats_key(name: str) -> str:
@@ -181,11 +193,26 @@ def _page_entry(panels: dict[str, dict[str, Any]]) -> tuple[bytes, str, int]:
 
 
 def render_entry(key: str) -> Entry:
-    """Render one cache entry here and now (a worker's fallback when the renderer's copy is missing)."""
+    """Render one cache entry here and now (a worker's fallback when the renderer's copy is missing).
+
+    Raises:
+        RenderFailed: a panel met a database error (down, or past the statement
+            timeout); the page cache answers its last copy instead.
+    """
+    panels: dict[str, dict[str, Any]] = {}
     if key == PAGE_KEY:
-        return rendered(lambda: _page_entry({name: _panel(name) for name in PANELS}))
-    name = key.removeprefix("stats-")
-    return rendered(lambda: _json_entry(_panel(name)))
+
+        def page() -> tuple[bytes, str, int]:
+            panels.update({name: _panel(name) for name in PANELS})
+            return _page_entry(panels)
+
+        entry = rendered(page)
+    else:
+        name = key.removeprefix("stats-")
+        entry = rendered(lambda: _json_entry(panels.setdefault(name, _panel(name))))
+    if any("error" in panel for panel in panels.values()):
+        raise RenderFailed(entry)
+    return entry
 
 
 def render_all() -> dict[str, Entry]:

@@ -11,7 +11,9 @@ file again only when its inode, mtime or size changed.
 A worker renders an entry itself only when it is missing or older than
 ``page_stale_seconds`` (the renderer is dead or stuck), and only one process
 renders at a time (an ``flock``): the others answer the stale copy meanwhile,
-or, when there is no copy at all yet, a 503 with ``Retry-After``.
+or, when there is no copy at all yet, a 503 with ``Retry-After``. A render
+that meets a database error (``RenderFailed``) leaves the stale copy in place
+and answers it.
 """
 
 from __future__ import annotations
@@ -79,6 +81,18 @@ class RenderBusy(Exception):
     """Another process is rendering and there is no copy to answer meanwhile."""
 
 
+class RenderFailed(Exception):
+    """A render met an error (the database down or past its statement timeout); ``entry`` says so.
+
+    A worker's fallback then answers the copy it has (stale-if-error), and
+    answers ``entry`` only when there is none.
+    """
+
+    def __init__(self, entry: Entry):
+        super().__init__("render failed")
+        self.entry = entry
+
+
 class PageCache:
     def __init__(self, directory: Path, stale_seconds: float):
         self.directory, self.stale_seconds = directory, stale_seconds
@@ -144,7 +158,12 @@ class PageCache:
             again = self.read(key)  # written while we waited for the lock?
             if again is not None and again.age() <= self.stale_seconds:
                 return again
-            fresh = render()
+            try:
+                fresh = render()
+            except RenderFailed as failed:
+                if entry is not None:
+                    return entry  # stale-if-error: the last good copy beats an error page
+                fresh = failed.entry
             self.write(key, fresh)
             return fresh
 

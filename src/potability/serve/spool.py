@@ -14,14 +14,22 @@ Replay claims a file by renaming it (so two workers never replay the same
 file), stores its requests (``InferenceStore.write``: idempotent on the log's
 key, so a replay after a crash never doubles a row nor its rollups), then
 deletes it. A torn or corrupt record is skipped and counted; the rest of the
-file is replayed and the file is quarantined. A file that cannot be replayed
-for any reason but the database being down (a name that does not parse,
-unreadable, rows Postgres refuses) is moved aside to ``quarantine/``, logged
-and counted: it never blocks the files after it.
+file is replayed and the file is quarantined. A file whose name does not parse
+is quarantined too: it never blocks the files after it.
 
-The log's files (journals and spool files together) are capped on disk
-(``max_bytes``): ``room()`` is what is left, and a worker refuses to answer
-(``LogUnavailable``) rather than answer what it has no room to log.
+Only rows Postgres rejects *as data* are quarantined (``data_error``: a data
+exception or a broken constraint, SQLSTATE classes 22 and 23, or a record
+that cannot be encoded): a chunk that fails so is tried again one row at a
+time, the good rows are stored and the refused ones written to a file of their
+own in ``quarantine/``, counted. Any other error (Postgres down, a read-only
+standby after a failover, a missing privilege or function) says nothing about
+the rows: the file stays where it was for the next replay, and the replay
+stops. ``requeue()`` (``potability log requeue``) moves quarantined files back
+once the cause is fixed.
+
+The log's files (journals, spool files and quarantine together) are capped on
+disk (``max_bytes``): ``room()`` is what is left, and a worker refuses to
+answer (``LogUnavailable``) rather than answer what it has no room to log.
 """
 
 from __future__ import annotations
@@ -41,7 +49,6 @@ from typing import Any
 import numpy as np
 import orjson
 
-from potability.errors import DatabaseUnavailable
 from potability.inference_store import AnsweredBatch
 
 log = logging.getLogger(__name__)
@@ -123,6 +130,28 @@ def rows_in(blob: bytes) -> int:
     return sum(int(n) for n in _REQUEST_ROWS.findall(blob))
 
 
+def data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is about the rows themselves, so trying them again can never succeed.
+
+    Postgres' data exceptions (SQLSTATE class 22: a NUL in text, a value out of
+    range) and integrity violations (class 23: a check, not-null or foreign
+    key), and a record that cannot be encoded at all (a malformed id).
+    Everything else (a lost connection, a read-only standby, a missing
+    privilege or function) is about the database, and the rows wait.
+    """
+    code = getattr(exc, "pgcode", None)
+    if isinstance(code, str):
+        return code[:2] in ("22", "23")
+    return isinstance(exc, ValueError | TypeError)
+
+
+def _rows_of(record: AnsweredBatch) -> list[AnsweredBatch]:
+    """A request record as one record per row (a refused chunk is tried again row by row)."""
+    if len(record) == 1:
+        return [record]
+    return [record.take(np.arange(len(record)) == i) for i in range(len(record))]
+
+
 def _chunks(records: list[AnsweredBatch], chunk_rows: int) -> list[list[AnsweredBatch]]:
     """Consecutive records, about ``chunk_rows`` answers each (a request is never split)."""
     chunks: list[list[AnsweredBatch]] = []
@@ -163,8 +192,12 @@ class Spool:
         return disk_bytes(self.directory, "spool-*")
 
     def used(self) -> int:
-        """Bytes of the log's files under the cap: spool files and every worker's journal."""
-        return self.size() + disk_bytes(self.directory / JOURNAL_SUBDIR, "journal-*")
+        """Bytes of the log's files under the cap: spool files, every worker's journal, quarantine."""
+        return (
+            self.size()
+            + disk_bytes(self.directory / JOURNAL_SUBDIR, "journal-*")
+            + disk_bytes(self.quarantine_dir, "*")
+        )
 
     def room(self) -> int | None:
         """Bytes left under the cap (None: no cap)."""
@@ -197,10 +230,10 @@ class Spool:
         """Send spooled files through ``write``; return (rows written, torn records skipped).
 
         Each file goes in chunks of about ``chunk_rows`` answers (a request record is
-        never split). ``DatabaseUnavailable`` stops
-        the replay (the file stays for later); any other failure quarantines
-        that file and goes on with the next. With ``budget_seconds`` it returns
-        after that long, leaving the rest for the next call.
+        never split). Rows refused as data (``data_error``) are quarantined, the
+        rest stored; any other error stops the replay and is raised, the file
+        left for later. With ``budget_seconds`` it returns after that long,
+        leaving the rest for the next call.
         """
         self._reclaim_orphans()
         started = time.monotonic()
@@ -218,14 +251,18 @@ class Spool:
                 continue  # another worker took it
             try:
                 records, bad = decode_lines(claimed.read_bytes())
-                for chunk in _chunks(records, chunk_rows):
-                    written += write(chunk)
-            except DatabaseUnavailable:
-                os.rename(claimed, path)
-                raise
-            except Exception as exc:
-                self.quarantine(claimed, f"{type(exc).__name__}: {exc}")
+            except OSError as exc:
+                self.quarantine(claimed, f"unreadable: {exc}")
                 continue
+            refused: list[tuple[AnsweredBatch, str]] = []
+            try:
+                for chunk in _chunks(records, chunk_rows):
+                    written += self._write_chunk(write, chunk, refused)
+            except Exception:
+                os.rename(claimed, path)  # not the rows' fault: they wait for the next replay
+                raise
+            if refused:
+                self._quarantine_rows(path.name, refused)
             skipped += bad
             if bad:  # files are renamed into place whole: a bad record is damage worth keeping
                 self.quarantine(
@@ -235,6 +272,66 @@ class Spool:
             else:
                 claimed.unlink()
         return written, skipped
+
+    @staticmethod
+    def _write_chunk(
+        write: Callable[[list[AnsweredBatch]], int],
+        chunk: list[AnsweredBatch],
+        refused: list[tuple[AnsweredBatch, str]],
+    ) -> int:
+        """Store a chunk; refused as data, store it one row at a time and collect the refused rows."""
+        try:
+            return write(chunk)
+        except Exception as exc:
+            if not data_error(exc):
+                raise
+        written = 0
+        for record in chunk:
+            for row in _rows_of(record):
+                try:
+                    written += write([row])
+                except Exception as exc:
+                    if not data_error(exc):
+                        raise
+                    refused.append((row, f"{type(exc).__name__}: {str(exc).strip()}"))
+        return written
+
+    def _quarantine_rows(self, name: str, refused: list[tuple[AnsweredBatch, str]]) -> None:
+        """Write the rows Postgres refused as data to a quarantine file of their own (spool format)."""
+        self.quarantine_dir.mkdir(exist_ok=True)
+        target = self.quarantine_dir / f"{name}.rows.{time.time_ns()}"
+        with open(target, "wb") as fh:
+            fh.write(b"".join(encode(row) for row, _ in refused))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.quarantined += 1
+        reasons = sorted({reason for _, reason in refused})
+        log.error(
+            "spool: %d row(s) of %s refused by Postgres as data, quarantined as %s: %s",
+            len(refused),
+            name,
+            target,
+            "; ".join(reasons[:3]),
+        )
+        if self._on_quarantine:
+            self._on_quarantine(target, reasons[0])
+
+    def requeue(self) -> int:
+        """Move every quarantined file back into the spool, to be replayed; return how many.
+
+        For after the cause is fixed (a constraint relaxed, a file repaired):
+        rows refused again go back to quarantine.
+        """
+        moved = 0
+        for path in sorted(self.quarantine_dir.glob("*")) if self.quarantine_dir.is_dir() else []:
+            target = self.directory / f"spool-{os.getpid()}-{time.time_ns()}.jsonl"
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                continue
+            moved += 1
+            log.info("spool: %s requeued as %s", path.name, target.name)
+        return moved
 
     def quarantine(self, path: Path, reason: str) -> None:
         """Move a file that cannot be replayed aside, so it never blocks the others."""
