@@ -4,7 +4,9 @@ A *model directory* (``model.onnx`` + ``meta.json`` + ``history.json``) is what
 the promote stage writes to ``models/promoted/``, what ``potability deploy``
 registers in MLflow, and what each server caches locally. The server only ever
 loads ONNX (never a pickle). Candidates between DVC stages are stored with
-skops, whose loader refuses types it was not told to trust.
+skops; a candidate is loaded only when every type its file names is one the
+model zoo produces (``CANDIDATE_TYPES``), since whoever can write the DVC
+cache or remote chooses those types, and trusting a type is running its code.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,43 @@ class ArtifactError(Exception):
 
 
 # -- candidates (pipeline-internal) ------------------------------------------
+# Every type a candidate of the zoo (pipeline/modeling.py: each kind and the soft vote) holds, as
+# skops names it; tests/test_modeling.py saves and loads each kind, so a new estimator or a
+# scikit-learn that moves a class fails there, not in `dvc repro`.
+CANDIDATE_TYPES = frozenset(
+    {
+        "builtins.dict",
+        "builtins.list",
+        "builtins.str",
+        "builtins.tuple",
+        "numpy.dtype",
+        "numpy.float64",
+        "numpy.int64",
+        "numpy.ndarray",
+        "sklearn.calibration.CalibratedClassifierCV",
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.discriminant_analysis.QuadraticDiscriminantAnalysis",
+        "sklearn.ensemble._forest.ExtraTreesClassifier",
+        "sklearn.ensemble._forest.RandomForestClassifier",
+        "sklearn.ensemble._voting.VotingClassifier",
+        "sklearn.impute._base.SimpleImputer",
+        "sklearn.linear_model._logistic.LogisticRegression",
+        "sklearn.metrics._dist_metrics.EuclideanDistance64",
+        "sklearn.naive_bayes.GaussianNB",
+        "sklearn.neighbors._classification.KNeighborsClassifier",
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.pipeline.Pipeline",
+        "sklearn.preprocessing._data.StandardScaler",
+        "sklearn.preprocessing._label.LabelEncoder",
+        "sklearn.svm._classes.SVC",
+        "sklearn.tree._classes.DecisionTreeClassifier",
+        "sklearn.tree._classes.ExtraTreeClassifier",
+        "sklearn.tree._tree.Tree",
+    }
+)
+
+
 def save_candidate(model: Any, directory: Path) -> Path:
     import skops.io as sio
 
@@ -44,14 +84,50 @@ def save_candidate(model: Any, directory: Path) -> Path:
     return path
 
 
+def candidate_types(path: Path) -> set[str]:
+    """Every type and function a skops file names (its schema), and those skops itself distrusts."""
+    import skops.io as sio
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not a skops file ({exc})") from exc
+    found: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node and "__module__" in node:
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found | set(sio.get_untrusted_types(file=path))
+
+
 def load_candidate(directory: Path) -> Any:
-    """Load a candidate this pipeline wrote; only the types it holds are trusted."""
+    """Load a candidate only if every type in its file is one the zoo produces (``CANDIDATE_TYPES``).
+
+    skops would otherwise construct whatever the file names, which is as unsafe
+    as unpickling a file from a shared DVC remote on a host with database
+    credentials.
+
+    Raises:
+        ArtifactError: no candidate, not a skops file, or a type outside the list (named).
+    """
     import skops.io as sio
 
     path = directory / CANDIDATE_FILE
     if not path.exists():
         raise ArtifactError(f"{path}: no candidate model; run the train stage first")
-    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+    foreign = sorted(candidate_types(path) - CANDIDATE_TYPES)
+    if foreign:
+        raise ArtifactError(
+            f"{path}: refusing to load types the model zoo never produces: {', '.join(foreign)} "
+            "(a candidate from elsewhere; retrain with `dvc repro`)"
+        )
+    return sio.load(path, trusted=sorted(CANDIDATE_TYPES))
 
 
 # -- ONNX -----------------------------------------------------------------------
