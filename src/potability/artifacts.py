@@ -1,8 +1,12 @@
 """Owns model artifacts: candidates on disk, the ONNX export, and model directories.
 
-A *model directory* (``model.onnx`` + ``meta.json`` + ``history.json``) is what
-the promote stage writes to ``models/promoted/``, what ``potability deploy``
-registers in MLflow, and what each server caches locally. The server only ever
+A *model directory* (``model.onnx`` + ``meta.json`` + ``history.json``, and
+``manifest.json``: the sha256 of each) is what the promote stage writes to
+``models/promoted/``, what ``potability deploy`` registers in MLflow (the
+manifest's own sha256 becomes the version's ``manifest_sha256`` tag), and what
+each server caches locally. Every load checks the manifest: ``meta.json``'s
+threshold decides "potable" as surely as the ONNX file does, and
+``history.json`` is shown to the public. The server only ever
 loads ONNX (never a pickle). Candidates between DVC stages are stored with
 skops; a candidate is loaded only when every type its file names is one the
 model zoo produces (``CANDIDATE_TYPES``), since whoever can write the DVC
@@ -29,6 +33,9 @@ from potability.schema import FEATURE_NAMES
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
 HISTORY_FILE = "history.json"
+MANIFEST_FILE = "manifest.json"
+# what a server or its page reads from a model directory: each is hashed in the manifest
+SERVED_FILES = (MODEL_FILE, META_FILE, HISTORY_FILE)
 CANDIDATE_FILE = "model.skops"
 ONNX_INPUT = "input"
 
@@ -202,9 +209,58 @@ class ServedModel:
         return float(self.meta["threshold"])
 
 
+def manifest_of(files: dict[str, bytes]) -> dict[str, Any]:
+    """The manifest of a model directory's files: the sha256 of each, by name."""
+    return {"files": {name: sha256_bytes(blob) for name, blob in sorted(files.items())}}
+
+
+def check_manifest(directory: Path) -> str:
+    """Check every served file against ``manifest.json``; return the manifest's own sha256.
+
+    Raises:
+        ArtifactError: no manifest, a served file it does not list, or one whose hash differs.
+    """
+    path = directory / MANIFEST_FILE
+    try:
+        raw = path.read_bytes()
+        listed = json.loads(raw)["files"]
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"{path}: missing; a model directory without a manifest is not served "
+            "(rerun the promote stage, or deploy the version again)"
+        ) from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path}: not a manifest ({exc})") from exc
+    unlisted = [name for name in SERVED_FILES if name not in listed]
+    if unlisted:
+        raise ArtifactError(f"{path}: no sha256 for {', '.join(unlisted)}")
+    for name, expected in listed.items():
+        try:
+            actual = sha256_bytes((directory / name).read_bytes())
+        except FileNotFoundError:
+            raise ArtifactError(
+                f"{directory / name}: missing (listed in {MANIFEST_FILE})"
+            ) from None
+        if actual != expected:
+            raise ArtifactError(
+                f"{directory / name}: sha256 {actual[:12]}… differs from {MANIFEST_FILE}'s "
+                f"{str(expected)[:12]}… (changed after the model was promoted)"
+            )
+    return sha256_bytes(raw)
+
+
 def load_model_dir(directory: Path) -> ServedModel:
-    """Load and fully check ``model.onnx`` + ``meta.json``; raise ArtifactError if anything is off."""
+    """Load and fully check a model directory; raise ArtifactError if anything is off.
+
+    The manifest first (every served file unchanged), then ``meta.json``
+    against the ONNX file, the features, the threshold and a probe. The
+    returned meta carries ``manifest_sha256``, for the registry tag to be checked against.
+    """
     meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
+    if not meta_path.exists() or not model_path.exists():
+        missing = meta_path if not meta_path.exists() else model_path
+        raise ArtifactError(f"{missing}: missing; no promoted model here (run `dvc repro`)")
+    manifest_sha256 = check_manifest(directory)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         blob = model_path.read_bytes()
@@ -235,22 +291,26 @@ def load_model_dir(directory: Path) -> ServedModel:
     out = model.predict_proba(probe)
     if out.shape != (2,) or not np.all(np.isfinite(out)):
         raise ArtifactError(f"{model_path}: the model answers {out!r} on a probe sample")
-    return ServedModel(model, meta)
+    return ServedModel(model, {**meta, "manifest_sha256": manifest_sha256})
 
 
 def write_model_dir(
     directory: Path, onnx_blob: bytes, meta: dict[str, Any], extra: dict[str, Any]
 ) -> None:
-    """Replace ``directory`` with a new model, meta and extra JSON files, as one swap.
+    """Replace ``directory`` with a new model, meta, extra JSON files and their manifest, as one swap.
 
     Everything is written and fsynced in a sibling temp dir first; readers
-    verify sha256 so a reader racing the swap sees the old or the new model,
-    never a mix.
+    verify the manifest so a reader racing the swap sees the old or the new
+    model, never a mix.
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    meta = {
+        k: v for k, v in meta.items() if k != "manifest_sha256"
+    }  # a loaded meta's, not a file's
     files = {MODEL_FILE: onnx_blob, META_FILE: _json_bytes(meta)}
     files.update({name: _json_bytes(value) for name, value in extra.items()})
+    files[MANIFEST_FILE] = _json_bytes(manifest_of(files))
     for name, blob in files.items():
         with open(staging / name, "wb") as fh:
             fh.write(blob)

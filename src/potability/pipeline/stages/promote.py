@@ -153,7 +153,7 @@ def _compare(
 def _keep(out: Path, champion: Champion | None, history: list[dict[str, Any]]) -> None:
     """The champion stays: ``out`` holds its files (deploying them is a no-op), plus the history."""
     if champion is None:
-        for name in (artifacts.MODEL_FILE, artifacts.META_FILE):
+        for name in (artifacts.MODEL_FILE, artifacts.META_FILE, artifacts.MANIFEST_FILE):
             (out / name).unlink(missing_ok=True)
         artifacts.write_json_atomic(out / artifacts.HISTORY_FILE, history)
         return
