@@ -117,3 +117,22 @@ def test_deploy_refuses_a_promoted_directory_whose_files_changed(tmp_path, chang
         (directory / changed).write_text('[{"promote": true, "reason": "rewritten"}]')
     with pytest.raises(deploy.DeployError, match=changed):
         deploy.deploy_promoted(directory, "pytest", None, Settings(root=REPO), force=True)
+
+
+def test_the_pipeline_judges_as_if_there_were_no_champion_when_it_has_no_manifest_tag(
+    deploy_dir, tmp_path, monkeypatch
+):
+    """A champion registered before manifests is refused by servers; the next promotion replaces it."""
+    from potability.pipeline.stages.promote import current_champion
+
+    name = f"unsealed-{uuid.uuid4().hex[:8]}"
+    first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
+    meta = json.loads((first.directory / "meta.json").read_text())
+    untagged = tracking.register_model_dir(
+        first.directory, name, None, {"model_version": "test-rf-old"}, meta["input_example"]
+    )
+    tracking.set_alias(name, "champion", untagged.version)
+    monkeypatch.setenv("POTABILITY_REGISTERED_MODEL", name)
+    assert current_champion(Settings(root=REPO), tmp_path / "work") is None
+    tracking.set_alias(name, "champion", first.version)
+    assert current_champion(Settings(root=REPO), tmp_path / "work").version == first.version

@@ -44,6 +44,10 @@ class ArtifactError(Exception):
     """A model artifact is missing, corrupt or does not match its meta.json."""
 
 
+class UnsealedVersion(ArtifactError):
+    """A registered version has no manifest tag (registered before manifests): nothing vouches for its files."""
+
+
 # -- candidates (pipeline-internal) ------------------------------------------
 # Every type a candidate of the zoo (pipeline/modeling.py: each kind and the soft vote) holds, as
 # skops names it; tests/test_modeling.py saves and loads each kind, so a new estimator or a

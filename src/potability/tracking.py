@@ -236,7 +236,7 @@ def check_manifest_tag(found: RegisteredVersion, served: artifacts.ServedModel) 
     expected = found.tags.get(MANIFEST_TAG)
     actual = served.meta["manifest_sha256"]
     if not expected:
-        raise artifacts.ArtifactError(
+        raise artifacts.UnsealedVersion(
             f"{found.name} version {found.version} has no {MANIFEST_TAG} tag: registered "
             "without a manifest, so its files cannot be checked; deploy the model again"
         )

@@ -248,7 +248,13 @@ def current_champion(settings: Settings, workdir: Path) -> Champion | None:
         )
         return None
     files = workdir / "champion"
-    return Champion(found.version, fetch_version(found, files), files)
+    try:
+        return Champion(found.version, fetch_version(found, files), files)
+    except artifacts.UnsealedVersion as exc:
+        # no server serves it any more (they refuse it too): judging against it is moot, and
+        # deploying the challenger needs `potability deploy --force`, as its decided_against says
+        log.warning("%s; judging the challengers as if there were no champion", exc)
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
