@@ -277,6 +277,8 @@ class Settings(BaseSettings):
     """The admin token for that reload (a secret: never printed)."""
     admin_token_block: Name = _env("POTABILITY_ADMIN_TOKEN_BLOCK", default="potability-admin-token")
     """The Prefect Secret block holding the admin token when `POTABILITY_ADMIN_TOKEN` is unset."""
+    run_secrets_block: str | None = _env("POTABILITY_RUN_SECRETS_BLOCK", default=None)
+    """The Prefect Secret block whose credentials a deployed retrain run adds to its environment (set by `potability flow deploy`); unset: none."""
     retrain_cron: Cron = _env("POTABILITY_RETRAIN_CRON", default="0 3 * * *")
     """When `potability retrain --serve` runs the flow."""
     reload_timeout_seconds: Seconds = _env("POTABILITY_RELOAD_TIMEOUT_SECONDS", default=10.0)
