@@ -109,16 +109,17 @@ def _ensure(cur, settings: Settings) -> None:
     cur.execute("REVOKE ALL ON SCHEMA water FROM PUBLIC")
     cur.execute("GRANT USAGE ON SCHEMA water TO potability_server, potability_pipeline")
     cur.execute("REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA water FROM PUBLIC")
-    # every function of the log runs as its owner, and finds only our objects by name
+    # every function of the log runs as its owner, and finds only our objects by name; except
+    # where a function sets a transaction-local flag for the rest of the transaction
+    # (begin_writer_rollups tells the log's trigger the writer counts its rows): a SET clause
+    # would undo that flag at the function's exit, and every batch would be counted twice
     cur.execute(
-        "SELECT p.oid::regprocedure::text FROM pg_proc p "
+        "SELECT p.oid::regprocedure::text, p.prosrc LIKE '%%set_config(%%' FROM pg_proc p "
         "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'water'"
     )
-    for (signature,) in cur.fetchall():
-        cur.execute(
-            f"ALTER FUNCTION {signature} SECURITY DEFINER "  # noqa: S608 (names from pg_proc)
-            "SET search_path = water, pg_catalog, pg_temp"
-        )
+    for signature, sets_flags in cur.fetchall():
+        pinned = "" if sets_flags else " SET search_path = water, pg_catalog, pg_temp"
+        cur.execute(f"ALTER FUNCTION {signature} SECURITY DEFINER{pinned}")  # noqa: S608
     for statement in (*_SERVER_GRANTS, *_PIPELINE_GRANTS):
         cur.execute(statement)
 
