@@ -29,6 +29,8 @@ def pg_url(tmp_path_factory) -> str:
     # MLflow's artifacts in a temp dir, never the repository's mlartifacts/
     os.environ["POTABILITY_MLFLOW_ARTIFACTS"] = str(tmp_path_factory.mktemp("mlartifacts"))
     os.environ["POTABILITY_REGISTERED_MODEL"] = SERVED_MODEL
+    # the database roles' passwords in a temp dir, never the repository's .db-roles.json
+    os.environ["POTABILITY_DB_ROLES_FILE"] = str(tmp_path_factory.mktemp("roles") / "roles.json")
     migrator.migrate(url=url)
     yield url
     if pgdata is not None:

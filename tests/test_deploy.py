@@ -75,5 +75,10 @@ def test_the_registered_version_carries_what_a_user_needs(deploy_dir, name, tmp_
     assert [c["name"] for c in info.signature.inputs.to_dict()] == meta["features"]
     assert [c["name"] for c in info.signature.outputs.to_dict()] == ["probability", "potable"]
     files = tracking.download_version(name, shipped.version, tmp_path / "fetched")
-    assert sorted(p.name for p in files.iterdir()) == ["history.json", "meta.json", "model.onnx"]
+    assert sorted(p.name for p in files.iterdir()) == [
+        "history.json",
+        "manifest.json",
+        "meta.json",
+        "model.onnx",
+    ]
     assert (files / "model.onnx").read_bytes() == (shipped.directory / "model.onnx").read_bytes()

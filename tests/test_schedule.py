@@ -282,6 +282,37 @@ def test_flow_deploy_refuses_what_would_fail_at_run_time(stack, override, named)
         assert client.read_deployments() == []
 
 
+def test_flow_deploy_keeps_every_credential_in_secret_blocks(stack, pg_url):
+    """Read back through the Prefect API: the plain Variable and job variables hold no password."""
+    from potability.retrain.deployment import ENV_VARIABLE, RUN_SECRETS_BLOCK
+
+    # the embedded Postgres trusts its socket, so a password in the URL is checked by nothing
+    # but this test: it must reach the Secret block and nowhere else
+    secret_url = pg_url.replace("postgres:@", "postgres:db-s3cret@", 1)
+    env = {**stack["env"], "DATABASE_URL": secret_url, "MLFLOW_TRACKING_PASSWORD": "mlflow-s3cret"}
+    potability("flow", "deploy", env=env)
+    secrets = ("db-s3cret", "mlflow-s3cret", env["POTABILITY_ADMIN_TOKEN"])
+    with prefect_client(env) as client:
+        variable = client.read_variable_by_name(ENV_VARIABLE).value
+        job_env = client.read_deployment_by_name(f"{FLOW}/{DEPLOYMENT}").job_variables["env"]
+        block = client.read_block_document_by_name(
+            RUN_SECRETS_BLOCK, block_type_slug="secret", include_secrets=True
+        )
+        hidden = client.read_block_document_by_name(
+            RUN_SECRETS_BLOCK, block_type_slug="secret", include_secrets=False
+        )
+        client.delete_deployment(client.read_deployment_by_name(f"{FLOW}/{DEPLOYMENT}").id)
+    for plain in (json.dumps(variable), json.dumps(job_env)):
+        assert not [s for s in secrets if s in plain], plain
+        assert "DATABASE_URL" not in plain and "MLFLOW_TRACKING_PASSWORD" not in plain
+    stored = json.loads(block.data["value"])
+    assert stored["DATABASE_URL"] == secret_url
+    assert stored["MLFLOW_TRACKING_PASSWORD"] == "mlflow-s3cret"
+    assert "s3cret" not in json.dumps(
+        hidden.data, default=str
+    )  # obfuscated without include_secrets
+
+
 def test_the_worker_runs_the_deployment_on_its_own_schedule(stack, pg_url):
     env, root = stack["env"], stack["root"]
     due = next_minute()
@@ -295,12 +326,13 @@ def test_the_worker_runs_the_deployment_on_its_own_schedule(stack, pg_url):
         deployment = client.read_deployment_by_name(f"{FLOW}/{DEPLOYMENT}")
         assert deployment.global_concurrency_limit.limit == 1
         run_env = deployment.job_variables["env"]
-        assert run_env["DATABASE_URL"] == pg_url and "POTABILITY_ROOT" not in run_env
+        assert "POTABILITY_ROOT" not in run_env
         # each run clones the git remote and works in that clone
         assert run_env["POTABILITY_GIT_URL"] == str(stack["remote"])
         assert run_env["POTABILITY_RETRAIN_WORKSPACE"] == "."
-        assert "POTABILITY_ADMIN_TOKEN" not in run_env  # in the Secret block instead
         assert "git_clone" in json.dumps(deployment.pull_steps)
+        # in Secret blocks instead; the run below reaches the database through them
+        assert "POTABILITY_ADMIN_TOKEN" not in run_env and "DATABASE_URL" not in run_env
     # the worker's own shell knows nothing of the project: the runs' settings come from the deployment
     worker_env = {
         "PATH": env["PATH"],

@@ -1,10 +1,16 @@
 """Owns model artifacts: candidates on disk, the ONNX export, and model directories.
 
-A *model directory* (``model.onnx`` + ``meta.json`` + ``history.json``) is what
-the promote stage writes to ``models/promoted/``, what ``potability deploy``
-registers in MLflow, and what each server caches locally. The server only ever
+A *model directory* (``model.onnx`` + ``meta.json`` + ``history.json``, and
+``manifest.json``: the sha256 of each) is what the promote stage writes to
+``models/promoted/``, what ``potability deploy`` registers in MLflow (the
+manifest's own sha256 becomes the version's ``manifest_sha256`` tag), and what
+each server caches locally. Every load checks the manifest: ``meta.json``'s
+threshold decides "potable" as surely as the ONNX file does, and
+``history.json`` is shown to the public. The server only ever
 loads ONNX (never a pickle). Candidates between DVC stages are stored with
-skops, whose loader refuses types it was not told to trust.
+skops; a candidate is loaded only when every type its file names is one the
+model zoo produces (``CANDIDATE_TYPES``), since whoever can write the DVC
+cache or remote chooses those types, and trusting a type is running its code.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,9 @@ MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
 HISTORY_FILE = "history.json"
 CHAMPION_FILE = "champion.json"  # the champion stage's record of which version it wrote
+MANIFEST_FILE = "manifest.json"
+# what a server or its page reads from a model directory: each is hashed in the manifest
+SERVED_FILES = (MODEL_FILE, META_FILE, HISTORY_FILE)
 CANDIDATE_FILE = "model.skops"
 ONNX_INPUT = "input"
 
@@ -35,7 +45,48 @@ class ArtifactError(Exception):
     """A model artifact is missing, corrupt or does not match its meta.json."""
 
 
+class UnsealedVersion(ArtifactError):
+    """A registered version has no manifest tag (registered before manifests): nothing vouches for its files."""
+
+
 # -- candidates (pipeline-internal) ------------------------------------------
+# Every type a candidate of the zoo (pipeline/modeling.py: each kind and the soft vote) holds, as
+# skops names it; tests/test_modeling.py saves and loads each kind, so a new estimator or a
+# scikit-learn that moves a class fails there, not in `dvc repro`.
+CANDIDATE_TYPES = frozenset(
+    {
+        "builtins.dict",
+        "builtins.list",
+        "builtins.str",
+        "builtins.tuple",
+        "numpy.dtype",
+        "numpy.float64",
+        "numpy.int64",
+        "numpy.ndarray",
+        "sklearn.calibration.CalibratedClassifierCV",
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.discriminant_analysis.QuadraticDiscriminantAnalysis",
+        "sklearn.ensemble._forest.ExtraTreesClassifier",
+        "sklearn.ensemble._forest.RandomForestClassifier",
+        "sklearn.ensemble._voting.VotingClassifier",
+        "sklearn.impute._base.SimpleImputer",
+        "sklearn.linear_model._logistic.LogisticRegression",
+        "sklearn.metrics._dist_metrics.EuclideanDistance64",
+        "sklearn.naive_bayes.GaussianNB",
+        "sklearn.neighbors._classification.KNeighborsClassifier",
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.pipeline.Pipeline",
+        "sklearn.preprocessing._data.StandardScaler",
+        "sklearn.preprocessing._label.LabelEncoder",
+        "sklearn.svm._classes.SVC",
+        "sklearn.tree._classes.DecisionTreeClassifier",
+        "sklearn.tree._classes.ExtraTreeClassifier",
+        "sklearn.tree._tree.Tree",
+    }
+)
+
+
 def save_candidate(model: Any, directory: Path) -> Path:
     import skops.io as sio
 
@@ -45,14 +96,50 @@ def save_candidate(model: Any, directory: Path) -> Path:
     return path
 
 
+def candidate_types(path: Path) -> set[str]:
+    """Every type and function a skops file names (its schema), and those skops itself distrusts."""
+    import skops.io as sio
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not a skops file ({exc})") from exc
+    found: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node and "__module__" in node:
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found | set(sio.get_untrusted_types(file=path))
+
+
 def load_candidate(directory: Path) -> Any:
-    """Load a candidate this pipeline wrote; only the types it holds are trusted."""
+    """Load a candidate only if every type in its file is one the zoo produces (``CANDIDATE_TYPES``).
+
+    skops would otherwise construct whatever the file names, which is as unsafe
+    as unpickling a file from a shared DVC remote on a host with database
+    credentials.
+
+    Raises:
+        ArtifactError: no candidate, not a skops file, or a type outside the list (named).
+    """
     import skops.io as sio
 
     path = directory / CANDIDATE_FILE
     if not path.exists():
         raise ArtifactError(f"{path}: no candidate model; run the train stage first")
-    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+    foreign = sorted(candidate_types(path) - CANDIDATE_TYPES)
+    if foreign:
+        raise ArtifactError(
+            f"{path}: refusing to load types the model zoo never produces: {', '.join(foreign)} "
+            "(a candidate from elsewhere; retrain with `dvc repro`)"
+        )
+    return sio.load(path, trusted=sorted(CANDIDATE_TYPES))
 
 
 # -- ONNX -----------------------------------------------------------------------
@@ -127,9 +214,58 @@ class ServedModel:
         return float(self.meta["threshold"])
 
 
+def manifest_of(files: dict[str, bytes]) -> dict[str, Any]:
+    """The manifest of a model directory's files: the sha256 of each, by name."""
+    return {"files": {name: sha256_bytes(blob) for name, blob in sorted(files.items())}}
+
+
+def check_manifest(directory: Path) -> str:
+    """Check every served file against ``manifest.json``; return the manifest's own sha256.
+
+    Raises:
+        ArtifactError: no manifest, a served file it does not list, or one whose hash differs.
+    """
+    path = directory / MANIFEST_FILE
+    try:
+        raw = path.read_bytes()
+        listed = json.loads(raw)["files"]
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"{path}: missing; a model directory without a manifest is not served "
+            "(rerun the promote stage, or deploy the version again)"
+        ) from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path}: not a manifest ({exc})") from exc
+    unlisted = [name for name in SERVED_FILES if name not in listed]
+    if unlisted:
+        raise ArtifactError(f"{path}: no sha256 for {', '.join(unlisted)}")
+    for name, expected in listed.items():
+        try:
+            actual = sha256_bytes((directory / name).read_bytes())
+        except FileNotFoundError:
+            raise ArtifactError(
+                f"{directory / name}: missing (listed in {MANIFEST_FILE})"
+            ) from None
+        if actual != expected:
+            raise ArtifactError(
+                f"{directory / name}: sha256 {actual[:12]}… differs from {MANIFEST_FILE}'s "
+                f"{str(expected)[:12]}… (changed after the model was promoted)"
+            )
+    return sha256_bytes(raw)
+
+
 def load_model_dir(directory: Path) -> ServedModel:
-    """Load and fully check ``model.onnx`` + ``meta.json``; raise ArtifactError if anything is off."""
+    """Load and fully check a model directory; raise ArtifactError if anything is off.
+
+    The manifest first (every served file unchanged), then ``meta.json``
+    against the ONNX file, the features, the threshold and a probe. The
+    returned meta carries ``manifest_sha256``, for the registry tag to be checked against.
+    """
     meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
+    if not meta_path.exists() or not model_path.exists():
+        missing = meta_path if not meta_path.exists() else model_path
+        raise ArtifactError(f"{missing}: missing; no promoted model here (run `dvc repro`)")
+    manifest_sha256 = check_manifest(directory)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         blob = model_path.read_bytes()
@@ -160,22 +296,26 @@ def load_model_dir(directory: Path) -> ServedModel:
     out = model.predict_proba(probe)
     if out.shape != (2,) or not np.all(np.isfinite(out)):
         raise ArtifactError(f"{model_path}: the model answers {out!r} on a probe sample")
-    return ServedModel(model, meta)
+    return ServedModel(model, {**meta, "manifest_sha256": manifest_sha256})
 
 
 def write_model_dir(
     directory: Path, onnx_blob: bytes, meta: dict[str, Any], extra: dict[str, Any]
 ) -> None:
-    """Replace ``directory`` with a new model, meta and extra JSON files, as one swap.
+    """Replace ``directory`` with a new model, meta, extra JSON files and their manifest, as one swap.
 
     Everything is written and fsynced in a sibling temp dir first; readers
-    verify sha256 so a reader racing the swap sees the old or the new model,
-    never a mix.
+    verify the manifest so a reader racing the swap sees the old or the new
+    model, never a mix.
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    meta = {
+        k: v for k, v in meta.items() if k != "manifest_sha256"
+    }  # a loaded meta's, not a file's
     files = {MODEL_FILE: onnx_blob, META_FILE: _json_bytes(meta)}
     files.update({name: _json_bytes(value) for name, value in extra.items()})
+    files[MANIFEST_FILE] = _json_bytes(manifest_of(files))
     for name, blob in files.items():
         with open(staging / name, "wb") as fh:
             fh.write(blob)

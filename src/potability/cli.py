@@ -39,9 +39,9 @@ def cmd_db_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:
-    from potability import db
+    from potability import db, roles
 
-    print(db.database_url())
+    print(roles.role_url(db.database_url(), args.role, get_settings()))
     return 0
 
 
@@ -301,7 +301,13 @@ def cmd_log_requeue(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from potability import db, roles
     from potability.serve.run import run_gunicorn
+
+    if not get_settings().database_url:  # the embedded Postgres: serve as its server role too
+        os.environ["DATABASE_URL"] = roles.role_url(db.database_url(), "server", get_settings())
 
     return run_gunicorn(
         host=args.host, port=args.port, workers=args.workers, page_port=args.page_port
@@ -343,9 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     dbp.add_parser("migrate", help="apply pending migrations (idempotent)").set_defaults(
         func=cmd_db_migrate
     )
-    dbp.add_parser("url", help="print a libpq URI for psql and psycopg2").set_defaults(
-        func=cmd_db_url
+    p = dbp.add_parser("url", help="print a libpq URI for psql and psycopg2")
+    p.add_argument(
+        "--role",
+        choices=["server", "pipeline", "admin"],
+        default="admin",
+        help="whose URL: the server's and pipeline's least-privileged roles, or the owner's",
     )
+    p.set_defaults(func=cmd_db_url)
     dbp.add_parser("stop", help="stop the embedded Postgres of this project").set_defaults(
         func=cmd_db_stop
     )

@@ -83,6 +83,7 @@ def deploy_promoted(
     tags = {
         "model_version": promoted.version,
         "sha256": meta["sha256"],
+        tracking.MANIFEST_TAG: meta["manifest_sha256"],  # servers check every file against it
         "threshold": f"{promoted.threshold:.6f}",
         "kind": str(meta.get("kind")),
         "data_hash": str(meta.get("data_hash")),

@@ -10,7 +10,7 @@ import logging
 import re
 from importlib import resources
 
-from potability import log_maintenance
+from potability import db, log_maintenance, roles
 from potability.config import Settings, get_settings
 from potability.db import transaction
 
@@ -32,9 +32,11 @@ def migrate(settings: Settings | None = None, url: str | None = None) -> list[st
     """Apply pending migrations under an advisory lock; return the names applied.
 
     Then, every time, the inference log's partitions are created ahead and the
-    lab-match window is set from params.yaml (``log_maintenance.prepare``).
+    lab-match window is set from params.yaml (``log_maintenance.prepare``), and
+    the least-privileged roles and their grants are made again (``roles``).
     """
     applied: list[str] = []
+    settings = settings or get_settings()
     with transaction(settings, url) as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
         cur.execute("CREATE SCHEMA IF NOT EXISTS water")
@@ -56,7 +58,12 @@ def migrate(settings: Settings | None = None, url: str | None = None) -> list[st
             )
             applied.append(f"{version:03d}_{name}")
             log.info("applied migration %03d_%s", version, name)
-        prepared = log_maintenance.prepare(cur, settings or get_settings())
+        prepared = log_maintenance.prepare(cur, settings)
         for line in prepared.lines():
             log.info("inference log: %s", line)
+        roles.ensure(cur, settings)
+    if not settings.mlflow_tracking_uri:  # the MLflow database beside ours: its registry too
+        registry = db.mlflow_tracking_uri(settings, url)  # created if it is not there yet
+        with transaction(url=registry.replace("+psycopg2", "", 1)) as conn, conn.cursor() as cur:
+            roles.ensure_registry(cur)
     return applied

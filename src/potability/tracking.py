@@ -70,7 +70,6 @@ def log_candidate(
     import pandas as pd
     import sklearn
     import skops
-    import skops.io as sio
 
     frame = pd.DataFrame(example, columns=list(FEATURE_NAMES))
     with mlflow.start_run(run_name=f"train-{kind}") as run:
@@ -81,7 +80,7 @@ def log_candidate(
             model,
             name="model",
             serialization_format="skops",
-            skops_trusted_types=sio.get_untrusted_types(data=sio.dumps(model)),
+            skops_trusted_types=sorted(artifacts.CANDIDATE_TYPES),  # never what the file asks for
             pip_requirements=[
                 f"scikit-learn=={sklearn.__version__}",
                 f"skops=={skops.__version__}",
@@ -118,7 +117,8 @@ def log_test_results(run_id: str, metrics: dict[str, float], figure: Any) -> Non
 
 # -- the registry: what `potability deploy` ships and what servers follow --------------
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
-SHIPPED_FILES = ("model.onnx", "meta.json", "history.json")
+MANIFEST_TAG = "manifest_sha256"  # the registry's copy of the manifest's hash: the root of trust
+SHIPPED_FILES = (*artifacts.SERVED_FILES, artifacts.MANIFEST_FILE)
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,7 @@ def register_model_dir(
                 "model": str(model_dir / "model.onnx"),
                 "meta": str(model_dir / "meta.json"),
                 "history": str(model_dir / "history.json"),
+                "manifest": str(model_dir / artifacts.MANIFEST_FILE),
             },
             signature=signature,
             input_example=pd.DataFrame(example, columns=list(FEATURE_NAMES)),
@@ -247,25 +248,38 @@ def download_version(name: str, version: str, dest: Path, client: Any = None) ->
     return dest
 
 
+def check_manifest_tag(found: RegisteredVersion, served: artifacts.ServedModel) -> None:
+    """Refuse a loaded version whose manifest is not the one registered (or none was registered)."""
+    expected = found.tags.get(MANIFEST_TAG)
+    actual = served.meta["manifest_sha256"]
+    if not expected:
+        raise artifacts.UnsealedVersion(
+            f"{found.name} version {found.version} has no {MANIFEST_TAG} tag: registered "
+            "without a manifest, so its files cannot be checked; deploy the model again"
+        )
+    if expected != actual:
+        raise artifacts.ArtifactError(
+            f"{found.name} version {found.version}: manifest sha256 {actual[:12]}… differs from "
+            f"the registered {expected[:12]}… (its files changed in the artifact store)"
+        )
+
+
 def fetch_version(
     found: RegisteredVersion, dest: Path, client: Any = None
 ) -> artifacts.ServedModel:
-    """Download one registered version into ``dest`` and check it fully (sha256, features, a probe).
+    """Download one registered version into ``dest`` and check it fully (manifest, features, a probe).
 
-    The version's ``sha256`` tag, set at deploy, must match its meta.json too, so
-    an artifact changed in the store after registration is refused.
+    The version's ``manifest_sha256`` tag, set at deploy in the registry, must
+    match the downloaded manifest, so a file changed in the artifact store after
+    registration (the manifest rewritten to match included) is refused, and so
+    is a version without the tag.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
         download_version(found.name, found.version, staging, client)
         served = artifacts.load_model_dir(staging)
-        expected = found.tags.get("sha256")
-        if expected and expected != served.meta["sha256"]:
-            raise artifacts.ArtifactError(
-                f"{found.name} version {found.version}: model.onnx sha256 "
-                f"{served.meta['sha256'][:12]}… differs from the registered {expected[:12]}…"
-            )
+        check_manifest_tag(found, served)
         shutil.rmtree(dest, ignore_errors=True)
         try:
             staging.rename(dest)

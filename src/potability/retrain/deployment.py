@@ -2,9 +2,12 @@
 
 `potability flow deploy` is the one documented way: it checks the project
 root, the database, the inference server and its admin token, the Prefect API
-and the work pool; stores the admin token in a Prefect Secret block (never in
-the deployment's plain job variables); records the environment the runs get in
-a Prefect Variable that ``src/potability/retrain/prefect.yaml`` reads as its job variables; then
+and the work pool; stores every credential the runs need in Prefect Secret
+blocks (the admin token in its own; database and tracking URLs and credentials
+in ``RUN_SECRETS_BLOCK``, which each run adds to its environment), never in the
+plain Variable or job variables, which anyone who reads the Prefect API reads;
+records the rest of the runs' environment in a Prefect Variable that
+``src/potability/retrain/prefect.yaml`` reads as its job variables; then
 runs ``prefect deploy`` on ``src/potability/retrain/prefect.yaml`` from the project root. A bare
 ``prefect deploy`` of that file is refused by its build step (`potability flow
 check`), so no deployment exists that skipped the checks.
@@ -12,7 +15,9 @@ check`), so no deployment exists that skipped the checks.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,7 +27,7 @@ import requests
 import yaml
 
 from potability import db, vcs
-from potability.config import Settings
+from potability.config import Settings, env_name
 from potability.errors import DatabaseUnavailable
 
 PREFECT_FILE = Path("src/potability/retrain/prefect.yaml")
@@ -33,6 +38,16 @@ DEPLOY_MARKER = "POTABILITY_FLOW_DEPLOY"
 # besides every POTABILITY_* variable: what the flow's settings read from the environment
 SETTINGS_ENV = ("DATABASE_URL", "MLFLOW_TRACKING_URI", "DASK_SCHEDULER_ADDRESS")
 SECRET_ENV = ("POTABILITY_ADMIN_TOKEN",)  # goes to the Secret block, never into job variables
+# credentials a run needs: in the Secret block RUN_SECRETS_BLOCK, never in plain job variables
+RUN_SECRET_ENV = (
+    "DATABASE_URL",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
+RUN_SECRETS_BLOCK = "potability-retrain-secrets"
+_URL_PASSWORD = re.compile(r"://[^/@\s]*:[^@/\s]+@")  # user:password@ in any URL
 
 
 class DeployRefused(Exception):
@@ -192,31 +207,72 @@ def _check_prefect(settings: Settings, server_ok: bool, work_pool: bool) -> list
     return problems
 
 
+def _is_secret(name: str, value: str) -> bool:
+    return name in RUN_SECRET_ENV or bool(_URL_PASSWORD.search(value))
+
+
 def run_environment(settings: Settings) -> dict[str, str]:
-    """The environment every run gets (job variables), from the checked deploying shell."""
+    """The environment every run gets in plain job variables: no credential, no password."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if (k.startswith("POTABILITY_") or k in SETTINGS_ENV) and k not in SECRET_ENV and v
+        if (k.startswith("POTABILITY_") or k in SETTINGS_ENV)
+        and k not in SECRET_ENV
+        and v
+        and not _is_secret(k, v)
     }
     env.pop(DEPLOY_MARKER, None)
     env.pop("POTABILITY_ROOT", None)  # runs work in the clone their pull steps made
     env["POTABILITY_RETRAIN_WORKSPACE"] = "."
-    env["POTABILITY_GIT_URL"] = vcs.source_url(settings)
-    remote = vcs.dvc_remote(settings)
-    if remote:
-        env["POTABILITY_DVC_REMOTE"] = remote
-    # settings read from the root's .env reach the runs too (a clone has no .env)
-    for name, value in (
-        ("DATABASE_URL", settings.database_url),
-        ("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
-    ):
-        if value:
-            env.setdefault(name, value)
+    env.update({k: v for k, v in _resolved(settings).items() if not _is_secret(k, v)})
     if not db.mlflow_tracking_uri(settings).startswith(("http://", "https://")):
         # a clone is thrown away after its run: artifacts go where the operator's do
         env.setdefault("POTABILITY_MLFLOW_ARTIFACTS", str(settings.mlflow_artifacts))
+    env[env_name("run_secrets_block")] = RUN_SECRETS_BLOCK
     return env
+
+
+def run_secrets(settings: Settings) -> dict[str, str]:
+    """The credentials every run gets from the Secret block ``RUN_SECRETS_BLOCK``."""
+    found = {
+        k: v
+        for k, v in os.environ.items()
+        if (k.startswith(("POTABILITY_", "MLFLOW_TRACKING_")) or k in SETTINGS_ENV)
+        and k not in SECRET_ENV
+        and v
+        and _is_secret(k, v)
+    }
+    resolved = _resolved(settings).items()
+    return {**{k: v for k, v in resolved if _is_secret(k, v)}, **found}
+
+
+def _resolved(settings: Settings) -> dict[str, str]:
+    """What a run in a throwaway clone must be told: where to clone and pull from, and the
+    database and tracking URLs (also when they came from the root's `.env`, which a clone lacks)."""
+    values = {
+        "POTABILITY_GIT_URL": vcs.source_url(settings),
+        "POTABILITY_DVC_REMOTE": vcs.dvc_remote(settings),
+        "DATABASE_URL": settings.database_url,
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+    }
+    return {k: v for k, v in values.items() if v}
+
+
+def load_run_secrets(settings: Settings) -> list[str]:
+    """In a deployed run, add the Secret block's credentials to the environment; return their names.
+
+    A variable already set (by the worker's operator) wins. Nothing is loaded
+    when ``POTABILITY_RUN_SECRETS_BLOCK`` is unset (a local `potability retrain`).
+    """
+    if not settings.run_secrets_block:
+        return []
+    from prefect.blocks.system import Secret
+
+    values = Secret.load(settings.run_secrets_block).get()
+    added = [k for k in values if k not in os.environ]
+    for name in added:
+        os.environ[name] = values[name]
+    return sorted(added)
 
 
 def deploy(settings: Settings) -> Deployed:
@@ -229,6 +285,8 @@ def deploy(settings: Settings) -> Deployed:
 
     if settings.admin_token:
         Secret(value=settings.admin_token).save(settings.admin_token_block, overwrite=True)
+    # one JSON string: Prefect obfuscates a string secret on read, not a dict's values
+    Secret(value=json.dumps(run_secrets(settings))).save(RUN_SECRETS_BLOCK, overwrite=True)
     Variable.set(ENV_VARIABLE, run_environment(settings), overwrite=True)
     config = deployment_config(settings.root)
     bin_dir = str(Path(sys.executable).parent)

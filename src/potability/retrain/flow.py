@@ -33,7 +33,7 @@ from potability.config import get_settings
 from potability.features import file_sha256
 from potability.mart import WaterMart
 from potability.retrain import workspace
-from potability.retrain.deployment import admin_token
+from potability.retrain.deployment import admin_token, load_run_secrets
 
 FLOW_NAME = "retrain-potability"
 WATERMARK = "retrain"
@@ -233,8 +233,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 @flow(name=FLOW_NAME, log_prints=True)
 def retrain() -> dict[str, Any]:
     """Retrain when the lab added rows; deploy only a model the pipeline promoted."""
-    settings = get_settings()
     logger = get_run_logger()
+    if loaded := load_run_secrets(get_settings()):
+        logger.info("credentials from the Secret block: %s", ", ".join(loaded))
+    settings = get_settings()  # again: the database and tracking URLs may come from the block
     server_url, token, warnings = reload_target(settings)
     for warning in warnings:
         logger.warning(warning)

@@ -2,8 +2,9 @@
 
 A watcher polls the alias (``POST /admin/reload`` does it at once). A new
 version is downloaded into a local cache, checked fully (sha256 against its
-meta.json and its registry tag, features, a probe) and only then swapped in; a
-bad one is refused and the old model keeps serving. When Postgres or the
+manifest: every file's sha256, the manifest's own against the registry tag;
+features, a probe) and only then swapped in; a bad one is refused and the old
+model keeps serving. When Postgres or the
 artifact store is down the cached model keeps serving, and a server restarted
 during an outage starts from the cache. A server host needs only the database
 and the registry's address (a tracking server's URL), never a checkout of the
@@ -137,7 +138,7 @@ class ModelHolder:
         if (directory / artifacts.META_FILE).exists():
             try:
                 cached = artifacts.load_model_dir(directory)
-                if cached.meta["sha256"] == found.tags.get("sha256", cached.meta["sha256"]):
+                if cached.meta["manifest_sha256"] == found.tags.get(tracking.MANIFEST_TAG):
                     return ServedModel(
                         cached.model, {**cached.meta, "registered_version": found.version}
                     )
@@ -157,10 +158,13 @@ class ModelHolder:
     def _load_cached(self) -> ServedModel:
         pointer = self.cache_dir / CURRENT_FILE
         try:
-            version = json.loads(pointer.read_text(encoding="utf-8"))["registered_version"]
+            recorded = json.loads(pointer.read_text(encoding="utf-8"))
+            version, manifest = recorded["registered_version"], recorded["manifest_sha256"]
         except (FileNotFoundError, KeyError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{pointer}: no cached champion ({exc})") from exc
         cached = artifacts.load_model_dir(self.cache_dir / f"v{version}")
+        if cached.meta["manifest_sha256"] != manifest:  # checked against the registry when loaded
+            raise ArtifactError(f"cached version {version}: its manifest changed since it served")
         return ServedModel(cached.model, {**cached.meta, "registered_version": version})
 
     def _swap(self, candidate: ServedModel) -> None:
@@ -172,6 +176,7 @@ class ModelHolder:
             {
                 "registered_version": candidate.meta["registered_version"],
                 "model_version": candidate.version,
+                "manifest_sha256": candidate.meta["manifest_sha256"],
             },
         )
         if old is None or old.version != candidate.version:

@@ -35,7 +35,15 @@ def fetch_champion(settings: Settings, out: Path) -> str | None:
         for name in (artifacts.MODEL_FILE, artifacts.META_FILE, artifacts.HISTORY_FILE):
             (out / name).unlink(missing_ok=True)
     else:
-        tracking.fetch_version(found, out)
+        try:
+            tracking.fetch_version(found, out)
+        except artifacts.UnsealedVersion as exc:
+            # registered before manifests: no server serves it any more (they refuse it too), so
+            # judging against it is moot; deploying the challenger needs `potability deploy --force`
+            log.warning("%s; judging the challengers as if there were no champion", exc)
+            found = None
+            for name in artifacts.SERVED_FILES:
+                (out / name).unlink(missing_ok=True)
     artifacts.write_json_atomic(
         out / artifacts.CHAMPION_FILE,
         {

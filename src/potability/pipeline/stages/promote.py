@@ -151,11 +151,12 @@ def _compare(
 def _keep(out: Path, champion: Champion | None, history: list[dict[str, Any]]) -> None:
     """The champion stays: ``out`` holds its files (deploying them is a no-op), plus the history."""
     if champion is None:
-        for name in (artifacts.MODEL_FILE, artifacts.META_FILE):
+        for name in (artifacts.MODEL_FILE, artifacts.META_FILE, artifacts.MANIFEST_FILE):
             (out / name).unlink(missing_ok=True)
         artifacts.write_json_atomic(out / artifacts.HISTORY_FILE, history)
         return
-    meta = {k: v for k, v in champion.model.meta.items() if k != "registered_version"}
+    added_on_load = ("registered_version", "manifest_sha256")  # not part of its meta.json
+    meta = {k: v for k, v in champion.model.meta.items() if k not in added_on_load}
     blob = (champion.files / artifacts.MODEL_FILE).read_bytes()
     artifacts.write_model_dir(out, blob, meta, {artifacts.HISTORY_FILE: history})
 

@@ -1,0 +1,169 @@
+"""Least-privileged roles: a server's database role cannot add a token, move the champion or alter a table.
+
+`potability db migrate` makes the roles; `potability db url --role` prints
+their URLs. A server connected as ``potability_server`` still answers, logs,
+stores lab rows and renders its page.
+"""
+
+from __future__ import annotations
+
+import stat
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import psycopg2
+import psycopg2.errors
+import pytest
+import requests
+
+from potability import db, roles
+from potability.config import Settings
+from potability.pipeline.small_model import build_model_dir
+from potability.serve import create_app, shutdown
+from tests.support.project import REPO, run
+from tests.support.server import SAMPLE, Server, auth, logged
+
+
+@pytest.fixture
+def server_url(clean_db) -> str:
+    return roles.role_url(clean_db, "server", Settings(root=REPO))
+
+
+def _refused(url: str, statement: str, params=None) -> str:
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege) as caught:
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute(statement, params)
+    return str(caught.value)
+
+
+def test_db_url_prints_each_role_with_a_password_kept_in_a_private_file(cli_env, tmp_path):
+    urls = {
+        role: run(["potability", "db", "url", "--role", role], REPO, cli_env).stdout.strip()
+        for role in roles.ROLES
+    }
+    assert urls["admin"] == cli_env["DATABASE_URL"]
+    for role in ("server", "pipeline"):
+        assert urls[role].startswith(f"postgresql://potability_{role}:")
+        with psycopg2.connect(urls[role]) as conn, conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            assert cur.fetchone()[0] == f"potability_{role}"
+    again = run(["potability", "db", "url", "--role", "server"], REPO, cli_env).stdout.strip()
+    assert again == urls["server"]  # generated once
+    mode = stat.S_IMODE(Settings(root=REPO).db_roles_file.stat().st_mode)
+    assert mode == 0o600
+
+
+def test_the_server_role_cannot_add_a_token_change_deployments_or_alter_a_table(server_url):
+    assert "api_tokens" in _refused(
+        server_url,
+        "INSERT INTO water.api_tokens (name, role, token_sha256) VALUES ('x', 'admin', 'y')",
+    )
+    _refused(server_url, "UPDATE water.api_tokens SET revoked_at = NULL")
+    _refused(server_url, "INSERT INTO water.deployments (deployed_by) VALUES ('x')")
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege, match="owner"):
+        with psycopg2.connect(server_url) as conn, conn.cursor() as cur:
+            cur.execute("ALTER TABLE water.water_inferences ADD COLUMN evil int")
+    _refused(server_url, "DELETE FROM water.water_inferences")
+    _refused(server_url, "TRUNCATE water.water_potability")
+
+
+def test_the_server_role_cannot_move_the_champion(deploy_dir, server_url, tmp_path):
+    import mlflow
+
+    name = f"roles-{uuid.uuid4().hex[:8]}"
+    first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
+    registry = db.database_on(server_url, "mlflow").replace(
+        "postgresql://", "postgresql+psycopg2://", 1
+    )
+    client = mlflow.MlflowClient(tracking_uri=registry)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first.version
+    with pytest.raises(Exception, match="permission denied"):
+        client.set_registered_model_alias(name, "other", first.version)
+    with pytest.raises(Exception, match="permission denied"):
+        client.delete_registered_model_alias(name, "champion")
+
+
+def test_a_server_connected_as_its_role_answers_logs_and_stores_lab_rows(
+    champion, server_url, server_settings, mart, tmp_path
+):
+    registry = db.database_on(server_url, "mlflow").replace(
+        "postgresql://", "postgresql+psycopg2://", 1
+    )
+    config = {**champion.app_config(tmp_path), "mlflow_tracking_uri": registry}
+    app = create_app(server_settings(database_url=server_url, **config))
+    try:
+        client = app.test_client()
+        sensor = auth(mart.create_token("role-sensor", "sensor"))
+        lab = auth(mart.create_token("role-lab", "lab"))
+        assert client.get("/readyz").status_code == 200
+        answer = client.post("/v1/predict", json=SAMPLE, headers=sensor)
+        assert answer.status_code == 200, answer.get_json()
+        row = {**SAMPLE, "sample_id": "role-1", "Potability": 1}
+        assert client.post("/v1/samples", json=row, headers=lab).status_code in (200, 201)
+        assert list(logged(app, mart)["inference_id"]) == [answer.get_json()["inference_id"]]
+        assert client.get("/").status_code == 200
+    finally:
+        shutdown(app)
+
+
+def test_the_server_role_keeps_the_log_maintained(server_url, tmp_path):
+    """Partitions ahead, retention and lab matches run as their functions' owner."""
+    from potability import log_maintenance
+
+    settings = Settings(root=REPO, database_url=server_url, log_retention_days=30)
+    report = log_maintenance.maintain(settings, url=server_url)
+    assert report.skipped is None, report.lines()
+    _refused(server_url, "CREATE TABLE water.evil (x int)")
+
+
+@pytest.mark.slow
+def test_potability_serve_on_the_embedded_default_connects_as_the_server_role(
+    champion, mart, tmp_path
+):
+    """With DATABASE_URL unset, `potability serve` takes the server role's URL by itself."""
+    pgdata = parse_qs(urlsplit(mart.url).query).get("host", [""])[0]
+    if not pgdata.endswith("data"):
+        pytest.skip("the session's Postgres is not the embedded one")
+    # the session's embedded Postgres found the way `make run` finds it: no URL at all
+    server = Server(
+        tmp_path,
+        mart.url,
+        champion,
+        DATABASE_URL="",
+        MLFLOW_TRACKING_URI="",
+        POTABILITY_PGDATA=pgdata,
+    )
+    try:
+        token = mart.create_token("embedded-sensor", "sensor")
+        answer = requests.post(
+            server.base + "/v1/predict", json=SAMPLE, headers=auth(token), timeout=10
+        )
+        assert answer.status_code == 200
+        with psycopg2.connect(mart.url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'potability_server'")
+            assert cur.fetchone()[0] > 0
+    finally:
+        server.stop()
+    assert "permission denied" not in server.log.read_text()
+
+
+def test_an_owner_that_cannot_create_roles_still_migrates(pg_url, caplog):
+    """A managed database's owner lacks CREATEROLE: the schema is made, the roles are not."""
+    from potability import migrator
+
+    name = f"limited_{uuid.uuid4().hex[:8]}"
+    with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE ROLE {name} LOGIN")  # noqa: S608 (a generated name)
+    conn.close()
+    url = db.create_database(pg_url, name)
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(f"ALTER DATABASE {name} OWNER TO {name}")  # noqa: S608
+    conn.close()
+    owner_url = url.replace("postgres:@", f"{name}:@", 1)
+    try:
+        applied = migrator.migrate(
+            Settings(root=REPO, mlflow_tracking_uri="file:///unused"), owner_url
+        )
+        assert applied and "database roles not made" in caplog.text
+    finally:
+        db.drop_database(pg_url, name)
