@@ -155,3 +155,12 @@ def app_without_model(server_settings):
 def deploy_dir_fixture(pg_url):
     """``deploy_dir`` for a test: `potability deploy` of a model directory under a registered model it names."""
     return deploy_dir
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """A temporary Prefect API for flows run in this process (per module: it takes seconds to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield

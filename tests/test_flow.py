@@ -18,14 +18,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
-@pytest.fixture(scope="module")
 def flow_project(tmp_path_factory, pg_url, harness):
     with db.transaction(url=pg_url) as conn, conn.cursor() as cur:
         cur.execute(

@@ -38,14 +38,6 @@ def git(args: list[str], cwd, env=None) -> str:
 
 
 @pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
-@pytest.fixture(scope="module")
 def shop(tmp_path_factory, pg_url, harness):
     """A project pushed to a bare remote, a DVC remote folder, and two retrains that each deployed."""
     from potability.retrain.flow import retrain
