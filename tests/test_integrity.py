@@ -123,7 +123,8 @@ def test_the_pipeline_judges_as_if_there_were_no_champion_when_it_has_no_manifes
     deploy_dir, tmp_path, monkeypatch
 ):
     """A champion registered before manifests is refused by servers; the next promotion replaces it."""
-    from potability.pipeline.stages.promote import current_champion
+    from potability.pipeline.stages.champion import fetch_champion
+    from potability.pipeline.stages.promote import recorded_champion
 
     name = f"unsealed-{uuid.uuid4().hex[:8]}"
     first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
@@ -133,6 +134,9 @@ def test_the_pipeline_judges_as_if_there_were_no_champion_when_it_has_no_manifes
     )
     tracking.set_alias(name, "champion", untagged.version)
     monkeypatch.setenv("POTABILITY_REGISTERED_MODEL", name)
-    assert current_champion(Settings(root=REPO), tmp_path / "work") is None
+    out = tmp_path / "champion"  # the champion stage's output, promote's input
+    assert fetch_champion(Settings(root=REPO), out) is None
+    assert recorded_champion(out) is None
     tracking.set_alias(name, "champion", first.version)
-    assert current_champion(Settings(root=REPO), tmp_path / "work").version == first.version
+    assert fetch_champion(Settings(root=REPO), out) == first.version
+    assert recorded_champion(out).version == first.version
