@@ -231,7 +231,8 @@ def test_migrations_006_007_apply_to_a_filled_005_database_and_count_nothing_twi
         written = flushes(version, version, {})
         insert_plainly(probe, written[0])  # rolled up by 005's trigger
         before = rollup_tables(probe)
-        assert migrator.migrate(url=probe) == ["006_writer_rollups", "007_one_rollup_path"]
+        applied = migrator.migrate(url=probe)
+        assert applied[:2] == ["006_writer_rollups", "007_one_rollup_path"]
         assert rollup_tables(probe) == before  # nothing recounted
         store = InferenceStore(url=probe)
         assert store.write(written[1], fresh=True) == 240  # rolled up by the writer
