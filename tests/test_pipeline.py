@@ -440,7 +440,8 @@ def test_deploy_then_rollback_moves_the_server(project, registry, tmp_path, monk
         precision=1.0,
         recall=0.5,
         positives=100,
-        oof={"oof_precision": 1.0, "oof_feasible": 1.0},
+        # shown better than the vote out of fold (400 of 400 answers right), so it goes first
+        oof={"oof_precision": 1.0, "oof_feasible": 1.0, "oof_tp": 400.0, "oof_answers": 400.0},
     )
     # the rule's own tests judge the bootstrap; here the comparison says "better" for sure
     shown = PairedComparison(difference=0.3, low=0.2, high=0.4, p_better=1.0)
