@@ -69,8 +69,9 @@ def of_promoted(promoted_dir: Path, force: bool = False) -> Lineage:
         lock_text = params_text = ""
     else:
         problems = _problems(root)
-        lock_text = _committed(root, LOCK_FILE)
-        params_text = _committed(root, PARAMS_FILE)
+        # forced: the working files describe the model shipped, not the last commit's
+        read = _working if problems else _committed
+        lock_text, params_text = read(root, LOCK_FILE), read(root, PARAMS_FILE)
     if problems and not force:
         raise LineageError(
             "the dvc.lock that produced this model is not committed: "
@@ -93,7 +94,7 @@ def _problems(root: Path) -> list[str]:
         return [f"{root} has no commit yet"]
     changed = vcs.uncommitted(root, [LOCK_FILE, PARAMS_FILE])
     if changed:
-        return [f"{', '.join(changed)} differ from commit HEAD"]
+        return [f"changed since commit HEAD: {', '.join(changed)}"]
     try:
         status = vcs.dvc_json(["status", "--json", DECIDING_STAGE], root)
     except vcs.VcsError as exc:
@@ -103,6 +104,11 @@ def _problems(root: Path) -> list[str]:
             f"{MODEL_OUT} or its inputs differ from what dvc.lock records (dvc status {DECIDING_STAGE})"
         ]
     return []
+
+
+def _working(root: Path, name: str) -> str:
+    path = root / name
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 def _committed(root: Path, name: str) -> str:
