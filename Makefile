@@ -9,7 +9,7 @@ DEMO_ROWS ?= 3300
 DEMO_SEED ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: run install db demo-data pipeline demo-token serve test test-fast lint format bench stop-db clean
+.PHONY: run install db demo-data pipeline demo-token serve test test-slow test-all lint format bench stop-db clean
 
 run: install db demo-data pipeline demo-token serve ## everything: venv, Postgres, demo data, pipeline, server
 
@@ -47,11 +47,13 @@ serve: install
 	@echo "serving on http://$(HOST):$(PORT) (quality page at /, API under /v1; Ctrl-C stops)"
 	potability serve --host $(HOST) --port $(PORT)
 
-test: install ## the whole suite, slow end-to-end tests included (what CI runs)
-	pytest $(PYTEST_ARGS)
-
-test-fast: install
+test: install ## every test but the slow end-to-end ones (about 10 min on 2 cores); real services all the same
 	pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install ## the slow end-to-end tests: fleet, schedule, lineage, faults, README paths (CI runs them after `make test`)
+	pytest -m slow $(PYTEST_ARGS)
+
+test-all: test test-slow ## what CI runs (`.ci/run`)
 
 lint: install
 	ruff check src tests bench

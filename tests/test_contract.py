@@ -3,7 +3,7 @@
 Every check schemathesis has, fixed seeds, the coverage and fuzzing phases,
 and the project's own ``schemathesis.toml`` (what the document cannot say, and
 why), against a server with its deployed settings. Both tiers start a real
-gunicorn, so both are `slow`: `make test` runs them, `make test-fast` does
+gunicorn, so both are `slow`: `make test-slow` runs them, `make test` does
 not. The fast tier draws 60 examples per operation at each of several seeds;
 the slow tier generates at least 1,000 cases per operation. Reproduce by hand
 against a running server, from the project root:
@@ -163,7 +163,7 @@ def cases_per_operation(ndjson: Path, seed: int) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.slow  # a real gunicorn, as in every test that starts one: `make test` runs it, `make test-fast` not
+@pytest.mark.slow  # a real gunicorn, as in every test that starts one: `make test-slow` runs it, `make test` not
 @pytest.mark.parametrize("seed", SEEDS)
 def test_contract_fast(contract_server, seed):
     server, admin, tmp = contract_server
