@@ -54,6 +54,35 @@ def deployed_champion(settings):
     return champion
 
 
+def small_champion(settings, work: Path, database_url: str) -> dict:
+    """Deploy the library's small forest to a scratch registry; the env a server needs to follow it.
+
+    Benches of the serving path (proxy, page load) measure the server, not the model: the
+    pipeline's champion (a five-member vote, ~7 ms an answer here) would set the sensors'
+    latency by itself. `potability deploy`'s own code registers it (manifest tag included),
+    forced since a bench model has no committed lineage; the registry is an SQLite file
+    under ``work`` and the deployment row goes to ``database_url`` (the bench's scratch one).
+    """
+    from potability import deploy
+    from potability.pipeline.small_model import build_model_dir
+
+    model_dir = build_model_dir(work / "model", version="bench-small-forest")
+    scratch = settings.model_copy(
+        update={
+            "database_url": database_url,
+            "mlflow_tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+            "mlflow_artifacts": str(work / "mlartifacts"),
+            "registered_model": "bench-small-forest",
+        }
+    )
+    deploy.deploy_promoted(model_dir, "bench", "bench: the library's small forest", scratch, True)
+    return {
+        "MLFLOW_TRACKING_URI": scratch.mlflow_tracking_uri,
+        "POTABILITY_REGISTERED_MODEL": scratch.registered_model,
+        "POTABILITY_MODEL_CACHE": str(work / "model-cache"),
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

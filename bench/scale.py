@@ -69,6 +69,7 @@ from common import (  # noqa: E402
     free_port,
     machine,
     nginx,
+    small_champion,
     start,
     stop,
     wait_http,
@@ -470,6 +471,13 @@ def main() -> int:
         default=20.0,
         help="requests a second of the probe sensor beside wrk, in every sensor run",
     )
+    parser.add_argument(
+        "--model",
+        choices=("champion", "small"),
+        default="champion",
+        help="serve the workspace's champion, or the library's small forest from a scratch "
+        "registry (the serving path's own cost: the page's share of the sensors' latency)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=8, help="wrk connections on /v1/predict")
     parser.add_argument("--seconds", type=int, default=20, help="wrk duration per sensor run")
@@ -514,11 +522,15 @@ def main() -> int:
         "POTABILITY_ROOT": str(settings.root),
     }
     work = Path(tempfile.mkdtemp(prefix="potability-scale-"))
+    if args.model == "small":
+        env.update(small_champion(settings, work, url))
     env["POTABILITY_SPOOL_DIR"] = str(work / "spool")
     env["POTABILITY_RUN_DIR"] = str(work / "run")  # so this script knows where the page cache is
     result: dict = {
         "machine": machine(),
-        "model": {"version": champion.model_version, "kind": champion.tags.get("kind")},
+        "model": {"version": champion.model_version, "kind": champion.tags.get("kind")}
+        if args.model == "champion"
+        else {"version": "bench-small-forest", "kind": "small forest (library)"},
         "args": {k: v for k, v in vars(args).items() if k != "database_url"},
     }
     try:
@@ -558,6 +570,9 @@ def main() -> int:
             proxy, prefix = nginx(int(urlsplit(base).port), front, work)
             front_base = f"http://127.0.0.1:{front}"
             wait_http(front_base + "/healthz")
+            # the hop's own cost: sensors through nginx with no page load, the baseline of its run
+            result["predict_nginx_alone"], _ = sensor_run(front_base, token, args)
+            print(f"  sensors alone through nginx: {result['predict_nginx_alone']}", flush=True)
             # (key, where, sensors' base, page clients' base): nginx carries both, as in a fleet
             for key, where, sensors_on, pages_on in (
                 ("page", "the API port", base, base),
@@ -643,6 +658,11 @@ def print_table(r: dict) -> None:
         *_under_load(r, "predict_with_page_load", "page_load", "on the API port"),
         *_under_load(
             r, "predict_with_page_listener_load", "page_listener_load", "on the page listener"
+        ),
+        *(
+            _sensor_rows(r["predict_nginx_alone"], "through nginx, no page load")
+            if "predict_nginx_alone" in r
+            else []
         ),
         *_under_load(r, "predict_with_nginx_load", "nginx_load", "through nginx"),
         (

@@ -35,16 +35,16 @@ from common import (  # noqa: E402
     free_port,
     machine,
     nginx,
+    small_champion,
     start,
     stop,
     wait_http,
     write_result,
     wrk,
 )
-from potability import db, migrator, tracking  # noqa: E402
+from potability import db, migrator  # noqa: E402
 from potability.config import get_settings  # noqa: E402
 from potability.mart import WaterMart  # noqa: E402
-from potability.pipeline.small_model import build_model_dir  # noqa: E402
 
 SCRATCH_DB = "slow_clients_bench"
 HEADER = b"POST /v1/predict HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
@@ -96,28 +96,11 @@ def main() -> int:
     try:
         migrator.migrate(url=url)
         token = WaterMart(url=url).create_token("slow-clients-bench", "sensor")
-        model_dir = build_model_dir(work / "model", version="bench-slow-clients")
-        scratch = settings.model_copy(
-            update={
-                "mlflow_tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
-                "mlflow_artifacts": str(work / "mlartifacts"),
-                "registered_model": "bench-slow-clients",
-            }
-        )
-        tracking.configure(scratch)
-        meta = json.loads((model_dir / "meta.json").read_text())
-        tags = {"model_version": meta["version"], "sha256": meta["sha256"]}
-        registered = tracking.register_model_dir(
-            model_dir, scratch.registered_model, None, tags, meta["input_example"]
-        )
-        tracking.set_alias(scratch.registered_model, scratch.champion_alias, registered.version)
         env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "DATABASE_URL": url,
-            "MLFLOW_TRACKING_URI": scratch.mlflow_tracking_uri,
-            "POTABILITY_REGISTERED_MODEL": scratch.registered_model,
-            "POTABILITY_MODEL_CACHE": str(work / "model-cache"),
+            **small_champion(settings, work, url),
             "POTABILITY_SPOOL_DIR": str(work / "spool"),
             "POTABILITY_RUN_DIR": str(work / "run"),
         }
