@@ -33,7 +33,7 @@ import numpy as np
 
 from potability.config import Settings
 from potability.errors import MartError
-from potability.inference_store import AnsweredBatch, InferenceStore
+from potability.inference_store import AnsweredBatch, ConflictingRows, InferenceStore
 from potability.schema import FEATURE_COLUMNS
 from potability.serve.journal import Journal, JournalUnavailable
 from potability.serve.spool import Spool, encode
@@ -217,6 +217,10 @@ class InferenceLog:
         self._last_probe = now
         try:
             self._store.write(chunk, fresh=True)
+        except ConflictingRows as exc:  # Postgres is fine: the replay keeps those rows aside
+            log.error("inference log: %s; the batch goes by the spool, which quarantines them", exc)
+            self._last_replay = 0.0
+            return False
         except MartError as exc:
             if self.db_ok:
                 log.warning(
