@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
@@ -20,9 +21,10 @@ import requests
 
 from potability import db, migrator
 from potability.mart import WaterMart
-from potability.serve.spool import Spool
+from potability.serve.spool import CONFLICTS, Spool, decode_lines
+from tests.support.database import query
 from tests.support.database import request_row as row
-from tests.support.server import SAMPLE, Server, stored_ids
+from tests.support.server import SAMPLE, Server, stored_ids, wait_for
 
 pytestmark = pytest.mark.slow
 REPLAY_SECONDS = 1.0
@@ -425,3 +427,59 @@ def test_spooled_rows_gauge_counts_the_spool_once_with_several_workers(
     assert on_disk >= 200  # and warm-up rows not yet written when Postgres stopped
     assert len(spooled_by) == 2  # both workers spooled: each knows its own files best
     assert gauges == {float(on_disk)}, f"the spool holds {on_disk} rows; /metrics said {gauges}"
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_a_changed_resend_during_an_outage_is_refused_or_kept_never_dropped(
+    own_postgres, champion, tmp_path, mode
+):
+    """No answer without its log row, for a reading sent again with other measurements too.
+
+    One this worker answered and has not stored (spooled, Postgres down): a 409. One stored
+    before the outage: the worker cannot ask Postgres, so it answers; the replay keeps that
+    second copy in quarantine, counted and logged, and the first stands in the table.
+    """
+    pgdata, url = own_postgres
+    token = WaterMart(url=url).create_token("resend-sensor", "sensor")
+    server = Server(
+        tmp_path, url, champion, workers=1, POTABILITY_SPOOL_REPLAY_SECONDS=str(REPLAY_SECONDS)
+    )
+    read_at = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0).isoformat()
+
+    def post(reading_id: str, **changes) -> requests.Response:
+        body = {**SAMPLE, **changes, "reading_id": reading_id, "read_at": read_at}
+        h = {"Authorization": f"Bearer {token}"}
+        return requests.post(server.base + "/v1/predict", json=body, headers=h, timeout=30)
+
+    quarantine = tmp_path / "spool" / "quarantine"
+    try:
+        before = post("before")
+        first = before.json()["inference_id"]
+        assert before.status_code == 200 and wait_for(lambda: first in stored_ids(url))
+        db.stop_embedded_server(pgdata, mode=mode)
+        during = post("during")
+        changed = post("during", ph=6.0)
+        again = post("during")
+        unchecked = post("before", ph=6.0)  # only Postgres knows "before", and it is down
+        db.embedded_server_url(pgdata)
+        assert wait_for(
+            lambda: any(quarantine.glob(f"*{CONFLICTS}*")) and spool_files(tmp_path) == [],
+            timeout=REPLAY_SECONDS + 30,
+        ), server.log.read_text()[-3000:]
+        time.sleep(0.5)  # the last queued rows
+        metrics = requests.get(server.base + "/metrics", timeout=10).text
+        rows = dict(query(url, "SELECT inference_id::text, ph FROM water.water_inferences"))
+    finally:
+        server.stop()
+    assert [r.status_code for r in (during, changed, again, unchecked)] == [200, 409, 200, 200]
+    error = changed.json()["error"]
+    assert error["code"] == "reading_conflict" and "'during'" in error["message"]
+    assert again.json()["inference_id"] == during.json()["inference_id"]
+    assert unchecked.json()["inference_id"] == first
+    assert rows == {first: SAMPLE["ph"], during.json()["inference_id"]: SAMPLE["ph"]}
+    [kept] = quarantine.glob(f"*{CONFLICTS}*")
+    [record], _ = decode_lines(kept.read_bytes())
+    assert record.inference_ids == [first] and record.features[0, 0] == 6.0  # the answer, kept
+    assert "potability_log_conflicting_rows_total 1.0" in metrics
+    said = server.log.read_text()
+    assert "logged already with other measurements" in said and first in said

@@ -8,9 +8,10 @@ import pytest
 from potability.errors import DatabaseUnavailable
 from potability.ids import uuid7_batch
 from potability.inference_store import AnsweredBatch
-from potability.serve.inference_log import InferenceLog, LogUnavailable
+from potability.serve.inference_log import InferenceLog, LogUnavailable, ReadingConflict
 from potability.serve.journal import Journal
-from potability.serve.spool import Spool, encode
+from potability.serve.spool import CONFLICTS, Spool, encode, rows_in
+from tests.support.database import reading_row
 
 
 class DownMart:
@@ -55,3 +56,36 @@ def test_with_postgres_down_only_what_the_disk_cap_has_room_for_is_answered(tmp_
     assert log.spooled == 30 and spool.used() <= spool.max_bytes and log.queued == 0
     with pytest.raises(LogUnavailable, match="cap"):
         log.submit(rows(1))
+
+
+def test_a_reading_answered_and_not_yet_stored_refuses_other_measurements(tmp_path):
+    """Queued, then spooled while Postgres is down: the same reading again is answered, a changed one not."""
+    log = InferenceLog(DownMart(), Journal(Spool(tmp_path)), 1.0, 100, 60.0)
+    log.submit(reading_row("r-1", 7.0))
+    with pytest.raises(ReadingConflict) as changed:
+        log.submit(reading_row("r-1", 6.0))
+    assert changed.value.index == 0 and log.queued == 1  # refused before it was journalled
+    log.submit(reading_row("r-1", 7.0))  # a resend: the same measurements
+    log.flush()  # Postgres refuses: sealed into the spool, still remembered
+    assert log.spooled == 2 and log.queued == 0
+    with pytest.raises(ReadingConflict):
+        log.submit(reading_row("r-1", 6.5))
+    log.submit(reading_row("r-2", 6.5))  # another reading
+
+
+def test_two_workers_answering_one_reading_differently_keep_the_second_in_quarantine(
+    mart, store, tmp_path
+):
+    """Each worker checks only what it answered: the second answer, met at store time, is set aside."""
+    spool = Spool(tmp_path)
+    first, second = (InferenceLog(store, Journal(spool), 1.0, 100, 0.0) for _ in range(2))
+    first.submit(reading_row("r-1", 7.0))
+    second.submit(reading_row("r-1", 6.0))
+    first.flush()
+    second.flush()  # Postgres has the first: the second goes by the spool...
+    assert second.db_ok and second.spooled == 1
+    second.flush()  # ...whose replay keeps it in quarantine
+    assert second.spooled == 0 and spool.conflicts == 1
+    [kept] = spool.quarantine_dir.iterdir()
+    assert CONFLICTS in kept.name and rows_in(kept.read_bytes()) == 1
+    assert mart.inferences()["ph"].tolist() == [7.0]

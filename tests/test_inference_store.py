@@ -3,13 +3,14 @@
 import math
 import threading
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
 from potability.ids import uuid7_batch
-from potability.inference_store import AnsweredBatch, encode
+from potability.inference_store import AnsweredBatch, ConflictingRows, encode
 from potability.schema import FEATURE_COLUMNS, FEATURE_NAMES
 
 
@@ -115,6 +116,28 @@ def test_fresh_copy_falls_back_when_a_row_is_already_stored(store, mart):
     assert part.inference_ids == [first.inference_ids[1]] and len(part.features) == 1
     assert store.write([answered(4), part, answered(2)]) == 6  # a replay: the stored row left out
     assert len(mart.inferences()) == 14
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_stored_key_with_other_measurements_is_refused_never_skipped(store, mart, fresh):
+    """Skipping is for a resend; a second answer for one reading is named, and nothing is written."""
+    first, other = answered(3, missing_every=3), answered(2, sensor="plant-8")
+    store.write([first], fresh=True)
+    changed = replace(first, features=first.features.copy(), model_version="v2")
+    changed.features[1, 2] += 1.0
+    with pytest.raises(ConflictingRows, match=first.inference_ids[1]) as refused:
+        store.write([other, changed], fresh=fresh)
+    assert "1 row(s)" in str(refused.value) and "sensor 'plant-7'" in str(refused.value)
+    twice = replace(
+        other,
+        inference_ids=other.inference_ids * 2,
+        features=np.vstack([other.features, other.features + 1]),
+        probabilities=np.ones(4),
+    )
+    with pytest.raises(ConflictingRows, match="2 row"):  # named twice in one write, changed
+        store.write([twice], fresh=fresh)
+    assert len(mart.inferences()) == 3
+    assert store.write([other, first], fresh=fresh) == 2  # the same measurements: a resend
 
 
 def test_the_stream_is_one_header_and_trailer_for_many_batches():

@@ -13,6 +13,7 @@ import json
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from potability import artifacts, deploy, tracking
@@ -140,3 +141,33 @@ def test_the_pipeline_judges_as_if_there_were_no_champion_when_it_has_no_manifes
     tracking.set_alias(name, "champion", first.version)
     assert fetch_champion(Settings(root=REPO), out) == first.version
     assert recorded_champion(out).version == first.version
+
+
+@pytest.mark.parametrize(
+    ("tamper", "named"),
+    [
+        ("threshold", "meta.json"),
+        ("no_manifest", "manifest.json"),
+        ("garbled_manifest", "manifest.json"),
+        ("history", "history.json"),
+    ],
+)
+def test_mlflows_own_loader_refuses_a_changed_file_naming_it(deploy_dir, tmp_path, tamper, named):
+    """``mlflow.pyfunc.load_model`` (what ``mlflow models serve`` runs) checks the manifest too."""
+    import mlflow
+
+    registered = deploy_dir(build_model_dir(tmp_path / "v1"), f"pyfunc-{uuid.uuid4().hex[:8]}")
+    uri = f"models:/{registered.name}/{registered.version}"
+    assert not mlflow.pyfunc.load_model(uri).predict(pd.DataFrame([SAMPLE])).empty
+    stored = stored_files(registered.name, registered.version)
+    if tamper == "threshold":
+        set_threshold(stored, 0.0)  # every sample "potable"
+    elif tamper == "no_manifest":
+        (stored / artifacts.MANIFEST_FILE).unlink()
+    elif tamper == "garbled_manifest":
+        (stored / artifacts.MANIFEST_FILE).write_text("{not json")
+    else:
+        (stored / artifacts.HISTORY_FILE).write_text('[{"promote": true, "reason": "rewritten"}]')
+    with pytest.raises(Exception, match=named) as refused:
+        mlflow.pyfunc.load_model(uri)
+    assert type(refused.value).__name__ == "RefusedArtifact"

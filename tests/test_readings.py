@@ -142,6 +142,28 @@ def test_a_resend_with_other_measurements_is_a_409_naming_the_reading(served, ma
     assert len(rows) == 1 and rows.loc[0, "ph"] == SAMPLE["ph"]
 
 
+def test_a_changed_resend_before_the_first_copy_is_stored_is_a_409(served, mart):
+    """The first copy is only in the worker's journal and queue: Postgres cannot say, the worker can."""
+    app, client, h = served
+    first = client.post("/v1/predict", json=reading("q-1"), headers=h)
+    assert first.status_code == 200
+    changed = client.post("/v1/predict", json=reading("q-1", ph=6.0), headers=h)
+    assert changed.status_code == 409, changed.get_json()
+    error = changed.get_json()["error"]
+    assert error["code"] == "reading_conflict" and "'q-1'" in error["message"]
+    assert "not yet stored" in error["message"]
+    batch = {"samples": [reading("q-2"), reading("q-1", Turbidity=None)]}
+    r = client.post("/v1/predict", json=batch, headers=h)
+    assert r.status_code == 409 and r.get_json()["error"]["index"] == 1
+    same = client.post("/v1/predict", json=reading("q-1"), headers=h)
+    assert same.status_code == 200
+    assert same.get_json()["inference_id"] == first.get_json()["inference_id"]
+    rows = logged(app, mart)
+    assert len(rows) == 1 and rows.loc[0, "ph"] == SAMPLE["ph"]
+    spool = app.extensions["potability.log"].spool
+    assert not spool.quarantine_dir.exists()  # nothing answered that the log had to set aside
+
+
 def test_a_batch_naming_one_reading_twice_with_other_measurements_is_a_409(served, mart):
     app, client, h = served
     batch = {"samples": [reading("d-1"), reading("d-2"), reading("d-1", Hardness=100.0)]}

@@ -9,8 +9,8 @@ import pytest
 from potability.errors import DatabaseUnavailable
 from potability.ids import uuid7_batch
 from potability.inference_store import AnsweredBatch, InferenceStore
-from potability.serve.spool import Spool, decode_lines, encode, rows_in
-from tests.support.database import query
+from potability.serve.spool import CONFLICTS, Spool, decode_lines, encode, rows_in
+from tests.support.database import query, reading_row
 from tests.support.database import request_row as row
 
 
@@ -216,3 +216,36 @@ def test_rows_refused_as_data_are_quarantined_one_by_one_counted_and_requeued(
     assert spool.requeue() == 1  # the cause fixed: requeued and stored
     assert spool.replay(store.write) == (1, 0)
     assert sorted(mart.inferences()["ph"]) == [6.0, 7.0, 7.5, 8.0, 13.5]
+
+
+def test_a_replayed_row_whose_reading_is_logged_with_other_measurements_is_kept_as_a_conflict(
+    mart, store, tmp_path, caplog
+):
+    """Two answers for one reading: the first stands, the second is quarantined, never dropped."""
+    spool = Spool(tmp_path)
+    store.write([reading_row("a", 7.0)])  # answered and stored before the outage
+    spooled(
+        spool,
+        [
+            reading_row("a", 6.0),  # answered again while Postgres was down: other measurements
+            reading_row("b", 7.0),
+            reading_row("b", 8.0),  # twice in the spool, the second changed
+            reading_row("c", 7.0),
+            reading_row("c", 7.0),  # a resend: the same reading, stored once
+        ],
+    )
+    with caplog.at_level("ERROR", logger="potability.serve.spool"):
+        assert spool.replay(store.write) == (2, 0)
+    assert spool.files() == [] and spool.conflicts == 2 and spool.quarantined == 1
+    [kept] = spool.quarantine_dir.iterdir()
+    assert CONFLICTS in kept.name
+    records, _ = decode_lines(kept.read_bytes())
+    assert [r.features[0, 0] for r in records] == [6.0, 8.0]
+    stored = mart.inferences().set_index("inference_id")["ph"]
+    assert stored.to_dict() == {reading_row(r, 0).inference_ids[0]: 7.0 for r in "abc"}
+    said = caplog.text
+    assert "other measurements" in said and "sensor 's'" in said
+    assert all(reading_row(r, 0).inference_ids[0] in said for r in "ab")
+    assert spool.requeue() == 1 and spool.replay(store.write) == (0, 0)  # refused again, kept
+    assert spool.conflicts == 4 and len(list(spool.quarantine_dir.iterdir())) == 1
+    assert mart.inferences()["ph"].tolist() == [7.0, 7.0, 7.0]

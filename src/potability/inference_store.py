@@ -12,7 +12,9 @@ The hourly and histogram rollups are computed here and only here (migration
 007): numpy deltas of exactly the rows the COPY inserts, added in the COPY's
 transaction. A write is idempotent on the log's key: rows already stored (a
 replay after a crash or an outage) are looked up first and left out of both
-the COPY and the deltas, so nothing is stored or counted twice. The log's
+the COPY and the deltas, so nothing is stored or counted twice; one whose
+measurements differ is no resend but a second answer for one reading, and is
+refused (``ConflictingRows``), never dropped. The log's
 trigger only matches lab samples. Rows that reach the table another way
 (a bulk ``INSERT ... SELECT``) are rolled up by ``water.recompute_rollups``.
 """
@@ -49,9 +51,11 @@ INFERENCE_COLUMNS = (
 _COLUMN_LIST = ", ".join(INFERENCE_COLUMNS)
 COPY_DIRECT = f"COPY water.water_inferences ({_COLUMN_LIST}) FROM STDIN WITH (FORMAT binary)"
 # Which of a batch's rows are stored already (by the log's unique key, the one place that names
-# it): a replay leaves them out of its COPY and its rollup deltas. Times cross as microseconds.
+# it), with the measurements stored: a replay leaves them out of its COPY and its rollup deltas,
+# unless they differ (a conflict, never dropped). Times cross as microseconds.
 STORED_KEYS = (
-    "SELECT k.n FROM unnest(%s::uuid[], %s::bigint[]) WITH ORDINALITY AS k (id, us, n) "
+    f"SELECT k.n, {', '.join(f'i.{c}' for c in FEATURE_COLUMNS)} "  # noqa: S608 (constant names)
+    "FROM unnest(%s::uuid[], %s::bigint[]) WITH ORDINALITY AS k (id, us, n) "
     "JOIN water.water_inferences i ON i.inference_id = k.id "
     "AND i.received_at = timestamptz '2000-01-01 00:00:00+00' + k.us * interval '1 microsecond'"
 )
@@ -81,6 +85,15 @@ ADD_ROLLUPS = (
     "%s::bigint[], %s::float8[], %s::bigint[]); "
     "SELECT water.add_histogram_deltas(%s::text[], %s::bigint[], %s::text[], %s::integer[], %s::bigint[])"
 )
+
+
+class ConflictingRows(ValueError):
+    """Rows whose key is logged already with other measurements: two answers for one reading.
+
+    Never dropped as duplicates: nothing of the write is stored, and the spool's
+    replay (``serve/spool.py``), which takes it for a refusal of the rows
+    themselves, keeps each such row in quarantine.
+    """
 
 
 @dataclass(frozen=True)
@@ -345,17 +358,30 @@ def encode(batches: Iterable[AnsweredBatch]) -> tuple[bytes, int]:
 
 
 def unstored(cur, batches: list[AnsweredBatch]) -> list[AnsweredBatch]:
-    """``batches`` without the rows already in the log, nor a row a batch before names again."""
+    """``batches`` without the rows already in the log, nor a row a batch before names again.
+
+    Such a row is a resend only with the same measurements; with others it is a
+    second answer for one reading, and ``ConflictingRows`` names it.
+    """
     ids = [str(i).lower() for b in batches for i in b.inference_ids]
     times = np.concatenate([b.microseconds() for b in batches]).tolist()
+    features = np.concatenate([b.features for b in batches])
     cur.execute(STORED_KEYS, (ids, times))
     keep = np.ones(len(ids), dtype=bool)
-    keep[[n - 1 for (n,) in cur.fetchall()]] = False
-    seen: set[tuple[str, int]] = set()
+    conflicts = []
+    for n, *stored in cur.fetchall():
+        keep[n - 1] = False
+        if not np.array_equal(measurements(stored), features[n - 1], equal_nan=True):
+            conflicts.append(n - 1)
+    first: dict[tuple[str, int], int] = {}
     for k, key in enumerate(zip(ids, times, strict=True)):
-        if key in seen:
+        j = first.setdefault(key, k)
+        if j != k:
             keep[k] = False
-        seen.add(key)
+            if not np.array_equal(features[j], features[k], equal_nan=True):
+                conflicts.append(k)
+    if conflicts:
+        raise ConflictingRows(_conflicts_named(batches, sorted(conflicts)))
     if keep.all():
         return batches
     out, start = [], 0
@@ -367,6 +393,26 @@ def unstored(cur, batches: list[AnsweredBatch]) -> list[AnsweredBatch]:
         elif part.any():
             out.append(b.take(part))
     return out
+
+
+def measurements(values: Sequence[float | None]) -> np.ndarray:
+    """Stored measurements as the server holds them (NULL back to NaN)."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _conflicts_named(batches: list[AnsweredBatch], rows: list[int], shown: int = 3) -> str:
+    """The conflicting rows (positions across ``batches``) by sensor, time and inference id."""
+    sensors = [b.sensor_id for b in batches for _ in range(len(b))]
+    ids = [i for b in batches for i in b.inference_ids]
+    times = [t for b in batches for t in b.times()]
+    named = "; ".join(
+        f"sensor {sensors[k]!r}, read at {times[k]}, inference id {ids[k]}" for k in rows[:shown]
+    )
+    more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
+    return (
+        f"{len(rows)} row(s) name a reading logged already with other measurements "
+        f"(the first answer stands): {named}{more}"
+    )
 
 
 class InferenceStore(PgOwner):
@@ -392,9 +438,7 @@ class InferenceStore(PgOwner):
             for inference_id, at, *values in cur.fetchall():
                 n = position.get((inference_id, _timestamp(at)))
                 if n is not None:  # an id stored at another of the batch's times is not this key
-                    found[n] = np.array(
-                        [np.nan if v is None else v for v in values], dtype=np.float64
-                    )
+                    found[n] = measurements(values)
             return found
 
         return self._run(work)
@@ -411,6 +455,10 @@ class InferenceStore(PgOwner):
 
         Returns:
             How many rows were stored (fewer than given when some already were).
+
+        Raises:
+            ConflictingRows: a row's key is stored (or named earlier in ``batches``)
+                with other measurements; nothing is stored.
         """
         batches = [b for b in batches if len(b)]
         if not batches:

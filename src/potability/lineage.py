@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from potability import vcs
+from potability import deployments, tracking, vcs
 from potability.config import Settings
 
 LOCK_FILE = "dvc.lock"
@@ -121,8 +121,6 @@ def describe(settings: Settings, version: str | None = None) -> dict[str, Any]:
 
     Raises ``LineageError`` when there is no such version or nothing is served yet.
     """
-    from potability import deployments, tracking
-
     name = settings.registered_model
     tracking.configure(settings)
     served = tracking.version_for_alias(name, settings.champion_alias)

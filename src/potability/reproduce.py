@@ -59,6 +59,31 @@ def reproduce(
     on_line: Callable[[str], None] | None = None,
 ) -> Reproduction:
     """Rebuild registered ``version`` in ``workdir`` (a new temporary directory by default) and compare."""
+    found, commit = _registered(settings, version)
+    remote = vcs.dvc_remote(settings)
+    if remote is None:
+        raise ReproduceError("no DVC remote to pull from: set POTABILITY_DVC_REMOTE")
+    workdir = _empty_workdir(workdir, version)
+    repo, recorded = workdir / "repo", workdir / "recorded"
+    _checkout(vcs.source_url(settings), commit, repo, version)
+    _pull(repo, remote, commit, on_line)
+    _keep_recorded(repo, recorded)
+    try:
+        vcs.dvc(
+            ["repro", "--force", "--no-run-cache", "--downstream", FIRST_REBUILT_STAGE],
+            repo,
+            _rebuild_env(repo, workdir),
+            on_line,
+        )
+    except vcs.VcsError as exc:
+        return Reproduction(version, commit, workdir, [f"the pipeline failed: {exc}"])
+    result = Reproduction(version, commit, workdir)
+    _compare(result, found, recorded, repo, settings.reproduce_tolerance)
+    return result
+
+
+def _registered(settings: Settings, version: str) -> tuple[tracking.RegisteredVersion, str]:
+    """The registered version and the commit its lineage names (``ReproduceError`` saying why not)."""
     tracking.configure(settings)
     try:
         found = tracking.get_version(settings.registered_model, version)
@@ -79,16 +104,20 @@ def reproduce(
                 else "it was deployed before lineage was recorded"
             )
         )
-    remote = vcs.dvc_remote(settings)
-    if remote is None:
-        raise ReproduceError("no DVC remote to pull from: set POTABILITY_DVC_REMOTE")
+    return found, commit
+
+
+def _empty_workdir(workdir: Path | None, version: str) -> Path:
+    """``workdir``, made and empty (a new temporary directory when None)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix=f"reproduce-v{version}-"))
     if workdir.exists() and any(workdir.iterdir()):
         raise ReproduceError(f"--workdir {workdir} is not empty")
     workdir.mkdir(parents=True, exist_ok=True)
-    repo, recorded = workdir / "repo", workdir / "recorded"
-    _checkout(vcs.source_url(settings), commit, repo, version)
-    _pull(repo, remote, commit, on_line)
+    return workdir
+
+
+def _keep_recorded(repo: Path, recorded: Path) -> None:
+    """Copy what the commit recorded (the promoted model, the test split, the decision) aside."""
     recorded.mkdir(parents=True)
     for name in (lineage.MODEL_OUT, TEST_SPLIT, DECISION):
         source = repo / name
@@ -97,7 +126,10 @@ def reproduce(
         elif source.is_file():
             (recorded / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, recorded / name)
-    # nothing of the caller's stores reaches the rebuild: no database, a private MLflow store
+
+
+def _rebuild_env(repo: Path, workdir: Path) -> dict[str, str]:
+    """This process's environment without the caller's stores: no database, a private MLflow store."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -108,18 +140,7 @@ def reproduce(
         MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}",
         POTABILITY_MLFLOW_ARTIFACTS=str(workdir / "mlartifacts"),
     )
-    try:
-        vcs.dvc(
-            ["repro", "--force", "--no-run-cache", "--downstream", FIRST_REBUILT_STAGE],
-            repo,
-            env,
-            on_line,
-        )
-    except vcs.VcsError as exc:
-        return Reproduction(version, commit, workdir, [f"the pipeline failed: {exc}"])
-    result = Reproduction(version, commit, workdir)
-    _compare(result, found, recorded, repo, settings.reproduce_tolerance)
-    return result
+    return env
 
 
 def _checkout(url: str, commit: str, repo: Path, version: str) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg2
 
 from potability import db, migrator
 from potability.inference_store import AnsweredBatch
+from potability.sensor.readings import reading_inference_id
 
 LAB_BASE = {
     "ph": 7.0,
@@ -36,6 +37,25 @@ def request_row(i=0, sensor="s"):
     features[0, 0] = 7.0 + i / 100
     return AnsweredBatch(
         [str(uuid.uuid4())], datetime.now(UTC), sensor, "v", features, np.array([0.5]), 0.4
+    )
+
+
+READ_AT = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)  # one time per session
+
+
+def reading_row(reading_id: str, ph: float, sensor: str = "s") -> AnsweredBatch:
+    """One answered reading as the server logs it: its own key (the reading's id, ``READ_AT``)."""
+    features = np.full((1, 9), np.nan)
+    features[0, 0] = ph
+    return AnsweredBatch(
+        [reading_inference_id(sensor, reading_id)],
+        datetime.now(UTC),
+        sensor,
+        "v",
+        features,
+        np.array([0.5]),
+        0.4,
+        logged_at=[READ_AT.isoformat()],
     )
 
 

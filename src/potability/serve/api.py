@@ -25,7 +25,7 @@ from potability.sensor.readings import split_readings
 from potability.serve import context
 from potability.serve.auth import require
 from potability.serve.errors import ApiError
-from potability.serve.inference_log import LogUnavailable
+from potability.serve.inference_log import LogUnavailable, ReadingConflict
 from potability.serve.metrics import PREDICTIONS
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -108,9 +108,12 @@ def refuse_changed_readings(
     """A reading sent again must carry the measurements it had: a 409 naming it otherwise.
 
     Compared within the request, then with the log in Postgres (by the log's
-    key, one indexed lookup for the request). While the log's writer finds
-    Postgres down, or when the lookup fails, only the request is checked: the
-    answer is given and the log keeps the copy it stored first.
+    key, one indexed lookup for the request); what this worker answered and has
+    not stored yet is compared as the answers are journalled
+    (``InferenceLog.submit``). While the log's writer finds Postgres down, or
+    when the lookup fails, Postgres is not asked: a changed resend of a reading
+    stored before is answered, and kept in quarantine at replay
+    (``serve/spool.py``), never stored over the first.
     """
     first: dict[tuple[str, str], int] = {}
     looked_up: list[int] = []
@@ -201,6 +204,9 @@ def predict():
     )
     try:
         context.part(context.LOG).submit(answered)
+    except ReadingConflict as exc:
+        k = exc.index
+        raise reading_conflict(sent[k], k, batch, "the log (answered, not yet stored)") from None
     except LogUnavailable as exc:
         raise ApiError(
             503, "log_unavailable", f"no answer without a record: {exc}; retry later"

@@ -17,6 +17,16 @@ the queue is full or when the journal cannot take it (disk full, directory
 gone, the log's disk cap ``spool_max_bytes`` reached): an answer is only given
 once its record is on disk. ``close()`` (gunicorn's worker_exit) flushes what
 is left.
+
+A sensor's reading is logged under its own key (``sensor/readings.py``), and
+the server refuses a resend with other measurements (a 409, ``serve/api.py``)
+by looking the key up in Postgres: which cannot see what this worker answered
+and has not stored yet (queued, or spooled while Postgres is down). So
+``submit`` also checks the readings this worker answered and Postgres does not
+have from it yet (``ReadingConflict``), in the submit lock: two requests never
+both pass. What still slips through (another worker's answer while Postgres is
+down; a flush between the lookup and ``submit``) is refused when it is stored
+(``ConflictingRows``), and the spool's replay keeps it in quarantine.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import numpy as np
 
 from potability.config import Settings
 from potability.errors import MartError
-from potability.inference_store import AnsweredBatch, InferenceStore
+from potability.inference_store import AnsweredBatch, ConflictingRows, InferenceStore
 from potability.schema import FEATURE_COLUMNS
 from potability.serve.journal import Journal, JournalUnavailable
 from potability.serve.spool import Spool, encode
@@ -41,6 +51,9 @@ from potability.serve.spool import Spool, encode
 log = logging.getLogger(__name__)
 # one replay pass holds the writer this long at most; the rest waits for the next pass
 REPLAY_BUDGET_SECONDS = 1.0
+# readings this worker spooled, remembered for the 409 until the spool drains (about 400 bytes
+# each); past it the oldest are forgotten: a changed resend of one is then kept aside at replay
+SPOOLED_READINGS_KEPT = 50_000
 # the smallest record a request makes (one answer): readiness wants room for one more
 ONE_ROW_BYTES = len(
     encode(
@@ -59,6 +72,25 @@ ONE_ROW_BYTES = len(
 
 class LogUnavailable(Exception):
     """The request cannot be journalled (queue full, disk full or capped): it is not answered."""
+
+
+class ReadingConflict(Exception):
+    """Row ``index`` names a reading this worker answered with other measurements, not stored yet."""
+
+    def __init__(self, index: int):
+        super().__init__(f"row {index} names a reading answered with other measurements")
+        self.index = index
+
+
+Key = tuple[str, int]  # a row's key in the log: inference id, received_at in microseconds
+
+
+def reading_keys(batch: AnsweredBatch) -> list[Key]:
+    """The log's key of each row of a batch that carries readings (none for one that does not)."""
+    if batch.logged_at is None:  # fresh ids and the server's clock: never sent again
+        return []
+    ids = (str(i).lower() for i in batch.inference_ids)
+    return list(zip(ids, batch.microseconds().tolist(), strict=True))
 
 
 class InferenceLog:
@@ -80,6 +112,10 @@ class InferenceLog:
         # the journal's records not yet stored nor sealed, in its order (whole requests)
         self._queue: collections.deque[AnsweredBatch] = collections.deque()
         self._queued_rows = 0
+        # the measurements of each reading answered and not yet stored: queued, or spooled by
+        # this worker and not yet replayed (insertion order: the oldest are forgotten first)
+        self._queued_readings: dict[Key, np.ndarray] = {}
+        self._spooled_readings: dict[Key, np.ndarray] = {}
         self._submit_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -100,8 +136,16 @@ class InferenceLog:
         self._thread.start()
 
     def submit(self, batch: AnsweredBatch) -> None:
-        """Journal one request's answers, or raise ``LogUnavailable`` if they could not be kept."""
+        """Journal one request's answers, or raise if they must not be answered.
+
+        Raises:
+            LogUnavailable: they could not be kept (queue full, journal refused).
+            ReadingConflict: a reading of theirs is answered, not stored yet, with
+                other measurements.
+        """
+        keys = reading_keys(batch)
         with self._submit_lock:
+            self._refuse_changed(keys, batch.features)
             queued = self._queued_rows + len(batch)
             if queued > self.max_queue_rows:
                 raise LogUnavailable(
@@ -113,8 +157,28 @@ class InferenceLog:
                 raise LogUnavailable(str(exc)) from None
             self._queue.append(batch)
             self._queued_rows = queued
+            for key, row in zip(keys, batch.features[: len(keys)], strict=True):
+                self._queued_readings.setdefault(key, row)  # none for a batch without readings
         if queued >= self._batch_rows:
             self._wake.set()
+
+    def _refuse_changed(self, keys: list[Key], features: np.ndarray) -> None:
+        """``ReadingConflict`` for the first row whose reading was answered, unstored, with others."""
+        for k, key in enumerate(keys):
+            answered = self._queued_readings.get(key)
+            if answered is None:
+                answered = self._spooled_readings.get(key)
+            if answered is not None and not np.array_equal(answered, features[k], equal_nan=True):
+                raise ReadingConflict(k)
+
+    def _forget_readings(self, keys: list[Key], spooled: bool) -> None:
+        """Readings that left the queue: stored (forgotten) or spooled (kept until the spool drains)."""
+        for key in keys:
+            row = self._queued_readings.pop(key, None)
+            if spooled and row is not None:
+                self._spooled_readings[key] = row.copy()  # not a view keeping its batch
+        while len(self._spooled_readings) > SPOOLED_READINGS_KEPT:
+            del self._spooled_readings[next(iter(self._spooled_readings))]
 
     @property
     def accepting(self) -> bool:
@@ -159,11 +223,13 @@ class InferenceLog:
                     if not self._write(chunk):
                         self._seal()
                         break
+                    stored = [key for batch in chunk for key in reading_keys(batch)]
                     with self._submit_lock:  # stored: out of memory and out of the journal
                         for _ in chunk:
                             self._queue.popleft()
                         self._queued_rows -= sum(map(len, chunk))
                         self.journal.release(len(chunk))
+                        self._forget_readings(stored, spooled=False)
             finally:
                 self.journal.refresh_room()
                 if self._on_depth:
@@ -186,9 +252,9 @@ class InferenceLog:
     def _seal(self) -> None:
         """Postgres refused: the journal's segments (every queued record) go to the spool."""
         with self._submit_lock:  # no request is journalled meanwhile: the queue is the journal's
-            sealed = self.journal.seal()
-            for _ in range(sealed):  # those records are in the spool now: out of memory
-                self._queued_rows -= len(self._queue.popleft())
+            sealed = [self._queue.popleft() for _ in range(self.journal.seal())]
+            self._queued_rows -= sum(map(len, sealed))  # in the spool now: out of memory
+            self._forget_readings([k for b in sealed for k in reading_keys(b)], spooled=True)
             left = len(self._queue)
         self._spooled = self.spool.depth()
         if left:  # the disk refused a move: they stay journalled and queued, tried again next flush
@@ -217,6 +283,10 @@ class InferenceLog:
         self._last_probe = now
         try:
             self._store.write(chunk, fresh=True)
+        except ConflictingRows as exc:  # Postgres is fine: the replay keeps those rows aside
+            log.error("inference log: %s; the batch goes by the spool, which quarantines them", exc)
+            self._last_replay = 0.0
+            return False
         except MartError as exc:
             if self.db_ok:
                 log.warning(
@@ -256,6 +326,9 @@ class InferenceLog:
             log.info("inference log: Postgres is back; replayed %d spooled row(s)", written)
         self.db_ok, self.last_error = True, None
         self._spooled = self.spool.depth()
+        if not self.spool.size():  # none waiting nor being replayed: all in Postgres or quarantine
+            with self._submit_lock:
+                self._spooled_readings.clear()
         if self._spooled:
             self._last_replay = 0.0  # more to replay (budget spent, or another worker's new file)
             self._wake.set()

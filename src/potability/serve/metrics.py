@@ -13,7 +13,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from potability.serve.spool import rows_in
+from potability.serve.spool import CONFLICTS, rows_in
 
 REQUESTS = Counter("potability_requests_total", "HTTP requests answered", ["endpoint", "status"])
 LATENCY = Histogram(
@@ -41,6 +41,10 @@ SPOOL_QUARANTINED = Counter(
 SPOOL_QUARANTINED_ROWS = Counter(
     "potability_spool_quarantined_rows_total",
     "Answered rows in those files: refused by Postgres as data, or in a damaged file",
+)
+LOG_CONFLICTS = Counter(
+    "potability_log_conflicting_rows_total",
+    "Answered rows quarantined because their reading was logged already with other measurements",
 )
 # set by the worker answering the scrape, from the directory all workers share: the latest is right
 JOURNAL_BYTES = Gauge(
@@ -89,6 +93,9 @@ def on_scrape(spooled_rows: int, journal_bytes: int) -> None:
 def on_quarantine(path, reason) -> None:
     SPOOL_QUARANTINED.inc()
     try:
-        SPOOL_QUARANTINED_ROWS.inc(rows_in(path.read_bytes()))
+        rows = rows_in(path.read_bytes())
     except OSError:
-        pass  # requeued or removed already: the file count stands
+        return  # requeued or removed already: the file count stands
+    SPOOL_QUARANTINED_ROWS.inc(rows)
+    if CONFLICTS in path.name:
+        LOG_CONFLICTS.inc(rows)

@@ -21,7 +21,13 @@ Only rows Postgres rejects *as data* are quarantined (``data_error``: a data
 exception or a broken constraint, SQLSTATE classes 22 and 23, or a record
 that cannot be encoded): a chunk that fails so is tried again one row at a
 time, the good rows are stored and the refused ones written to a file of their
-own in ``quarantine/``, counted. Any other error (Postgres down, a read-only
+own in ``quarantine/``, counted. A row that names a reading logged already
+with other measurements (``ConflictingRows``: two answers were given for one
+reading, the second where the worker could not see the first, e.g. another
+worker's while Postgres was down) is no duplicate to drop: the first answer
+stands, and the row is kept in ``quarantine/`` in a file of conflicts of its
+own (``*.conflicts.*``), counted and logged by sensor, time and inference id.
+Any other error (Postgres down, a read-only
 standby after a failover, a missing privilege or function) says nothing about
 the rows: the file stays where it was for the next replay, and the replay
 stops. ``requeue()`` (``potability log requeue``) moves quarantined files back
@@ -49,12 +55,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from potability.inference_store import AnsweredBatch
+from potability.inference_store import AnsweredBatch, ConflictingRows
 
 log = logging.getLogger(__name__)
 SUFFIX = ".jsonl"
 CLAIMED = ".replaying-"
 QUARANTINE = "quarantine"
+CONFLICTS = ".conflicts."  # in the name of a quarantined file of conflicting rows
 NAME = re.compile(r"^spool-\d+-\d+\.jsonl$")
 JOURNAL_SUBDIR = "journal"  # the workers' open segments (serve/journal.py)
 CLAIMED_NAME = re.compile(r"^(spool-\d+-\d+\.jsonl)\.replaying-(\d+)$")
@@ -135,7 +142,8 @@ def data_error(exc: BaseException) -> bool:
 
     Postgres' data exceptions (SQLSTATE class 22: a NUL in text, a value out of
     range) and integrity violations (class 23: a check, not-null or foreign
-    key), and a record that cannot be encoded at all (a malformed id).
+    key), a record that cannot be encoded at all (a malformed id), and a row
+    whose reading is logged with other measurements (``ConflictingRows``).
     Everything else (a lost connection, a read-only standby, a missing
     privilege or function) is about the database, and the rows wait.
     """
@@ -176,6 +184,7 @@ class Spool:
         self.directory = directory
         self.max_bytes = max_bytes
         self.quarantined = 0  # files this process moved aside
+        self.conflicts = 0  # rows this process kept aside as conflicts
         self._on_quarantine = on_quarantine
         self._rows_of: dict[tuple[str, int, int], int] = {}  # depth()'s count of each file
         directory.mkdir(parents=True, exist_ok=True)
@@ -254,7 +263,7 @@ class Spool:
             except OSError as exc:
                 self.quarantine(claimed, f"unreadable: {exc}")
                 continue
-            refused: list[tuple[AnsweredBatch, str]] = []
+            refused: list[tuple[AnsweredBatch, Exception]] = []
             try:
                 for chunk in _chunks(records, chunk_rows):
                     written += self._write_chunk(write, chunk, refused)
@@ -277,7 +286,7 @@ class Spool:
     def _write_chunk(
         write: Callable[[list[AnsweredBatch]], int],
         chunk: list[AnsweredBatch],
-        refused: list[tuple[AnsweredBatch, str]],
+        refused: list[tuple[AnsweredBatch, Exception]],
     ) -> int:
         """Store a chunk; refused as data, store it one row at a time and collect the refused rows."""
         try:
@@ -293,28 +302,60 @@ class Spool:
                 except Exception as exc:
                     if not data_error(exc):
                         raise
-                    refused.append((row, f"{type(exc).__name__}: {str(exc).strip()}"))
+                    refused.append((row, exc))
         return written
 
-    def _quarantine_rows(self, name: str, refused: list[tuple[AnsweredBatch, str]]) -> None:
-        """Write the rows Postgres refused as data to a quarantine file of their own (spool format)."""
+    def _quarantine_rows(self, name: str, refused: list[tuple[AnsweredBatch, Exception]]) -> None:
+        """Keep the refused rows in quarantine files of their own (spool format): conflicts apart."""
+        conflicts = [(row, exc) for row, exc in refused if isinstance(exc, ConflictingRows)]
+        if conflicts:
+            self.conflicts += len(conflicts)
+            self._set_aside(
+                name,
+                CONFLICTS,
+                conflicts,
+                "name a reading logged already with other measurements (the first answer stands)",
+                [str(exc).split(": ", 1)[-1] for _, exc in conflicts],
+            )
+        refusals = [(row, exc) for row, exc in refused if not isinstance(exc, ConflictingRows)]
+        if refusals:
+            self._set_aside(
+                name,
+                ".rows.",
+                refusals,
+                "refused by Postgres as data",
+                sorted({f"{type(exc).__name__}: {str(exc).strip()}" for _, exc in refusals}),
+            )
+
+    def _set_aside(
+        self,
+        name: str,
+        kind: str,
+        rows: list[tuple[AnsweredBatch, Exception]],
+        what: str,
+        why: list[str],
+    ) -> None:
+        """Write spool file ``name``'s rows to a new file in ``quarantine/`` (fsynced), log and count it."""
         self.quarantine_dir.mkdir(exist_ok=True)
-        target = self.quarantine_dir / f"{name}.rows.{time.time_ns()}"
+        target = self.quarantine_dir / f"{name}{kind}{time.time_ns()}"
         with open(target, "wb") as fh:
-            fh.write(b"".join(encode(row) for row, _ in refused))
+            fh.write(b"".join(encode(row) for row, _ in rows))
             fh.flush()
             os.fsync(fh.fileno())
-        self.quarantined += 1
-        reasons = sorted({reason for _, reason in refused})
         log.error(
-            "spool: %d row(s) of %s refused by Postgres as data, quarantined as %s: %s",
-            len(refused),
+            "spool: %d row(s) of %s %s, quarantined as %s: %s",
+            len(rows),
             name,
+            what,
             target,
-            "; ".join(reasons[:3]),
+            "; ".join(why[:3]),
         )
+        self._quarantined(target, why[0])
+
+    def _quarantined(self, target: Path, reason: str) -> None:
+        self.quarantined += 1
         if self._on_quarantine:
-            self._on_quarantine(target, reasons[0])
+            self._on_quarantine(target, reason)
 
     def requeue(self) -> int:
         """Move every quarantined file back into the spool, to be replayed; return how many.
@@ -341,10 +382,8 @@ class Spool:
             shutil.move(str(path), target)
         except FileNotFoundError:
             return  # another worker moved it first
-        self.quarantined += 1
         log.error("spool: quarantined %s as %s: %s", path.name, target, reason)
-        if self._on_quarantine:
-            self._on_quarantine(target, reason)
+        self._quarantined(target, reason)
 
     def _reclaim_orphans(self) -> None:
         """A file claimed by a worker that died mid-replay goes back to the queue."""
