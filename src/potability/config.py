@@ -187,6 +187,8 @@ class Settings(BaseSettings):
     """The inference log's disk cap (journals, spooled and quarantined files): past it `/v1/predict` says 503 (nothing unlogged)."""
     log_queue_max_rows: Count = _env("POTABILITY_LOG_QUEUE_MAX_ROWS", default=50_000)
     """Answered rows a worker may hold in memory before it refuses new ones (503)."""
+    log_spooled_readings_kept: Count = _env("POTABILITY_LOG_SPOOLED_READINGS_KEPT", default=50_000)
+    """Readings a worker spooled (Postgres down) and remembers for the 409 on a changed resend (~400 bytes each); past it the oldest are forgotten and a changed resend of one is kept aside at replay."""
     log_journal_fsync: bool = _env("POTABILITY_LOG_JOURNAL_FSYNC", default=False)
     """Also fsync the journal before answering: it then survives a machine crash, not only a killed worker."""
     log_journal_segment_bytes: Count = _env(

@@ -51,9 +51,6 @@ from potability.serve.spool import Spool, encode
 log = logging.getLogger(__name__)
 # one replay pass holds the writer this long at most; the rest waits for the next pass
 REPLAY_BUDGET_SECONDS = 1.0
-# readings this worker spooled, remembered for the 409 until the spool drains (about 400 bytes
-# each); past it the oldest are forgotten: a changed resend of one is then kept aside at replay
-SPOOLED_READINGS_KEPT = 50_000
 # the smallest record a request makes (one answer): readiness wants room for one more
 ONE_ROW_BYTES = len(
     encode(
@@ -103,12 +100,16 @@ class InferenceLog:
         replay_seconds: float,
         on_depth: Callable[[int], None] | None = None,
         max_queue_rows: int = 50_000,
+        spooled_readings_kept: int = 50_000,
     ):
         self._store, self.journal, self.spool = store, journal, journal.spool
         self._flush_seconds = flush_seconds
         self._batch_rows = batch_rows
         self._replay_seconds = replay_seconds
         self.max_queue_rows = max_queue_rows
+        # readings this worker spooled, remembered for the 409 until the spool drains; past it
+        # the oldest are forgotten: a changed resend of one is then kept aside at replay
+        self._spooled_readings_kept = spooled_readings_kept
         # the journal's records not yet stored nor sealed, in its order (whole requests)
         self._queue: collections.deque[AnsweredBatch] = collections.deque()
         self._queued_rows = 0
@@ -177,7 +178,7 @@ class InferenceLog:
             row = self._queued_readings.pop(key, None)
             if spooled and row is not None:
                 self._spooled_readings[key] = row.copy()  # not a view keeping its batch
-        while len(self._spooled_readings) > SPOOLED_READINGS_KEPT:
+        while len(self._spooled_readings) > self._spooled_readings_kept:
             del self._spooled_readings[next(iter(self._spooled_readings))]
 
     @property
@@ -363,4 +364,5 @@ def open_log(
         settings.spool_replay_seconds,
         on_depth=on_depth,
         max_queue_rows=settings.log_queue_max_rows,
+        spooled_readings_kept=settings.log_spooled_readings_kept,
     )
