@@ -140,7 +140,7 @@ def _check_remotes(settings: Settings) -> list[str]:
         problems.append(
             "no DVC remote: set POTABILITY_DVC_REMOTE (or a default remote in .dvc/config)"
         )
-    elif "://" not in remote and not Path(remote).parent.is_dir():
+    elif Path(remote).is_absolute() and not Path(remote).parent.is_dir():  # a local folder
         problems.append(f"DVC remote {remote}: its parent directory does not exist")
     return problems
 
