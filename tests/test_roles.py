@@ -1,8 +1,8 @@
 """Least-privileged roles: a server's database role cannot add a token, move the champion or alter a table.
 
-`potability db migrate` makes the roles; `potability db url --role` prints
-their URLs. A server connected as ``potability_server`` still answers, logs,
-stores lab rows and renders its page.
+`potability db migrate` makes each database's roles; `potability db url --role`
+prints their URLs. A server connected as its role still answers, logs, stores
+lab rows and renders its page.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import psycopg2
 import psycopg2.errors
 import pytest
 import requests
+from psycopg2 import sql
 
 from potability import db, roles
 from potability.config import Settings
 from potability.pipeline.small_model import build_model_dir
 from potability.serve import create_app, shutdown
+from tests.support.database import query
 from tests.support.project import REPO, run
 from tests.support.server import SAMPLE, Server, auth, logged
 
@@ -42,11 +44,12 @@ def test_db_url_prints_each_role_with_a_password_kept_in_a_private_file(cli_env,
         for role in roles.ROLES
     }
     assert urls["admin"] == cli_env["DATABASE_URL"]
+    database = roles.database_name(cli_env["DATABASE_URL"])
     for role in ("server", "pipeline"):
-        assert urls[role].startswith(f"postgresql://potability_{role}:")
+        assert urls[role].startswith(f"postgresql://potability_{role}_{database}:")
         with psycopg2.connect(urls[role]) as conn, conn.cursor() as cur:
             cur.execute("SELECT current_user")
-            assert cur.fetchone()[0] == f"potability_{role}"
+            assert cur.fetchone()[0] == roles.role_name(role, database)
     again = run(["potability", "db", "url", "--role", "server"], REPO, cli_env).stdout.strip()
     assert again == urls["server"]  # generated once
     mode = stat.S_IMODE(Settings(root=REPO).db_roles_file.stat().st_mode)
@@ -140,7 +143,10 @@ def test_potability_serve_on_the_embedded_default_connects_as_the_server_role(
         )
         assert answer.status_code == 200
         with psycopg2.connect(mart.url) as conn, conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'potability_server'")
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
+                (roles.role_name("server", roles.database_name(mart.url)),),
+            )
             assert cur.fetchone()[0] > 0
     finally:
         server.stop()
@@ -167,3 +173,51 @@ def test_an_owner_that_cannot_create_roles_still_migrates(pg_url, caplog):
         assert applied and "database roles not made" in caplog.text
     finally:
         db.drop_database(pg_url, name)
+
+
+def test_two_databases_on_one_cluster_keep_their_own_roles(pg_url, tmp_path):
+    """Roles are cluster-wide: each database's are its own, so a second `db migrate` leaves the first's alone."""
+    from potability import migrator
+
+    tag = uuid.uuid4().hex[:8]
+    names = (f"roles_a_{tag}", f"roles_b_{tag}")
+    urls, settings = {}, {}
+    try:
+        for name in names:  # two workspaces: their own database and roles file
+            urls[name] = db.create_database(pg_url, name)
+            settings[name] = Settings(
+                root=REPO,
+                db_roles_file=tmp_path / name / ".db-roles.json",
+                mlflow_tracking_uri="file:///unused",
+            )
+            migrator.migrate(settings[name], urls[name])
+            if name == names[0]:
+                first = roles.role_name("server", name)
+                verifier = query(
+                    pg_url, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (first,)
+                )
+        # the second migrate did not set the first's password again
+        assert (
+            query(pg_url, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (first,))
+            == verifier
+        )
+        servers = {n: roles.role_url(urls[n], "server", settings[n]) for n in names}
+        assert servers[names[0]] != servers[names[1]]
+        for name in names:
+            assert query(servers[name], "SELECT current_user") == [
+                (roles.role_name("server", name),)
+            ]
+            assert query(servers[name], "SELECT count(*) FROM water.api_tokens") == [(0,)]
+        # nor does the first's server role read the second's tokens
+        other = db.database_on(servers[names[0]], names[1])
+        _refused(other, "SELECT count(*) FROM water.api_tokens")
+    finally:
+        for name in names:
+            db.drop_database(pg_url, name)
+            for role in roles.MADE:
+                query(
+                    pg_url,
+                    sql.SQL("DROP ROLE IF EXISTS {}").format(
+                        sql.Identifier(roles.role_name(role, name))
+                    ),
+                )

@@ -61,9 +61,10 @@ def migrate(settings: Settings | None = None, url: str | None = None) -> list[st
         prepared = log_maintenance.prepare(cur, settings)
         for line in prepared.lines():
             log.info("inference log: %s", line)
-        roles.ensure(cur, settings)
-    if not settings.mlflow_tracking_uri:  # the MLflow database beside ours: its registry too
+        role_names = roles.ensure(cur, settings)
+    # the MLflow database beside ours: the roles' grants in it too
+    if role_names is not None and not settings.mlflow_tracking_uri:
         registry = db.mlflow_tracking_uri(settings, url)  # created if it is not there yet
         with transaction(url=registry.replace("+psycopg2", "", 1)) as conn, conn.cursor() as cur:
-            roles.ensure_registry(cur)
+            roles.ensure_registry(cur, role_names)
     return applied
