@@ -2,7 +2,8 @@
 
 `potability db migrate` makes each database's roles; `potability db url --role`
 prints their URLs. A server connected as its role still answers, logs, stores
-lab rows and renders its page.
+lab rows and renders its page; the pipeline's role logs training runs but
+cannot deploy.
 """
 
 from __future__ import annotations
@@ -173,6 +174,56 @@ def test_an_owner_that_cannot_create_roles_still_migrates(pg_url, caplog):
         assert applied and "database roles not made" in caplog.text
     finally:
         db.drop_database(pg_url, name)
+
+
+def test_the_pipeline_role_logs_training_runs_and_reads_the_registry_but_cannot_deploy(
+    deploy_dir, clean_db, tmp_path
+):
+    """What the retrain's stages do as the pipeline role works; what only a deploy may do is refused."""
+    import mlflow
+    from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelStatus
+
+    settings = Settings(root=REPO)
+    pipeline_url = roles.role_url(clean_db, "pipeline", settings)
+    assert "api_tokens" in _refused(
+        pipeline_url,
+        "INSERT INTO water.api_tokens (name, role, token_sha256) VALUES ('x', 'admin', 'y')",
+    )
+    assert "deployments" in _refused(
+        pipeline_url, "INSERT INTO water.deployments (deployed_by) VALUES ('x')"
+    )
+    name = f"pipeline-{uuid.uuid4().hex[:8]}"
+    first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
+    user = roles.role_name("pipeline", roles.database_name(clean_db))
+    tracking = roles.with_user(
+        db.mlflow_tracking_uri(), user, roles.passwords(settings)["pipeline"]
+    )
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    # a training run, as the train and evaluate stages log it
+    experiment = client.create_experiment(f"roles-{uuid.uuid4().hex[:8]}")
+    run_id = client.create_run(experiment, tags={"data_hash": "abc"}).info.run_id
+    client.log_param(run_id, "max_depth", 4)
+    client.log_metric(run_id, "cv_precision", 0.7)
+    client.log_metric(run_id, "cv_precision", 0.8, step=1)  # latest_metrics moves on
+    client.set_tag(run_id, "kind", "rf")
+    dataset = Dataset("samples", "d1g35t", "local", "data/raw/samples.csv")
+    client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
+    model = client.create_logged_model(experiment, name="model", source_run_id=run_id)
+    client.log_model_params(model.model_id, {"threshold": "0.5"})
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    client.set_terminated(run_id)
+    stored = client.get_run(run_id).data
+    assert stored.metrics["cv_precision"] == 0.8 and stored.params["max_depth"] == "4"
+    # the champion stage reads the alias
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first.version
+    for deploying in (
+        lambda: client.set_registered_model_alias(name, "challenger", first.version),
+        lambda: client.delete_registered_model_alias(name, "champion"),
+        lambda: client.create_registered_model(f"{name}-other"),
+        lambda: client.set_model_version_tag(name, first.version, "manifest_sha256", "forged"),
+    ):
+        with pytest.raises(Exception, match="permission denied"):
+            deploying()
 
 
 def test_two_databases_on_one_cluster_keep_their_own_roles(pg_url, tmp_path):

@@ -13,7 +13,9 @@ first one's passwords):
   (``SECURITY DEFINER``), so a server keeps its maintenance without rights to
   the tables behind it. In the MLflow database it may only read: the
   registry it follows, never the alias.
-- pipeline: read the lab rows, write the flow's own state.
+- pipeline: read the lab rows, write the flow's own state; in the MLflow
+  database log training runs (experiments, runs, their params, metrics, tags,
+  inputs, logged models) and read the registry, never write it.
 
 Passwords are generated once and kept in ``POTABILITY_DB_ROLES_FILE`` (mode
 0600); ``potability db url --role ROLE`` prints each role's URL.
@@ -50,6 +52,25 @@ _SERVER_GRANTS = (
 _PIPELINE_GRANTS = (
     "GRANT SELECT ON water.water_potability, water.deployments, water.flow_state TO {pipeline}",
     "GRANT INSERT, UPDATE ON water.flow_state TO {pipeline}",
+)
+# MLflow's tables a training run writes (this MLflow's schema: runs and their params, metrics,
+# tags, inputs and datasets, the logged models of MLflow 3); never the registry's
+# (registered_models, model_versions, registered_model_aliases and their tags)
+MLFLOW_RUN_TABLES = (
+    "experiments",
+    "experiment_tags",
+    "runs",
+    "params",
+    "metrics",
+    "latest_metrics",
+    "tags",
+    "datasets",
+    "inputs",
+    "input_tags",
+    "logged_models",
+    "logged_model_params",
+    "logged_model_metrics",
+    "logged_model_tags",
 )
 
 
@@ -179,13 +200,45 @@ def _ensure(cur, settings: Settings) -> dict[str, str]:
 
 
 def ensure_registry(cur, role_names: dict[str, str]) -> None:
-    """In the MLflow database: the server reads the registry, never writes it (the alias included)."""
+    """In the MLflow database: both roles read the registry; the pipeline logs runs; neither writes the registry.
+
+    Run by the owner after MLflow's tables exist (``migrator`` creates them),
+    and again after an MLflow upgrade adds some: a grant covers only the
+    tables there now.
+    """
     ids = {role: sql.Identifier(name) for role, name in role_names.items()}
     both = sql.SQL("{server}, {pipeline}").format(**ids)
     cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(both))
-    cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(ids["server"]))
+    cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(both))
     cur.execute(
         sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(
-            ids["server"]
+            both
         )
     )
+    cur.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)",
+        (list(MLFLOW_RUN_TABLES),),
+    )
+    tables = [sql.Identifier("public", row[0]) for row in cur.fetchall()]
+    if not tables:  # not an MLflow database yet
+        return
+    cur.execute(
+        sql.SQL("GRANT INSERT, UPDATE ON {} TO {}").format(
+            sql.SQL(", ").join(tables), ids["pipeline"]
+        )
+    )
+    # the sequences behind those tables' serial and identity columns (experiment ids)
+    cur.execute(
+        "SELECT DISTINCT s.relname FROM pg_class s JOIN pg_depend d ON d.objid = s.oid "
+        "JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace n ON n.oid = s.relnamespace "
+        "WHERE s.relkind = 'S' AND n.nspname = 'public' AND t.relname = ANY(%s)",
+        (list(MLFLOW_RUN_TABLES),),
+    )
+    sequences = [sql.Identifier("public", row[0]) for row in cur.fetchall()]
+    if sequences:
+        cur.execute(
+            sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
+                sql.SQL(", ").join(sequences), ids["pipeline"]
+            )
+        )
