@@ -3,13 +3,14 @@
 `potability db migrate` makes each database's roles; `potability db url --role`
 prints their URLs. A server connected as its role still answers, logs, stores
 lab rows and renders its page; the pipeline's role logs training runs but
-cannot deploy.
+cannot deploy; a server cannot drop recent log partitions.
 """
 
 from __future__ import annotations
 
 import stat
 import uuid
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg2
@@ -224,6 +225,45 @@ def test_the_pipeline_role_logs_training_runs_and_reads_the_registry_but_cannot_
     ):
         with pytest.raises(Exception, match="permission denied"):
             deploying()
+
+
+def _day_partition(url: str, days_ago: int) -> str:
+    day = (datetime.now(UTC) - timedelta(days=days_ago)).date()
+    query(url, "SELECT water.ensure_inference_partition(%s)", (day,))
+    return f"water_inferences_p{day:%Y%m%d}"
+
+
+def _partitions(url: str) -> set[str]:
+    rows = query(
+        url,
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'water.water_inferences'::regclass",
+    )
+    return {r[0] for r in rows}
+
+
+def test_the_server_role_cannot_drop_recent_log_partitions(clean_db, server_url):
+    """Retention is the owner's: `db migrate` records it, and a server keeps at least that, whatever it asks."""
+    from potability import log_maintenance, migrator
+
+    recent, old = _day_partition(clean_db, 3), _day_partition(clean_db, 45)
+    try:
+        # keep forever (the default): a server asking for one day drops nothing
+        assert query(server_url, "SELECT * FROM water.drop_inference_partitions(1)") == []
+        assert {recent, old} <= _partitions(clean_db)
+        migrator.migrate(Settings(root=REPO, log_retention_days=30), url=clean_db)
+        assert query(clean_db, "SELECT keep_days FROM water.log_retention") == [(30,)]
+        # unattended retention, as a server's hourly maintenance runs it: the old day goes
+        settings = Settings(root=REPO, database_url=server_url, log_retention_days=1)
+        report = log_maintenance.maintain(settings, url=server_url)
+        assert old in report.dropped and recent not in report.dropped, report.lines()
+        assert "retention: 30 days, not the 1 day asked for" in report.lines()[-1]
+        assert recent in _partitions(clean_db) and old not in _partitions(clean_db)
+    finally:
+        migrator.migrate(url=clean_db)  # the session's retention again (keep forever)
+        for part in (recent, old):
+            query(clean_db, f"DROP TABLE IF EXISTS water.{part}")  # noqa: S608 (our names)
+    assert query(clean_db, "SELECT keep_days FROM water.log_retention") == [(0,)]
 
 
 def test_two_databases_on_one_cluster_keep_their_own_roles(pg_url, tmp_path):

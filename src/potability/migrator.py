@@ -32,8 +32,9 @@ def migrate(settings: Settings | None = None, url: str | None = None) -> list[st
     """Apply pending migrations under an advisory lock; return the names applied.
 
     Then, every time, the inference log's partitions are created ahead, the
-    lab-match window is set from params.yaml (``log_maintenance.prepare``), and
-    the least-privileged roles and their grants are made again (``roles``), in the
+    lab-match window is set from params.yaml (``log_maintenance.prepare``), the
+    log's retention is recorded (``log_maintenance.record_retention``), and the
+    least-privileged roles and their grants are made again (``roles``), in the
     MLflow database beside ours too (whose tables are made first, by the owner,
     so the roles' grants have tables to name).
     """
@@ -63,6 +64,8 @@ def migrate(settings: Settings | None = None, url: str | None = None) -> list[st
         prepared = log_maintenance.prepare(cur, settings)
         for line in prepared.lines():
             log.info("inference log: %s", line)
+        if log_maintenance.record_retention(cur, settings):
+            log.info("inference log: retention %s days recorded", settings.log_retention_days)
         role_names = roles.ensure(cur, settings)
     # the MLflow database beside ours: the roles' grants in it too
     if role_names is not None and not settings.mlflow_tracking_uri:

@@ -11,8 +11,9 @@ first one's passwords):
   into the inference log and the lab table; nothing else. The log's functions
   (rollups, partitions ahead, retention, drift bins) run as their owner
   (``SECURITY DEFINER``), so a server keeps its maintenance without rights to
-  the tables behind it. In the MLflow database it may only read: the
-  registry it follows, never the alias.
+  the tables behind it; retention keeps at least the days ``db migrate``
+  recorded (migration 009), whatever cutoff a server asks for. In the MLflow
+  database it may only read: the registry it follows, never the alias.
 - pipeline: read the lab rows, write the flow's own state; in the MLflow
   database log training runs (experiments, runs, their params, metrics, tags,
   inputs, logged models) and read the registry, never write it.
