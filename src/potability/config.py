@@ -321,6 +321,14 @@ class Settings(BaseSettings):
     """The admin token for that reload (a secret: never printed)."""
     admin_token_block: Name = _env("POTABILITY_ADMIN_TOKEN_BLOCK", default="potability-admin-token")
     """The Prefect Secret block holding the admin token when `POTABILITY_ADMIN_TOKEN` is unset."""
+    deploy_database_url: PostgresUrl = _env(
+        "POTABILITY_DEPLOY_DATABASE_URL", default=None, repr=False
+    )
+    """The owner's database URL for a scheduled retrain's deploy step (register, move the alias, record the deployment), while the rest of the run connects as the pipeline role's `DATABASE_URL` (set in the Secret block by `potability flow deploy`); unset: a local retrain finds the pipeline role's URL from `DATABASE_URL` and the roles file."""
+    deploy_mlflow_tracking_uri: TrackingUri = _env(
+        "POTABILITY_DEPLOY_MLFLOW_TRACKING_URI", default=None, repr=False
+    )
+    """The owner's MLflow tracking URI for that deploy step (set with `POTABILITY_DEPLOY_DATABASE_URL`); unset: `MLFLOW_TRACKING_URI`."""
     run_secrets_block: str | None = _env("POTABILITY_RUN_SECRETS_BLOCK", default=None)
     """The Prefect Secret block whose credentials a deployed retrain run adds to its environment (set by `potability flow deploy`); unset: none."""
     retrain_cron: Cron = _env("POTABILITY_RETRAIN_CRON", default="0 3 * * *")

@@ -106,14 +106,20 @@ def names(database: str) -> dict[str, str]:
     return {role: role_name(role, database) for role in MADE}
 
 
-def passwords(settings: Settings) -> dict[str, str]:
-    """Each role's password: generated at the first call, then read from the roles file."""
+def passwords(settings: Settings, create: bool = True) -> dict[str, str]:
+    """Each role's password: generated at the first call, then read from the roles file.
+
+    ``create=False`` for a host that only reads them: a missing one raises
+    ``LookupError`` instead of making a password no role has.
+    """
     path = settings.db_roles_file
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         stored = {}
     missing = [role for role in MADE if role not in stored]
+    if missing and not create:
+        raise LookupError(f"{path} holds no password for the {' and '.join(missing)} role")
     if missing:
         stored.update({role: secrets.token_urlsafe(24) for role in missing})
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +146,14 @@ def with_user(url: str, user: str, password: str) -> str:
     host = parts.netloc.rsplit("@", 1)[-1]
     login = f"{quote(user, safe='')}:{quote(password, safe='')}"
     return urlunsplit(parts._replace(netloc=f"{login}@{host}"))
+
+
+def made(admin_url: str) -> bool:
+    """Whether ``db migrate`` made the roles of ``admin_url``'s database (an owner without CREATEROLE did not)."""
+    wanted = list(names(database_name(admin_url)).values())
+    with db.transaction(url=admin_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)", (wanted,))
+        return cur.fetchone()[0] == len(wanted)
 
 
 def ensure(cur, settings: Settings) -> dict[str, str] | None:
