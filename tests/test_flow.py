@@ -1,4 +1,4 @@
-"""The retrain flow for real: Prefect (test harness), dvc repro, Postgres watermark, advisory lock."""
+"""The retrain flow for real: Prefect (test harness), dvc repro, Postgres watermark, advisory lock, roles."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import json
 import os
 import subprocess
 
+import psycopg2.extensions
 import pytest
 import yaml
 
-from potability import db, deployments
+from potability import db, deployments, roles
 from potability.mart import WaterMart
+from tests.support.database import query
 from tests.support.project import copy_project, project_env, seed_rows
 
 pytestmark = pytest.mark.slow
@@ -42,6 +44,46 @@ def flow_project(tmp_path_factory, pg_url, harness):
     os.environ.update(saved)
 
 
+# who inserted rows: MLflow's runs and registry in its database, the flow's state and deployments in ours
+AUDITED = {
+    "mlflow": ("runs", "model_versions", "registered_model_aliases"),
+    "water": ("flow_state", "deployments"),
+}
+AUDIT = """
+CREATE TABLE public.audit_who (tbl text, who text);
+CREATE FUNCTION public.audit_who() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN INSERT INTO public.audit_who VALUES (TG_TABLE_NAME, session_user); RETURN NULL; END $$;
+"""
+
+
+@pytest.fixture(scope="module")
+def audit(pg_url):
+    """Triggers that note the login role of every insert into the audited tables; yields table -> roles."""
+    urls = {"mlflow": db.mlflow_tracking_uri().replace("+psycopg2", "", 1), "water": pg_url}
+    schemas = {"mlflow": "public", "water": "water"}
+    for place, url in urls.items():
+        query(url, AUDIT)
+        for table in AUDITED[place]:
+            query(
+                url,
+                f"CREATE TRIGGER audit_who AFTER INSERT ON {schemas[place]}.{table} "  # noqa: S608
+                "FOR EACH STATEMENT EXECUTE FUNCTION public.audit_who()",
+            )
+
+    def who() -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for url in urls.values():
+            for table, role in query(url, "SELECT tbl, who FROM public.audit_who"):
+                found.setdefault(table, set()).add(role)
+        return found
+
+    yield who
+    for place, url in urls.items():
+        for table in AUDITED[place]:
+            query(url, f"DROP TRIGGER audit_who ON {schemas[place]}.{table}")  # noqa: S608
+        query(url, "DROP FUNCTION public.audit_who() CASCADE; DROP TABLE public.audit_who")
+
+
 def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -56,11 +98,21 @@ def champion():
     return tracking.version_for_alias(os.environ["POTABILITY_REGISTERED_MODEL"], "champion")
 
 
-def test_first_run_trains_promotes_and_reports(flow_project, pg_url):
+def test_first_run_trains_promotes_and_reports(flow_project, pg_url, audit):
     from potability.retrain.flow import retrain
 
     assert champion() is None
     result = retrain()
+    # the pipeline role trained (MLflow runs) and kept the watermark; only the deploy step was the owner
+    pipeline = roles.role_name("pipeline", roles.database_name(pg_url))
+    owner = psycopg2.extensions.parse_dsn(pg_url)["user"]
+    assert audit() == {
+        "runs": {pipeline},
+        "flow_state": {pipeline},
+        "model_versions": {owner},
+        "registered_model_aliases": {owner},
+        "deployments": {owner},
+    }
     assert result["status"] == "retrained" and result["decision"]["promoted"] is True
     workspace = flow_project / ".retrain"  # its own clone: the operator's checkout is not touched
     assert result["workspace"] == str(workspace) and not (flow_project / "models").exists()

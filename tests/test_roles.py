@@ -1,25 +1,29 @@
 """Least-privileged roles: a server's database role cannot add a token, move the champion or alter a table.
 
-`potability db migrate` makes the roles; `potability db url --role` prints
-their URLs. A server connected as ``potability_server`` still answers, logs,
-stores lab rows and renders its page.
+`potability db migrate` makes each database's roles; `potability db url --role`
+prints their URLs. A server connected as its role still answers, logs, stores
+lab rows and renders its page; the pipeline's role logs training runs but
+cannot deploy; a server cannot drop recent log partitions.
 """
 
 from __future__ import annotations
 
 import stat
 import uuid
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg2
 import psycopg2.errors
 import pytest
 import requests
+from psycopg2 import sql
 
 from potability import db, roles
 from potability.config import Settings
 from potability.pipeline.small_model import build_model_dir
 from potability.serve import create_app, shutdown
+from tests.support.database import query
 from tests.support.project import REPO, run
 from tests.support.server import SAMPLE, Server, auth, logged
 
@@ -42,11 +46,12 @@ def test_db_url_prints_each_role_with_a_password_kept_in_a_private_file(cli_env,
         for role in roles.ROLES
     }
     assert urls["admin"] == cli_env["DATABASE_URL"]
+    database = roles.database_name(cli_env["DATABASE_URL"])
     for role in ("server", "pipeline"):
-        assert urls[role].startswith(f"postgresql://potability_{role}:")
+        assert urls[role].startswith(f"postgresql://potability_{role}_{database}:")
         with psycopg2.connect(urls[role]) as conn, conn.cursor() as cur:
             cur.execute("SELECT current_user")
-            assert cur.fetchone()[0] == f"potability_{role}"
+            assert cur.fetchone()[0] == roles.role_name(role, database)
     again = run(["potability", "db", "url", "--role", "server"], REPO, cli_env).stdout.strip()
     assert again == urls["server"]  # generated once
     mode = stat.S_IMODE(Settings(root=REPO).db_roles_file.stat().st_mode)
@@ -140,7 +145,10 @@ def test_potability_serve_on_the_embedded_default_connects_as_the_server_role(
         )
         assert answer.status_code == 200
         with psycopg2.connect(mart.url) as conn, conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'potability_server'")
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
+                (roles.role_name("server", roles.database_name(mart.url)),),
+            )
             assert cur.fetchone()[0] > 0
     finally:
         server.stop()
@@ -167,3 +175,140 @@ def test_an_owner_that_cannot_create_roles_still_migrates(pg_url, caplog):
         assert applied and "database roles not made" in caplog.text
     finally:
         db.drop_database(pg_url, name)
+
+
+def test_the_pipeline_role_logs_training_runs_and_reads_the_registry_but_cannot_deploy(
+    deploy_dir, clean_db, tmp_path
+):
+    """What the retrain's stages do as the pipeline role works; what only a deploy may do is refused."""
+    import mlflow
+    from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelStatus
+
+    settings = Settings(root=REPO)
+    pipeline_url = roles.role_url(clean_db, "pipeline", settings)
+    assert "api_tokens" in _refused(
+        pipeline_url,
+        "INSERT INTO water.api_tokens (name, role, token_sha256) VALUES ('x', 'admin', 'y')",
+    )
+    assert "deployments" in _refused(
+        pipeline_url, "INSERT INTO water.deployments (deployed_by) VALUES ('x')"
+    )
+    name = f"pipeline-{uuid.uuid4().hex[:8]}"
+    first = deploy_dir(build_model_dir(tmp_path / "v1"), name)
+    user = roles.role_name("pipeline", roles.database_name(clean_db))
+    tracking = roles.with_user(
+        db.mlflow_tracking_uri(), user, roles.passwords(settings)["pipeline"]
+    )
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    # a training run, as the train and evaluate stages log it
+    experiment = client.create_experiment(f"roles-{uuid.uuid4().hex[:8]}")
+    run_id = client.create_run(experiment, tags={"data_hash": "abc"}).info.run_id
+    client.log_param(run_id, "max_depth", 4)
+    client.log_metric(run_id, "cv_precision", 0.7)
+    client.log_metric(run_id, "cv_precision", 0.8, step=1)  # latest_metrics moves on
+    client.set_tag(run_id, "kind", "rf")
+    dataset = Dataset("samples", "d1g35t", "local", "data/raw/samples.csv")
+    client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
+    model = client.create_logged_model(experiment, name="model", source_run_id=run_id)
+    client.log_model_params(model.model_id, {"threshold": "0.5"})
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    client.set_terminated(run_id)
+    stored = client.get_run(run_id).data
+    assert stored.metrics["cv_precision"] == 0.8 and stored.params["max_depth"] == "4"
+    # the champion stage reads the alias
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first.version
+    for deploying in (
+        lambda: client.set_registered_model_alias(name, "challenger", first.version),
+        lambda: client.delete_registered_model_alias(name, "champion"),
+        lambda: client.create_registered_model(f"{name}-other"),
+        lambda: client.set_model_version_tag(name, first.version, "manifest_sha256", "forged"),
+    ):
+        with pytest.raises(Exception, match="permission denied"):
+            deploying()
+
+
+def _day_partition(url: str, days_ago: int) -> str:
+    day = (datetime.now(UTC) - timedelta(days=days_ago)).date()
+    query(url, "SELECT water.ensure_inference_partition(%s)", (day,))
+    return f"water_inferences_p{day:%Y%m%d}"
+
+
+def _partitions(url: str) -> set[str]:
+    rows = query(
+        url,
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'water.water_inferences'::regclass",
+    )
+    return {r[0] for r in rows}
+
+
+def test_the_server_role_cannot_drop_recent_log_partitions(clean_db, server_url):
+    """Retention is the owner's: `db migrate` records it, and a server keeps at least that, whatever it asks."""
+    from potability import log_maintenance, migrator
+
+    recent, old = _day_partition(clean_db, 3), _day_partition(clean_db, 45)
+    try:
+        # keep forever (the default): a server asking for one day drops nothing
+        assert query(server_url, "SELECT * FROM water.drop_inference_partitions(1)") == []
+        assert {recent, old} <= _partitions(clean_db)
+        migrator.migrate(Settings(root=REPO, log_retention_days=30), url=clean_db)
+        assert query(clean_db, "SELECT keep_days FROM water.log_retention") == [(30,)]
+        # unattended retention, as a server's hourly maintenance runs it: the old day goes
+        settings = Settings(root=REPO, database_url=server_url, log_retention_days=1)
+        report = log_maintenance.maintain(settings, url=server_url)
+        assert old in report.dropped and recent not in report.dropped, report.lines()
+        assert "retention: 30 days, not the 1 day asked for" in report.lines()[-1]
+        assert recent in _partitions(clean_db) and old not in _partitions(clean_db)
+    finally:
+        migrator.migrate(url=clean_db)  # the session's retention again (keep forever)
+        for part in (recent, old):
+            query(clean_db, f"DROP TABLE IF EXISTS water.{part}")  # noqa: S608 (our names)
+    assert query(clean_db, "SELECT keep_days FROM water.log_retention") == [(0,)]
+
+
+def test_two_databases_on_one_cluster_keep_their_own_roles(pg_url, tmp_path):
+    """Roles are cluster-wide: each database's are its own, so a second `db migrate` leaves the first's alone."""
+    from potability import migrator
+
+    tag = uuid.uuid4().hex[:8]
+    names = (f"roles_a_{tag}", f"roles_b_{tag}")
+    urls, settings = {}, {}
+    try:
+        for name in names:  # two workspaces: their own database and roles file
+            urls[name] = db.create_database(pg_url, name)
+            settings[name] = Settings(
+                root=REPO,
+                db_roles_file=tmp_path / name / ".db-roles.json",
+                mlflow_tracking_uri="file:///unused",
+            )
+            migrator.migrate(settings[name], urls[name])
+            if name == names[0]:
+                first = roles.role_name("server", name)
+                verifier = query(
+                    pg_url, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (first,)
+                )
+        # the second migrate did not set the first's password again
+        assert (
+            query(pg_url, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (first,))
+            == verifier
+        )
+        servers = {n: roles.role_url(urls[n], "server", settings[n]) for n in names}
+        assert servers[names[0]] != servers[names[1]]
+        for name in names:
+            assert query(servers[name], "SELECT current_user") == [
+                (roles.role_name("server", name),)
+            ]
+            assert query(servers[name], "SELECT count(*) FROM water.api_tokens") == [(0,)]
+        # nor does the first's server role read the second's tokens
+        other = db.database_on(servers[names[0]], names[1])
+        _refused(other, "SELECT count(*) FROM water.api_tokens")
+    finally:
+        for name in names:
+            db.drop_database(pg_url, name)
+            for role in roles.MADE:
+                query(
+                    pg_url,
+                    sql.SQL("DROP ROLE IF EXISTS {}").format(
+                        sql.Identifier(roles.role_name(role, name))
+                    ),
+                )

@@ -16,10 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg2.extensions
 import pytest
 import requests
 
-from potability import db
+from potability import db, roles
+from potability.config import Settings
 from potability.mart import WaterMart
 from tests.support.project import VENV_BIN, copy_project, project_env, run, seed_rows
 from tests.support.server import free_port
@@ -306,7 +308,17 @@ def test_flow_deploy_keeps_every_credential_in_secret_blocks(stack, pg_url):
         assert not [s for s in secrets if s in plain], plain
         assert "DATABASE_URL" not in plain and "MLFLOW_TRACKING_PASSWORD" not in plain
     stored = json.loads(block.data["value"])
-    assert stored["DATABASE_URL"] == secret_url
+    # runs connect as the pipeline role; the owner's URLs are the deploy step's alone
+    settings = Settings(root=stack["root"])
+    pipeline = roles.role_url(secret_url, "pipeline", settings)
+    assert stored["DATABASE_URL"] == pipeline != secret_url
+    assert stored["POTABILITY_DEPLOY_DATABASE_URL"] == secret_url
+    user = roles.role_name("pipeline", roles.database_name(secret_url))
+    assert stored["MLFLOW_TRACKING_URI"].startswith(f"postgresql+psycopg2://{user}:")
+    owner = psycopg2.extensions.parse_dsn(secret_url)["user"]
+    assert stored["POTABILITY_DEPLOY_MLFLOW_TRACKING_URI"].startswith(
+        f"postgresql+psycopg2://{owner}:"
+    )
     assert stored["MLFLOW_TRACKING_PASSWORD"] == "mlflow-s3cret"
     assert "s3cret" not in json.dumps(
         hidden.data, default=str
@@ -407,7 +419,6 @@ def test_retrain_serve_runs_on_its_own_schedule(stack):
 def test_a_missing_server_or_token_is_a_warning_in_the_run_and_the_report(stack, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from potability.config import Settings
     from potability.retrain.flow import reload_target, report_markdown
 
     monkeypatch.setenv("POTABILITY_ADMIN_TOKEN_BLOCK", "no-such-block")

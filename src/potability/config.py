@@ -292,7 +292,7 @@ class Settings(BaseSettings):
 
     # The inference log at volume (issue 13): partitions, retention, maintenance, page reads.
     log_retention_days: CountOrZero = _env("POTABILITY_LOG_RETENTION_DAYS", default=0)
-    """Whole daily log partitions older than this are dropped (0 = keep forever); rollups stay."""
+    """Whole daily log partitions older than this are dropped (0 = keep forever); rollups stay. The value `potability db migrate` runs with is recorded in the database: a server's role keeps at least that many days, whatever its own says."""
     log_partitions_ahead_days: Count = _env("POTABILITY_LOG_PARTITIONS_AHEAD_DAYS", default=7)
     """Daily log partitions created ahead of today, so a day never starts in the default one."""
     log_maintenance_seconds: Seconds = _env("POTABILITY_LOG_MAINTENANCE_SECONDS", default=3600.0)
@@ -323,6 +323,14 @@ class Settings(BaseSettings):
     """The admin token for that reload (a secret: never printed)."""
     admin_token_block: Name = _env("POTABILITY_ADMIN_TOKEN_BLOCK", default="potability-admin-token")
     """The Prefect Secret block holding the admin token when `POTABILITY_ADMIN_TOKEN` is unset."""
+    deploy_database_url: PostgresUrl = _env(
+        "POTABILITY_DEPLOY_DATABASE_URL", default=None, repr=False
+    )
+    """The owner's database URL for a scheduled retrain's deploy step (register, move the alias, record the deployment), while the rest of the run connects as the pipeline role's `DATABASE_URL` (set in the Secret block by `potability flow deploy`); unset: a local retrain finds the pipeline role's URL from `DATABASE_URL` and the roles file."""
+    deploy_mlflow_tracking_uri: TrackingUri = _env(
+        "POTABILITY_DEPLOY_MLFLOW_TRACKING_URI", default=None, repr=False
+    )
+    """The owner's MLflow tracking URI for that deploy step (set with `POTABILITY_DEPLOY_DATABASE_URL`); unset: `MLFLOW_TRACKING_URI`."""
     run_secrets_block: str | None = _env("POTABILITY_RUN_SECRETS_BLOCK", default=None)
     """The Prefect Secret block whose credentials a deployed retrain run adds to its environment (set by `potability flow deploy`); unset: none."""
     retrain_cron: Cron = _env("POTABILITY_RETRAIN_CRON", default="0 3 * * *")

@@ -2,8 +2,10 @@
 
 The SQL functions of migrations 004/005 do the work; this module decides when
 and with which numbers (Settings, params.yaml) and says what happened.
-``potability db migrate`` calls :func:`prepare` in its transaction;
-``potability log maintain`` and the server's hourly thread call :func:`maintain`.
+``potability db migrate`` calls :func:`prepare` and :func:`record_retention` in
+its transaction; ``potability log maintain`` and the server's hourly thread call
+:func:`maintain`. Retention is the owner's: what ``db migrate`` recorded is the
+least any other caller (a server's role) keeps, whatever it asks for.
 """
 
 from __future__ import annotations
@@ -33,17 +35,32 @@ class MaintenanceReport:
     dropped: list[str] = field(default_factory=list)  # partitions (or default rows) past retention
     window_minutes: int | None = None
     window_changed: bool = False
+    retention_days: int | None = None  # what retention kept: the request, or the owner's floor
+    requested_days: int | None = None
     skipped: str | None = None  # why nothing was done (another run holds the lock, lock timeout)
 
     def lines(self) -> list[str]:
         if self.skipped:
             return [f"skipped: {self.skipped}"]
-        return [
+        lines = [
             f"partitions created: {', '.join(self.created) or 'none (all there already)'}",
             f"dropped past retention: {', '.join(self.dropped) or 'nothing'}",
             f"lab-match window: {self.window_minutes} min"
             + (" (changed: lab samples matched again)" if self.window_changed else ""),
         ]
+        if self.retention_days is not None and self.retention_days != self.requested_days:
+            lines.append(
+                f"retention: {_days(self.retention_days)}, not the {_days(self.requested_days)} "
+                "asked for (the database keeps what `potability db migrate` recorded; "
+                "only its owner may drop sooner)"
+            )
+        return lines
+
+
+def _days(days: int | None) -> str:
+    if not days:
+        return "keep forever"
+    return f"{days} day" if days == 1 else f"{days} days"
 
 
 def lab_match_minutes(params_path: Path) -> int:
@@ -72,6 +89,19 @@ def prepare(cur: Any, settings: Settings, window_minutes: int | None = None) -> 
     return MaintenanceReport(created=created, window_minutes=minutes, window_changed=changed)
 
 
+def record_retention(cur: Any, settings: Settings) -> bool:
+    """Record ``POTABILITY_LOG_RETENTION_DAYS`` as the database's retention (the owner's, in ``db migrate``).
+
+    Every caller but the owner keeps at least this many days (migration 009);
+    returns whether it changed.
+    """
+    cur.execute(
+        "UPDATE water.log_retention SET keep_days = %s, set_at = now() WHERE keep_days <> %s",
+        (settings.log_retention_days, settings.log_retention_days),
+    )
+    return cur.rowcount > 0
+
+
 def maintain(
     settings: Settings | None = None, url: str | None = None, window_minutes: int | None = None
 ) -> MaintenanceReport:
@@ -97,6 +127,11 @@ def maintain(
                     "SELECT water.drop_inference_partitions(%s)", (settings.log_retention_days,)
                 )
                 report.dropped = [r[0] for r in cur.fetchall()]
+                cur.execute(
+                    "SELECT water.allowed_retention_days(%s)", (settings.log_retention_days,)
+                )
+                report.retention_days = cur.fetchone()[0]
+                report.requested_days = settings.log_retention_days
                 # twice the interval: a run that was skipped or late leaves no lab row unmatched
                 cur.execute(
                     "SELECT water.rematch_lab_samples(now() - make_interval(secs => %s))",
@@ -109,4 +144,6 @@ def maintain(
             )
     for line in report.lines():
         log.info("log maintenance: %s", line)
+    if report.retention_days != report.requested_days:
+        log.warning("log maintenance: %s", report.lines()[-1])
     return report

@@ -31,9 +31,12 @@ def migration_files() -> list[tuple[int, str, str]]:
 def migrate(settings: Settings | None = None, url: str | None = None) -> list[str]:
     """Apply pending migrations under an advisory lock; return the names applied.
 
-    Then, every time, the inference log's partitions are created ahead and the
-    lab-match window is set from params.yaml (``log_maintenance.prepare``), and
-    the least-privileged roles and their grants are made again (``roles``).
+    Then, every time, the inference log's partitions are created ahead, the
+    lab-match window is set from params.yaml (``log_maintenance.prepare``), the
+    log's retention is recorded (``log_maintenance.record_retention``), and the
+    least-privileged roles and their grants are made again (``roles``), in the
+    MLflow database beside ours too (whose tables are made first, by the owner,
+    so the roles' grants have tables to name).
     """
     applied: list[str] = []
     settings = settings or get_settings()
@@ -61,9 +64,38 @@ def migrate(settings: Settings | None = None, url: str | None = None) -> list[st
         prepared = log_maintenance.prepare(cur, settings)
         for line in prepared.lines():
             log.info("inference log: %s", line)
-        roles.ensure(cur, settings)
-    if not settings.mlflow_tracking_uri:  # the MLflow database beside ours: its registry too
+        if log_maintenance.record_retention(cur, settings):
+            log.info("inference log: retention %s days recorded", settings.log_retention_days)
+        role_names = roles.ensure(cur, settings)
+    # the MLflow database beside ours: the roles' grants in it too
+    if role_names is not None and not settings.mlflow_tracking_uri:
         registry = db.mlflow_tracking_uri(settings, url)  # created if it is not there yet
+        _mlflow_tables(registry, settings)
         with transaction(url=registry.replace("+psycopg2", "", 1)) as conn, conn.cursor() as cur:
-            roles.ensure_registry(cur)
+            roles.ensure_registry(cur, role_names)
     return applied
+
+
+def _mlflow_tables(registry: str, settings: Settings) -> None:
+    """Make MLflow's tables in ``registry`` as the owner, so neither role ever needs to create one.
+
+    A host without MLflow installed, or tables from an older MLflow, are left
+    as they are with a warning: the grants cover the tables there now.
+    """
+    try:
+        from mlflow.exceptions import MlflowException
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:
+        log.warning("MLflow is not installed here: its tables are made at its first use")
+        return
+    try:
+        store = SqlAlchemyStore(registry, settings.mlflow_artifact_uri)
+    except MlflowException as exc:  # "Detected out-of-date database schema"
+        log.warning(
+            "MLflow's tables in %s are not this MLflow's (%s): run `mlflow db upgrade` on it as "
+            "the owner, then `potability db migrate` again",
+            db.redact(registry),
+            str(exc).splitlines()[0],
+        )
+        return
+    store.engine.dispose()

@@ -2,15 +2,21 @@
 
 One superuser for everything meant a server made to run SQL could add an admin
 token or move the champion. ``potability db migrate`` (the owner, "admin")
-makes, every time it runs:
+makes, every time it runs, two roles of the database it migrates (roles are
+cluster-wide, so each database's carry its name: ``potability_server_<db>``,
+see :func:`role_name`; a second workspace on the same Postgres never resets the
+first one's passwords):
 
-- ``potability_server``: read the tables it answers from (tokens, the page's
-  rollups), insert into the inference log and the lab table; nothing else. The
-  log's functions (rollups, partitions ahead, retention, drift bins) run as
-  their owner (``SECURITY DEFINER``), so a server keeps its maintenance without
-  rights to the tables behind it. In the MLflow database it may only read:
-  the registry it follows, never the alias.
-- ``potability_pipeline``: read the lab rows, write the flow's own state.
+- server: read the tables it answers from (tokens, the page's rollups), insert
+  into the inference log and the lab table; nothing else. The log's functions
+  (rollups, partitions ahead, retention, drift bins) run as their owner
+  (``SECURITY DEFINER``), so a server keeps its maintenance without rights to
+  the tables behind it; retention keeps at least the days ``db migrate``
+  recorded (migration 009), whatever cutoff a server asks for. In the MLflow
+  database it may only read: the registry it follows, never the alias.
+- pipeline: read the lab rows, write the flow's own state; in the MLflow
+  database log training runs (experiments, runs, their params, metrics, tags,
+  inputs, logged models) and read the registry, never write it.
 
 Passwords are generated once and kept in ``POTABILITY_DB_ROLES_FILE`` (mode
 0600); ``potability db url --role ROLE`` prints each role's URL.
@@ -18,6 +24,7 @@ Passwords are generated once and kept in ``POTABILITY_DB_ROLES_FILE`` (mode
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,35 +32,94 @@ import secrets
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg2.errors
+import psycopg2.extensions
 from psycopg2 import sql
 
+from potability import db
 from potability.config import Settings
 
 log = logging.getLogger(__name__)
-ROLE_NAMES = {"server": "potability_server", "pipeline": "potability_pipeline"}
-ROLES = ("server", "pipeline", "admin")
+MADE = ("server", "pipeline")  # the roles `db migrate` makes; admin is the owner itself
+ROLES = (*MADE, "admin")
+_MAX_NAME_BYTES = 63  # Postgres cuts identifiers longer than NAMEDATALEN - 1
 
+# {server} / {pipeline} stand for the database's role names (sql.Identifier)
 _SERVER_GRANTS = (
-    "GRANT SELECT ON ALL TABLES IN SCHEMA water TO potability_server",
-    "GRANT INSERT ON water.water_inferences, water.water_potability TO potability_server",
-    "GRANT USAGE ON ALL SEQUENCES IN SCHEMA water TO potability_server",
-    "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA water TO potability_server",
+    "GRANT SELECT ON ALL TABLES IN SCHEMA water TO {server}",
+    "GRANT INSERT ON water.water_inferences, water.water_potability TO {server}",
+    "GRANT USAGE ON ALL SEQUENCES IN SCHEMA water TO {server}",
+    "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA water TO {server}",
 )
 _PIPELINE_GRANTS = (
-    "GRANT SELECT ON water.water_potability, water.deployments, water.flow_state "
-    "TO potability_pipeline",
-    "GRANT INSERT, UPDATE ON water.flow_state TO potability_pipeline",
+    "GRANT SELECT ON water.water_potability, water.deployments, water.flow_state TO {pipeline}",
+    "GRANT INSERT, UPDATE ON water.flow_state TO {pipeline}",
+)
+# MLflow's tables a training run writes (this MLflow's schema: runs and their params, metrics,
+# tags, inputs and datasets, the logged models of MLflow 3); never the registry's
+# (registered_models, model_versions, registered_model_aliases and their tags)
+MLFLOW_RUN_TABLES = (
+    "experiments",
+    "experiment_tags",
+    "runs",
+    "params",
+    "metrics",
+    "latest_metrics",
+    "tags",
+    "datasets",
+    "inputs",
+    "input_tags",
+    "logged_models",
+    "logged_model_params",
+    "logged_model_metrics",
+    "logged_model_tags",
 )
 
 
-def passwords(settings: Settings) -> dict[str, str]:
-    """Each role's password: generated at the first call, then read from the roles file."""
+def role_name(role: str, database: str) -> str:
+    """The name of ``role`` ("server" or "pipeline") of ``database``: ``potability_<role>_<database>``.
+
+    Within Postgres's 63 bytes: a longer one keeps the database name's head
+    and a hash of the whole name, so two long names never share a role.
+    """
+    name = f"potability_{role}_{database}"
+    if len(name.encode()) <= _MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(database.encode()).hexdigest()[:8]
+    head = f"potability_{role}_"
+    room = _MAX_NAME_BYTES - len(head) - len(digest) - 1
+    cut = database.encode()[:room].decode(errors="ignore")  # never half a character
+    return f"{head}{cut}_{digest}"
+
+
+def database_name(url: str) -> str:
+    """The database ``url`` connects to (asked of Postgres when the URL leaves it to libpq)."""
+    named = psycopg2.extensions.parse_dsn(url).get("dbname")
+    if named:
+        return named
+    with db.transaction(url=url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        return cur.fetchone()[0]
+
+
+def names(database: str) -> dict[str, str]:
+    """Each made role's name in ``database``."""
+    return {role: role_name(role, database) for role in MADE}
+
+
+def passwords(settings: Settings, create: bool = True) -> dict[str, str]:
+    """Each role's password: generated at the first call, then read from the roles file.
+
+    ``create=False`` for a host that only reads them: a missing one raises
+    ``LookupError`` instead of making a password no role has.
+    """
     path = settings.db_roles_file
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         stored = {}
-    missing = [role for role in ROLE_NAMES if role not in stored]
+    missing = [role for role in MADE if role not in stored]
+    if missing and not create:
+        raise LookupError(f"{path} holds no password for the {' and '.join(missing)} role")
     if missing:
         stored.update({role: secrets.token_urlsafe(24) for role in missing})
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,22 +135,37 @@ def role_url(admin_url: str, role: str, settings: Settings) -> str:
     """The URL of ``role`` on the server and database of ``admin_url`` (``admin``: that URL)."""
     if role == "admin":
         return admin_url
-    parts = urlsplit(admin_url)
+    return with_user(
+        admin_url, role_name(role, database_name(admin_url)), passwords(settings)[role]
+    )
+
+
+def with_user(url: str, user: str, password: str) -> str:
+    """``url`` (any scheme, the MLflow database's too) connecting as ``user`` with ``password``."""
+    parts = urlsplit(url)
     host = parts.netloc.rsplit("@", 1)[-1]
-    user = f"{ROLE_NAMES[role]}:{quote(passwords(settings)[role], safe='')}"
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+    login = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    return urlunsplit(parts._replace(netloc=f"{login}@{host}"))
 
 
-def ensure(cur, settings: Settings) -> bool:
+def made(admin_url: str) -> bool:
+    """Whether ``db migrate`` made the roles of ``admin_url``'s database (an owner without CREATEROLE did not)."""
+    wanted = list(names(database_name(admin_url)).values())
+    with db.transaction(url=admin_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)", (wanted,))
+        return cur.fetchone()[0] == len(wanted)
+
+
+def ensure(cur, settings: Settings) -> dict[str, str] | None:
     """Create or refresh the roles, their passwords and grants, in the migration's transaction.
 
     An owner without the right to create roles (a managed database's) leaves
     them out with a warning, and every process keeps using ``DATABASE_URL``;
-    returns whether the roles are in place.
+    returns the roles' names, or None when they are not in place.
     """
     cur.execute("SAVEPOINT potability_roles")
     try:
-        _ensure(cur, settings)
+        made_names = _ensure(cur, settings)
     except psycopg2.errors.InsufficientPrivilege as exc:
         cur.execute("ROLLBACK TO SAVEPOINT potability_roles")
         log.warning(
@@ -92,14 +173,21 @@ def ensure(cur, settings: Settings) -> bool:
             "migrate`; until then every process connects as DATABASE_URL's user",
             str(exc).strip().splitlines()[0],
         )
-        return False
+        return None
     cur.execute("RELEASE SAVEPOINT potability_roles")
-    return True
+    return made_names
 
 
-def _ensure(cur, settings: Settings) -> None:
+def _grants(statements: tuple[str, ...], role_names: dict[str, str]) -> list[sql.Composed]:
+    ids = {role: sql.Identifier(name) for role, name in role_names.items()}
+    return [sql.SQL(s).format(**ids) for s in statements]
+
+
+def _ensure(cur, settings: Settings) -> dict[str, str]:
     stored = passwords(settings)
-    for role, name in ROLE_NAMES.items():
+    cur.execute("SELECT current_database()")
+    role_names = names(cur.fetchone()[0])
+    for role, name in role_names.items():
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
         verb = "ALTER" if cur.fetchone() else "CREATE"
         cur.execute(
@@ -107,7 +195,8 @@ def _ensure(cur, settings: Settings) -> None:
             (stored[role],),
         )
     cur.execute("REVOKE ALL ON SCHEMA water FROM PUBLIC")
-    cur.execute("GRANT USAGE ON SCHEMA water TO potability_server, potability_pipeline")
+    for statement in _grants(("GRANT USAGE ON SCHEMA water TO {server}, {pipeline}",), role_names):
+        cur.execute(statement)
     cur.execute("REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA water FROM PUBLIC")
     # every function of the log runs as its owner, and finds only our objects by name; except
     # where a function sets a transaction-local flag for the rest of the transaction
@@ -120,17 +209,51 @@ def _ensure(cur, settings: Settings) -> None:
     for signature, sets_flags in cur.fetchall():
         pinned = "" if sets_flags else " SET search_path = water, pg_catalog, pg_temp"
         cur.execute(f"ALTER FUNCTION {signature} SECURITY DEFINER{pinned}")  # noqa: S608
-    for statement in (*_SERVER_GRANTS, *_PIPELINE_GRANTS):
+    for statement in _grants((*_SERVER_GRANTS, *_PIPELINE_GRANTS), role_names):
         cur.execute(statement)
+    return role_names
 
 
-def ensure_registry(cur) -> None:
-    """In the MLflow database: the server reads the registry, never writes it (the alias included)."""
-    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'potability_server'")
-    if cur.fetchone() is None:  # the roles could not be made (ensure() said why)
-        return
-    cur.execute("GRANT USAGE ON SCHEMA public TO potability_server, potability_pipeline")
-    cur.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO potability_server")
+def ensure_registry(cur, role_names: dict[str, str]) -> None:
+    """In the MLflow database: both roles read the registry; the pipeline logs runs; neither writes the registry.
+
+    Run by the owner after MLflow's tables exist (``migrator`` creates them),
+    and again after an MLflow upgrade adds some: a grant covers only the
+    tables there now.
+    """
+    ids = {role: sql.Identifier(name) for role, name in role_names.items()}
+    both = sql.SQL("{server}, {pipeline}").format(**ids)
+    cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(both))
+    cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(both))
     cur.execute(
-        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO potability_server"
+        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(
+            both
+        )
     )
+    cur.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)",
+        (list(MLFLOW_RUN_TABLES),),
+    )
+    tables = [sql.Identifier("public", row[0]) for row in cur.fetchall()]
+    if not tables:  # not an MLflow database yet
+        return
+    cur.execute(
+        sql.SQL("GRANT INSERT, UPDATE ON {} TO {}").format(
+            sql.SQL(", ").join(tables), ids["pipeline"]
+        )
+    )
+    # the sequences behind those tables' serial and identity columns (experiment ids)
+    cur.execute(
+        "SELECT DISTINCT s.relname FROM pg_class s JOIN pg_depend d ON d.objid = s.oid "
+        "JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace n ON n.oid = s.relnamespace "
+        "WHERE s.relkind = 'S' AND n.nspname = 'public' AND t.relname = ANY(%s)",
+        (list(MLFLOW_RUN_TABLES),),
+    )
+    sequences = [sql.Identifier("public", row[0]) for row in cur.fetchall()]
+    if sequences:
+        cur.execute(
+            sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
+                sql.SQL(", ").join(sequences), ids["pipeline"]
+            )
+        )

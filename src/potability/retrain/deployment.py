@@ -4,7 +4,9 @@
 root, the database, the inference server and its admin token, the Prefect API
 and the work pool; stores every credential the runs need in Prefect Secret
 blocks (the admin token in its own; database and tracking URLs and credentials
-in ``RUN_SECRETS_BLOCK``, which each run adds to its environment), never in the
+in ``RUN_SECRETS_BLOCK``, which each run adds to its environment: the pipeline
+role's as ``DATABASE_URL`` and ``MLFLOW_TRACKING_URI``, the owner's for the
+deploy step as ``POTABILITY_DEPLOY_*``, see ``connections``), never in the
 plain Variable or job variables, which anyone who reads the Prefect API reads;
 records the rest of the runs' environment in a Prefect Variable that
 ``src/potability/retrain/prefect.yaml`` reads as its job variables; then
@@ -16,6 +18,7 @@ check`), so no deployment exists that skipped the checks.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -29,7 +32,9 @@ import yaml
 from potability import db, vcs
 from potability.config import Settings, env_name
 from potability.errors import DatabaseUnavailable
+from potability.retrain import connections
 
+log = logging.getLogger(__name__)
 PREFECT_FILE = Path("src/potability/retrain/prefect.yaml")
 # the Prefect Variable that prefect.yaml's job_variables.env reads
 ENV_VARIABLE = "potability_retrain_env"
@@ -42,6 +47,7 @@ SECRET_ENV = ("POTABILITY_ADMIN_TOKEN",)  # goes to the Secret block, never into
 RUN_SECRET_ENV = (
     "DATABASE_URL",
     "MLFLOW_TRACKING_URI",
+    *connections.DEPLOY_ENV,
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
@@ -119,6 +125,13 @@ def _check_database(settings: Settings) -> list[str]:
         db.connect(settings).close()
     except DatabaseUnavailable as exc:
         return [f"DATABASE_URL: {exc}"]
+    try:  # the URL runs will train with: a stale roles file would fail them at 03:00
+        db.connect(connections.split(settings).pipeline).close()
+    except DatabaseUnavailable as exc:
+        return [
+            f"the pipeline role's URL (`potability db url --role pipeline`): {exc} "
+            f"(run `potability db migrate`: it sets the passwords of {settings.db_roles_file})"
+        ]
     return []
 
 
@@ -140,7 +153,7 @@ def _check_remotes(settings: Settings) -> list[str]:
         problems.append(
             "no DVC remote: set POTABILITY_DVC_REMOTE (or a default remote in .dvc/config)"
         )
-    elif "://" not in remote and not Path(remote).parent.is_dir():
+    elif Path(remote).is_absolute() and not Path(remote).parent.is_dir():  # a local folder
         problems.append(f"DVC remote {remote}: its parent directory does not exist")
     return problems
 
@@ -243,19 +256,26 @@ def run_secrets(settings: Settings) -> dict[str, str]:
         and _is_secret(k, v)
     }
     resolved = _resolved(settings).items()
-    return {**{k: v for k, v in resolved if _is_secret(k, v)}, **found}
+    # the split URLs win over the operator's own DATABASE_URL: runs connect as the pipeline role
+    return {**{k: v for k, v in resolved if _is_secret(k, v)}, **found, **_split(settings)}
 
 
 def _resolved(settings: Settings) -> dict[str, str]:
-    """What a run in a throwaway clone must be told: where to clone and pull from, and the
-    database and tracking URLs (also when they came from the root's `.env`, which a clone lacks)."""
+    """What a run in a throwaway clone must be told: where to clone and pull from (its database
+    and tracking URLs, also when they came from the root's `.env`, which a clone lacks: ``_split``)."""
     values = {
         "POTABILITY_GIT_URL": vcs.source_url(settings),
         "POTABILITY_DVC_REMOTE": vcs.dvc_remote(settings),
-        "DATABASE_URL": settings.database_url,
-        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
     }
     return {k: v for k, v in values.items() if v}
+
+
+def _split(settings: Settings) -> dict[str, str]:
+    """The pipeline's and the deploy step's URLs (``connections.run_secrets``); warnings logged."""
+    split = connections.split(settings)
+    for warning in split.warnings:
+        log.warning("%s", warning)
+    return connections.run_secrets(split)
 
 
 def load_run_secrets(settings: Settings) -> list[str]:

@@ -8,6 +8,9 @@ types; servers follow the alias by themselves, and a configured server is also
 asked to reload at once. Two runs never retrain at once: a Postgres advisory
 lock makes the second one skip.
 
+The run connects as the database's pipeline role for everything but the
+deploy step, which alone uses the owner's URLs (``retrain/connections.py``).
+
 Run once: `potability retrain`; on a schedule: `potability retrain --serve`
 (``flow.serve``) or `potability flow deploy` (``src/potability/retrain/prefect.yaml`` on a worker).
 A missing server URL or admin token is a warning in the run's log and report:
@@ -29,10 +32,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from potability import db, deploy, vcs
-from potability.config import get_settings
+from potability.config import Settings, get_settings
 from potability.features import file_sha256
 from potability.mart import WaterMart
-from potability.retrain import workspace
+from potability.retrain import connections, workspace
 from potability.retrain.deployment import admin_token, load_run_secrets
 
 FLOW_NAME = "retrain-potability"
@@ -43,20 +46,24 @@ STAGES = 7  # count new rows, workspace, dvc repro, commit, push, deploy, report
 SERVED_DEPLOYMENT = "daily-retrain-here"
 
 
-@task(retries=3, retry_delay_seconds=[1, 5, 15])
-def new_rows_since_watermark() -> tuple[int, int | None, int | None]:
+# tasks given Settings never cache: their inputs hold database URLs with passwords
+@task(retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
+def new_rows_since_watermark(settings: Settings) -> tuple[int, int | None, int | None]:
     """Count lab rows committed since the last successful retrain; return (count, newest commit_seq, watermark)."""
-    mart = WaterMart()
-    watermark = mart.watermark(WATERMARK)
-    count, newest = mart.samples_added_since(watermark)
+    mart = WaterMart(settings)
+    try:
+        watermark = mart.watermark(WATERMARK)
+        count, newest = mart.samples_added_since(watermark)
+    finally:
+        mart.close()
     return count, newest, watermark
 
 
 @task(cache_policy=NO_CACHE)
-def prepare_workspace() -> workspace.Workspace:
+def prepare_workspace(settings: Settings) -> workspace.Workspace:
     """The retrain's own clone at the source tip, with the last retrain's lock, pulled from the DVC remote."""
     logger = get_run_logger()
-    prepared = workspace.prepare(get_settings(), on_line=lambda line: logger.info("%s", line))
+    prepared = workspace.prepare(settings, on_line=lambda line: logger.info("%s", line))
     logger.info(
         "workspace %s at %s (last retrain commit: %s)",
         prepared.path,
@@ -89,10 +96,9 @@ def push_retrain(prepared: workspace.Workspace) -> list[str]:
     return workspace.push(prepared, get_settings(), lambda line: logger.info("%s", line))
 
 
-@task
-def ship_promoted(promoted_dir: Path, reason: str) -> dict[str, Any]:
-    """`potability deploy`: register the workspace's models/promoted/ and move the alias champion to it."""
-    settings = get_settings()
+@task(cache_policy=NO_CACHE)
+def ship_promoted(promoted_dir: Path, reason: str, settings: Settings) -> dict[str, Any]:
+    """`potability deploy` with the owner's ``settings``: register models/promoted/, move the alias champion to it."""
     result = deploy.deploy_promoted(promoted_dir, FLOW_NAME, f"retrain flow: {reason}", settings)
     return {
         "version": result.registry_version,
@@ -116,10 +122,16 @@ def request_reload(server_url: str, admin_token: str, timeout: float) -> dict[st
     return {"status": response.status_code, "body": response.json()}
 
 
-@task(retries=3, retry_delay_seconds=[1, 5, 15])
-def advance_watermark(newest: int | None, data_hash: str | None, lock_hash: str | None) -> None:
+@task(retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
+def advance_watermark(
+    newest: int | None, data_hash: str | None, lock_hash: str | None, settings: Settings
+) -> None:
     """Store the newest lab row trained on, by commit order (never a row committed late)."""
-    WaterMart().set_watermark(WATERMARK, newest, data_hash, lock_hash)
+    mart = WaterMart(settings)
+    try:
+        mart.set_watermark(WATERMARK, newest, data_hash, lock_hash)
+    finally:
+        mart.close()
 
 
 def reload_target(settings) -> tuple[str | None, str | None, list[str]]:
@@ -237,16 +249,19 @@ def retrain() -> dict[str, Any]:
     if loaded := load_run_secrets(get_settings()):
         logger.info("credentials from the Secret block: %s", ", ".join(loaded))
     settings = get_settings()  # again: the database and tracking URLs may come from the block
+    split = connections.split(settings)
+    pipeline = split.pipeline  # everything but the deploy step: the pipeline role
     server_url, token, warnings = reload_target(settings)
+    warnings = split.warnings + warnings
     for warning in warnings:
         logger.warning(warning)
-    with db.advisory_lock(RETRAIN_LOCK_KEY, settings) as acquired, stage_progress() as stage:
+    with db.advisory_lock(RETRAIN_LOCK_KEY, pipeline) as acquired, stage_progress() as stage:
         if not acquired:
             summary = "skipped: another retrain is running (advisory lock held)"
             logger.warning(summary)
             return {"status": "skipped", "summary": summary}
         stage("counting new lab rows")
-        count, newest, watermark = new_rows_since_watermark()
+        count, newest, watermark = new_rows_since_watermark(pipeline)
         if count == 0:
             since = f"lab row #{watermark}" if watermark else "the beginning"
             summary = f"nothing new since {since}: no retraining"
@@ -258,7 +273,7 @@ def retrain() -> dict[str, Any]:
             f"lab row #{watermark}" if watermark else "the beginning",
         )
         stage("workspace")
-        prepared = prepare_workspace()
+        prepared = prepare_workspace(pipeline)
         warnings += prepared.warnings
         ws = prepared.path
         before = _read_json(ws / "metrics/evaluate.json")
@@ -286,7 +301,7 @@ def retrain() -> dict[str, Any]:
             logger.warning(warning)
         stage("deploy")
         shipped = (
-            ship_promoted(ws / "models/promoted", decision["reason"])
+            ship_promoted(ws / "models/promoted", decision["reason"], split.deploy)
             if decision.get("promoted")
             else None
         )
@@ -304,7 +319,7 @@ def retrain() -> dict[str, Any]:
         lock_hash = file_sha256(ws / "dvc.lock")
         after = _read_json(ws / "metrics/evaluate.json")
         publish_report(report_markdown(before, after, decision, count, shipped, warnings))
-        advance_watermark(newest, data_hash, lock_hash)
+        advance_watermark(newest, data_hash, lock_hash, pipeline)
         summary = (
             f"retrained on {count} new row(s): {decision.get('reason', 'no decision recorded')}; "
             + (f"deployed version {shipped['version']}" if shipped else "nothing deployed")

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from potability import db, vcs
-from potability.config import Settings
+from potability.config import Settings, env_name
+from potability.retrain import connections
 
 # what DVC keeps in git: the lock, the parameters, the metrics and plots (cache: false)
 RECORDED_PATHS = ("dvc.lock", "params.yaml", "metrics", "plots")
@@ -49,17 +50,24 @@ class Workspace:
 
 
 def stage_env(settings: Settings, path: Path) -> dict[str, str]:
-    """The environment of DVC stages run in ``path``: the operator's database, tracking store and registry.
+    """The environment of DVC stages run in ``path``: the database, tracking store and registry of ``settings``.
 
-    A clone has no `.env` and no embedded Postgres of its own: whatever the
-    root's settings resolve to is passed on explicitly.
+    The retrain passes the pipeline role's settings (``connections.split``), so
+    the stages never hold the owner's URLs. A clone has no `.env` and no
+    embedded Postgres of its own: whatever the settings resolve to is passed on
+    explicitly.
     """
-    env = {**os.environ, "POTABILITY_ROOT": str(path)}
+    env = {k: v for k, v in os.environ.items() if k not in connections.DEPLOY_ENV}
+    env.update(
+        {
+            "POTABILITY_ROOT": str(path),
+            env_name("database_url"): db.database_url(settings),
+            env_name("mlflow_tracking_uri"): db.mlflow_tracking_uri(settings),
+        }
+    )
     if path != settings.root:
         env.update(
             {
-                "DATABASE_URL": db.database_url(settings),
-                "MLFLOW_TRACKING_URI": db.mlflow_tracking_uri(settings),
                 "POTABILITY_MLFLOW_ARTIFACTS": str(settings.mlflow_artifacts),
                 "POTABILITY_REGISTERED_MODEL": settings.registered_model,
                 "POTABILITY_CHAMPION_ALIAS": settings.champion_alias,
