@@ -112,13 +112,18 @@ def test_a_server_connected_as_its_role_answers_logs_and_stores_lab_rows(
 
 
 def test_the_server_role_keeps_the_log_maintained(server_url, tmp_path):
-    """Partitions ahead, retention and lab matches run as their functions' owner."""
+    """Partitions ahead, retention and lab matches run as their functions' owner; the window stays the owner's."""
     from potability import log_maintenance
 
     settings = Settings(root=REPO, database_url=server_url, log_retention_days=30)
     report = log_maintenance.maintain(settings, url=server_url)
     assert report.skipped is None, report.lines()
     _refused(server_url, "CREATE TABLE water.evil (x int)")
+    # a server's params.yaml asking for another lab-match window leaves the owner's
+    report = log_maintenance.maintain(settings, url=server_url, window_minutes=90)
+    assert report.skipped is None and report.window_minutes == 60, report.lines()
+    assert "params.yaml says 90 min" in report.lines()[3]
+    assert query(server_url, "SELECT window_minutes FROM water.lab_match_config") == [(60,)]
 
 
 @pytest.mark.slow
@@ -312,3 +317,83 @@ def test_two_databases_on_one_cluster_keep_their_own_roles(pg_url, tmp_path):
                         sql.Identifier(roles.role_name(role, name))
                     ),
                 )
+
+
+def _executable(url: str) -> set[str]:
+    rows = query(
+        url,
+        "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n "
+        "ON n.oid = p.pronamespace WHERE n.nspname = 'water' "
+        "AND has_function_privilege(p.oid, 'EXECUTE')",
+    )
+    return {r[0] for r in rows}
+
+
+def test_the_server_role_executes_only_the_log_functions_a_server_calls(clean_db, server_url):
+    """Each function a server may run as the log's owner is listed, with its bound; the rest are refused."""
+    listed = {
+        r[0]
+        for r in query(
+            clean_db, "SELECT unnest(%s::regprocedure[])::text", (list(roles.SERVER_FUNCTIONS),)
+        )
+    }
+    assert _executable(server_url) == listed
+    for abuse in (
+        "SELECT water.set_lab_match_window(100000)",  # every lab sample matched again, far apart
+        "SELECT water.ensure_inference_partition('2999-01-01')",
+        "SELECT water.recompute_rollups('-infinity')",
+        "SELECT water.lock_histograms('v', true)",
+        "SELECT water.hourly_rollup_sql('x')",
+    ):
+        assert "permission denied for function" in _refused(server_url, abuse)
+    assert query(clean_db, "SELECT window_minutes FROM water.lab_match_config") == [(60,)]
+
+
+def test_the_server_role_creates_partitions_no_further_than_the_owner_recorded(
+    clean_db, server_url
+):
+    """`db migrate` records POTABILITY_LOG_PARTITIONS_AHEAD_DAYS: a server asking for more gets that many."""
+    from potability import log_maintenance
+
+    before = _partitions(clean_db)
+    today = datetime.now(UTC).date()
+    try:
+        made = query(server_url, "SELECT * FROM water.ensure_inference_partitions(400, 400)")
+        days = {datetime.strptime(r[0][-8:], "%Y%m%d").date() for r in made}
+        assert all(today - timedelta(days=1) <= d <= today + timedelta(days=7) for d in days)
+        assert len(_partitions(clean_db) - before) <= 1  # at most a day that turned meanwhile
+        # the owner still may (a bulk load of past days)
+        assert len(query(clean_db, "SELECT * FROM water.ensure_inference_partitions(0, 3)")) == 2
+        settings = Settings(root=REPO, database_url=server_url, log_partitions_ahead_days=30)
+        report = log_maintenance.maintain(settings, url=server_url)
+        assert report.skipped is None and report.ahead_days == 7, report.lines()
+        assert report.lines()[3].startswith("partitions ahead: 7 days, not the 30 days asked for")
+        assert max(_partitions(clean_db)) == f"water_inferences_p{today + timedelta(days=7):%Y%m%d}"
+    finally:
+        for part in _partitions(clean_db) - before:
+            query(clean_db, f"DROP TABLE water.{part}")  # noqa: S608 (our names)
+
+
+def test_the_server_role_matches_again_only_lab_rows_added_lately(clean_db, server_url):
+    """However far back a server asks, it matches again only the rows of twice its recorded interval."""
+    now = datetime.now(UTC)
+    query(
+        clean_db,
+        "INSERT INTO water.water_inferences (inference_id, received_at, sensor_id, model_version, "
+        "ph, probability, potable, threshold) VALUES (%s, %s, 's1', 'v1', 7.0, 0.7, true, 0.5)",
+        (str(uuid.uuid4()), now - timedelta(minutes=5)),
+    )
+    query(
+        clean_db,
+        "INSERT INTO water.water_potability (sample_id, sensor_id, ph, potability, collected_at, "
+        "added_by, added_at) VALUES ('old', 's1', 7.0, 1, %s, 'lab', %s), "
+        "('new', 's1', 7.0, 1, %s, 'lab', %s)",
+        (now, now - timedelta(days=3), now, now - timedelta(minutes=1)),
+    )
+    matched = "SELECT sample_id FROM water.lab_matches ORDER BY 1"
+    assert query(clean_db, matched) == [("new",), ("old",)]  # the trigger matched both
+    query(clean_db, "DELETE FROM water.lab_matches")
+    query(server_url, "SELECT water.rematch_lab_samples('-infinity')")
+    assert query(clean_db, matched) == [("new",)]
+    query(clean_db, "SELECT water.rematch_lab_samples('-infinity')")  # the owner: all of them
+    assert query(clean_db, matched) == [("new",), ("old",)]

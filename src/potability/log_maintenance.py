@@ -2,10 +2,13 @@
 
 The SQL functions of migrations 004/005 do the work; this module decides when
 and with which numbers (Settings, params.yaml) and says what happened.
-``potability db migrate`` calls :func:`prepare` and :func:`record_retention` in
-its transaction; ``potability log maintain`` and the server's hourly thread call
-:func:`maintain`. Retention is the owner's: what ``db migrate`` recorded is the
-least any other caller (a server's role) keeps, whatever it asks for.
+``potability db migrate`` calls :func:`prepare`, :func:`record_retention` and
+:func:`record_limits` in its transaction; ``potability log maintain`` and the
+server's hourly thread call :func:`maintain`. Retention, the days created ahead, how far back lab rows are
+matched again and the lab-match window are the owner's: any other caller (a
+server's role) keeps at least the retention ``db migrate`` recorded, creates at
+most its days ahead, matches again at most its seconds back (migrations 009 and
+010, :func:`record_limits`) and leaves the window as ``db migrate`` set it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class MaintenanceReport:
     dropped: list[str] = field(default_factory=list)  # partitions (or default rows) past retention
     window_minutes: int | None = None
     window_changed: bool = False
+    requested_window: int | None = None  # params.yaml's, when only the owner may set it
+    ahead_days: int | None = None  # what the partitions ahead were: the request, or the owner's cap
+    requested_ahead: int | None = None
     retention_days: int | None = None  # what retention kept: the request, or the owner's floor
     requested_days: int | None = None
     skipped: str | None = None  # why nothing was done (another run holds the lock, lock timeout)
@@ -48,6 +54,18 @@ class MaintenanceReport:
             f"lab-match window: {self.window_minutes} min"
             + (" (changed: lab samples matched again)" if self.window_changed else ""),
         ]
+        if self.ahead_days is not None and self.ahead_days != self.requested_ahead:
+            lines.append(
+                f"partitions ahead: {_days(self.ahead_days, 'none')}, not the "
+                f"{_days(self.requested_ahead, 'none')} asked for (the most `potability db "
+                "migrate` recorded; only the owner may create more)"
+            )
+        if self.requested_window is not None and self.requested_window != self.window_minutes:
+            lines.append(
+                f"lab-match window: params.yaml says {self.requested_window} min; the database "
+                f"matches within the {self.window_minutes} min `potability db migrate` set "
+                "(only the owner changes it)"
+            )
         if self.retention_days is not None and self.retention_days != self.requested_days:
             lines.append(
                 f"retention: {_days(self.retention_days)}, not the {_days(self.requested_days)} "
@@ -57,9 +75,9 @@ class MaintenanceReport:
         return lines
 
 
-def _days(days: int | None) -> str:
+def _days(days: int | None, zero: str = "keep forever") -> str:
     if not days:
-        return "keep forever"
+        return zero
     return f"{days} day" if days == 1 else f"{days} days"
 
 
@@ -78,15 +96,41 @@ def lab_match_minutes(params_path: Path) -> int:
 
 
 def prepare(cur: Any, settings: Settings, window_minutes: int | None = None) -> MaintenanceReport:
-    """Create partitions ahead and set the lab-match window, inside the caller's transaction."""
+    """Create partitions ahead and set the lab-match window, inside the caller's transaction.
+
+    A caller other than the owner (a server's role) gets at most the days ahead
+    ``db migrate`` recorded and may not set the window: the report says so
+    when its own settings ask for something else.
+    """
     minutes = window_minutes or lab_match_minutes(settings.params_path)
-    cur.execute(
-        "SELECT water.ensure_inference_partitions(%s)", (settings.log_partitions_ahead_days,)
-    )
+    ahead = settings.log_partitions_ahead_days
+    cur.execute("SELECT water.ensure_inference_partitions(%s)", (ahead,))
     created = [r[0] for r in cur.fetchall()]
-    cur.execute("SELECT water.set_lab_match_window(%s)", (minutes,))
-    changed = bool(cur.fetchone()[0])
-    return MaintenanceReport(created=created, window_minutes=minutes, window_changed=changed)
+    cur.execute("SELECT water.allowed_partitions_ahead(%s)", (ahead,))
+    report = MaintenanceReport(created=created, ahead_days=cur.fetchone()[0], requested_ahead=ahead)
+    cur.execute("SELECT has_function_privilege('water.set_lab_match_window(integer)', 'EXECUTE')")
+    if cur.fetchone()[0]:
+        cur.execute("SELECT water.set_lab_match_window(%s)", (minutes,))
+        report.window_minutes, report.window_changed = minutes, bool(cur.fetchone()[0])
+    else:
+        cur.execute("SELECT window_minutes FROM water.lab_match_config")
+        row = cur.fetchone()
+        report.window_minutes, report.requested_window = (row[0] if row else None), minutes
+    return report
+
+
+def rematch_seconds(settings: Settings) -> float:
+    """How far back maintenance matches lab rows again: twice its interval (a run skipped or late)."""
+    return 2 * settings.log_maintenance_seconds
+
+
+def record_limits(cur: Any, settings: Settings) -> None:
+    """Record the days ahead and the rematch's reach as what any caller but the owner gets (``db migrate``)."""
+    cur.execute(
+        "UPDATE water.log_limits SET partitions_ahead_days = %s, rematch_seconds = %s, "
+        "set_at = now()",
+        (settings.log_partitions_ahead_days, rematch_seconds(settings)),
+    )
 
 
 def record_retention(cur: Any, settings: Settings) -> bool:
@@ -135,7 +179,7 @@ def maintain(
                 # twice the interval: a run that was skipped or late leaves no lab row unmatched
                 cur.execute(
                     "SELECT water.rematch_lab_samples(now() - make_interval(secs => %s))",
-                    (2 * settings.log_maintenance_seconds,),
+                    (rematch_seconds(settings),),
                 )
         except psycopg2.errors.LockNotAvailable:
             return MaintenanceReport(
@@ -144,6 +188,6 @@ def maintain(
             )
     for line in report.lines():
         log.info("log maintenance: %s", line)
-    if report.retention_days != report.requested_days:
-        log.warning("log maintenance: %s", report.lines()[-1])
+    for line in report.lines()[3:]:  # what the owner's limits changed of this run's request
+        log.warning("log maintenance: %s", line)
     return report

@@ -33,10 +33,11 @@ def migrate(settings: Settings | None = None, url: str | None = None) -> list[st
 
     Then, every time, the inference log's partitions are created ahead, the
     lab-match window is set from params.yaml (``log_maintenance.prepare``), the
-    log's retention is recorded (``log_maintenance.record_retention``), and the
-    least-privileged roles and their grants are made again (``roles``), in the
-    MLflow database beside ours too (whose tables are made first, by the owner,
-    so the roles' grants have tables to name).
+    log's retention and the limits of its other functions for every caller but
+    the owner are recorded (``log_maintenance.record_retention``,
+    ``record_limits``), and the least-privileged roles and their grants are made
+    again (``roles``), in the MLflow database beside ours too (whose tables are
+    made first, by the owner, so the roles' grants have tables to name).
     """
     applied: list[str] = []
     settings = settings or get_settings()
@@ -66,6 +67,7 @@ def migrate(settings: Settings | None = None, url: str | None = None) -> list[st
             log.info("inference log: %s", line)
         if log_maintenance.record_retention(cur, settings):
             log.info("inference log: retention %s days recorded", settings.log_retention_days)
+        log_maintenance.record_limits(cur, settings)
         role_names = roles.ensure(cur, settings)
     # the MLflow database beside ours: the roles' grants in it too
     if role_names is not None and not settings.mlflow_tracking_uri:

@@ -9,11 +9,14 @@ first one's passwords):
 
 - server: read the tables it answers from (tokens, the page's rollups), insert
   into the inference log and the lab table; nothing else. The log's functions
-  (rollups, partitions ahead, retention, drift bins) run as their owner
-  (``SECURITY DEFINER``), so a server keeps its maintenance without rights to
-  the tables behind it; retention keeps at least the days ``db migrate``
-  recorded (migration 009), whatever cutoff a server asks for. In the MLflow
-  database it may only read: the registry it follows, never the alias.
+  run as their owner (``SECURITY DEFINER``), so a server keeps its maintenance
+  without rights to the tables behind it; it may execute only those it calls
+  (:data:`SERVER_FUNCTIONS`), each held to what ``db migrate`` recorded:
+  retention keeps at least the recorded days (migration 009), partitions go at
+  most the recorded days ahead and lab rows are matched again at most the
+  recorded seconds back (migration 010), whatever a server asks for; the
+  lab-match window is the owner's alone. In the MLflow database it may only
+  read: the registry it follows, never the alias.
 - pipeline: read the lab rows, write the flow's own state; in the MLflow
   database log training runs (experiments, runs, their params, metrics, tags,
   inputs, logged models) and read the registry, never write it.
@@ -48,8 +51,37 @@ _SERVER_GRANTS = (
     "GRANT SELECT ON ALL TABLES IN SCHEMA water TO {server}",
     "GRANT INSERT ON water.water_inferences, water.water_potability TO {server}",
     "GRANT USAGE ON ALL SEQUENCES IN SCHEMA water TO {server}",
-    "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA water TO {server}",
+    # an earlier release granted every function: only SERVER_FUNCTIONS from now on
+    "REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA water FROM {server}",
+    "GRANT EXECUTE ON FUNCTION {server_functions} TO {server}",
 )
+SERVER_FUNCTIONS = (
+    # the log writer's batch: its histogram locks and the edges to bin with, then its deltas
+    "water.begin_writer_rollups(text[])",
+    "water.add_hourly_deltas(bigint[], text[], text[], bigint[], bigint[], double precision[], bigint[])",
+    "water.add_histogram_deltas(text[], bigint[], text[], integer[], bigint[])",
+    # hourly maintenance, each held to what `db migrate` recorded unless the caller owns the log:
+    # partitions at most water.log_limits' days ahead and one day back (migration 010)
+    "water.ensure_inference_partitions(integer, integer)",
+    "water.allowed_partitions_ahead(integer)",
+    # retention: never fewer days than water.log_retention's (migration 009)
+    "water.drop_inference_partitions(integer)",
+    "water.allowed_retention_days(integer)",
+    # lab rows added within water.log_limits' seconds matched again (migration 010)
+    "water.rematch_lab_samples(timestamp with time zone)",
+    # the served version's drift bins: a version registered once, by whoever comes first
+    "water.register_feature_edges(text, jsonb)",
+)
+"""The log's functions a server may call, each bounded as noted; the rest it may not.
+
+Not here, so refused to a server: ``set_lab_match_window`` (the window is the
+owner's, set by ``db migrate`` from params.yaml: changing it matches every lab
+sample again), ``ensure_inference_partition`` (one day, any day),
+``recompute_rollups`` (locks and recounts the rollups: a bench's tool),
+``lock_histograms`` and the ``*_sql`` builders (used inside the functions
+above, which run as the owner) and the trigger functions (a trigger runs its
+function without the inserting role's EXECUTE).
+"""
 _PIPELINE_GRANTS = (
     "GRANT SELECT ON water.water_potability, water.deployments, water.flow_state TO {pipeline}",
     "GRANT INSERT, UPDATE ON water.flow_state TO {pipeline}",
@@ -180,7 +212,8 @@ def ensure(cur, settings: Settings) -> dict[str, str] | None:
 
 def _grants(statements: tuple[str, ...], role_names: dict[str, str]) -> list[sql.Composed]:
     ids = {role: sql.Identifier(name) for role, name in role_names.items()}
-    return [sql.SQL(s).format(**ids) for s in statements]
+    functions = sql.SQL(", ".join(SERVER_FUNCTIONS))  # our constants, not input
+    return [sql.SQL(s).format(server_functions=functions, **ids) for s in statements]
 
 
 def _ensure(cur, settings: Settings) -> dict[str, str]:
