@@ -82,9 +82,10 @@ def test_the_server_role_cannot_move_the_champion(deploy_dir, server_url, tmp_pa
     )
     client = mlflow.MlflowClient(tracking_uri=registry)
     assert str(client.get_model_version_by_alias(name, "champion").version) == first.version
-    with pytest.raises(Exception, match="permission denied"):
+    # refused writing the alias, not reading what MLflow checks first (webhooks, experiments)
+    with pytest.raises(Exception, match="permission denied for table registered_model_aliases"):
         client.set_registered_model_alias(name, "other", first.version)
-    with pytest.raises(Exception, match="permission denied"):
+    with pytest.raises(Exception, match="permission denied for table registered_model_aliases"):
         client.delete_registered_model_alias(name, "champion")
 
 
@@ -220,6 +221,30 @@ def test_the_pipeline_role_logs_training_runs_and_reads_the_registry_but_cannot_
     client.set_terminated(run_id)
     stored = client.get_run(run_id).data
     assert stored.metrics["cv_precision"] == 0.8 and stored.params["max_depth"] == "4"
+    # the train and evaluate stages' own calls: a candidate with its model, its test results
+    import numpy as np
+    from matplotlib.figure import Figure
+    from sklearn.linear_model import LogisticRegression
+
+    from potability.tracking import configure, log_candidate, log_test_results
+
+    features = np.random.default_rng(0).normal(size=(40, 9))
+    candidate = LogisticRegression().fit(features, features[:, 0] > 0)
+    previous = mlflow.get_tracking_uri()
+    try:
+        configure(Settings(root=REPO, mlflow_tracking_uri=tracking))
+        candidate_run, _ = log_candidate(
+            kind="logreg",
+            model=candidate,
+            params={"C": 1.0},
+            metrics={"cv_precision": 0.6},
+            tags={"data_hash": "abc"},
+            example=features[:2],
+        )
+        log_test_results(candidate_run, {"precision": 0.7}, Figure())
+        assert client.get_run(candidate_run).data.metrics["test_precision"] == 0.7
+    finally:
+        mlflow.set_tracking_uri(previous)
     # the champion stage reads the alias
     assert str(client.get_model_version_by_alias(name, "champion").version) == first.version
     for deploying in (
@@ -397,3 +422,34 @@ def test_the_server_role_matches_again_only_lab_rows_added_lately(clean_db, serv
     assert query(clean_db, matched) == [("new",)]
     query(clean_db, "SELECT water.rematch_lab_samples('-infinity')")  # the owner: all of them
     assert query(clean_db, matched) == [("new",), ("old",)]
+
+
+def _readable(url: str) -> set[str]:
+    rows = query(
+        url,
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') "
+        "AND has_table_privilege(c.oid, 'SELECT')",
+    )
+    return {r[0] for r in rows}
+
+
+def test_each_role_reads_only_its_mlflow_tables(clean_db):
+    """Neither role reads MLflow's secrets or webhooks; the server reads the registry and no run."""
+    settings = Settings(root=REPO)
+    urls = {
+        role: db.database_on(roles.role_url(clean_db, role, settings), "mlflow")
+        for role in roles.MADE
+    }
+    everything = _readable(db.database_on(clean_db, "mlflow"))
+    assert {"secrets", "webhooks", "runs", "registered_model_aliases"} <= everything
+    assert _readable(urls["server"]) == set(roles.MLFLOW_SERVER_TABLES)
+    assert _readable(urls["pipeline"]) == set(roles.MLFLOW_PIPELINE_TABLES)
+    for url in urls.values():
+        assert "secrets" in _refused(url, "SELECT * FROM secrets")
+        assert "webhooks" in _refused(url, "SELECT * FROM webhooks")
+        _refused(url, "SELECT url FROM webhooks")
+        # what MLflow's registry store checks when it is made, and nothing more of a webhook
+        assert query(url, "SELECT count(webhook_id) FROM webhooks WHERE workspace IS NOT NULL")
+    assert "runs" in _refused(urls["server"], "SELECT * FROM runs")
+    assert query(urls["server"], "SELECT count(*) FROM registered_model_aliases")

@@ -15,11 +15,13 @@ first one's passwords):
   retention keeps at least the recorded days (migration 009), partitions go at
   most the recorded days ahead and lab rows are matched again at most the
   recorded seconds back (migration 010), whatever a server asks for; the
-  lab-match window is the owner's alone. In the MLflow database it may only
-  read: the registry it follows, never the alias.
+  lab-match window is the owner's alone. In the MLflow database it reads only
+  the registry it follows (:data:`MLFLOW_SERVER_TABLES`) and never moves the
+  alias.
 - pipeline: read the lab rows, write the flow's own state; in the MLflow
   database log training runs (experiments, runs, their params, metrics, tags,
-  inputs, logged models) and read the registry, never write it.
+  inputs, logged models) and read the registry, never write it; no other
+  MLflow table (:data:`MLFLOW_PIPELINE_TABLES`: not its secrets or webhooks).
 
 Passwords are generated once and kept in ``POTABILITY_DB_ROLES_FILE`` (mode
 0600); ``potability db url --role ROLE`` prints each role's URL.
@@ -88,7 +90,6 @@ _PIPELINE_GRANTS = (
 )
 # MLflow's tables a training run writes (this MLflow's schema: runs and their params, metrics,
 # tags, inputs and datasets, the logged models of MLflow 3); never the registry's
-# (registered_models, model_versions, registered_model_aliases and their tags)
 MLFLOW_RUN_TABLES = (
     "experiments",
     "experiment_tags",
@@ -105,6 +106,42 @@ MLFLOW_RUN_TABLES = (
     "logged_model_metrics",
     "logged_model_tags",
 )
+MLFLOW_REGISTRY_TABLES = (
+    "registered_models",
+    "registered_model_tags",
+    "registered_model_aliases",
+    "model_versions",
+    "model_version_tags",
+)
+"""The model registry: models, versions, aliases and their tags (the ``manifest_sha256`` tag)."""
+MLFLOW_SCHEMA_TABLES = ("alembic_version",)
+"""MLflow's schema version, which its store checks against its own before any call."""
+MLFLOW_SERVER_TABLES = (
+    *MLFLOW_SCHEMA_TABLES,
+    *MLFLOW_REGISTRY_TABLES,
+    # MlflowClient's tracking store reads the default experiment when it is made
+    "experiments",
+    "experiment_tags",
+)
+"""The MLflow tables a server reads, and nothing else of MLflow's database.
+
+A server follows the champion alias and downloads the version it names
+(``tracking.download_version``): the alias, the version (its source, its
+``manifest_sha256`` tag) and the registered model. Everything else MLflow keeps
+(runs, traces, secrets, webhooks, gateway endpoints, jobs...) a server has no
+use for; a table a later MLflow adds is not readable until added here.
+"""
+MLFLOW_PIPELINE_TABLES = (*MLFLOW_SCHEMA_TABLES, *MLFLOW_RUN_TABLES, *MLFLOW_REGISTRY_TABLES)
+"""The MLflow tables the pipeline reads: the runs it logs (``MLFLOW_RUN_TABLES``, which it
+also writes) and the registry, which the champion stage reads (the alias, the version's
+tags and source) and never writes (the deploy step, as the owner, does)."""
+MLFLOW_COLUMNS = {"webhooks": ("webhook_id", "workspace")}
+"""Columns both roles read of a table they may not read whole.
+
+MLflow's registry store, when it is made, checks that no webhook lies outside
+the default workspace: it reads those two columns. A webhook's URL and secret
+stay unreadable to both roles.
+"""
 
 
 def role_name(role: str, database: str) -> str:
@@ -248,27 +285,44 @@ def _ensure(cur, settings: Settings) -> dict[str, str]:
 
 
 def ensure_registry(cur, role_names: dict[str, str]) -> None:
-    """In the MLflow database: both roles read the registry; the pipeline logs runs; neither writes the registry.
+    """In the MLflow database: each role reads only its tables; the pipeline logs runs; neither writes the registry.
 
     Run by the owner after MLflow's tables exist (``migrator`` creates them),
-    and again after an MLflow upgrade adds some: a grant covers only the
-    tables there now.
+    and again after an MLflow upgrade adds some: grants name only the tables
+    there now, and every other table's SELECT (an earlier release granted them
+    all) is revoked.
     """
     ids = {role: sql.Identifier(name) for role, name in role_names.items()}
     both = sql.SQL("{server}, {pipeline}").format(**ids)
     cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(both))
-    cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(both))
+    cur.execute(sql.SQL("REVOKE SELECT ON ALL TABLES IN SCHEMA public FROM {}").format(both))
     cur.execute(
-        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(
+        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE SELECT ON TABLES FROM {}").format(
             both
         )
     )
-    cur.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)",
-        (list(MLFLOW_RUN_TABLES),),
-    )
-    tables = [sql.Identifier("public", row[0]) for row in cur.fetchall()]
+    for role, wanted in (("server", MLFLOW_SERVER_TABLES), ("pipeline", MLFLOW_PIPELINE_TABLES)):
+        readable = _tables(cur, wanted)
+        if readable:
+            cur.execute(
+                sql.SQL("GRANT SELECT ON {} TO {}").format(sql.SQL(", ").join(readable), ids[role])
+            )
+    for table, columns in MLFLOW_COLUMNS.items():
+        cur.execute(
+            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
+            "AND c.relname = %s AND a.attname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum",
+            (table, list(columns)),
+        )
+        present = [sql.Identifier(row[0]) for row in cur.fetchall()]
+        if present:
+            cur.execute(
+                sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(
+                    sql.SQL(", ").join(present), sql.Identifier("public", table), both
+                )
+            )
+    tables = _tables(cur, MLFLOW_RUN_TABLES)
     if not tables:  # not an MLflow database yet
         return
     cur.execute(
@@ -290,3 +344,14 @@ def ensure_registry(cur, role_names: dict[str, str]) -> None:
                 sql.SQL(", ").join(sequences), ids["pipeline"]
             )
         )
+
+
+def _tables(cur, wanted: tuple[str, ...]) -> list[sql.Composed]:
+    """Those of ``wanted`` that this MLflow's database has (public schema)."""
+    cur.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s) "
+        "ORDER BY c.relname",
+        (list(wanted),),
+    )
+    return [sql.Identifier("public", row[0]) for row in cur.fetchall()]
