@@ -112,6 +112,28 @@ def test_a_server_connected_as_its_role_answers_logs_and_stores_lab_rows(
         shutdown(app)
 
 
+def test_the_page_names_the_lab_match_window_the_database_matched_with(
+    champion, clean_db, server_url, server_settings, tmp_path
+):
+    """The window is db migrate's: a server whose params.yaml says otherwise shows the one used."""
+    from potability.log_maintenance import lab_match_minutes
+
+    registry = db.database_on(server_url, "mlflow").replace(
+        "postgresql://", "postgresql+psycopg2://", 1
+    )
+    config = {**champion.app_config(tmp_path), "mlflow_tracking_uri": registry}
+    query(clean_db, "SELECT water.set_lab_match_window(90)")  # an owner's db migrate elsewhere
+    app = create_app(server_settings(database_url=server_url, **config))
+    try:
+        agreement = app.test_client().get("/v1/stats/agreement")
+        assert agreement.status_code == 200, agreement.get_json()
+        assert agreement.get_json()["window_minutes"] == 90
+    finally:
+        shutdown(app)
+        params = lab_match_minutes(Settings(root=REPO).params_path)
+        query(clean_db, "SELECT water.set_lab_match_window(%s)", (params,))
+
+
 def test_the_server_role_keeps_the_log_maintained(server_url, tmp_path):
     """Partitions ahead, retention and lab matches run as their functions' owner; the window stays the owner's."""
     from potability import log_maintenance

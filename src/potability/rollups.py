@@ -126,6 +126,16 @@ class Rollups:
         tp, fp, fn, tn, newest = self._read(work)
         return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}, newest
 
+    def lab_match_window(self) -> int | None:
+        """The minutes the database matches lab samples within (set by ``db migrate``), None before."""
+
+        def work(cur):
+            cur.execute("SELECT window_minutes FROM water.lab_match_config")
+            row = cur.fetchone()
+            return row[0] if row else None
+
+        return self._read(work)
+
     def feature_counts(
         self, model_version: str, edges: dict[str, list[float]], since: datetime
     ) -> tuple[dict[str, np.ndarray], int, datetime | None]:

@@ -106,7 +106,8 @@ def live_panel() -> dict[str, Any]:
 
 def agreement_panel() -> dict[str, Any]:
     confusion, newest = _rollups().lab_confusion()
-    minutes = page_params()["lab_match_minutes"]
+    # the window the matches were made with: db migrate's, which a server's params.yaml cannot change
+    minutes = _rollups().lab_match_window() or page_params()["lab_match_minutes"]
     agreement = quality.agreement_from_confusion(**confusion)
     return {"window_minutes": minutes, "as_of": _as_of(newest), **agreement}
 
