@@ -47,10 +47,10 @@ serve: install
 	@echo "serving on http://$(HOST):$(PORT) (quality page at /, API under /v1; Ctrl-C stops)"
 	potability serve --host $(HOST) --port $(PORT)
 
-test: install ## every test but the slow end-to-end ones (about 10 min on 2 cores); real services all the same
+test: install ## every test but the long end-to-end runs (about 5 min on 2 cores); real services all the same
 	pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: install ## the slow end-to-end tests: fleet, schedule, lineage, faults, README paths (CI runs them after `make test`)
+test-slow: install ## the long end-to-end runs: dvc repro, flow, schedule, lineage, README paths (CI runs them after `make test`)
 	pytest -m slow $(PYTEST_ARGS)
 
 test-all: test test-slow ## what CI runs (`.ci/run`)

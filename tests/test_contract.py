@@ -2,10 +2,10 @@
 
 Every check schemathesis has, fixed seeds, the coverage and fuzzing phases,
 and the project's own ``schemathesis.toml`` (what the document cannot say, and
-why), against a server with its deployed settings. Both tiers start a real
-gunicorn, so both are `slow`: `make test-slow` runs them, `make test` does
-not. The fast tier draws 60 examples per operation at each of several seeds;
-the slow tier generates at least 1,000 cases per operation. Reproduce by hand
+why), against a server with its deployed settings (a real gunicorn). The
+fast tier (`make test`) draws 60 examples per operation at each of several
+seeds; the slow tier (`make test-slow`) generates at least 1,000 cases per
+operation. Reproduce by hand
 against a running server, from the project root:
 
     st run http://127.0.0.1:8000/openapi.json --checks all --phases examples,coverage,fuzzing \\
@@ -163,7 +163,6 @@ def cases_per_operation(ndjson: Path, seed: int) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.slow  # a real gunicorn, as in every test that starts one: `make test-slow` runs it, `make test` not
 @pytest.mark.parametrize("seed", SEEDS)
 def test_contract_fast(contract_server, seed):
     server, admin, tmp = contract_server

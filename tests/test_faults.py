@@ -26,7 +26,6 @@ from tests.support.database import query
 from tests.support.database import request_row as row
 from tests.support.server import SAMPLE, Server, stored_ids, wait_for
 
-pytestmark = pytest.mark.slow
 REPLAY_SECONDS = 1.0
 
 

@@ -28,7 +28,6 @@ from tests.support.project import project_env, run
 from tests.support.server import SAMPLE, Server, auth, free_port, wait_for
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(
         os.geteuid() != 0 or not shutil.which("unshare"),
         reason="hiding the pipeline's disk from a host needs root (unshare -m, mount)",

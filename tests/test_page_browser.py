@@ -11,7 +11,6 @@ from tests.support import browser
 from tests.support.project import REPO
 from tests.support.server import SAMPLE, Server, wait_for
 
-pytestmark = pytest.mark.slow
 
 
 def test_chromium_shows_every_panel_with_the_served_model_and_no_console_errors(

@@ -135,7 +135,6 @@ def trickle(address: str, stop: threading.Event) -> None:
                 return  # dropped by the proxy's header timeout: what it is for
 
 
-@pytest.mark.slow
 def test_slow_clients_wait_in_nginx_and_a_sensor_is_answered_fast(mart, champion, tmp_path):
     """Four clients trickling their headers, two sync workers: a sensor's predict is still quick.
 
