@@ -12,7 +12,6 @@ from tests.support.project import REPO
 from tests.support.server import SAMPLE, Server, wait_for
 
 
-
 def test_chromium_shows_every_panel_with_the_served_model_and_no_console_errors(
     mart, champion, tmp_path
 ):

@@ -40,6 +40,19 @@ def _refused(url: str, statement: str, params=None) -> str:
     return str(caught.value)
 
 
+def test_a_role_url_never_keeps_the_owners_login_from_the_query_string():
+    """libpq lets ``?user=&password=`` win over the userinfo: a role URL built from such an owner's
+    URL would connect as the owner and carry its password into the flow's stages."""
+    owner = "postgresql://db.internal:5432/water?user=owner&password=s3cret&sslmode=require"
+    role = roles.with_user(owner, "potability_pipeline_water", "p1pe")
+    parts = urlsplit(role)
+    assert "s3cret" not in role and "owner" not in role
+    assert parts.username == "potability_pipeline_water" and parts.password == "p1pe"
+    assert parse_qs(parts.query) == {"sslmode": ["require"]}
+    socket = "postgresql://postgres:@/postgres?host=/work/.pgdata"  # untouched: no login in it
+    assert roles.with_user(socket, "u", "p") == "postgresql://u:p@/postgres?host=/work/.pgdata"
+
+
 def test_db_url_prints_each_role_with_a_password_kept_in_a_private_file(cli_env, tmp_path):
     urls = {
         role: run(["potability", "db", "url", "--role", role], REPO, cli_env).stdout.strip()

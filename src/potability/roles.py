@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import secrets
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg2.errors
 import psycopg2.extensions
@@ -209,12 +209,20 @@ def role_url(admin_url: str, role: str, settings: Settings) -> str:
     )
 
 
+# libpq parameters that name who connects: in a URL's query they win over its userinfo, so a role
+# URL built from the owner's must not keep them (it would connect as the owner, and carry its password)
+_LOGIN_PARAMETERS = frozenset({"user", "password", "passfile", "service"})
+
+
 def with_user(url: str, user: str, password: str) -> str:
     """``url`` (any scheme, the MLflow database's too) connecting as ``user`` with ``password``."""
     parts = urlsplit(url)
     host = parts.netloc.rsplit("@", 1)[-1]
     login = f"{quote(user, safe='')}:{quote(password, safe='')}"
-    return urlunsplit(parts._replace(netloc=f"{login}@{host}"))
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if k.lower() not in _LOGIN_PARAMETERS]
+    query = parts.query if len(kept) == len(pairs) else urlencode(kept, safe="/:")
+    return urlunsplit(parts._replace(netloc=f"{login}@{host}", query=query))
 
 
 def made(admin_url: str) -> bool:
