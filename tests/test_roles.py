@@ -324,6 +324,13 @@ def test_the_server_role_cannot_drop_recent_log_partitions(clean_db, server_url)
         assert old in report.dropped and recent not in report.dropped, report.lines()
         assert "retention: 30 days, not the 1 day asked for" in report.lines()[-1]
         assert recent in _partitions(clean_db) and old not in _partitions(clean_db)
+        # a server left at 0 (no preference of its own) takes the recorded days, with no warning
+        settings = Settings(root=REPO, database_url=server_url, log_retention_days=0)
+        report = log_maintenance.maintain(settings, url=server_url)
+        assert report.retention_days == 30 and recent not in report.dropped
+        assert not [line for line in report.lines() if line.startswith("retention:")], (
+            report.lines()
+        )
     finally:
         migrator.migrate(url=clean_db)  # the session's retention again (keep forever)
         for part in (recent, old):

@@ -292,7 +292,7 @@ class Settings(BaseSettings):
 
     # The inference log at volume (issue 13): partitions, retention, maintenance, page reads.
     log_retention_days: CountOrZero = _env("POTABILITY_LOG_RETENTION_DAYS", default=0)
-    """Whole daily log partitions older than this are dropped (0 = keep forever); rollups stay. The value `potability db migrate` runs with is recorded in the database: a server's role keeps at least that many days, whatever its own says."""
+    """Whole daily log partitions older than this are dropped (0 = keep forever); rollups stay. The value `potability db migrate` runs with is recorded in the database: a server's role keeps at least that many days, whatever its own says (a server's 0 takes that value)."""
     log_partitions_ahead_days: Count = _env("POTABILITY_LOG_PARTITIONS_AHEAD_DAYS", default=7)
     """Daily log partitions created ahead of today, so a day never starts in the default one. The value of `potability db migrate` is recorded: a server's role creates at most that many."""
     log_maintenance_seconds: Seconds = _env("POTABILITY_LOG_MAINTENANCE_SECONDS", default=3600.0)

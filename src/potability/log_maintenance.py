@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2.errors
+from psycopg2 import sql
 
 from potability import db
 from potability.config import Settings, get_settings, load_params
@@ -66,7 +67,8 @@ class MaintenanceReport:
                 f"matches within the {self.window_minutes} min `potability db migrate` set "
                 "(only the owner changes it)"
             )
-        if self.retention_days is not None and self.retention_days != self.requested_days:
+        # a request of 0 is no preference of this host's: the database's recorded retention applies
+        if self.requested_days and self.retention_days not in (None, self.requested_days):
             lines.append(
                 f"retention: {_days(self.retention_days)}, not the {_days(self.requested_days)} "
                 "asked for (the database keeps what `potability db migrate` recorded; "
@@ -95,6 +97,21 @@ def lab_match_minutes(params_path: Path) -> int:
     return minutes
 
 
+def _granted(cur: Any, function: str, requested: int) -> int | None:
+    """What the log's ``allowed_*`` ``function`` grants this caller for ``requested``, for the report.
+
+    None when the caller may not ask (a role made before the function, as during an upgrade):
+    the report then says nothing of it, and the maintenance itself goes on (the functions
+    that act check the limits as their owner).
+    """
+    signature = f"water.{function}(integer)"
+    cur.execute("SELECT has_function_privilege(%s, 'EXECUTE')", (signature,))
+    if not cur.fetchone()[0]:
+        return None
+    cur.execute(sql.SQL("SELECT water.{}(%s)").format(sql.Identifier(function)), (requested,))
+    return cur.fetchone()[0]
+
+
 def prepare(cur: Any, settings: Settings, window_minutes: int | None = None) -> MaintenanceReport:
     """Create partitions ahead and set the lab-match window, inside the caller's transaction.
 
@@ -106,8 +123,11 @@ def prepare(cur: Any, settings: Settings, window_minutes: int | None = None) -> 
     ahead = settings.log_partitions_ahead_days
     cur.execute("SELECT water.ensure_inference_partitions(%s)", (ahead,))
     created = [r[0] for r in cur.fetchall()]
-    cur.execute("SELECT water.allowed_partitions_ahead(%s)", (ahead,))
-    report = MaintenanceReport(created=created, ahead_days=cur.fetchone()[0], requested_ahead=ahead)
+    report = MaintenanceReport(
+        created=created,
+        ahead_days=_granted(cur, "allowed_partitions_ahead", ahead),
+        requested_ahead=ahead,
+    )
     cur.execute("SELECT has_function_privilege('water.set_lab_match_window(integer)', 'EXECUTE')")
     if cur.fetchone()[0]:
         cur.execute("SELECT water.set_lab_match_window(%s)", (minutes,))
@@ -171,10 +191,9 @@ def maintain(
                     "SELECT water.drop_inference_partitions(%s)", (settings.log_retention_days,)
                 )
                 report.dropped = [r[0] for r in cur.fetchall()]
-                cur.execute(
-                    "SELECT water.allowed_retention_days(%s)", (settings.log_retention_days,)
+                report.retention_days = _granted(
+                    cur, "allowed_retention_days", settings.log_retention_days
                 )
-                report.retention_days = cur.fetchone()[0]
                 report.requested_days = settings.log_retention_days
                 # twice the interval: a run that was skipped or late leaves no lab row unmatched
                 cur.execute(
