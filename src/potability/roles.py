@@ -303,6 +303,8 @@ def ensure_registry(cur, role_names: dict[str, str]) -> None:
     ids = {role: sql.Identifier(name) for role, name in role_names.items()}
     both = sql.SQL("{server}, {pipeline}").format(**ids)
     cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(both))
+    # PostgreSQL up to 14 lets PUBLIC create tables in public: no role of ours makes tables
+    cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     cur.execute(sql.SQL("REVOKE SELECT ON ALL TABLES IN SCHEMA public FROM {}").format(both))
     cur.execute(
         sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE SELECT ON TABLES FROM {}").format(
