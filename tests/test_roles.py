@@ -177,6 +177,23 @@ def test_an_owner_that_cannot_create_roles_still_migrates(pg_url, caplog):
         db.drop_database(pg_url, name)
 
 
+def test_an_mlflow_uri_naming_the_database_beside_ours_gets_the_grants_there(pg_url):
+    """Named explicitly, the MLflow database beside ours is still beside: `db migrate` grants the
+    pipeline role its tables there, as the retrain then logs its runs as that role."""
+    from potability import migrator
+
+    beside = db.mlflow_tracking_uri(Settings(root=REPO), pg_url).replace("+psycopg2", "", 1)
+    pipeline = roles.role_name("pipeline", roles.database_name(pg_url))
+    may_insert = f"SELECT has_table_privilege('{pipeline}', 'public.runs', 'INSERT')"  # noqa: S608
+    query(beside, f'REVOKE INSERT, UPDATE ON ALL TABLES IN SCHEMA public FROM "{pipeline}"')
+    try:
+        assert query(beside, may_insert) == [(False,)]
+        migrator.migrate(Settings(root=REPO, mlflow_tracking_uri=beside), pg_url)
+        assert query(beside, may_insert) == [(True,)]
+    finally:
+        migrator.migrate(url=pg_url)  # the session's grants, whatever happened
+
+
 def test_the_pipeline_role_logs_training_runs_and_reads_the_registry_but_cannot_deploy(
     deploy_dir, clean_db, tmp_path
 ):
