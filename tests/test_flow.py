@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from potability import db, deployments, roles
+from potability.config import Settings
 from potability.mart import WaterMart
 from tests.support.database import query
 from tests.support.project import copy_project, project_env, seed_rows
@@ -159,6 +160,65 @@ def test_no_new_rows_means_no_repro(flow_project):
     assert sha(flow_project / ".retrain/dvc.lock") == lock
 
 
+@pytest.fixture
+def scheduled(flow_project, pg_url, monkeypatch):
+    """A deployed run's credentials, as `potability flow deploy` stores them, in the harness's Secret block.
+
+    Its runs load the block the way a worker's do; the worker's own environment
+    stays as the test leaves it (the owner's DATABASE_URL, unless deleted).
+    """
+    from prefect.blocks.system import Secret
+
+    from potability.retrain import connections
+    from potability.retrain.deployment import RUN_SECRETS_BLOCK
+
+    values = connections.run_secrets(connections.split(Settings(root=flow_project)))
+    assert values["POTABILITY_DEPLOY_DATABASE_URL"] == pg_url != values["DATABASE_URL"]
+    Secret(value=json.dumps(values)).save(RUN_SECRETS_BLOCK, overwrite=True)
+    monkeypatch.setenv("POTABILITY_RUN_SECRETS_BLOCK", RUN_SECRETS_BLOCK)
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    for name in set(values) - {"DATABASE_URL"}:  # unset, and unset again after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)  # MLFLOW_TRACKING_URI: an earlier mlflow.set_tracking_uri()'s
+    return monkeypatch
+
+
+def test_a_scheduled_run_given_the_owners_database_url_by_its_worker_refuses(
+    scheduled, pg_url, audit
+):
+    """The worker's environment wins over the Secret block: its owner's DATABASE_URL is refused, by name."""
+    from potability.retrain.connections import RunRefused
+    from potability.retrain.flow import retrain
+
+    owner = psycopg2.extensions.parse_dsn(pg_url)["user"]
+    before = audit()
+    with pytest.raises(
+        RunRefused, match=f"DATABASE_URL connects as '{owner}', not as the pipeline"
+    ):
+        retrain()
+    assert audit() == before  # nothing written, as the owner or anyone
+
+
+def test_flow_deploy_refuses_a_run_with_the_owners_rights_unless_allowed(
+    flow_project, pg_url, tmp_path, monkeypatch
+):
+    """Roles made from another host's roles file: the one-URL fallback is refused unless opted into."""
+    from potability.retrain import connections
+    from potability.retrain.deployment import ALLOW_WIDER, check_inputs
+
+    monkeypatch.setenv("POTABILITY_DB_ROLES_FILE", str(tmp_path / "not-here.json"))
+    settings = Settings(root=flow_project)
+    widened = [p for p in check_inputs(settings, work_pool=False) if "holds no password" in p]
+    assert widened and ALLOW_WIDER in widened[0]
+    allowed = check_inputs(settings, work_pool=False, allow_wider=True)
+    assert not [p for p in allowed if "holds no password" in p]
+    # then the block holds the one URL alone: each run takes the fallback again, and warns of it
+    assert connections.run_secrets(connections.split(settings)) == {
+        "DATABASE_URL": pg_url,
+        "MLFLOW_TRACKING_URI": db.mlflow_tracking_uri(settings),
+    }
+
+
 def test_a_second_run_skips_while_one_holds_the_lock(flow_project, pg_url):
     from potability.retrain.flow import RETRAIN_LOCK_KEY, retrain
 
@@ -197,14 +257,23 @@ def test_broken_stage_fails_the_flow_and_keeps_champion_and_watermark(flow_proje
     assert mart.watermark("retrain") == watermark
 
 
-def test_new_rows_retrain_and_advance_the_watermark(flow_project, pg_url):
+def test_new_rows_retrain_and_advance_the_watermark(flow_project, pg_url, scheduled, audit):
+    """As a scheduled run: its worker has no DATABASE_URL of its own, the Secret block has both."""
     from potability.retrain.flow import retrain
 
     mart = WaterMart(url=pg_url)
     lock = sha(flow_project / ".retrain/dvc.lock")
     before = champion()
-    result = retrain()  # the 50 rows of the skipped run are still pending
+    scheduled.delenv("DATABASE_URL")
+    scheduled.delenv("MLFLOW_TRACKING_URI", raising=False)  # champion() exported it
+    try:
+        result = retrain()  # the 50 rows of the skipped run are still pending
+    finally:  # the owner's again for this test's own reads, not the block's
+        scheduled.setenv("DATABASE_URL", pg_url)
+        scheduled.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert result["status"] == "retrained"
+    pipeline = roles.role_name("pipeline", roles.database_name(pg_url))
+    assert audit()["runs"] == audit()["flow_state"] == {pipeline}
     decision = result["decision"]
     # the decision history continues from the last retrain's, pulled from the DVC remote
     history = json.loads((flow_project / ".retrain/models/promoted/history.json").read_text())

@@ -23,7 +23,7 @@ from potability import db, roles
 from potability.config import Settings
 from potability.pipeline.small_model import build_model_dir
 from potability.serve import create_app, shutdown
-from tests.support.database import query
+from tests.support.database import query, scratch_database
 from tests.support.project import REPO, run
 from tests.support.server import SAMPLE, Server, auth, logged
 
@@ -216,6 +216,36 @@ def test_an_owner_that_cannot_create_roles_still_migrates(pg_url, caplog):
         assert applied and "database roles not made" in caplog.text
     finally:
         db.drop_database(pg_url, name)
+
+
+def test_an_mlflow_uri_naming_the_database_beside_ours_gets_the_grants_there(pg_url):
+    """Named explicitly, the MLflow database beside ours is still beside: `db migrate` grants the
+    pipeline role its tables there, as the retrain then logs its runs as that role."""
+    from potability import migrator
+
+    beside = db.mlflow_tracking_uri(Settings(root=REPO), pg_url).replace("+psycopg2", "", 1)
+    pipeline = roles.role_name("pipeline", roles.database_name(pg_url))
+    may_insert = f"SELECT has_table_privilege('{pipeline}', 'public.runs', 'INSERT')"  # noqa: S608
+    query(beside, f'REVOKE INSERT, UPDATE ON ALL TABLES IN SCHEMA public FROM "{pipeline}"')
+    try:
+        assert query(beside, may_insert) == [(False,)]
+        migrator.migrate(Settings(root=REPO, mlflow_tracking_uri=beside), pg_url)
+        assert query(beside, may_insert) == [(True,)]
+    finally:
+        migrator.migrate(url=pg_url)  # the session's grants, whatever happened
+
+
+def test_a_scheduled_run_on_a_database_without_roles_warns_that_it_runs_as_the_owner(pg_url):
+    """The one-URL fallback of a scheduled run: allowed where no pipeline role exists, never silent."""
+    from potability.retrain import connections
+
+    name = f"noroles_{uuid.uuid4().hex[:8]}"
+    with scratch_database(pg_url, name) as url:
+        run_as = connections.split(Settings(root=REPO, database_url=url, deploy_database_url=url))
+    pipeline = roles.role_name("pipeline", name)
+    assert run_as.widened and run_as.one_url
+    assert [w for w in run_as.warnings if f"{pipeline!r} does not exist" in w]
+    assert run_as.pipeline.deploy_database_url is None  # never handed to the training tasks
 
 
 def test_the_pipeline_role_logs_training_runs_and_reads_the_registry_but_cannot_deploy(

@@ -48,3 +48,20 @@ def test_a_workspace_directory_holding_other_files_is_refused_not_emptied(checko
     with pytest.raises(workspace.WorkspaceError, match="not empty and not a clone"):
         workspace.prepare(Settings(root=checkout, retrain_workspace=data))
     assert (data / "keep.csv").read_text() == "precious\n"
+
+
+def test_stages_never_get_the_owners_urls_or_libpqs_credentials(checkout, monkeypatch):
+    """libpq reads a user and password from its own variables: a stage must connect as its URL says."""
+    from potability.retrain.connections import DEPLOY_ENV
+
+    carried = ("PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGUSER", *DEPLOY_ENV)
+    for name in carried:
+        monkeypatch.setenv(name, "postgresql://owner:s3cret@db/water")
+    settings = Settings(
+        root=checkout,
+        database_url="postgresql://pipeline:p@db/water",
+        mlflow_tracking_uri="postgresql+psycopg2://pipeline:p@db/mlflow",
+    )
+    env = workspace.stage_env(settings, checkout / ".retrain")
+    assert not [name for name in carried if name in env]
+    assert env["DATABASE_URL"] == "postgresql://pipeline:p@db/water"

@@ -203,7 +203,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from potability.retrain.flow import retrain, serve_on_schedule
 
     if args.serve:
-        if status := _flow_problems(deploying=False, work_pool=False):
+        if status := _flow_problems(False, False, args.allow_wider_privileges):
             return status
         serve_on_schedule()
         return 0
@@ -239,21 +239,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return run.status
 
 
-def _flow_problems(deploying: bool, work_pool: bool = True) -> int:
+def _flow_problems(deploying: bool, work_pool: bool = True, allow_wider: bool = False) -> int:
     """Print what would make a scheduled run fail; 2 if anything, else 0."""
     from potability.config import get_settings
     from potability.retrain import deployment
 
     problems = (
-        deployment.guard() if deploying else deployment.check_inputs(get_settings(), work_pool)
+        deployment.guard()
+        if deploying
+        else deployment.check_inputs(get_settings(), work_pool, allow_wider)
     )
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return 2 if problems else 0
 
 
+def _allow_wider(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-wider-privileges",
+        action="store_true",
+        help="accept runs that train with more than the pipeline role's rights (the roles could "
+        "not be made, or MLFLOW_TRACKING_URI is used as given); see docs/security.md",
+    )
+
+
 def cmd_flow_check(args: argparse.Namespace) -> int:
-    status = _flow_problems(args.deploying)
+    status = _flow_problems(args.deploying, allow_wider=args.allow_wider_privileges)
     if status == 0 and not args.deploying:
         print("ready: a scheduled retrain run would find everything it needs")
     return status
@@ -264,7 +275,7 @@ def cmd_flow_deploy(args: argparse.Namespace) -> int:
     from potability.retrain import deployment
 
     try:
-        deployed = deployment.deploy(get_settings())
+        deployed = deployment.deploy(get_settings(), args.allow_wider_privileges)
     except deployment.DeployRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -438,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the inputs, then serve the flow on POTABILITY_RETRAIN_CRON",
     )
+    _allow_wider(p)
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser(
@@ -465,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = flowp.add_parser(
         "deploy", help="check the inputs, then deploy src/potability/retrain/prefect.yaml"
     )
+    _allow_wider(p)
     p.set_defaults(func=cmd_flow_deploy)
     p = flowp.add_parser("check", help="check what a scheduled run needs, without deploying")
     p.add_argument(
@@ -472,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="prefect.yaml's build step: refuse a deploy not made by `flow deploy`",
     )
+    _allow_wider(p)
     p.set_defaults(func=cmd_flow_check)
 
     p = sub.add_parser(

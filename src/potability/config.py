@@ -330,7 +330,7 @@ class Settings(BaseSettings):
     deploy_mlflow_tracking_uri: TrackingUri = _env(
         "POTABILITY_DEPLOY_MLFLOW_TRACKING_URI", default=None, repr=False
     )
-    """The owner's MLflow tracking URI for that deploy step (set with `POTABILITY_DEPLOY_DATABASE_URL`); unset: `MLFLOW_TRACKING_URI`."""
+    """The owner's MLflow tracking URI for that deploy step (set with `POTABILITY_DEPLOY_DATABASE_URL`); unset: `MLFLOW_TRACKING_URI` when it is a tracking server (`http(s)://`), else the MLflow database beside `POTABILITY_DEPLOY_DATABASE_URL`."""
     run_secrets_block: str | None = _env("POTABILITY_RUN_SECRETS_BLOCK", default=None)
     """The Prefect Secret block whose credentials a deployed retrain run adds to its environment (set by `potability flow deploy`); unset: none."""
     retrain_cron: Cron = _env("POTABILITY_RETRAIN_CRON", default="0 3 * * *")

@@ -191,9 +191,32 @@ def mlflow_tracking_uri(settings: Settings | None = None, url: str | None = None
     except psycopg2.errors.InsufficientPrivilege:
         log.warning("no right to create database 'mlflow'; MLflow shares the project database")
         target = url
-    return target.replace("postgresql://", "postgresql+psycopg2://", 1).replace(
+    return _with_driver(target)
+
+
+def _with_driver(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1).replace(
         "postgres://", "postgresql+psycopg2://", 1
     )
+
+
+def beside_mlflow_uri(settings: Settings, url: str | None = None) -> str:
+    """The MLflow database beside the project's (``mlflow_tracking_uri`` as if unset)."""
+    return mlflow_tracking_uri(settings.model_copy(update={"mlflow_tracking_uri": None}), url)
+
+
+def mlflow_beside(settings: Settings, url: str | None = None) -> bool:
+    """Whether MLflow's store is the database beside ours: ``MLFLOW_TRACKING_URI`` unset, or naming it.
+
+    There `potability db migrate` grants the roles their MLflow tables, and a
+    retrain logs its runs with the pipeline role's credentials.
+    """
+    explicit = settings.mlflow_tracking_uri
+    if not explicit:
+        return True
+    if not explicit.startswith("postgres"):  # a tracking server or a file store
+        return False
+    return _with_driver(explicit) == beside_mlflow_uri(settings, url)
 
 
 # Scratch databases (benchmarks, tests): bound identifiers, sessions ended on drop.

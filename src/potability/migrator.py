@@ -70,8 +70,8 @@ def migrate(settings: Settings | None = None, url: str | None = None) -> list[st
         log_maintenance.record_limits(cur, settings)
         role_names = roles.ensure(cur, settings)
     # the MLflow database beside ours: the roles' grants in it too
-    if role_names is not None and not settings.mlflow_tracking_uri:
-        registry = db.mlflow_tracking_uri(settings, url)  # created if it is not there yet
+    if role_names is not None and db.mlflow_beside(settings, url):
+        registry = db.beside_mlflow_uri(settings, url)  # created if it is not there yet
         _mlflow_tables(registry, settings)
         with transaction(url=registry.replace("+psycopg2", "", 1)) as conn, conn.cursor() as cur:
             roles.ensure_registry(cur, role_names)

@@ -53,6 +53,8 @@ RUN_SECRET_ENV = (
     "MLFLOW_TRACKING_TOKEN",
 )
 RUN_SECRETS_BLOCK = "potability-retrain-secrets"
+# the opt-in to runs that train with more than the pipeline role's rights (docs/security.md)
+ALLOW_WIDER = "--allow-wider-privileges"
 _URL_PASSWORD = re.compile(r"://[^/@\s]*:[^@/\s]+@")  # user:password@ in any URL
 
 
@@ -90,12 +92,20 @@ def admin_token(settings: Settings) -> tuple[str | None, str]:
         return None, f"Secret block {settings.admin_token_block!r}"
 
 
-def check_inputs(settings: Settings, work_pool: bool = True) -> list[str]:
+def check_inputs(
+    settings: Settings, work_pool: bool = True, allow_wider: bool = False
+) -> list[str]:
     """Every problem that would make a scheduled run fail or skip its server reload; [] when none.
 
     ``work_pool=False`` for `potability retrain --serve`, whose runs need no worker.
+    Runs that would train with more than the pipeline role's rights (the one-URL
+    fallback, a tracking URI used as given) are a problem unless ``allow_wider``.
     """
-    problems = _check_root(settings.root) + _check_database(settings) + _check_remotes(settings)
+    problems = (
+        _check_root(settings.root)
+        + _check_database(settings, allow_wider)
+        + _check_remotes(settings)
+    )
     server_ok = _check_server(settings, problems)
     problems += _check_prefect(settings, server_ok, work_pool)
     return problems
@@ -115,7 +125,7 @@ def _check_root(root: Path) -> list[str]:
     return []
 
 
-def _check_database(settings: Settings) -> list[str]:
+def _check_database(settings: Settings, allow_wider: bool) -> list[str]:
     if not settings.database_url:
         return [
             "DATABASE_URL is not set: a scheduled run must name its database "
@@ -125,8 +135,15 @@ def _check_database(settings: Settings) -> list[str]:
         db.connect(settings).close()
     except DatabaseUnavailable as exc:
         return [f"DATABASE_URL: {exc}"]
+    try:
+        run_as = connections.split(settings)
+    except connections.RunRefused as exc:  # POTABILITY_DEPLOY_* exported here
+        return [str(exc)]
+    if run_as.warnings and not (run_as.widened and allow_wider):
+        accept = f" (to accept that, deploy with {ALLOW_WIDER})" if run_as.widened else ""
+        return [f"{warning}{accept}" for warning in run_as.warnings]
     try:  # the URL runs will train with: a stale roles file would fail them at 03:00
-        db.connect(connections.split(settings).pipeline).close()
+        db.connect(run_as.pipeline).close()
     except DatabaseUnavailable as exc:
         return [
             f"the pipeline role's URL (`potability db url --role pipeline`): {exc} "
@@ -272,17 +289,19 @@ def _resolved(settings: Settings) -> dict[str, str]:
 
 def _split(settings: Settings) -> dict[str, str]:
     """The pipeline's and the deploy step's URLs (``connections.run_secrets``); warnings logged."""
-    split = connections.split(settings)
-    for warning in split.warnings:
+    run_as = connections.split(settings)
+    for warning in run_as.warnings:
         log.warning("%s", warning)
-    return connections.run_secrets(split)
+    return connections.run_secrets(run_as)
 
 
 def load_run_secrets(settings: Settings) -> list[str]:
     """In a deployed run, add the Secret block's credentials to the environment; return their names.
 
-    A variable already set (by the worker's operator) wins. Nothing is loaded
-    when ``POTABILITY_RUN_SECRETS_BLOCK`` is unset (a local `potability retrain`).
+    A variable already set (by the worker's operator) wins; a ``DATABASE_URL``
+    that is not the pipeline role's is then refused by ``connections.split``.
+    Nothing is loaded when ``POTABILITY_RUN_SECRETS_BLOCK`` is unset (a local
+    `potability retrain`).
     """
     if not settings.run_secrets_block:
         return []
@@ -295,9 +314,9 @@ def load_run_secrets(settings: Settings) -> list[str]:
     return sorted(added)
 
 
-def deploy(settings: Settings) -> Deployed:
+def deploy(settings: Settings, allow_wider: bool = False) -> Deployed:
     """Check, store the token and the run environment, then `prefect deploy` src/potability/retrain/prefect.yaml."""
-    problems = check_inputs(settings)
+    problems = check_inputs(settings, allow_wider=allow_wider)
     if problems:
         raise DeployRefused("refusing to deploy:\n" + "\n".join(f"- {p}" for p in problems))
     from prefect.blocks.system import Secret

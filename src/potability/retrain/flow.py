@@ -249,10 +249,10 @@ def retrain() -> dict[str, Any]:
     if loaded := load_run_secrets(get_settings()):
         logger.info("credentials from the Secret block: %s", ", ".join(loaded))
     settings = get_settings()  # again: the database and tracking URLs may come from the block
-    split = connections.split(settings)
-    pipeline = split.pipeline  # everything but the deploy step: the pipeline role
+    run_as = connections.split(settings)  # refuses a scheduled run as anyone but the pipeline
+    pipeline = run_as.pipeline  # everything but the deploy step: the pipeline role
     server_url, token, warnings = reload_target(settings)
-    warnings = split.warnings + warnings
+    warnings = run_as.warnings + warnings
     for warning in warnings:
         logger.warning(warning)
     with db.advisory_lock(RETRAIN_LOCK_KEY, pipeline) as acquired, stage_progress() as stage:
@@ -301,7 +301,7 @@ def retrain() -> dict[str, Any]:
             logger.warning(warning)
         stage("deploy")
         shipped = (
-            ship_promoted(ws / "models/promoted", decision["reason"], split.deploy)
+            ship_promoted(ws / "models/promoted", decision["reason"], run_as.deploy)
             if decision.get("promoted")
             else None
         )

@@ -27,6 +27,8 @@ from potability.retrain import connections
 RECORDED_PATHS = ("dvc.lock", "params.yaml", "metrics", "plots")
 # what a retrain continues from the last one; params.yaml is the researchers', from the source tip
 CONTINUED_PATHS = ("dvc.lock", "metrics", "plots")
+# never in a stage's environment: the owner's URLs, and libpq's own ways to a user and password
+NOT_FOR_STAGES = (*connections.DEPLOY_ENV, "PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGUSER")
 
 
 class WorkspaceError(RuntimeError):
@@ -53,11 +55,12 @@ def stage_env(settings: Settings, path: Path) -> dict[str, str]:
     """The environment of DVC stages run in ``path``: the database, tracking store and registry of ``settings``.
 
     The retrain passes the pipeline role's settings (``connections.split``), so
-    the stages never hold the owner's URLs. A clone has no `.env` and no
+    the stages never hold the owner's URLs, nor libpq's variables that could
+    log them in as someone else (``NOT_FOR_STAGES``). A clone has no `.env` and no
     embedded Postgres of its own: whatever the settings resolve to is passed on
     explicitly.
     """
-    env = {k: v for k, v in os.environ.items() if k not in connections.DEPLOY_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in NOT_FOR_STAGES}
     env.update(
         {
             "POTABILITY_ROOT": str(path),
