@@ -143,6 +143,22 @@ def load_candidate(directory: Path) -> Any:
 
 
 # -- ONNX -----------------------------------------------------------------------
+def onnx_options(model: Any) -> dict[int, dict[str, Any]]:
+    """skl2onnx's options for ``model``: probabilities as a plain tensor; a k-NN's distances in one op.
+
+    By default skl2onnx computes a k-NN's distances in a ``Scan`` loop, one step per training
+    row: 3.4 ms of the vote's 3.5 ms for one answer here. ``optim: cdist`` makes them one
+    ``CDist`` (ONNX Runtime's ``com.microsoft`` domain): 0.09 ms, the same probabilities.
+    """
+    from sklearn.neighbors import KNeighborsClassifier
+
+    options: dict[int, dict[str, Any]] = {id(model.steps[-1][1]): {"zipmap": False}}
+    for part in (model, *model.get_params(deep=True).values()):
+        if isinstance(part, KNeighborsClassifier):
+            options.setdefault(id(part), {})["optim"] = "cdist"
+    return options
+
+
 def to_onnx(model: Any) -> bytes:
     """Export a fitted pipeline to ONNX: float32 input [N, 9], probabilities [N, 2]."""
     from skl2onnx import convert_sklearn
@@ -154,7 +170,7 @@ def to_onnx(model: Any) -> bytes:
         onnx_model = convert_sklearn(
             model,
             initial_types=[(ONNX_INPUT, FloatTensorType([None, len(FEATURE_NAMES)]))],
-            options={id(model.steps[-1][1]): {"zipmap": False}},
+            options=onnx_options(model),
             target_opset={"": 17, "ai.onnx.ml": 3},
         )
     return onnx_model.SerializeToString()
