@@ -5,7 +5,7 @@ server's session options (``artifacts.OnnxModel``): one answer and a batch of
 100, each timed ``--repeats`` times; prints both, the ratio, and the largest
 difference between their probabilities (they must agree). What it guards: a
 k-NN exported by default computes its distances in a ``Scan`` over every
-training row, which made the vote's single answer ~40 x slower.
+training row, which made the vote's single answer ~24 x slower (docs/performance.md).
 
 Usage: python bench/onnx_export.py [--candidate models/candidates/vote] [--repeats 300]
 (the candidate comes from ``dvc repro``'s train stage).
@@ -17,7 +17,6 @@ import argparse
 import random
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +27,9 @@ from potability import artifacts  # noqa: E402
 from potability.schema import FEATURE_NAMES  # noqa: E402
 
 
-def default_export(model) -> bytes:
-    """skl2onnx with only the plain-tensor probabilities the server reads: its default otherwise."""
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        onnx_model = convert_sklearn(
-            model,
-            initial_types=[(artifacts.ONNX_INPUT, FloatTensorType([None, len(FEATURE_NAMES)]))],
-            options={id(model.steps[-1][1]): {"zipmap": False}},
-            target_opset={"": 17, "ai.onnx.ml": 3},
-        )
-    return onnx_model.SerializeToString()
+def default_options(model) -> dict[int, dict[str, str | bool]]:
+    """skl2onnx's defaults but the plain-tensor probabilities the server reads."""
+    return {id(model.steps[-1][1]): {"zipmap": False}}
 
 
 def ms_per_call(model: artifacts.OnnxModel, X: np.ndarray, repeats: int) -> float:
@@ -59,7 +47,7 @@ def main() -> int:
     args = parser.parse_args()
     fitted = artifacts.load_candidate(args.candidate)
     ours = artifacts.OnnxModel(artifacts.to_onnx(fitted))
-    peer = artifacts.OnnxModel(default_export(fitted))
+    peer = artifacts.OnnxModel(artifacts.to_onnx(fitted, default_options(fitted)))
     rng = random.Random(1)
     batch = np.array(
         [[ROW[n] * rng.uniform(0.9, 1.1) for n in FEATURE_NAMES] for _ in range(100)],

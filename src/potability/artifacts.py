@@ -159,8 +159,12 @@ def onnx_options(model: Any) -> dict[int, dict[str, Any]]:
     return options
 
 
-def to_onnx(model: Any) -> bytes:
-    """Export a fitted pipeline to ONNX: float32 input [N, 9], probabilities [N, 2]."""
+def to_onnx(model: Any, options: dict[int, dict[str, Any]] | None = None) -> bytes:
+    """Export a fitted pipeline to ONNX: float32 input [N, 9], probabilities [N, 2].
+
+    ``options`` are skl2onnx's per-estimator options, ``onnx_options(model)`` unless given
+    (``bench/onnx_export.py`` passes skl2onnx's defaults to time them against ours).
+    """
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
@@ -170,7 +174,7 @@ def to_onnx(model: Any) -> bytes:
         onnx_model = convert_sklearn(
             model,
             initial_types=[(ONNX_INPUT, FloatTensorType([None, len(FEATURE_NAMES)]))],
-            options=onnx_options(model),
+            options=onnx_options(model) if options is None else options,
             target_opset={"": 17, "ai.onnx.ml": 3},
         )
     return onnx_model.SerializeToString()
